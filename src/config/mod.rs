@@ -1,0 +1,435 @@
+//! The daemon's configuration: one TOML document composed of the stages' own config structs, with
+//! environment overrides, validated as a whole before any device or socket opens.
+//!
+//! Why the document is parsed section by section instead of in one `toml::from_str::<Config>`: serde
+//! stops at the first error, and an operator fixing a file (or a fleet pushing one) wants every mistake
+//! at once. So the text becomes a table first, each section and each camera or task is deserialized on
+//! its own (unknown keys and wrong types each give an error with their field path), and then every stage
+//! checks its values. Only a config with no error at all is returned.
+
+mod env;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub use env::Env;
+pub use validate::{FieldError, Problems};
+
+use crate::escalate::EscalationConfig;
+use crate::gate::TaskConfig;
+use crate::publish::MqttConfig;
+use crate::source::CameraConfig;
+use crate::vision::VisionConfig;
+
+/// The embedded default configuration, documented field by field; `lookout config example` prints it.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Everything the daemon runs on, after environment overrides, with the device id resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub device: DeviceConfig,
+    pub cameras: Vec<CameraConfig>,
+    pub tasks: Vec<TaskConfig>,
+    pub mqtt: MqttConfig,
+    pub vision: VisionConfig,
+    pub escalation: EscalationConfig,
+}
+
+/// Who this box is and how it stops.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// Device id used in topics; empty means the hostname.
+    pub id: String,
+    pub shutdown_timeout_secs: f64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            id: String::new(),
+            shutdown_timeout_secs: 10.0,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", Problems::summary(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+impl ConfigError {
+    /// The individual problems, for reports that list them one by one (logs, acks).
+    pub fn problems(&self) -> Vec<FieldError> {
+        match self {
+            ConfigError::Read { path, source } => {
+                vec![FieldError::new(
+                    "",
+                    format!("cannot read {}: {source}", path.display()),
+                )]
+            }
+            ConfigError::Invalid(problems) => problems.clone(),
+        }
+    }
+}
+
+/// Where a config comes from: a file, or the embedded default when there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigOrigin {
+    File(PathBuf),
+    Embedded,
+}
+
+impl ConfigOrigin {
+    /// A file named on the command line wins over `LOOKOUT_CONFIG`; with neither, the embedded default.
+    pub fn choose(cli: Option<PathBuf>, env: &Env) -> ConfigOrigin {
+        match cli.or_else(|| env.get("LOOKOUT_CONFIG").map(PathBuf::from)) {
+            Some(path) => ConfigOrigin::File(path),
+            None => ConfigOrigin::Embedded,
+        }
+    }
+
+    /// Reads, overrides from `env` and validates; the same path serves start-up and reload.
+    pub fn load(&self, env: &Env) -> Result<Config, ConfigError> {
+        let text = match self {
+            ConfigOrigin::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            ConfigOrigin::Embedded => DEFAULT_TOML.to_owned(),
+        };
+        Config::from_toml(&text, env)
+    }
+}
+
+impl Config {
+    /// Parses `text`, applies environment overrides and validates, returning every problem found.
+    pub fn from_toml(text: &str, env: &Env) -> Result<Config, ConfigError> {
+        let mut problems = Problems::default();
+        let table: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(error) => {
+                let error: toml::de::Error = error;
+                let at = error
+                    .span()
+                    .map(|span| line_and_column(text, span.start))
+                    .unwrap_or_default();
+                problems.push(at, format!("not valid TOML: {}", error.message()));
+                return Err(ConfigError::Invalid(problems.into_vec()));
+            }
+        };
+
+        let mut config = Config {
+            device: DeviceConfig::default(),
+            cameras: Vec::new(),
+            tasks: Vec::new(),
+            mqtt: MqttConfig::default(),
+            vision: VisionConfig::default(),
+            escalation: EscalationConfig::default(),
+        };
+        for (key, value) in table {
+            match key.as_str() {
+                "device" => config.device = section(value, "device", &mut problems),
+                "cameras" => config.cameras = list(value, "cameras", &mut problems),
+                "tasks" => config.tasks = list(value, "tasks", &mut problems),
+                "mqtt" => config.mqtt = section(value, "mqtt", &mut problems),
+                "vision" => config.vision = section(value, "vision", &mut problems),
+                "escalation" => config.escalation = section(value, "escalation", &mut problems),
+                other => problems.push(
+                    other,
+                    "unknown section; expected device, cameras, tasks, mqtt, vision or escalation",
+                ),
+            }
+        }
+        config.apply_env(env);
+        config.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems.into_vec()))
+        }
+    }
+
+    /// Environment variables override the file: they are how systemd units and containers configure.
+    fn apply_env(&mut self, env: &Env) {
+        if let Some(url) = env.get("LOOKOUT_MQTT_URL") {
+            // An empty value means "no broker URL": the embedded broker.
+            self.mqtt.url = Some(url.to_owned()).filter(|url| !url.is_empty());
+        }
+        if let Some(id) = env.get("LOOKOUT_DEVICE_ID") {
+            self.device.id = id.to_owned();
+        }
+        if let Some(dir) = env.get("LOOKOUT_MODEL_DIR") {
+            self.vision.model_dir = PathBuf::from(dir);
+        }
+        if self.device.id.is_empty() {
+            self.device.id = hostname_as_device_id();
+        }
+    }
+
+    fn validate(&self, problems: &mut Problems) {
+        validate::topic_segment(problems, "device.id", &self.device.id);
+        validate::seconds(
+            problems,
+            "device.shutdown_timeout_secs",
+            self.device.shutdown_timeout_secs,
+        );
+
+        let mut camera_ids = std::collections::HashSet::new();
+        for (index, camera) in self.cameras.iter().enumerate() {
+            let path = format!("cameras[{index}]");
+            camera.validate(&path, problems);
+            if !camera_ids.insert(camera.id.as_str()) {
+                problems.push(
+                    format!("{path}.id"),
+                    format!("duplicate camera id {:?}", camera.id),
+                );
+            }
+        }
+        let mut task_ids = std::collections::HashSet::new();
+        for (index, task) in self.tasks.iter().enumerate() {
+            let path = format!("tasks[{index}]");
+            task.validate(&path, problems);
+            if !task_ids.insert(task.id.as_str()) {
+                problems.push(
+                    format!("{path}.id"),
+                    format!("duplicate task id {:?}", task.id),
+                );
+            }
+            if !camera_ids.contains(task.camera.as_str()) {
+                problems.push(
+                    format!("{path}.camera"),
+                    format!("no camera has id {:?}", task.camera),
+                );
+            }
+        }
+        self.mqtt.validate("mqtt", problems);
+        self.vision.validate("vision", problems);
+        self.escalation.validate("escalation", problems);
+    }
+
+    /// The graceful shutdown deadline.
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.device.shutdown_timeout_secs)
+    }
+}
+
+/// Deserializes one section; a failure is recorded with its full field path and the default is kept so
+/// that the other sections are still checked.
+fn section<T: DeserializeOwned + Default>(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Problems,
+) -> T {
+    deserialize(value, path, problems).unwrap_or_default()
+}
+
+/// Deserializes an array of tables element by element, so that each bad element is reported.
+fn list<T: DeserializeOwned>(value: toml::Value, path: &str, problems: &mut Problems) -> Vec<T> {
+    let toml::Value::Array(items) = value else {
+        problems.push(path, "expected an array of tables, e.g. [[cameras]]");
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, item)| deserialize(item, &format!("{path}[{index}]"), problems))
+        .collect()
+}
+
+fn deserialize<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let inner = error.path().to_string();
+            let full = if inner == "." {
+                path.to_owned()
+            } else {
+                format!("{path}.{inner}")
+            };
+            problems.push(full, error.into_inner().message().to_owned());
+            None
+        }
+    }
+}
+
+fn line_and_column(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+    format!("line {line}, column {column}")
+}
+
+/// The hostname, reduced to the characters a topic segment may hold.
+fn hostname_as_device_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let id: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "lookout".to_owned()
+    } else {
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text, &Env::default()) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.problems().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = Config::from_toml(DEFAULT_TOML, &Env::default()).expect("default config");
+        assert_eq!(config.cameras.len(), 1);
+        assert_eq!(config.tasks.len(), 1);
+        assert!(
+            config.mqtt.url.is_none(),
+            "the default uses the embedded broker"
+        );
+        assert!(!config.device.id.is_empty());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+            bogus = 1
+            [device]
+            shutdown_timeout_secs = -1.0
+            [[cameras]]
+            id = "a"
+            source = { kind = "synthetic", fps = -2.0 }
+            [[cameras]]
+            id = "a"
+            source = { kind = "synthetic", colour = "red" }
+            [[cameras]]
+            id = "b"
+            source = { kind = "files", path = "/nonexistent/lookout", fps = "fast" }
+            [[tasks]]
+            id = "t"
+            camera = "missing"
+            question = "What?"
+            trigger = { kind = "interval", secs = -5.0 }
+            [mqtt]
+            keep_alive_secs = "soon"
+        "#;
+        let problems = problems_of(text);
+        let joined = problems.join("\n");
+        for expected in [
+            "bogus: unknown section",
+            "device.shutdown_timeout_secs:",
+            "cameras[0].source.fps:",
+            "cameras[1].source: unknown field `colour`",
+            "cameras[2].source: invalid type: string \"fast\"",
+            "tasks[0].camera: no camera has id \"missing\"",
+            "tasks[0].trigger.secs:",
+            "mqtt.keep_alive_secs: invalid type",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected() {
+        let text = r#"
+            [[cameras]]
+            id = "a"
+            source = { kind = "synthetic" }
+            [[cameras]]
+            id = "a"
+            source = { kind = "synthetic" }
+            [[tasks]]
+            id = "t"
+            camera = "a"
+            question = "Q?"
+            trigger = { kind = "on_demand" }
+            [[tasks]]
+            id = "t"
+            camera = "a"
+            question = "Q?"
+            trigger = { kind = "on_demand" }
+        "#;
+        let joined = problems_of(text).join("\n");
+        assert!(
+            joined.contains("cameras[1].id: duplicate camera id"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("tasks[1].id: duplicate task id"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let problems = problems_of("[device]\nid = \n");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("line 2, column"), "{problems:?}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = Env::from_pairs([
+            ("LOOKOUT_MQTT_URL", "mqtt://user:secret@127.0.0.1:1999"),
+            ("LOOKOUT_DEVICE_ID", "porch"),
+            ("LOOKOUT_MODEL_DIR", "/opt/model"),
+        ]);
+        let config = Config::from_toml(DEFAULT_TOML, &env).unwrap();
+        assert_eq!(
+            config.mqtt.url.as_deref(),
+            Some("mqtt://user:secret@127.0.0.1:1999")
+        );
+        assert_eq!(config.device.id, "porch");
+        assert_eq!(config.vision.model_dir, PathBuf::from("/opt/model"));
+
+        let bad = Env::from_pairs([
+            ("LOOKOUT_DEVICE_ID", "a/b"),
+            ("LOOKOUT_MQTT_URL", "ftp://x"),
+        ]);
+        let joined = match Config::from_toml(DEFAULT_TOML, &bad) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("bad environment accepted"),
+        };
+        assert!(joined.contains("device.id"), "{joined}");
+        assert!(joined.contains("mqtt.url"), "{joined}");
+    }
+
+    #[test]
+    fn an_empty_broker_url_in_the_environment_means_the_embedded_broker() {
+        let text = "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
+        let config = Config::from_toml(text, &Env::from_pairs([("LOOKOUT_MQTT_URL", "")])).unwrap();
+        assert!(config.mqtt.url.is_none());
+    }
+}

@@ -1,0 +1,34 @@
+//! Lookout: an edge daemon that watches cameras, asks a vision-language model about what it sees and
+//! publishes every answer over MQTT.
+//!
+//! # How data moves
+//!
+//! ```text
+//!  source/  ──watch (newest frame)──▶  gate/  ──JobQueue (newest job per camera)──▶  vision/
+//!  cameras, HTTP snapshots,            which frames are worth a look:             the Analyser answers
+//!  files, synthetic patterns           interval, change, on-demand asks           each question
+//!                                                                                     │
+//!                                                     publish/  ◀──mpsc (blocks)──────┘
+//!                                                     MQTT: answers, status, stats; asks come back in
+//! ```
+//!
+//! Imports only point back up this stream: `vision` may name `source::Frame` and `gate::Job`, but a
+//! source never names anything downstream. `app` is the one place that knows every stage; it wires them,
+//! supervises them, reloads the front half (sources and gates) on a new config and shuts everything down
+//! under a deadline. `config` composes the stages' own config structs and validates them all at once.
+//! `service` adapts the process to its host (signals, logging). `stats` is the one leaf every stage
+//! counts into; `backoff` is the one retry delay every stage that reconnects uses.
+//!
+//! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
+//! jobs keep the newest frame per camera with the union of its requests, outcomes to MQTT block.
+
+pub mod app;
+pub mod backoff;
+pub mod config;
+pub mod escalate;
+pub mod gate;
+pub mod publish;
+pub mod service;
+pub mod source;
+pub mod stats;
+pub mod vision;

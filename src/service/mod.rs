@@ -1,0 +1,75 @@
+//! The daemon's host: logging set-up and Unix signals, turned into `app::Control` requests.
+//!
+//! SIGTERM and SIGINT ask for a graceful shutdown; a second one while shutting down exits at once (an
+//! operator pressing Ctrl-C twice means it). SIGHUP asks for a config reload. Tests drive `app::run`
+//! through the same control channel, so everything but the signal wiring itself is tested in-process.
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::app::{self, AppError, Control};
+use crate::config::{Config, ConfigOrigin, Env};
+use crate::vision::Analyser;
+
+/// The default log filter: our info, the model runtime's and the embedded broker's warnings only.
+pub const DEFAULT_LOG_FILTER: &str = "info,ort=warn,rumqttd=warn";
+
+/// Exit status after a second shutdown signal.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Logs to stderr (journald picks it up under systemd), filtered by `LOOKOUT_LOG`.
+pub fn init_logging(env: &Env) {
+    let filter = env
+        .get("LOOKOUT_LOG")
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run_until_signalled(
+    origin: ConfigOrigin,
+    env: Env,
+    config: Config,
+    analyser: Box<dyn Analyser>,
+) -> Result<(), AppError> {
+    let (control, requests) = mpsc::channel(4);
+    let signals = tokio::spawn(forward_signals(control));
+    let result = app::run(origin, env, config, analyser, requests).await;
+    signals.abort();
+    result
+}
+
+async fn forward_signals(control: mpsc::Sender<Control>) {
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("Cannot install signal handlers; stop the daemon with SIGKILL.");
+        return;
+    };
+    let mut stopping = false;
+    loop {
+        let request = tokio::select! {
+            _ = terminate.recv() => Control::Shutdown,
+            _ = interrupt.recv() => Control::Shutdown,
+            _ = hangup.recv() => Control::Reload,
+        };
+        if request == Control::Shutdown {
+            if stopping {
+                warn!("Second shutdown signal: exiting now.");
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            stopping = true;
+        }
+        if control.send(request).await.is_err() {
+            return;
+        }
+    }
+}

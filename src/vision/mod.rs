@@ -1,0 +1,254 @@
+//! Looking at frames: the `Analyser` answers each question of a job, and the vision worker turns its
+//! answers into the `Outcome`s the publisher sends.
+//!
+//! The analyser owns the model's sessions and runs on one dedicated blocking worker (model runs take
+//! hundreds of milliseconds and must not stall the async runtime; one owner means no locking around a
+//! session). It receives a whole job at once, so an implementation can encode the frame once for all the
+//! questions asked about it. The worker's output channel is bounded and the worker blocks when it is
+//! full: answers are never dropped here, and the job queue upstream absorbs the wait by keeping only the
+//! newest frame per camera.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::config::Problems;
+use crate::gate::{ASK_TASK, AnswerKind, JobQueue, Origin, Request};
+use crate::source::Frame;
+use crate::stats::Stats;
+
+/// Where the model lives.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VisionConfig {
+    /// A folder in the official SmolVLM2 ONNX export layout.
+    pub model_dir: PathBuf,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        VisionConfig {
+            model_dir: PathBuf::from("models/SmolVLM2-256M-Video-Instruct"),
+        }
+    }
+}
+
+impl VisionConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.model_dir.as_os_str().is_empty() {
+            problems.push(format!("{path}.model_dir"), "must name a folder");
+        }
+    }
+}
+
+/// Time spent in each step of producing one answer, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StageTimings {
+    pub preprocess: f64,
+    pub vision: f64,
+    pub prefill: f64,
+    pub decode: f64,
+}
+
+/// What the analyser says about one question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalAnswer {
+    pub text: String,
+    /// In [0, 1], from the model's own token probabilities.
+    pub confidence: f64,
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+    pub timings: StageTimings,
+}
+
+/// Why the analyser could not answer a question.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AnalyseError {
+    /// The frame or question cannot be answered (too small, too long...).
+    #[error("bad input: {0}")]
+    Input(String),
+    /// The model failed to run.
+    #[error("model failure: {0}")]
+    Model(String),
+}
+
+/// Answers questions about frames. Implementations own their model; `answer` is called from one thread.
+pub trait Analyser: Send {
+    /// The model's name, reported in every answer.
+    fn model(&self) -> &str;
+
+    /// One result per request, in the same order.
+    fn answer(
+        &mut self,
+        frame: &Frame,
+        requests: &[Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>>;
+}
+
+/// Why no analyser could be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error(
+        "no model in {dir}: Lookout needs a SmolVLM2 ONNX export there (onnx/ and tokenizer.json); \
+         set vision.model_dir or LOOKOUT_MODEL_DIR"
+    )]
+    NoModel { dir: PathBuf },
+    #[error(
+        "found a model folder at {dir}, but this build of Lookout has no SmolVLM2 runtime yet, so it cannot \
+         answer questions"
+    )]
+    NoRuntime { dir: PathBuf },
+}
+
+/// Loads the analyser `config` names.
+pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, VisionError> {
+    let dir = config.model_dir.clone();
+    if !dir.join("onnx").is_dir() || !dir.join("tokenizer.json").is_file() {
+        return Err(VisionError::NoModel { dir });
+    }
+    Err(VisionError::NoRuntime { dir })
+}
+
+/// The local tier's answer to one request, ready to publish.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// UUIDv7: unique, time-ordered, the same on every delivery of this answer.
+    pub id: Uuid,
+    pub camera: Arc<str>,
+    pub task: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ask_id: Option<String>,
+    pub question: String,
+    pub kind: AnswerKind,
+    pub answer: String,
+    pub confidence: f64,
+    pub tier: &'static str,
+    pub model: String,
+    pub escalated: bool,
+    pub frame: FrameInfo,
+    pub timings_ms: Timings,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameInfo {
+    pub seq: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub captured_at: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    pub capture: f64,
+    #[serde(flatten)]
+    pub stages: StageTimings,
+    /// From capture to the answer being ready, queueing included.
+    pub total: f64,
+}
+
+/// A request that could not be answered.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub camera: Arc<str>,
+    pub task: String,
+    pub ask_id: Option<String>,
+    pub question: String,
+    pub error: String,
+}
+
+/// What the vision worker sends to the publisher, one per request.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Answered(Answer),
+    Failed(Failure),
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Runs `analyser` on every job until the queue is closed and drained, or the publisher is gone.
+/// Blocking: run it with `spawn_blocking`.
+pub fn run_blocking(
+    mut analyser: Box<dyn Analyser>,
+    jobs: JobQueue,
+    output: mpsc::Sender<Outcome>,
+    stats: Arc<Stats>,
+) {
+    let model = analyser.model().to_owned();
+    while let Some(job) = jobs.pop_blocking() {
+        let frame = &job.frame;
+        // A panicking analyser must not take the daemon down: its requests fail and the worker goes on.
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            analyser.answer(frame, &job.requests)
+        }))
+        .unwrap_or_else(|_| {
+            vec![Err(AnalyseError::Model("the analyser panicked".to_owned())); job.requests.len()]
+        });
+        for (request, result) in job.requests.iter().zip(results) {
+            let (task, ask_id) = match &request.origin {
+                Origin::Task(id) => (id.to_string(), None),
+                Origin::Ask { id } => (ASK_TASK.to_owned(), Some(id.clone())),
+            };
+            let outcome = match result {
+                Ok(local) => {
+                    let total = SystemTime::now()
+                        .duration_since(frame.captured_at)
+                        .unwrap_or_default();
+                    stats.answers.inc();
+                    stats.answer_total_ms.add(total.as_millis() as u64);
+                    stats.answer_last_ms.set(total.as_millis() as u64);
+                    debug!(camera = %frame.camera, task = %task, confidence = local.confidence, "Answered.");
+                    Outcome::Answered(Answer {
+                        id: Uuid::now_v7(),
+                        camera: frame.camera.clone(),
+                        task,
+                        ask_id,
+                        question: request.question.clone(),
+                        kind: request.kind.clone(),
+                        answer: local.text,
+                        confidence: local.confidence,
+                        tier: "local",
+                        model: model.clone(),
+                        escalated: false,
+                        frame: FrameInfo {
+                            seq: frame.seq,
+                            captured_at: humantime::format_rfc3339_millis(frame.captured_at)
+                                .to_string(),
+                            width: frame.image.width(),
+                            height: frame.image.height(),
+                        },
+                        timings_ms: Timings {
+                            capture: millis(frame.capture_time),
+                            stages: local.timings,
+                            total: millis(total),
+                        },
+                        tokens: local.tokens,
+                    })
+                }
+                Err(error) => {
+                    stats.answer_failures.inc();
+                    warn!(camera = %frame.camera, task = %task, error = %error, "Could not answer.");
+                    Outcome::Failed(Failure {
+                        camera: frame.camera.clone(),
+                        task,
+                        ask_id,
+                        question: request.question.clone(),
+                        error: error.to_string(),
+                    })
+                }
+            };
+            if output.blocking_send(outcome).is_err() {
+                warn!("The publisher is gone; the vision worker stops.");
+                return;
+            }
+        }
+    }
+}
