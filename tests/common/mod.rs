@@ -1,0 +1,392 @@
+//! Shared test harness: a real mosquitto broker on a free loopback port, a real MQTT subscriber, the
+//! daemon's `app::run` in-process, and a test analyser that stands in for the model (which arrives with
+//! the SmolVLM2 issue) behind the same `Analyser` trait the real one implements.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lookout::app::{self, AppError, Control};
+use lookout::config::{Config, ConfigOrigin, Env};
+use lookout::gate::{AnswerKind, Request};
+use lookout::source::Frame;
+use lookout::vision::{AnalyseError, Analyser, LocalAnswer, StageTimings};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("mosquitto is not installed: run `make deps` (apt-get install mosquitto)");
+}
+
+/// A mosquitto process with a generated config, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: String,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Anonymous access on a free port.
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_with(free_port(), "allow_anonymous true\n")
+    }
+
+    /// `extra` is appended to the listener's config (auth, TLS...). Files it names may live in `dir()`.
+    pub fn start_with(port: u16, extra: &str) -> Mosquitto {
+        let mut broker = Mosquitto {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.to_owned(),
+            child: None,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// Prepares a broker whose config needs files in its folder; call `launch` after writing them.
+    pub fn prepare(port: u16, extra: &str) -> Mosquitto {
+        Mosquitto {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.to_owned(),
+            child: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn launch(&mut self) {
+        let config = self.dir.path().join("mosquitto.conf");
+        let text = format!(
+            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\n{}",
+            self.port,
+            self.extra
+                .replace("{dir}", &self.dir.path().display().to_string())
+        );
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+/// One message as a subscriber saw it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+}
+
+/// A real MQTT client subscribed to some filters, collecting what arrives.
+pub struct Subscriber {
+    pub client: AsyncClient,
+    messages: mpsc::UnboundedReceiver<Message>,
+    task: JoinHandle<()>,
+}
+
+impl Subscriber {
+    pub async fn connect(port: u16, filters: &[&str]) -> Subscriber {
+        Subscriber::connect_as(port, filters, None).await
+    }
+
+    pub async fn connect_as(
+        port: u16,
+        filters: &[&str],
+        credentials: Option<(&str, &str)>,
+    ) -> Subscriber {
+        let mut options = MqttOptions::new(
+            format!("test-sub-{}", uuid::Uuid::now_v7()),
+            "127.0.0.1",
+            port,
+        );
+        options.set_keep_alive(Duration::from_secs(5));
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        for filter in filters {
+            client.subscribe(*filter, QoS::AtLeastOnce).await.unwrap();
+        }
+        let (sender, messages) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let mut acks = 0;
+        let wanted = filters.len();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        acks += 1;
+                        if acks == wanted {
+                            if let Some(tx) = subscribed_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let _ = sender.send(Message {
+                            topic: publish.topic.clone(),
+                            payload: publish.payload.to_vec(),
+                            qos: publish.qos,
+                            retain: publish.retain,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        if wanted > 0 {
+            tokio::time::timeout(Duration::from_secs(10), subscribed)
+                .await
+                .expect("subscribed")
+                .unwrap();
+        }
+        Subscriber {
+            client,
+            messages,
+            task,
+        }
+    }
+
+    /// The next message matching `wanted`, skipping others; panics after `timeout`.
+    pub async fn expect(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        wanted: impl Fn(&Message) -> bool,
+    ) -> Message {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.messages.recv()).await {
+                Ok(Some(message)) if wanted(&message) => return message,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("subscriber closed while waiting for {what}"),
+                Err(_) => panic!("no {what} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Every message that arrives within `window`.
+    pub async fn collect_for(&mut self, window: Duration) -> Vec<Message> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut all = Vec::new();
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, self.messages.recv()).await
+        {
+            all.push(message);
+        }
+        all
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Stands in for SmolVLM2: answers from the frame's pixels, deterministically, so tests can check
+/// that each answer is about the frame it names. A question containing "fail" fails.
+pub struct PixelAnalyser {
+    pub delay: Duration,
+}
+
+impl PixelAnalyser {
+    pub fn boxed() -> Box<dyn Analyser> {
+        Box::new(PixelAnalyser {
+            delay: Duration::ZERO,
+        })
+    }
+}
+
+impl Analyser for PixelAnalyser {
+    fn model(&self) -> &str {
+        "test-pixel-analyser"
+    }
+
+    fn answer(
+        &mut self,
+        frame: &Frame,
+        requests: &[Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        std::thread::sleep(self.delay);
+        let pixels = frame.image.as_raw();
+        let mean = pixels.iter().map(|&v| u64::from(v)).sum::<u64>() / pixels.len().max(1) as u64;
+        requests
+            .iter()
+            .map(|request| {
+                if request.question.contains("fail") {
+                    return Err(AnalyseError::Input("asked to fail".to_owned()));
+                }
+                let text = match &request.kind {
+                    AnswerKind::Text => format!(
+                        "mean level {mean} in {}x{}",
+                        frame.image.width(),
+                        frame.image.height()
+                    ),
+                    AnswerKind::YesNo => if mean > 127 { "yes" } else { "no" }.to_owned(),
+                    AnswerKind::OneOf(labels) => labels[mean as usize % labels.len()].clone(),
+                };
+                Ok(LocalAnswer {
+                    text,
+                    confidence: 0.75,
+                    tokens: vec![mean as u32],
+                    timings: StageTimings::default(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The daemon running in-process on a config file.
+pub struct Daemon {
+    pub control: mpsc::Sender<Control>,
+    pub task: JoinHandle<Result<(), AppError>>,
+    pub config_path: PathBuf,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl Daemon {
+    pub fn start(config_toml: &str) -> Daemon {
+        Daemon::start_with(config_toml, PixelAnalyser::boxed())
+    }
+
+    pub fn start_with(config_toml: &str, analyser: Box<dyn Analyser>) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("lookout.toml");
+        std::fs::write(&config_path, config_toml).unwrap();
+        let origin = ConfigOrigin::File(config_path.clone());
+        let env = Env::default();
+        let config: Config = origin
+            .load(&env)
+            .unwrap_or_else(|error| panic!("test config invalid: {error}"));
+        let (control, requests) = mpsc::channel(4);
+        let task = tokio::spawn(app::run(origin, env, config, analyser, requests));
+        Daemon {
+            control,
+            task,
+            config_path,
+            _dir: Arc::new(dir),
+        }
+    }
+
+    /// Asks for a graceful shutdown and waits for it, returning how long it took.
+    pub async fn shutdown(self) -> Duration {
+        let started = Instant::now();
+        self.control.send(Control::Shutdown).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("daemon stops within 20 s")
+            .unwrap()
+            .expect("daemon stops cleanly");
+        started.elapsed()
+    }
+}
+
+/// A config with one synthetic camera `cam` and the given extra TOML (tasks, mqtt...).
+pub fn config_with(device: &str, broker_url: &str, rest: &str) -> String {
+    format!(
+        r#"
+[device]
+id = "{device}"
+shutdown_timeout_secs = 5.0
+
+[mqtt]
+url = "{broker_url}"
+stats_interval_secs = 0.5
+keep_alive_secs = 5
+
+[[cameras]]
+id = "cam"
+source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
+
+{rest}
+"#
+    )
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
