@@ -86,7 +86,9 @@ impl Mosquitto {
     pub fn launch(&mut self) {
         let config = self.dir.path().join("mosquitto.conf");
         let text = format!(
-            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\n{}",
+            // `user root`: when the tests run as root, mosquitto would otherwise switch to its own user,
+            // which cannot read the test's private temporary folder (TLS keys, password files).
+            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\nuser root\n{}",
             self.port,
             self.extra
                 .replace("{dir}", &self.dir.path().display().to_string())

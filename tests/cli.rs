@@ -1,0 +1,126 @@
+//! The `lookout` binary as a user runs it: exit codes, every config error at once, the example config,
+//! and a clear refusal to run without a model.
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+fn lookout(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lookout"));
+    command
+        .args(args)
+        .env_remove("LOOKOUT_CONFIG")
+        .env_remove("LOOKOUT_MQTT_URL");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn config_example_prints_a_valid_documented_config() {
+    let output = lookout(&["config", "example"], &[]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.lines().filter(|line| line.starts_with('#')).count() > 20,
+        "the example is documented"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("example.toml");
+    std::fs::write(&file, &text).unwrap();
+    let check = lookout(&["config", "check", file.to_str().unwrap()], &[]);
+    assert!(check.status.success(), "{}", stderr(&check));
+}
+
+#[test]
+fn config_check_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[cameras]]
+id = "a"
+source = { kind = "synthetic", fps = 0.0 }
+[[cameras]]
+id = "a"
+source = { kind = "synthetic" }
+[[tasks]]
+id = "t"
+camera = "b"
+question = ""
+trigger = { kind = "interval", secs = "often" }
+[mqtt]
+keep_alive_secs = 1
+"#,
+    )
+    .unwrap();
+    let output = lookout(&["config", "check", file.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    let text = stderr(&output);
+    for path in [
+        "cameras[0].source.fps",
+        "cameras[1].id",
+        "tasks[0].trigger",
+        "mqtt.keep_alive_secs",
+    ] {
+        assert!(text.contains(path), "{path} missing from:\n{text}");
+    }
+    let missing = lookout(&["config", "check", "/nonexistent/lookout.toml"], &[]);
+    assert_eq!(missing.status.code(), Some(64));
+    assert!(stderr(&missing).contains("cannot read config file"));
+}
+
+#[test]
+fn run_with_a_bad_config_exits_64_before_opening_the_broker_port() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        format!("[mqtt]\nembedded_listen = \"127.0.0.1:{port}\"\nbogus = 1\n"),
+    )
+    .unwrap();
+    let output = lookout(&["run", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr(&output).contains("mqtt.bogus: unknown field `bogus`"),
+        "{}",
+        stderr(&output)
+    );
+    // Nothing was started: the port is still free.
+    TcpListener::bind(("127.0.0.1", port)).expect("port still free");
+}
+
+#[test]
+fn run_without_a_model_says_so_and_exits_69() {
+    let output = lookout(
+        &["run"],
+        &[
+            ("LOOKOUT_MODEL_DIR", "/nonexistent/model"),
+            ("LOOKOUT_LOG", "off"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(69));
+    let text = stderr(&output);
+    assert!(text.contains("no model in /nonexistent/model"), "{text}");
+    assert!(text.contains("LOOKOUT_MODEL_DIR"), "{text}");
+}
+
+#[test]
+fn a_config_named_by_the_environment_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env.toml");
+    std::fs::write(&file, "[device]\nid = \"bad id\"\n").unwrap();
+    let output = lookout(&["run"], &[("LOOKOUT_CONFIG", file.to_str().unwrap())]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("device.id"), "{}", stderr(&output));
+}

@@ -1,0 +1,84 @@
+//! With no broker URL the daemon starts its own broker, so a fresh box works with no other software.
+//! A real client connects to it and sees the same contract as with mosquitto.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, Subscriber, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_carries_answers_status_and_the_goodbye() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[device]
+id = "solo"
+[mqtt]
+embedded_listen = "127.0.0.1:{port}"
+[[cameras]]
+id = "cam"
+source = {{ kind = "synthetic", width = 32, height = 32, fps = 10.0 }}
+[[tasks]]
+id = "describe"
+camera = "cam"
+question = "Describe."
+trigger = {{ kind = "interval", secs = 0.2 }}
+"#
+    );
+    let daemon = Daemon::start(&config);
+    common::wait_for_port(port);
+    let mut client = Subscriber::connect(port, &["lookout/solo/#"]).await;
+    let answer = client
+        .expect(Duration::from_secs(15), "an answer", |m| {
+            m.topic == "lookout/solo/cam/describe/answer"
+        })
+        .await;
+    assert_eq!(answer.json()["device"], "solo");
+    let status = client
+        .expect(Duration::from_secs(15), "status", |m| {
+            m.topic == "lookout/solo/status"
+        })
+        .await;
+    assert_eq!(status.text(), "online");
+
+    // The embedded broker is still a broker: a second client sees the retained status.
+    let mut second = Subscriber::connect(port, &["lookout/solo/status"]).await;
+    let retained = second
+        .expect(Duration::from_secs(15), "retained status", |m| {
+            m.topic == "lookout/solo/status"
+        })
+        .await;
+    assert_eq!(
+        (retained.text().as_str(), retained.retain),
+        ("online", true)
+    );
+
+    daemon.shutdown().await;
+    let goodbye = client
+        .expect(Duration::from_secs(15), "offline", |m| {
+            m.topic == "lookout/solo/status"
+        })
+        .await;
+    assert_eq!(goodbye.text(), "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = format!(
+        "[mqtt]\nembedded_listen = \"127.0.0.1:{port}\"\n[[cameras]]\nid = \"cam\"\nsource = {{ kind = \"synthetic\" }}\n"
+    );
+    let daemon = Daemon::start(&config);
+    let error = tokio::time::timeout(Duration::from_secs(10), daemon.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains(&port.to_string()) && text.contains("mqtt.url"),
+        "{text}"
+    );
+}
