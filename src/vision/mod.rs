@@ -166,7 +166,7 @@ pub struct Failure {
 /// What the vision worker sends to the publisher, one per request.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Answered(Answer),
+    Answered(Box<Answer>),
     Failed(Failure),
 }
 
@@ -206,7 +206,7 @@ pub fn run_blocking(
                     stats.answer_total_ms.add(total.as_millis() as u64);
                     stats.answer_last_ms.set(total.as_millis() as u64);
                     debug!(camera = %frame.camera, task = %task, confidence = local.confidence, "Answered.");
-                    Outcome::Answered(Answer {
+                    Outcome::Answered(Box::new(Answer {
                         id: Uuid::now_v7(),
                         camera: frame.camera.clone(),
                         task,
@@ -231,7 +231,7 @@ pub fn run_blocking(
                             total: millis(total),
                         },
                         tokens: local.tokens,
-                    })
+                    }))
                 }
                 Err(error) => {
                     stats.answer_failures.inc();

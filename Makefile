@@ -1,0 +1,20 @@
+# Entry points; each installs what is missing first (deploy/install-deps.sh).
+.PHONY: deps test-deps run test lint
+
+deps:
+	deploy/install-deps.sh
+
+test-deps:
+	deploy/install-deps.sh --test
+
+# The daemon on its embedded defaults (LOOKOUT_CONFIG or ARGS="--config FILE" to change that).
+run: deps
+	cargo run --release -- run $(ARGS)
+
+# Every test: unit tests and integration tests against real brokers and servers on loopback.
+test: test-deps
+	cargo test --all-targets
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
