@@ -97,7 +97,9 @@ trigger = { kind = "interval", secs = 0.3 }
     // The first stats seen may be the retained one from start-up; they are refreshed on the interval.
     let stats = late
         .expect(WAIT, "stats counting answers", |m| {
-            m.topic == "lookout/box1/stats" && m.json()["answer_failures"].as_u64() > Some(0)
+            m.topic == "lookout/box1/stats"
+                && m.json()["answer_failures"].as_u64() > Some(0)
+                && m.json()["broker"]["connected"] == true
         })
         .await;
     let stats = stats.json();
@@ -107,7 +109,10 @@ trigger = { kind = "interval", secs = 0.3 }
         stats["answer_failures"].as_u64().unwrap() > 0,
         "the failing task is counted: {stats}"
     );
-    assert_eq!(stats["broker"]["connected"], true);
+    assert!(
+        stats["broker"]["connects"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
 
     // Asks: a good one is answered with its id; bad ones get an error reply and change nothing.
     answers

@@ -21,14 +21,20 @@ const EXIT_INTERRUPTED: i32 = 130;
 
 /// Logs to stderr (journald picks it up under systemd), filtered by `LOOKOUT_LOG`.
 pub fn init_logging(env: &Env) {
-    let filter = env
+    let requested = env
         .get("LOOKOUT_LOG")
-        .and_then(|directives| EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
+        .map(|directives| (directives, EnvFilter::try_new(directives)));
+    let filter = match &requested {
+        Some((_, Ok(filter))) => filter.clone(),
+        _ => EnvFilter::new(DEFAULT_LOG_FILTER),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some((directives, Err(error))) = requested {
+        warn!(filter = %directives, error = %error, "LOOKOUT_LOG is not a valid filter; using the default.");
+    }
 }
 
 /// Runs the daemon until a shutdown signal.

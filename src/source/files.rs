@@ -1,6 +1,7 @@
 //! Frames from an image file or a folder of images: for demos, tests and cameras that drop snapshots
-//! into a directory. The folder is listed when the source starts (sorted by name, so playback order is
-//! predictable) and listed again at each loop, so files added while running are picked up.
+//! into a directory. The folder is listed on the first frame (sorted by name, so playback order is
+//! predictable) and again at each loop, so files added while running are picked up; a folder that is
+//! missing or empty is `Unavailable` and retried with backoff like any other source.
 
 use std::path::{Path, PathBuf};
 
@@ -9,17 +10,33 @@ use super::{FrameSource, SourceError, SourceFuture, decode};
 pub struct FilesSource {
     root: PathBuf,
     looping: bool,
-    queue: std::vec::IntoIter<PathBuf>,
+    /// Files still to play in this pass; `None` before the first listing.
+    queue: Option<std::vec::IntoIter<PathBuf>>,
 }
 
 impl FilesSource {
-    pub fn new(root: &Path, looping: bool) -> Result<FilesSource, SourceError> {
-        let queue = list(root)?.into_iter();
-        Ok(FilesSource {
+    pub fn new(root: &Path, looping: bool) -> FilesSource {
+        FilesSource {
             root: root.to_owned(),
             looping,
-            queue,
-        })
+            queue: None,
+        }
+    }
+
+    /// The next file to play, listing the folder again when a pass is due.
+    fn next_path(&mut self) -> Result<PathBuf, SourceError> {
+        if let Some(path) = self.queue.as_mut().and_then(Iterator::next) {
+            return Ok(path);
+        }
+        if self.queue.is_some() && !self.looping {
+            return Err(SourceError::Exhausted);
+        }
+        let mut files = list(&self.root)?.into_iter();
+        let first = files.next().ok_or_else(|| {
+            SourceError::Unavailable(format!("{} holds no files", self.root.display()))
+        })?;
+        self.queue = Some(files);
+        Ok(first)
     }
 }
 
@@ -44,16 +61,7 @@ fn list(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
 impl FrameSource for FilesSource {
     fn next_image(&mut self) -> SourceFuture<'_> {
         Box::pin(async move {
-            let path = match self.queue.next() {
-                Some(path) => path,
-                None if self.looping => {
-                    self.queue = list(&self.root)?.into_iter();
-                    self.queue.next().ok_or_else(|| {
-                        SourceError::Unavailable(format!("{} holds no files", self.root.display()))
-                    })?
-                }
-                None => return Err(SourceError::Exhausted),
-            };
+            let path = self.next_path()?;
             let bytes = tokio::fs::read(&path)
                 .await
                 .map_err(|error| SourceError::BadFrame(format!("{}: {error}", path.display())))?;

@@ -266,7 +266,7 @@ fn open(config: &CameraConfig) -> Result<Box<dyn FrameSource>, SourceError> {
             auth.clone(),
         )?),
         SourceConfig::Files { path, looping, .. } => {
-            Box::new(files::FilesSource::new(path, *looping)?)
+            Box::new(files::FilesSource::new(path, *looping))
         }
         SourceConfig::Synthetic { width, height, .. } => {
             Box::new(synthetic::SyntheticSource::new(*width, *height))
