@@ -21,6 +21,9 @@ const CHILD_CONFIG: &str = "LOOKOUT_TEST_CHILD_CONFIG";
 const CHILD_DELAY_MS: &str = "LOOKOUT_TEST_CHILD_ANALYSER_DELAY_MS";
 const WAIT: Duration = Duration::from_secs(20);
 
+/// One scenario, run to completion on the given runtime (it panics on failure).
+type Scenario = fn(&tokio::runtime::Runtime);
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -35,7 +38,7 @@ fn main() {
         let code = runtime.block_on(child(&path, Duration::from_millis(delay)));
         std::process::exit(code);
     }
-    let scenarios: [(&str, fn(&tokio::runtime::Runtime)); 4] = [
+    let scenarios: [(&str, Scenario); 4] = [
         ("sigterm_drains_says_offline_and_exits_0", |rt| {
             rt.block_on(sigterm_drains_says_offline_and_exits_0())
         }),
