@@ -51,6 +51,7 @@ trigger = {{ kind = "interval", secs = 0.02 }}
         .map(|m| m.json())
         .collect();
     let last = stats.last().expect("stats were published");
+    eprintln!("stats after about 4 s: {last}");
     let captured = last["frames"]["captured"].as_u64().unwrap();
     assert!(
         captured >= 100,
@@ -73,6 +74,14 @@ trigger = {{ kind = "interval", secs = 0.02 }}
         .map(|m| m.json())
         .collect();
     assert!(answers.len() >= 6, "only {} answers", answers.len());
+    let ages: Vec<f64> = answers
+        .iter()
+        .map(|a| a["timings_ms"]["total"].as_f64().unwrap())
+        .collect();
+    eprintln!(
+        "{} answers; ages from capture (ms): {ages:.0?}",
+        answers.len()
+    );
     for answer in &answers[answers.len() / 2..] {
         let age = answer["timings_ms"]["total"].as_f64().unwrap();
         // A queue that kept every frame would be seconds behind by now; the newest-frame policy keeps
