@@ -1,11 +1,13 @@
-# Entry points; each installs what is missing first (deploy/install-deps.sh).
+# Entry points; each installs what is missing first (system packages, the ONNX Runtime library).
 .PHONY: deps test-deps run test lint
 
 deps:
 	deploy/install-deps.sh
+	deploy/fetch-onnxruntime.sh
 
 test-deps:
 	deploy/install-deps.sh --test
+	deploy/fetch-onnxruntime.sh
 
 # The daemon on its embedded defaults (LOOKOUT_CONFIG or ARGS="--config FILE" to change that).
 run: deps

@@ -8,6 +8,10 @@
 //! full: answers are never dropped here, and the job queue upstream absorbs the wait by keeping only the
 //! newest frame per camera.
 
+pub mod model;
+pub mod preprocess;
+pub mod prompt;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,0 +1,139 @@
+//! A SmolVLM2 model folder in the official export layout, read and checked before any graph is loaded.
+//!
+//! Every id, size and stop token comes from the folder's own files (config.json, generation_config.json,
+//! preprocessor_config.json, processor_config.json, tokenizer.json), never from constants: the real
+//! exports, the 500M model and the compact test fixture all differ in some of them. A missing file or
+//! field is an error that names the file and the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::preprocess::ImageSettings;
+
+/// What the rest of the vision stage needs to know about a model.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub dir: PathBuf,
+    pub image: ImageSettings,
+    /// `<image>` placeholders per tile (processor_config `image_seq_len`).
+    pub image_seq_len: usize,
+    pub image_token_id: u32,
+    /// generation_config's eos id(s); the tokenizer adds `<|im_end|>` and `<|endoftext|>`.
+    pub eos_ids: Vec<u32>,
+    pub layers: usize,
+    pub vocab_size: usize,
+}
+
+/// Why a model folder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("no model folder at {0}")]
+    Missing(PathBuf),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn read_json(dir: &Path, name: &str) -> Result<Value, ModelError> {
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path).map_err(|error| ModelError::File {
+        path: path.clone(),
+        reason: error.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|error| ModelError::File {
+        path,
+        reason: format!("not valid JSON: {error}"),
+    })
+}
+
+/// Reads one field by JSON pointer and converts it, naming the file and field when it fails.
+fn field<T: for<'de> Deserialize<'de>>(
+    dir: &Path,
+    file: &str,
+    json: &Value,
+    pointer: &str,
+) -> Result<T, ModelError> {
+    let value = json.pointer(pointer).ok_or_else(|| ModelError::File {
+        path: dir.join(file),
+        reason: format!("has no field {pointer}"),
+    })?;
+    serde_json::from_value(value.clone()).map_err(|error| ModelError::File {
+        path: dir.join(file),
+        reason: format!("field {pointer}: {error}"),
+    })
+}
+
+impl ModelSpec {
+    /// Reads the folder's configuration files.
+    pub fn read(dir: &Path) -> Result<ModelSpec, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::Missing(dir.to_owned()));
+        }
+        let config = read_json(dir, "config.json")?;
+        let generation = read_json(dir, "generation_config.json")?;
+        let preprocessor = read_json(dir, "preprocessor_config.json")?;
+        let processor = read_json(dir, "processor_config.json")?;
+        let pre =
+            |pointer: &str| field::<f32>(dir, "preprocessor_config.json", &preprocessor, pointer);
+        let triple = |pointer: &str| {
+            field::<[f32; 3]>(dir, "preprocessor_config.json", &preprocessor, pointer)
+        };
+        let image = ImageSettings {
+            longest_edge: field(
+                dir,
+                "preprocessor_config.json",
+                &preprocessor,
+                "/size/longest_edge",
+            )?,
+            tile: field(
+                dir,
+                "preprocessor_config.json",
+                &preprocessor,
+                "/max_image_size/longest_edge",
+            )?,
+            rescale_factor: pre("/rescale_factor")?,
+            mean: triple("/image_mean")?,
+            std: triple("/image_std")?,
+        };
+        if image.tile == 0 || image.longest_edge < image.tile {
+            return Err(ModelError::File {
+                path: dir.join("preprocessor_config.json"),
+                reason: format!(
+                    "size.longest_edge ({}) must be at least max_image_size.longest_edge ({})",
+                    image.longest_edge, image.tile
+                ),
+            });
+        }
+        // generation_config's eos may be one id or a list.
+        let eos: Value = field(dir, "generation_config.json", &generation, "/eos_token_id")?;
+        let eos_ids: Vec<u32> = match eos {
+            Value::Array(ids) => ids
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|id| id as u32)
+                .collect(),
+            other => other.as_u64().map(|id| vec![id as u32]).unwrap_or_default(),
+        };
+        if eos_ids.is_empty() {
+            return Err(ModelError::File {
+                path: dir.join("generation_config.json"),
+                reason: "eos_token_id is not a token id or a list of them".to_owned(),
+            });
+        }
+        Ok(ModelSpec {
+            dir: dir.to_owned(),
+            image,
+            image_seq_len: field(dir, "processor_config.json", &processor, "/image_seq_len")?,
+            image_token_id: field(dir, "config.json", &config, "/image_token_id")?,
+            eos_ids,
+            layers: field(
+                dir,
+                "config.json",
+                &config,
+                "/text_config/num_hidden_layers",
+            )?,
+            vocab_size: field(dir, "config.json", &config, "/text_config/vocab_size")?,
+        })
+    }
+}
