@@ -4,11 +4,15 @@
 //! tolerance stated below. Golden data: models/fixtures/make_golden.py.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use lookout::source::decode;
+use lookout::gate::{AnswerKind, Origin, Request};
+use lookout::source::{Frame, decode};
 use lookout::vision::model::ModelSpec;
 use lookout::vision::preprocess::preprocess;
 use lookout::vision::prompt::Prompter;
+use lookout::vision::{Analyser, LoadOptions, Provider, SmolVlm, runtime};
 use serde_json::Value;
 
 fn fixture() -> PathBuf {
@@ -117,4 +121,139 @@ fn pixel_values_agree_with_the_reference() {
         worst_mean <= MAX_MEAN_DIFF,
         "a tile mean differs by {worst_mean}"
     );
+}
+
+/// The fixture model on the runtime `cargo test` points ORT_DYLIB_PATH at (deploy/fetch-onnxruntime.sh).
+fn load_fixture() -> SmolVlm {
+    let library = runtime::resolve_library(
+        std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .as_deref(),
+    )
+    .unwrap();
+    SmolVlm::load(&LoadOptions {
+        model_dir: fixture(),
+        suffix: String::new(),
+        library,
+        providers: vec![Provider::Cpu],
+        threads: 1,
+    })
+    .unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn frame_of(case: &Value) -> Frame {
+    let bytes = std::fs::read(fixture().join(case["image"].as_str().unwrap())).unwrap();
+    Frame {
+        camera: Arc::from("cam"),
+        seq: 1,
+        captured_at: SystemTime::now(),
+        capture_time: Duration::ZERO,
+        image: decode::decode(&bytes).unwrap(),
+    }
+}
+
+fn request(question: &str, kind: AnswerKind, split: bool, max_new_tokens: u32) -> Request {
+    Request {
+        origin: Origin::Task(Arc::from("t")),
+        question: question.to_owned(),
+        kind,
+        split,
+        max_new_tokens,
+        permit: None,
+    }
+}
+
+#[test]
+fn greedy_tokens_and_confidences_equal_transformers() {
+    let mut model = load_fixture();
+    let max_new = golden()["meta"]["max_new_tokens"].as_u64().unwrap() as u32;
+    let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
+    for case in cases() {
+        let split = case["split"].as_bool().unwrap();
+        let frame = frame_of(&case);
+        // The text question and both option questions in one job: one image encoding, a shared prefix.
+        let mut requests = vec![request(
+            case["question"].as_str().unwrap(),
+            AnswerKind::Text,
+            split,
+            max_new,
+        )];
+        for options in case["options"].as_array().unwrap() {
+            let labels: Vec<String> = options["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|score| score["option"].as_str().unwrap().trim().to_owned())
+                .collect();
+            let kind = if labels == ["Yes", "No"] {
+                AnswerKind::YesNo
+            } else {
+                AnswerKind::OneOf(labels)
+            };
+            requests.push(request(
+                options["question"].as_str().unwrap(),
+                kind,
+                split,
+                max_new,
+            ));
+        }
+        let answers = model.answer(&frame, &requests);
+
+        let text = answers[0]
+            .as_ref()
+            .unwrap_or_else(|error| panic!("{}: {error}", label(&case)));
+        let expected: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        assert_eq!(text.tokens, expected, "{}", label(&case));
+        let probabilities: Vec<f64> = serde_json::from_value(case["token_probs"].clone()).unwrap();
+        let kept: Vec<f64> = expected
+            .iter()
+            .zip(&probabilities)
+            .filter(|(token, _)| !stops.contains(token))
+            .map(|(_, p)| *p)
+            .collect();
+        let geometric_mean = (kept.iter().map(|p| p.ln()).sum::<f64>() / kept.len() as f64).exp();
+        assert!(
+            (text.confidence - geometric_mean).abs() < 1e-4,
+            "{}: {} vs {geometric_mean}",
+            label(&case),
+            text.confidence
+        );
+        let lowest = kept.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(
+            (text.min_probability.unwrap() - lowest).abs() < 1e-4,
+            "{}",
+            label(&case)
+        );
+
+        for (answer, options) in answers[1..].iter().zip(case["options"].as_array().unwrap()) {
+            let answer = answer
+                .as_ref()
+                .unwrap_or_else(|error| panic!("{}: {error}", label(&case)));
+            let scores = options["scores"].as_array().unwrap();
+            let best = scores
+                .iter()
+                .max_by(|a, b| {
+                    a["logprob"]
+                        .as_f64()
+                        .unwrap()
+                        .total_cmp(&b["logprob"].as_f64().unwrap())
+                })
+                .unwrap();
+            let best_label = best["option"].as_str().unwrap().trim().to_lowercase();
+            assert_eq!(
+                answer.text.to_lowercase(),
+                best_label,
+                "{}: {}",
+                label(&case),
+                options["question"]
+            );
+            let share = best["share"].as_f64().unwrap();
+            assert!(
+                (answer.confidence - share).abs() < 1e-4,
+                "{}: {} vs {share}",
+                label(&case),
+                answer.confidence
+            );
+        }
+    }
 }

@@ -174,6 +174,9 @@ impl Config {
         if let Some(dir) = env.get("LOOKOUT_MODEL_DIR") {
             self.vision.model_dir = PathBuf::from(dir);
         }
+        if let Some(library) = env.get("ORT_DYLIB_PATH").filter(|path| !path.is_empty()) {
+            self.vision.runtime_library = Some(PathBuf::from(library));
+        }
         if self.device.id.is_empty() {
             self.device.id = hostname_as_device_id();
         }

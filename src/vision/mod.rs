@@ -11,6 +11,8 @@
 pub mod model;
 pub mod preprocess;
 pub mod prompt;
+pub mod runtime;
+pub mod smolvlm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,27 +27,80 @@ use crate::config::Problems;
 use crate::gate::{ASK_TASK, AnswerKind, JobQueue, Origin, Request};
 use crate::source::Frame;
 use crate::stats::Stats;
+pub use runtime::Provider;
+pub use smolvlm::{LoadError, LoadOptions, SmolVlm};
 
-/// Where the model lives.
+/// Which model, which weights, on what.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VisionConfig {
     /// A folder in the official SmolVLM2 ONNX export layout.
     pub model_dir: PathBuf,
+    /// Which weights of the export: fp32, fp16, int8, uint8, quantized, q4, q4f16, bnb4.
+    pub variant: String,
+    /// The ONNX Runtime library; default: ORT_DYLIB_PATH, else the first of `runtime::DEFAULT_LIBRARY_PATHS`.
+    pub runtime_library: Option<PathBuf>,
+    /// Execution providers in order of preference; the CPU is always the last resort.
+    pub providers: Vec<Provider>,
+    /// Threads per graph run; 0 lets ONNX Runtime choose (one per core).
+    pub threads: usize,
 }
 
 impl Default for VisionConfig {
     fn default() -> Self {
         VisionConfig {
             model_dir: PathBuf::from("models/SmolVLM2-256M-Video-Instruct"),
+            variant: "fp32".to_owned(),
+            runtime_library: None,
+            providers: vec![Provider::Cpu],
+            threads: 0,
         }
     }
 }
+
+/// The variants the official exports publish, as file-name suffixes.
+const VARIANTS: [&str; 8] = [
+    "fp32",
+    "fp16",
+    "int8",
+    "uint8",
+    "quantized",
+    "q4",
+    "q4f16",
+    "bnb4",
+];
 
 impl VisionConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         if self.model_dir.as_os_str().is_empty() {
             problems.push(format!("{path}.model_dir"), "must name a folder");
+        }
+        if !VARIANTS.contains(&self.variant.as_str()) {
+            problems.push(
+                format!("{path}.variant"),
+                format!("{:?} is not one of {}", self.variant, VARIANTS.join(", ")),
+            );
+        }
+        if self.providers.is_empty() {
+            problems.push(
+                format!("{path}.providers"),
+                "list at least one provider, e.g. [\"cpu\"]",
+            );
+        }
+        if self.threads > 256 {
+            problems.push(
+                format!("{path}.threads"),
+                format!("{} threads is more than any edge box has", self.threads),
+            );
+        }
+    }
+
+    /// The graph file suffix of the variant: fp32 has none.
+    fn suffix(&self) -> String {
+        if self.variant == "fp32" {
+            String::new()
+        } else {
+            format!("_{}", self.variant)
         }
     }
 }
@@ -65,6 +120,8 @@ pub struct LocalAnswer {
     pub text: String,
     /// In [0, 1], from the model's own token probabilities.
     pub confidence: f64,
+    /// For text answers: the lowest probability among the chosen tokens.
+    pub min_probability: Option<f64>,
     /// The generated token ids.
     pub tokens: Vec<u32>,
     pub timings: StageTimings,
@@ -94,28 +151,16 @@ pub trait Analyser: Send {
     ) -> Vec<Result<LocalAnswer, AnalyseError>>;
 }
 
-/// Why no analyser could be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum VisionError {
-    #[error(
-        "no model in {dir}: Lookout needs a SmolVLM2 ONNX export there (onnx/ and tokenizer.json); \
-         set vision.model_dir or LOOKOUT_MODEL_DIR"
-    )]
-    NoModel { dir: PathBuf },
-    #[error(
-        "found a model folder at {dir}, but this build of Lookout has no SmolVLM2 runtime yet, so it cannot \
-         answer questions"
-    )]
-    NoRuntime { dir: PathBuf },
-}
-
-/// Loads the analyser `config` names.
-pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, VisionError> {
-    let dir = config.model_dir.clone();
-    if !dir.join("onnx").is_dir() || !dir.join("tokenizer.json").is_file() {
-        return Err(VisionError::NoModel { dir });
-    }
-    Err(VisionError::NoRuntime { dir })
+/// Loads the SmolVLM2 analyser `config` names.
+pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
+    let options = LoadOptions {
+        model_dir: config.model_dir.clone(),
+        suffix: config.suffix(),
+        library: runtime::resolve_library(config.runtime_library.as_deref())?,
+        providers: config.providers.clone(),
+        threads: config.threads,
+    };
+    Ok(Box::new(SmolVlm::load(&options)?))
 }
 
 /// The local tier's answer to one request, ready to publish.
@@ -131,6 +176,8 @@ pub struct Answer {
     pub kind: AnswerKind,
     pub answer: String,
     pub confidence: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence_min: Option<f64>,
     pub tier: &'static str,
     pub model: String,
     pub escalated: bool,
@@ -219,6 +266,7 @@ pub fn run_blocking(
                         kind: request.kind.clone(),
                         answer: local.text,
                         confidence: local.confidence,
+                        confidence_min: local.min_probability,
                         tier: "local",
                         model: model.clone(),
                         escalated: false,

@@ -29,7 +29,7 @@ pub struct ModelSpec {
 /// Why a model folder cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("no model folder at {0}")]
+    #[error("no model in {0}: set vision.model_dir or LOOKOUT_MODEL_DIR to a SmolVLM2 ONNX export")]
     Missing(PathBuf),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },

@@ -314,6 +314,7 @@ impl Analyser for PixelAnalyser {
                 Ok(LocalAnswer {
                     text,
                     confidence: 0.75,
+                    min_probability: None,
                     tokens: vec![mean as u32],
                     timings: StageTimings::default(),
                 })

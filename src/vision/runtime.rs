@@ -1,0 +1,207 @@
+//! ONNX Runtime: finding the shared library, loading it once per process, and building sessions on the
+//! execution providers the config lists.
+//!
+//! The library is loaded at run time (`ort`'s load-dynamic), never linked or downloaded at build time, so
+//! one binary runs with whatever runtime build a box has (CPU-only, CUDA, OpenVINO...). Loading goes
+//! through `ort::init_from`, which returns an error for a missing or too old library instead of panicking;
+//! ONNX Runtime allows one environment per process, so it is created once and shared.
+//!
+//! Execution providers are tried in the configured order; one that this runtime build lacks or that fails
+//! to register is skipped with a warning naming it, and the CPU provider always remains as the last resort.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::environment::Environment;
+use ort::ep;
+#[cfg(any(
+    feature = "cuda",
+    feature = "tensorrt",
+    feature = "openvino",
+    feature = "qnn",
+    feature = "coreml"
+))]
+use ort::ep::ExecutionProvider;
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+/// Where the runtime library is looked for when neither the config nor `ORT_DYLIB_PATH` names it.
+pub const DEFAULT_LIBRARY_PATHS: [&str; 2] = [
+    ".ort/lib/libonnxruntime.so",
+    "/usr/lib/lookout/libonnxruntime.so",
+];
+
+/// An execution provider, in the config's `vision.providers` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Cuda,
+    Tensorrt,
+    Openvino,
+    Qnn,
+    Coreml,
+    Cpu,
+}
+
+/// Why the runtime could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "no ONNX Runtime library found (looked at {tried}); install it with deploy/fetch-onnxruntime.sh or name it \
+         in vision.runtime_library or ORT_DYLIB_PATH"
+    )]
+    NotFound { tried: String },
+    #[error("cannot load ONNX Runtime from {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("cannot create the ONNX Runtime environment: {0}")]
+    Environment(String),
+    #[error("cannot load the graph {path}: {reason}")]
+    Session { path: PathBuf, reason: String },
+}
+
+/// The library to load: the configured path, else the first default that exists.
+pub fn resolve_library(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    if let Some(path) = configured {
+        return Ok(path.to_owned());
+    }
+    DEFAULT_LIBRARY_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .ok_or_else(|| RuntimeError::NotFound {
+            tried: DEFAULT_LIBRARY_PATHS.join(", "),
+        })
+}
+
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+
+/// The process's ONNX Runtime environment, loading `library` the first time.
+pub fn environment(library: &Path) -> Result<Environment, RuntimeError> {
+    let mut shared = ENVIRONMENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(environment) = shared.as_ref() {
+        return Ok(environment.clone());
+    }
+    if !library.exists() {
+        return Err(RuntimeError::NotFound {
+            tried: library.display().to_string(),
+        });
+    }
+    let environment = ort::init_from(library)
+        .map_err(|error| RuntimeError::Load {
+            path: library.to_owned(),
+            reason: error.to_string(),
+        })?
+        .with_name("lookout")
+        .build()
+        .map_err(|error| RuntimeError::Environment(error.to_string()))?;
+    info!(library = %library.display(), "ONNX Runtime loaded.");
+    *shared = Some(environment.clone());
+    Ok(environment)
+}
+
+/// The provider's name, and its registration if this build of Lookout includes it (cargo feature).
+fn dispatch(
+    provider: Provider,
+) -> (
+    &'static str,
+    Option<ort::Result<bool>>,
+    Option<ep::ExecutionProviderDispatch>,
+) {
+    macro_rules! provider {
+        ($name:literal, $feature:literal, $kind:ident) => {{
+            #[cfg(feature = $feature)]
+            let found = (
+                Some(ep::$kind::is_available()),
+                Some(ep::$kind::default().build()),
+            );
+            #[cfg(not(feature = $feature))]
+            let found = (None, None);
+            ($name, found.0, found.1)
+        }};
+    }
+    match provider {
+        Provider::Cuda => provider!("cuda", "cuda", CUDA),
+        Provider::Tensorrt => provider!("tensorrt", "tensorrt", TensorRT),
+        Provider::Openvino => provider!("openvino", "openvino", OpenVINO),
+        Provider::Qnn => provider!("qnn", "qnn", QNN),
+        Provider::Coreml => provider!("coreml", "coreml", CoreML),
+        Provider::Cpu => ("cpu", Some(Ok(true)), None),
+    }
+}
+
+/// Registers the usable providers of `wanted`, in order, on `builder`; returns it with the names in use.
+/// The CPU provider is always there, last.
+fn with_providers(
+    mut builder: SessionBuilder,
+    wanted: &[Provider],
+) -> (SessionBuilder, Vec<&'static str>) {
+    let mut used = Vec::new();
+    for provider in wanted
+        .iter()
+        .take_while(|provider| **provider != Provider::Cpu)
+    {
+        let (name, available, registration) = dispatch(*provider);
+        let Some(registration) = registration else {
+            warn!(
+                provider = name,
+                "This build of Lookout does not include this execution provider (cargo feature {name}); falling back."
+            );
+            continue;
+        };
+        if !matches!(available, Some(Ok(true))) {
+            warn!(
+                provider = name,
+                "This ONNX Runtime build has no such execution provider; falling back."
+            );
+            continue;
+        }
+        builder = match builder.with_execution_providers([registration.error_on_failure()]) {
+            Ok(builder) => {
+                used.push(name);
+                builder
+            }
+            Err(error) => {
+                warn!(provider = name, error = %error, "Execution provider failed to register; falling back.");
+                error.recover()
+            }
+        };
+    }
+    used.push("cpu");
+    (builder, used)
+}
+
+/// Loads one graph with the configured providers and threads; returns it with the providers in use.
+pub fn load_session(
+    environment: &Environment,
+    path: &Path,
+    providers: &[Provider],
+    threads: usize,
+) -> Result<(Session, Vec<&'static str>), RuntimeError> {
+    let fail = |reason: String| RuntimeError::Session {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(fail("the file does not exist".to_owned()));
+    }
+    let builder = Session::builder(environment).map_err(|error| fail(error.to_string()))?;
+    let builder = builder
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|error| fail(error.to_string()))?;
+    let builder = if threads > 0 {
+        builder
+            .with_intra_threads(threads)
+            .map_err(|error| fail(error.to_string()))?
+    } else {
+        builder
+    };
+    let (mut builder, used) = with_providers(builder, providers);
+    let session = builder
+        .commit_from_file(path)
+        .map_err(|error| fail(error.to_string()))?;
+    Ok((session, used))
+}

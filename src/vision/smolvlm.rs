@@ -1,0 +1,717 @@
+//! SmolVLM2 on ONNX Runtime: the analyser that answers questions about frames.
+//!
+//! Three graphs of the official export work together (see the model's ONNX contract): `vision_encoder`
+//! turns the preprocessed tiles into 64 feature rows per tile, `embed_tokens` turns prompt ids into
+//! embeddings, and the rows of `<image>` placeholders are replaced by the image features in order;
+//! `decoder_model_merged` then runs the prompt once (prefill) and one token at a time after it, carrying
+//! its key/value cache. The cache a step returns (`present.*`) is moved into the next step as `past.*`:
+//! the tensors stay where ONNX Runtime put them, with no copy through our buffers.
+//!
+//! Several questions about one frame share work: the frame is encoded once per splitting mode, and the
+//! prompt prefix they have in common (the chat header and the whole image block) is prefilled once; each
+//! question then prefills only its own words on top of that shared cache, passed by reference.
+//!
+//! Answer kinds and confidence:
+//! - `text`: greedy decoding until a stop token or `max_new_tokens`; confidence is the geometric mean of
+//!   the chosen tokens' probabilities (the stop token excluded), and the lowest of them is reported too.
+//! - `yes_no` and `one_of`: no free text is generated. Each option (" Yes" / " No", or " " + label) is
+//!   scored as the sum of its tokens' log-probabilities right after the prompt; the best option is the
+//!   answer and its confidence is its share of the softmax over the options' scores.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+
+use super::model::{ModelError, ModelSpec};
+use super::preprocess::{Pixels, preprocess};
+use super::prompt::{PromptError, Prompter};
+use super::runtime::{self, Provider, RuntimeError};
+use super::{AnalyseError, Analyser, LocalAnswer, StageTimings};
+use crate::gate::{AnswerKind, Request};
+use crate::source::Frame;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error("{graph}: {problem} (is this a SmolVLM2 export?)")]
+    Contract { graph: PathBuf, problem: String },
+}
+
+/// How to load a model: where it is, which weights, on what.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub model_dir: PathBuf,
+    /// The file suffix of the variant: "" for fp32, "_int8", "_q4"...
+    pub suffix: String,
+    pub library: PathBuf,
+    pub providers: Vec<Provider>,
+    pub threads: usize,
+}
+
+/// What the decoder graph's key/value inputs look like, read from its metadata.
+struct CacheLayout {
+    kv_heads: i64,
+    head_dim: i64,
+    has_logits_to_keep: bool,
+}
+
+pub struct SmolVlm {
+    name: String,
+    spec: ModelSpec,
+    prompter: Prompter,
+    vision: Session,
+    embed: Session,
+    decoder: Session,
+    cache: CacheLayout,
+    providers: Vec<&'static str>,
+}
+
+/// An input or output a graph must declare: name, element type, rank.
+struct Port {
+    name: String,
+    dtype: TensorElementType,
+    rank: usize,
+}
+
+fn port(name: impl Into<String>, dtype: TensorElementType, rank: usize) -> Port {
+    Port {
+        name: name.into(),
+        dtype,
+        rank,
+    }
+}
+
+/// Checks that `session` declares every port, with the element type and rank given.
+fn check_ports(
+    path: &Path,
+    session: &Session,
+    inputs: &[Port],
+    outputs: &[Port],
+) -> Result<(), LoadError> {
+    let contract = |problem: String| LoadError::Contract {
+        graph: path.to_owned(),
+        problem,
+    };
+    for (kind, wanted, declared) in [
+        ("input", inputs, session.inputs()),
+        ("output", outputs, session.outputs()),
+    ] {
+        for port in wanted {
+            let outlet = declared
+                .iter()
+                .find(|outlet| outlet.name() == port.name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = declared.iter().map(|outlet| outlet.name()).collect();
+                    contract(format!("no {kind} named {:?}; it has {names:?}", port.name))
+                })?;
+            match outlet.dtype() {
+                ValueType::Tensor { ty, shape, .. }
+                    if *ty == port.dtype && shape.len() == port.rank => {}
+                ValueType::Tensor { ty, shape, .. } => {
+                    return Err(contract(format!(
+                        "{kind} {:?} is {ty:?} of rank {}, expected {:?} of rank {}",
+                        port.name,
+                        shape.len(),
+                        port.dtype,
+                        port.rank
+                    )));
+                }
+                other => {
+                    return Err(contract(format!(
+                        "{kind} {:?} is {other:?}, not a tensor",
+                        port.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ort_error(error: ort::Error) -> AnalyseError {
+    AnalyseError::Model(error.to_string())
+}
+
+fn millis(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+impl SmolVlm {
+    pub fn load(options: &LoadOptions) -> Result<SmolVlm, LoadError> {
+        let spec = ModelSpec::read(&options.model_dir)?;
+        let prompter = Prompter::load(
+            &options.model_dir,
+            spec.image_token_id,
+            &spec.eos_ids,
+            spec.image_seq_len,
+        )?;
+        let environment = runtime::environment(&options.library)?;
+        let graph = |name: &str| {
+            options
+                .model_dir
+                .join("onnx")
+                .join(format!("{name}{}.onnx", options.suffix))
+        };
+        let load = |path: &Path| {
+            runtime::load_session(&environment, path, &options.providers, options.threads)
+        };
+        use TensorElementType::{Bool, Float32, Int64};
+
+        let vision_path = graph("vision_encoder");
+        let (vision, providers) = load(&vision_path)?;
+        check_ports(
+            &vision_path,
+            &vision,
+            &[
+                port("pixel_values", Float32, 5),
+                port("pixel_attention_mask", Bool, 4),
+            ],
+            &[port("image_features", Float32, 3)],
+        )?;
+        let embed_path = graph("embed_tokens");
+        let (embed, _) = load(&embed_path)?;
+        check_ports(
+            &embed_path,
+            &embed,
+            &[port("input_ids", Int64, 2)],
+            &[port("inputs_embeds", Float32, 3)],
+        )?;
+
+        let decoder_path = graph("decoder_model_merged");
+        let (decoder, _) = load(&decoder_path)?;
+        let mut inputs = vec![
+            port("inputs_embeds", Float32, 3),
+            port("attention_mask", Int64, 2),
+            port("position_ids", Int64, 2),
+        ];
+        let mut outputs = vec![port("logits", Float32, 3)];
+        for layer in 0..spec.layers {
+            for kind in ["key", "value"] {
+                inputs.push(port(format!("past_key_values.{layer}.{kind}"), Float32, 4));
+                outputs.push(port(format!("present.{layer}.{kind}"), Float32, 4));
+            }
+        }
+        check_ports(&decoder_path, &decoder, &inputs, &outputs)?;
+        let cache = cache_layout(&decoder_path, &decoder)?;
+        let name = options
+            .model_dir
+            .file_name()
+            .map(|name| format!("{}{}", name.to_string_lossy(), options.suffix))
+            .unwrap_or_else(|| "smolvlm2".to_owned());
+        tracing::info!(model = %name, providers = ?providers, "SmolVLM2 loaded.");
+        Ok(SmolVlm {
+            name,
+            spec,
+            prompter,
+            vision,
+            embed,
+            decoder,
+            cache,
+            providers,
+        })
+    }
+
+    /// The execution providers the sessions run on, in order of preference.
+    pub fn providers(&self) -> &[&'static str] {
+        &self.providers
+    }
+
+    fn encode_image(&mut self, pixels: &Pixels) -> Result<Vec<f32>, AnalyseError> {
+        let tile = self.spec.image.tile as usize;
+        let values = Tensor::from_array(([1, pixels.images, 3, tile, tile], pixels.values.clone()))
+            .map_err(ort_error)?;
+        let mask = Tensor::from_array((
+            [1, pixels.images, tile, tile],
+            vec![true; pixels.images * tile * tile],
+        ))
+        .map_err(ort_error)?;
+        let outputs = self
+            .vision
+            .run(ort::inputs! {"pixel_values" => values, "pixel_attention_mask" => mask})
+            .map_err(ort_error)?;
+        let (_, features) = outputs["image_features"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_error)?;
+        Ok(features.to_vec())
+    }
+
+    fn embed(&mut self, ids: &[u32]) -> Result<Vec<f32>, AnalyseError> {
+        let ids: Vec<i64> = ids.iter().map(|id| i64::from(*id)).collect();
+        let tensor = Tensor::from_array(([1, ids.len()], ids)).map_err(ort_error)?;
+        let outputs = self
+            .embed
+            .run(ort::inputs! {"input_ids" => tensor})
+            .map_err(ort_error)?;
+        let (_, embeds) = outputs["inputs_embeds"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_error)?;
+        Ok(embeds.to_vec())
+    }
+
+    /// Embeddings of `ids` with the `<image>` rows replaced by `features`, in order.
+    fn embed_with_image(
+        &mut self,
+        ids: &[u32],
+        features: &[f32],
+    ) -> Result<Vec<f32>, AnalyseError> {
+        let mut embeds = self.embed(ids)?;
+        let hidden = embeds.len() / ids.len().max(1);
+        let slots: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| **id == self.spec.image_token_id)
+            .map(|(index, _)| index)
+            .collect();
+        if slots.len() * hidden != features.len() {
+            return Err(AnalyseError::Model(format!(
+                "the prompt has {} image tokens but the encoder gave {} feature rows",
+                slots.len(),
+                features.len() / hidden.max(1)
+            )));
+        }
+        for (slot, row) in slots.iter().zip(features.chunks_exact(hidden)) {
+            embeds[slot * hidden..(slot + 1) * hidden].copy_from_slice(row);
+        }
+        Ok(embeds)
+    }
+
+    /// An empty cache, shaped from the decoder's metadata.
+    fn empty_cache(&self) -> Result<Vec<DynValue>, AnalyseError> {
+        (0..self.spec.layers * 2)
+            .map(|_| {
+                Tensor::from_array((
+                    [
+                        1,
+                        self.cache.kv_heads as usize,
+                        0,
+                        self.cache.head_dim as usize,
+                    ],
+                    Vec::<f32>::new(),
+                ))
+                .map(|tensor| tensor.into_dyn())
+                .map_err(ort_error)
+            })
+            .collect()
+    }
+
+    /// Runs the decoder on `embeds` (`count` positions after `past_len` cached ones) and returns the
+    /// log-probabilities at each requested position (`all_positions`, else only the last) and the new cache.
+    fn decode(
+        &mut self,
+        embeds: Vec<f32>,
+        count: usize,
+        past_len: usize,
+        past: Past<'_>,
+        all_positions: bool,
+    ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>), AnalyseError> {
+        let hidden = embeds.len() / count;
+        let total = past_len + count;
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
+            (
+                "inputs_embeds".into(),
+                Tensor::from_array(([1, count, hidden], embeds))
+                    .map_err(ort_error)?
+                    .into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array(([1, total], vec![1i64; total]))
+                    .map_err(ort_error)?
+                    .into(),
+            ),
+            (
+                "position_ids".into(),
+                Tensor::from_array((
+                    [1, count],
+                    (past_len as i64..total as i64).collect::<Vec<_>>(),
+                ))
+                .map_err(ort_error)?
+                .into(),
+            ),
+        ];
+        if self.cache.has_logits_to_keep {
+            let keep = if all_positions { count as i64 } else { 1 };
+            inputs.push((
+                "num_logits_to_keep".into(),
+                Tensor::from_array(([0usize; 0], vec![keep]))
+                    .map_err(ort_error)?
+                    .into(),
+            ));
+        }
+        let names: Vec<String> = (0..self.spec.layers)
+            .flat_map(|layer| {
+                ["key", "value"].map(|kind| format!("past_key_values.{layer}.{kind}"))
+            })
+            .collect();
+        match past {
+            Past::Owned(values) => inputs.extend(
+                names
+                    .into_iter()
+                    .zip(values)
+                    .map(|(name, value)| (name, value.into())),
+            ),
+            Past::Shared(values) => inputs.extend(
+                names
+                    .into_iter()
+                    .zip(values)
+                    .map(|(name, value)| (name, value.into())),
+            ),
+        }
+        let layers = self.spec.layers;
+        let mut outputs = self.decoder.run(inputs).map_err(ort_error)?;
+        let (shape, logits) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_error)?;
+        let vocab = *shape.last().unwrap_or(&0) as usize;
+        let rows = logits.len() / vocab.max(1);
+        let wanted = if all_positions { rows.min(count) } else { 1 };
+        let log_probs = logits[(rows - wanted) * vocab..]
+            .chunks_exact(vocab)
+            .map(log_softmax)
+            .collect();
+        let mut present = Vec::with_capacity(layers * 2);
+        for layer in 0..layers {
+            for kind in ["key", "value"] {
+                let name = format!("present.{layer}.{kind}");
+                present.push(
+                    outputs
+                        .remove(&name)
+                        .ok_or_else(|| AnalyseError::Model(format!("no {name} output")))?,
+                );
+            }
+        }
+        Ok((log_probs, present))
+    }
+
+    /// Answers every request of one splitting mode about `frame`.
+    fn answer_group(
+        &mut self,
+        frame: &Frame,
+        requests: &[&Request],
+        split: bool,
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        let started = Instant::now();
+        let pixels = preprocess(&frame.image, &self.spec.image, split);
+        let preprocess_ms = millis(started);
+        let prompts: Vec<Result<Vec<u32>, AnalyseError>> = requests
+            .iter()
+            .map(|request| {
+                self.prompter
+                    .ids(&question_text(request), pixels.rows, pixels.cols)
+                    .map_err(|error| AnalyseError::Input(error.to_string()))
+            })
+            .collect();
+        let started = Instant::now();
+        let features = match self.encode_image(&pixels) {
+            Ok(features) => features,
+            Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let vision_ms = millis(started);
+
+        // The prefix every prompt shares (at least the whole image block), prefilled once.
+        let valid: Vec<&Vec<u32>> = prompts.iter().filter_map(|ids| ids.as_ref().ok()).collect();
+        let shared = shared_prefix(&valid, self.spec.image_token_id);
+        let started = Instant::now();
+        let prefix = match valid.first() {
+            Some(first) if shared > 0 => {
+                let ids = &first[..shared];
+                self.embed_with_image(ids, &features)
+                    .and_then(|embeds| self.empty_cache().map(|cache| (embeds, cache)))
+                    .and_then(|(embeds, cache)| {
+                        self.decode(embeds, shared, 0, Past::Owned(cache), false)
+                    })
+                    .map(|(_, cache)| cache)
+            }
+            _ => Err(AnalyseError::Input("no prompt could be built".to_owned())),
+        };
+        let prefix_ms = millis(started);
+        requests
+            .iter()
+            .zip(prompts)
+            .map(|(request, ids)| {
+                let ids = ids?;
+                let prefix = prefix.as_ref().map_err(Clone::clone)?;
+                let mut timings = StageTimings {
+                    preprocess: preprocess_ms,
+                    vision: vision_ms,
+                    prefill: prefix_ms,
+                    decode: 0.0,
+                };
+                let started = Instant::now();
+                let rest = &ids[shared..];
+                let embeds = self.embed(rest)?;
+                let (log_probs, cache) =
+                    self.decode(embeds, rest.len(), shared, Past::Shared(prefix), false)?;
+                timings.prefill += millis(started);
+                let started = Instant::now();
+                let last = log_probs.into_iter().next_back().unwrap_or_default();
+                let answer = match &request.kind {
+                    AnswerKind::Text => {
+                        self.generate(last, cache, ids.len(), request.max_new_tokens)
+                    }
+                    AnswerKind::YesNo => self.choose(
+                        &last,
+                        prefix,
+                        shared,
+                        &ids,
+                        &[("yes", " Yes"), ("no", " No")],
+                    ),
+                    AnswerKind::OneOf(labels) => {
+                        let options: Vec<(&str, String)> = labels
+                            .iter()
+                            .map(|label| (label.as_str(), format!(" {label}")))
+                            .collect();
+                        let options: Vec<(&str, &str)> = options
+                            .iter()
+                            .map(|(label, text)| (*label, text.as_str()))
+                            .collect();
+                        self.choose(&last, prefix, shared, &ids, &options)
+                    }
+                };
+                timings.decode = millis(started);
+                answer.map(|answer| LocalAnswer { timings, ..answer })
+            })
+            .collect()
+    }
+
+    /// Greedy decoding from the prompt's last log-probabilities.
+    fn generate(
+        &mut self,
+        mut log_probs: Vec<f32>,
+        mut cache: Vec<DynValue>,
+        prompt_len: usize,
+        max_new: u32,
+    ) -> Result<LocalAnswer, AnalyseError> {
+        let mut tokens = Vec::new();
+        let mut chosen_log_probs = Vec::new();
+        // `cached` positions are in the cache when the next token is chosen.
+        for cached in prompt_len..prompt_len + max_new as usize {
+            let (next, log_prob) = argmax(&log_probs);
+            tokens.push(next as u32);
+            if self.prompter.stop_ids.contains(&(next as u32)) {
+                break;
+            }
+            chosen_log_probs.push(log_prob);
+            if tokens.len() as u32 == max_new {
+                break;
+            }
+            let embeds = self.embed(&[next as u32])?;
+            let (mut step, present) = self.decode(embeds, 1, cached, Past::Owned(cache), false)?;
+            cache = present;
+            log_probs = step.pop().unwrap_or_default();
+        }
+        let confidence = if chosen_log_probs.is_empty() {
+            0.0
+        } else {
+            (chosen_log_probs
+                .iter()
+                .map(|lp| f64::from(*lp))
+                .sum::<f64>()
+                / chosen_log_probs.len() as f64)
+                .exp()
+        };
+        let min_probability = chosen_log_probs
+            .iter()
+            .map(|lp| f64::from(*lp).exp())
+            .fold(None, |min: Option<f64>, p| {
+                Some(min.map_or(p, |m| m.min(p)))
+            });
+        let text_tokens: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|id| !self.prompter.stop_ids.contains(id))
+            .collect();
+        Ok(LocalAnswer {
+            text: self.prompter.decode(&text_tokens).trim().to_owned(),
+            confidence,
+            min_probability,
+            tokens,
+            timings: StageTimings::default(),
+        })
+    }
+
+    /// Scores each option's continuation after the prompt and picks the most likely.
+    /// `prefix` caches the first `shared` ids of `ids`; `last` holds the log-probabilities after all of `ids`.
+    fn choose(
+        &mut self,
+        last: &[f32],
+        prefix: &[DynValue],
+        shared: usize,
+        ids: &[u32],
+        options: &[(&str, &str)],
+    ) -> Result<LocalAnswer, AnalyseError> {
+        let mut scores = Vec::with_capacity(options.len());
+        let mut option_ids = Vec::with_capacity(options.len());
+        for (_, text) in options {
+            let continuation = self
+                .prompter
+                .encode(text)
+                .map_err(|error| AnalyseError::Input(error.to_string()))?;
+            let mut score = f64::from(
+                *last
+                    .get(continuation[0] as usize)
+                    .unwrap_or(&f32::NEG_INFINITY),
+            );
+            if continuation.len() > 1 {
+                // Teacher-force the option after the full prompt: prompt rest + option tokens but the last.
+                let full: Vec<u32> = ids
+                    .iter()
+                    .chain(&continuation[..continuation.len() - 1])
+                    .copied()
+                    .collect();
+                let rest = &full[shared..];
+                let embeds = self.embed(rest)?;
+                let (log_probs, _) =
+                    self.decode(embeds, rest.len(), shared, Past::Shared(prefix), true)?;
+                let offset = log_probs.len() - (continuation.len() - 1);
+                for (k, token) in continuation[1..].iter().enumerate() {
+                    score += f64::from(log_probs[offset + k][*token as usize]);
+                }
+            }
+            scores.push(score);
+            option_ids.push(continuation);
+        }
+        let best = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores.iter().map(|score| (score - best).exp()).sum();
+        let (index, score) = scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(index, score)| (index, *score))
+            .unwrap_or((0, 0.0));
+        Ok(LocalAnswer {
+            text: options[index].0.to_owned(),
+            confidence: (score - best).exp() / total,
+            min_probability: None,
+            tokens: option_ids.swap_remove(index),
+            timings: StageTimings::default(),
+        })
+    }
+}
+
+/// The decoder's past: moved in from the previous step, or borrowed from a shared prefix.
+enum Past<'a> {
+    Owned(Vec<DynValue>),
+    Shared(&'a [DynValue]),
+}
+
+fn cache_layout(path: &Path, decoder: &Session) -> Result<CacheLayout, LoadError> {
+    let first = decoder
+        .inputs()
+        .iter()
+        .find(|input| input.name() == "past_key_values.0.key")
+        .map(|input| input.dtype().clone());
+    let Some(ValueType::Tensor { shape, .. }) = first else {
+        return Err(LoadError::Contract {
+            graph: path.to_owned(),
+            problem: "past_key_values.0.key is not a tensor".to_owned(),
+        });
+    };
+    let (kv_heads, head_dim) = (shape[1], shape[3]);
+    if kv_heads <= 0 || head_dim <= 0 {
+        return Err(LoadError::Contract {
+            graph: path.to_owned(),
+            problem: format!(
+                "the cache shape {shape:?} does not give fixed kv heads and head size"
+            ),
+        });
+    }
+    Ok(CacheLayout {
+        kv_heads,
+        head_dim,
+        has_logits_to_keep: decoder
+            .inputs()
+            .iter()
+            .any(|input| input.name() == "num_logits_to_keep"),
+    })
+}
+
+/// The question as the model reads it (the answer kind does not change the prompt: options are scored).
+fn question_text(request: &Request) -> String {
+    request.question.trim().to_owned()
+}
+
+/// The length of the id prefix all prompts share, kept to at most one less than the shortest prompt (each
+/// needs one position of its own to produce logits) and covering every image token, else 0.
+fn shared_prefix(prompts: &[&Vec<u32>], image_token: u32) -> usize {
+    let Some(first) = prompts.first() else {
+        return 0;
+    };
+    let mut length = prompts.iter().map(|ids| ids.len() - 1).min().unwrap_or(0);
+    for ids in &prompts[1..] {
+        length = length.min(
+            first
+                .iter()
+                .zip(ids.iter())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    let last_image = first
+        .iter()
+        .rposition(|id| *id == image_token)
+        .map_or(0, |at| at + 1);
+    if length >= last_image { length } else { 0 }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|x| f64::from(x - max).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    logits.iter().map(|x| x - max - log_sum).collect()
+}
+
+fn argmax(values: &[f32]) -> (usize, f32) {
+    values
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (index, value)| {
+            if value > best.1 { (index, value) } else { best }
+        })
+}
+
+impl Analyser for SmolVlm {
+    fn model(&self) -> &str {
+        &self.name
+    }
+
+    fn answer(
+        &mut self,
+        frame: &Frame,
+        requests: &[Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        let mut results: Vec<Option<Result<LocalAnswer, AnalyseError>>> =
+            requests.iter().map(|_| None).collect();
+        for split in [false, true] {
+            let indices: Vec<usize> = (0..requests.len())
+                .filter(|index| requests[*index].split == split)
+                .collect();
+            if indices.is_empty() {
+                continue;
+            }
+            let group: Vec<&Request> = indices.iter().map(|index| &requests[*index]).collect();
+            for (index, result) in indices
+                .into_iter()
+                .zip(self.answer_group(frame, &group, split))
+            {
+                results[index] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result
+                    .unwrap_or_else(|| Err(AnalyseError::Model("request not answered".to_owned())))
+            })
+            .collect()
+    }
+}
