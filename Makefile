@@ -8,6 +8,7 @@ deps:
 test-deps:
 	deploy/install-deps.sh --test
 	deploy/fetch-onnxruntime.sh
+	ORT_VERSION=1.22.0 deploy/fetch-onnxruntime.sh .ort/old  # a runtime too old, which must be refused
 
 # The daemon on its embedded defaults (LOOKOUT_CONFIG or ARGS="--config FILE" to change that).
 run: deps

@@ -7,7 +7,8 @@
 #   ARCH=aarch64 deploy/fetch-onnxruntime.sh    the ARM build, for another machine
 # Safe to re-run: it does nothing when the pinned version is already there.
 set -euo pipefail
-VERSION="1.31.1"
+# ORT_VERSION overrides the pin (the tests use an older runtime to check that it is refused).
+VERSION="${ORT_VERSION:-1.31.1}"
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${1:-$here/.ort}"
 arch="${ARCH:-$(uname -m)}"

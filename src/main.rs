@@ -1,15 +1,22 @@
 //! The `lookout` command: parse, load and validate the config, then hand over to the library.
-//! Exit codes: 0 done, 1 failed while running, 64 bad config or usage, 69 no usable model.
+//! Exit codes: 0 done, 1 failed while running, 64 bad config or usage, 65 bad input data (an image that
+//! does not decode), 69 no usable model or runtime.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use lookout::config::{self, ConfigOrigin, Env};
-use lookout::{service, vision};
+use lookout::gate::{self, AnswerKind, Origin, Request};
+use lookout::service;
+use lookout::source::{self, Frame};
+use lookout::vision;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
+const EXIT_DATA: u8 = 65;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
@@ -29,6 +36,30 @@ enum Command {
     Run {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Answer one question about one image with the local model, with its confidence and timings.
+    Ask {
+        #[arg(long, value_name = "FILE")]
+        image: PathBuf,
+        /// A model folder (default: vision.model_dir of the config, or LOOKOUT_MODEL_DIR).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// text, yes_no, or one_of:label,label,...
+        #[arg(long, default_value = "text", value_parser = parse_kind)]
+        kind: AnswerKind,
+        /// Cut the image into tiles (slower, more detail).
+        #[arg(long, overrides_with = "no_split")]
+        split: bool,
+        #[arg(long = "no-split")]
+        no_split: bool,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: u32,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        question: String,
     },
     /// Check or print configuration.
     Config {
@@ -68,6 +99,146 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(ConfigOrigin::choose(config, &env), env),
+        Command::Ask {
+            image,
+            model,
+            kind,
+            split,
+            no_split: _,
+            max_new_tokens,
+            json,
+            config,
+            question,
+        } => {
+            let request = Request {
+                origin: Origin::Ask {
+                    id: "cli".to_owned(),
+                },
+                question,
+                kind,
+                split,
+                max_new_tokens,
+                permit: None,
+            };
+            ask(
+                ConfigOrigin::choose(config, &env),
+                &env,
+                model,
+                &image,
+                request,
+                json,
+            )
+        }
+    }
+}
+
+fn parse_kind(text: &str) -> Result<AnswerKind, String> {
+    match text {
+        "text" => Ok(AnswerKind::Text),
+        "yes_no" => Ok(AnswerKind::YesNo),
+        other => match other.strip_prefix("one_of:") {
+            Some(labels) => Ok(AnswerKind::OneOf(
+                labels
+                    .split(',')
+                    .map(|label| label.trim().to_owned())
+                    .collect(),
+            )),
+            None => Err("expected text, yes_no or one_of:label,label,...".to_owned()),
+        },
+    }
+}
+
+/// `lookout ask`: one answer, printed as text or JSON.
+fn ask(
+    origin: ConfigOrigin,
+    env: &Env,
+    model: Option<PathBuf>,
+    image: &Path,
+    request: Request,
+    json: bool,
+) -> ExitCode {
+    let mut config = match origin.load(env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lookout: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(problem) =
+        gate::check_question(&request.question).and_then(|()| request.kind.check())
+    {
+        eprintln!("lookout: {problem}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let frame = match std::fs::read(image)
+        .map_err(|error| error.to_string())
+        .and_then(|bytes| source::decode::decode(&bytes).map_err(|error| error.to_string()))
+    {
+        Ok(pixels) => Frame {
+            camera: Arc::from("cli"),
+            seq: 1,
+            captured_at: SystemTime::now(),
+            capture_time: Duration::ZERO,
+            image: pixels,
+        },
+        Err(error) => {
+            eprintln!("lookout: {}: {error}", image.display());
+            return ExitCode::from(EXIT_DATA);
+        }
+    };
+    if let Some(model) = model {
+        config.vision.model_dir = model;
+    }
+    service::init_logging(env);
+    let mut analyser = match vision::load(&config.vision) {
+        Ok(analyser) => analyser,
+        Err(error) => {
+            eprintln!("lookout: {error}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let result = analyser
+        .answer(&frame, std::slice::from_ref(&request))
+        .pop();
+    match result {
+        Some(Ok(answer)) if json => {
+            let printed = serde_json::json!({
+                "answer": answer.text,
+                "confidence": answer.confidence,
+                "confidence_min": answer.min_probability,
+                "tokens": answer.tokens,
+                "timings_ms": answer.timings,
+                "model": analyser.model(),
+                "image": { "width": frame.image.width(), "height": frame.image.height() },
+            });
+            println!("{printed}");
+            ExitCode::SUCCESS
+        }
+        Some(Ok(answer)) => {
+            let timings = &answer.timings;
+            println!("{}", answer.text);
+            match answer.min_probability {
+                Some(min) => println!(
+                    "confidence {:.3} (lowest token {min:.3})",
+                    answer.confidence
+                ),
+                None => println!("confidence {:.3}", answer.confidence),
+            }
+            println!(
+                "timings: preprocess {:.1} ms, vision {:.1} ms, prefill {:.1} ms, decode {:.1} ms ({} tokens)",
+                timings.preprocess,
+                timings.vision,
+                timings.prefill,
+                timings.decode,
+                answer.tokens.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Some(Err(error)) => {
+            eprintln!("lookout: {error}");
+            ExitCode::from(EXIT_FAILED)
+        }
+        None => ExitCode::from(EXIT_FAILED),
     }
 }
 

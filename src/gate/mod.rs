@@ -138,7 +138,8 @@ impl TaskConfig {
 }
 
 impl AnswerKind {
-    fn check(&self) -> Result<(), String> {
+    /// Checks the labels of `one_of`: at least two, none empty, none repeated.
+    pub fn check(&self) -> Result<(), String> {
         let AnswerKind::OneOf(labels) = self else {
             return Ok(());
         };
@@ -156,7 +157,7 @@ impl AnswerKind {
     }
 }
 
-fn check_question(question: &str) -> Result<(), String> {
+pub fn check_question(question: &str) -> Result<(), String> {
     if question.trim().is_empty() {
         return Err("the question is empty".to_owned());
     }

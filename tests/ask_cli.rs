@@ -1,0 +1,264 @@
+//! `lookout ask` as a user runs it, on the committed SmolVLM2 fixture and the real ONNX Runtime: answers
+//! with confidence and timings, and a clear error with a distinct exit code for every bad input the model
+//! stage can meet (a broken runtime, a broken model folder, odd images, bad questions).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro")
+}
+
+fn image(name: &str) -> PathBuf {
+    fixture().join("images").join(name)
+}
+
+fn ask(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lookout"));
+    command
+        .arg("ask")
+        .args(args)
+        .env("LOOKOUT_LOG", "warn")
+        .env_remove("LOOKOUT_CONFIG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn ask_fixture(image: &Path, extra: &[&str], question: &str) -> Output {
+    let model = fixture();
+    let mut args = vec![
+        "--image",
+        image.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(question);
+    ask(&args, &[])
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(output.status.success(), "{}", stderr(output));
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[test]
+fn answers_with_confidence_tokens_and_timings() {
+    let text = json(&ask_fixture(
+        &image("square_300.png"),
+        &["--json", "--max-new-tokens", "6"],
+        "What is here?",
+    ));
+    assert!(text["answer"].is_string());
+    assert_eq!(text["tokens"].as_array().unwrap().len(), 6);
+    let confidence = text["confidence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&confidence));
+    for stage in ["preprocess", "vision", "prefill", "decode"] {
+        assert!(
+            text["timings_ms"][stage].as_f64().unwrap() >= 0.0,
+            "{stage}"
+        );
+    }
+    let yes_no = json(&ask_fixture(
+        &image("square_300.png"),
+        &["--json", "--kind", "yes_no", "--split"],
+        "Anyone there?",
+    ));
+    assert!(["yes", "no"].contains(&yes_no["answer"].as_str().unwrap()));
+    let one_of = json(&ask_fixture(
+        &image("tall_180x900.png"),
+        &["--json", "--kind", "one_of:cat,dog,bird"],
+        "Which animal?",
+    ));
+    assert!(["cat", "dog", "bird"].contains(&one_of["answer"].as_str().unwrap()));
+    let plain = ask_fixture(
+        &image("tiny_1x1.png"),
+        &["--max-new-tokens", "3"],
+        "Describe it.",
+    );
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("timings: preprocess"));
+}
+
+#[test]
+fn odd_images_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let panorama = dir.path().join("panorama.png");
+    image::RgbImage::from_fn(20_000, 100, |x, _| image::Rgb([(x % 256) as u8, 90, 200]))
+        .save(&panorama)
+        .unwrap();
+    let deep = dir.path().join("sixteen-bit.png");
+    image::ImageBuffer::<image::Luma<u16>, _>::from_fn(40, 30, |x, y| {
+        image::Luma([(x * y * 50) as u16])
+    })
+    .save(&deep)
+    .unwrap();
+    let cmyk = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cmyk.jpg");
+    for path in [
+        panorama.as_path(),
+        deep.as_path(),
+        cmyk.as_path(),
+        image("tiny_1x1.png").as_path(),
+        image("rgba_320x240.png").as_path(),
+    ] {
+        for split in ["--split", "--no-split"] {
+            let answer = json(&ask_fixture(
+                path,
+                &["--json", "--max-new-tokens", "2", split],
+                "What is it?",
+            ));
+            assert!(
+                answer["image"]["width"].as_u64().unwrap() >= 1,
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_questions_and_images_are_refused_clearly() {
+    let empty = ask_fixture(&image("square_300.png"), &[], "   ");
+    assert_eq!(empty.status.code(), Some(64));
+    assert!(stderr(&empty).contains("the question is empty"));
+    let huge = ask_fixture(&image("square_300.png"), &[], &"why ".repeat(25_000));
+    assert_eq!(huge.status.code(), Some(64));
+    assert!(stderr(&huge).contains("characters"), "{}", stderr(&huge));
+    let labels = ask_fixture(
+        &image("square_300.png"),
+        &["--kind", "one_of:only"],
+        "Which?",
+    );
+    assert_eq!(labels.status.code(), Some(64));
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "not a picture").unwrap();
+    let not_image = ask_fixture(&text, &[], "What?");
+    assert_eq!(not_image.status.code(), Some(65));
+    let missing = ask_fixture(&dir.path().join("nope.png"), &[], "What?");
+    assert_eq!(missing.status.code(), Some(65));
+}
+
+/// A copy of the fixture model that a test may break.
+fn model_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("onnx")).unwrap();
+    for graph in ["vision_encoder", "embed_tokens", "decoder_model_merged"] {
+        let name = format!("{graph}.onnx");
+        std::fs::copy(
+            fixture().join("onnx").join(&name),
+            dir.path().join("onnx").join(&name),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn ask_model(model: &Path, env: &[(&str, &str)]) -> Output {
+    ask(
+        &[
+            "--image",
+            image("square_300.png").to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "What?",
+        ],
+        env,
+    )
+}
+
+fn assert_unavailable(output: &Output, needle: &str) {
+    assert_eq!(output.status.code(), Some(69), "{}", stderr(output));
+    assert!(
+        stderr(output).contains(needle),
+        "{needle:?} not in: {}",
+        stderr(output)
+    );
+    assert!(!stderr(output).contains("panicked"), "{}", stderr(output));
+}
+
+#[test]
+fn a_broken_model_folder_is_named_in_the_error() {
+    let missing_graph = model_copy();
+    std::fs::remove_file(missing_graph.path().join("onnx/decoder_model_merged.onnx")).unwrap();
+    assert_unavailable(
+        &ask_model(missing_graph.path(), &[]),
+        "decoder_model_merged.onnx",
+    );
+
+    let truncated = model_copy();
+    let graph = truncated.path().join("onnx/vision_encoder.onnx");
+    let bytes = std::fs::read(&graph).unwrap();
+    std::fs::write(&graph, &bytes[..bytes.len() / 3]).unwrap();
+    assert_unavailable(&ask_model(truncated.path(), &[]), "vision_encoder.onnx");
+
+    let other_model = model_copy();
+    std::fs::copy(
+        other_model.path().join("onnx/embed_tokens.onnx"),
+        other_model.path().join("onnx/decoder_model_merged.onnx"),
+    )
+    .unwrap();
+    assert_unavailable(
+        &ask_model(other_model.path(), &[]),
+        "no input named \"inputs_embeds\"",
+    );
+
+    let no_image_token = model_copy();
+    let tokenizer = no_image_token.path().join("tokenizer.json");
+    let text = std::fs::read_to_string(&tokenizer)
+        .unwrap()
+        .replace("\"<image>\"", "\"<picture>\"");
+    std::fs::write(&tokenizer, text).unwrap();
+    assert_unavailable(&ask_model(no_image_token.path(), &[]), "no <image> token");
+
+    let no_tokenizer = model_copy();
+    std::fs::remove_file(no_tokenizer.path().join("tokenizer.json")).unwrap();
+    assert_unavailable(&ask_model(no_tokenizer.path(), &[]), "tokenizer.json");
+
+    assert_unavailable(
+        &ask_model(Path::new("/nonexistent/model"), &[]),
+        "no model in /nonexistent/model",
+    );
+}
+
+#[test]
+fn a_missing_or_old_runtime_is_a_one_line_error() {
+    let missing = ask_model(
+        &fixture(),
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert_unavailable(&missing, "no ONNX Runtime library found");
+
+    let not_a_library = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_a_library.path(), "not a shared object").unwrap();
+    assert_unavailable(
+        &ask_model(
+            &fixture(),
+            &[("ORT_DYLIB_PATH", not_a_library.path().to_str().unwrap())],
+        ),
+        "cannot load ONNX Runtime",
+    );
+
+    let old = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/old/lib/libonnxruntime.so");
+    assert!(
+        old.exists(),
+        "{} is missing: run `make test-deps`",
+        old.display()
+    );
+    let refused = ask_model(&fixture(), &[("ORT_DYLIB_PATH", old.to_str().unwrap())]);
+    assert_unavailable(&refused, "1.22");
+}
