@@ -25,6 +25,7 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod errors;
 pub mod escalate;
 pub mod gate;
 pub mod publish;

@@ -12,7 +12,7 @@ use lookout::config::{self, ConfigOrigin, Env};
 use lookout::gate::{self, AnswerKind, Origin, Request};
 use lookout::service;
 use lookout::source::{self, Frame};
-use lookout::vision;
+use lookout::vision::{self, fetch};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
@@ -61,12 +61,44 @@ enum Command {
         config: Option<PathBuf>,
         question: String,
     },
+    /// Download or check official SmolVLM2 exports.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
     /// Check or print configuration.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
 }
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN), resuming and verifying each file.
+    Fetch {
+        #[arg(default_value = DEFAULT_MODEL)]
+        name: String,
+        /// fp32, fp16, int8, uint8, quantized, q4, q4f16 or bnb4.
+        #[arg(long, default_value = "fp32")]
+        variant: String,
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Where to put it (default: models/<name without the owner>).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Check a fetched model's files against the checksums recorded when it was fetched.
+    Verify {
+        #[arg(
+            value_name = "DIR",
+            default_value = "models/SmolVLM2-256M-Video-Instruct"
+        )]
+        dir: PathBuf,
+    },
+}
+
+const DEFAULT_MODEL: &str = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct";
 
 #[derive(Subcommand)]
 enum ConfigAction {
@@ -99,6 +131,33 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(ConfigOrigin::choose(config, &env), env),
+        Command::Models {
+            action:
+                ModelsAction::Fetch {
+                    name,
+                    variant,
+                    revision,
+                    dir,
+                },
+        } => fetch_model(&env, name, &variant, revision, dir),
+        Command::Models {
+            action: ModelsAction::Verify { dir },
+        } => match fetch::verify(&dir) {
+            Ok(problems) if problems.is_empty() => {
+                println!("{}: every file matches its checksum", dir.display());
+                ExitCode::SUCCESS
+            }
+            Ok(problems) => {
+                for problem in problems {
+                    eprintln!("lookout: {problem}");
+                }
+                ExitCode::from(EXIT_FAILED)
+            }
+            Err(error) => {
+                eprintln!("lookout: {error}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
         Command::Ask {
             image,
             model,
@@ -128,6 +187,73 @@ fn main() -> ExitCode {
                 request,
                 json,
             )
+        }
+    }
+}
+
+/// `lookout models fetch`: every file of the variant, with progress on stderr.
+fn fetch_model(
+    env: &Env,
+    name: String,
+    variant: &str,
+    revision: String,
+    dir: Option<PathBuf>,
+) -> ExitCode {
+    let Some(suffix) = vision::variant_suffix(variant) else {
+        eprintln!(
+            "lookout: unknown variant {variant:?}; expected one of {}",
+            vision::VARIANTS.join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let dir = dir
+        .unwrap_or_else(|| PathBuf::from("models").join(name.rsplit('/').next().unwrap_or(&name)));
+    let fetch = fetch::Fetch {
+        endpoint: env
+            .get("HF_ENDPOINT")
+            .unwrap_or("https://huggingface.co")
+            .to_owned(),
+        repo: name,
+        revision,
+        token: env.get("HF_TOKEN").map(str::to_owned),
+    };
+    let files = fetch::variant_files(&suffix);
+    let mut shown = (String::new(), u64::MAX);
+    let mut progress = |path: &str, done: u64, total: Option<u64>| {
+        let percent = total
+            .filter(|total| *total > 0)
+            .map_or(0, |total| done * 100 / total);
+        if (path, percent) != (shown.0.as_str(), shown.1) {
+            eprint!(
+                "\r{path}: {percent:>3}% of {:.1} MB",
+                total.unwrap_or(done) as f64 / 1e6
+            );
+            if total.is_some_and(|total| done >= total) {
+                eprintln!();
+            }
+            shown = (path.to_owned(), percent);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lookout: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(fetch.run(&files, &dir, &mut progress)) {
+        Ok(entries) => {
+            println!(
+                "{} files in {}, checksums verified",
+                entries.len(),
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!();
+            eprintln!("lookout: {error}");
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

@@ -105,20 +105,12 @@ impl HttpSource {
     }
 }
 
-/// reqwest's Display omits the cause ("error sending request"); the chain says what went wrong.
 fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() {
+    if error.is_timeout() {
         "timed out".to_owned()
     } else {
-        error.to_string()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+        crate::errors::chain(error)
     }
-    text
 }
 
 impl FrameSource for HttpSource {

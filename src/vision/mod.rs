@@ -8,6 +8,7 @@
 //! full: answers are never dropped here, and the job queue upstream absorbs the wait by keeping only the
 //! newest frame per camera.
 
+pub mod fetch;
 pub mod model;
 pub mod preprocess;
 pub mod prompt;
@@ -58,8 +59,8 @@ impl Default for VisionConfig {
     }
 }
 
-/// The variants the official exports publish, as file-name suffixes.
-const VARIANTS: [&str; 8] = [
+/// The variants the official exports publish.
+pub const VARIANTS: [&str; 8] = [
     "fp32",
     "fp16",
     "int8",
@@ -70,12 +71,21 @@ const VARIANTS: [&str; 8] = [
     "bnb4",
 ];
 
+/// The graph file suffix of a variant ("" for fp32, "_int8"...), or `None` for an unknown variant.
+pub fn variant_suffix(variant: &str) -> Option<String> {
+    match variant {
+        "fp32" => Some(String::new()),
+        known if VARIANTS.contains(&known) => Some(format!("_{known}")),
+        _ => None,
+    }
+}
+
 impl VisionConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         if self.model_dir.as_os_str().is_empty() {
             problems.push(format!("{path}.model_dir"), "must name a folder");
         }
-        if !VARIANTS.contains(&self.variant.as_str()) {
+        if variant_suffix(&self.variant).is_none() {
             problems.push(
                 format!("{path}.variant"),
                 format!("{:?} is not one of {}", self.variant, VARIANTS.join(", ")),
@@ -92,15 +102,6 @@ impl VisionConfig {
                 format!("{path}.threads"),
                 format!("{} threads is more than any edge box has", self.threads),
             );
-        }
-    }
-
-    /// The graph file suffix of the variant: fp32 has none.
-    fn suffix(&self) -> String {
-        if self.variant == "fp32" {
-            String::new()
-        } else {
-            format!("_{}", self.variant)
         }
     }
 }
@@ -155,7 +156,7 @@ pub trait Analyser: Send {
 pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
     let options = LoadOptions {
         model_dir: config.model_dir.clone(),
-        suffix: config.suffix(),
+        suffix: variant_suffix(&config.variant).unwrap_or_default(),
         library: runtime::resolve_library(config.runtime_library.as_deref())?,
         providers: config.providers.clone(),
         threads: config.threads,
