@@ -61,6 +61,32 @@ enum Command {
         config: Option<PathBuf>,
         question: String,
     },
+    /// Time each stage of an answer on this box (median of several runs).
+    Bench {
+        /// A model folder (default: vision.model_dir of the config, or LOOKOUT_MODEL_DIR).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        variant: Option<String>,
+        /// The picture (default: a synthetic 640x480 frame).
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        #[arg(long)]
+        split: bool,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: u32,
+        /// Threads per model run (0: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value = "Can you describe this image?")]
+        question: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Download or check official SmolVLM2 exports.
     Models {
         #[command(subcommand)]
@@ -131,6 +157,45 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(ConfigOrigin::choose(config, &env), env),
+        Command::Bench {
+            model,
+            variant,
+            image,
+            split,
+            runs,
+            max_new_tokens,
+            threads,
+            question,
+            json,
+            config,
+        } => {
+            let mut loaded = match ConfigOrigin::choose(config, &env).load(&env) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    eprintln!("lookout: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let vision = &mut loaded.vision;
+            if let Some(model) = model {
+                vision.model_dir = model;
+            }
+            if let Some(variant) = variant {
+                vision.variant = variant;
+            }
+            if let Some(threads) = threads {
+                vision.threads = threads;
+            }
+            bench(
+                &loaded.vision,
+                image.as_deref(),
+                &question,
+                split,
+                runs,
+                max_new_tokens,
+                json,
+            )
+        }
         Command::Models {
             action:
                 ModelsAction::Fetch {
@@ -187,6 +252,85 @@ fn main() -> ExitCode {
                 request,
                 json,
             )
+        }
+    }
+}
+
+/// `lookout bench`: loads the model, answers repeatedly, prints the per-stage medians.
+fn bench(
+    vision: &vision::VisionConfig,
+    image: Option<&Path>,
+    question: &str,
+    split: bool,
+    runs: usize,
+    max_new_tokens: u32,
+    json: bool,
+) -> ExitCode {
+    let pixels = match image {
+        Some(path) => match std::fs::read(path)
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| source::decode::decode(&bytes).map_err(|error| error.to_string()))
+        {
+            Ok(pixels) => pixels,
+            Err(error) => {
+                eprintln!("lookout: {}: {error}", path.display());
+                return ExitCode::from(EXIT_DATA);
+            }
+        },
+        None => image::RgbImage::from_fn(640, 480, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8])
+        }),
+    };
+    let started = std::time::Instant::now();
+    let mut analyser = match vision::load(vision) {
+        Ok(analyser) => analyser,
+        Err(error) => {
+            eprintln!("lookout: {error}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let frame = vision::bench::frame(pixels);
+    match vision::bench::run(
+        analyser.as_mut(),
+        load_ms,
+        &frame,
+        question,
+        split,
+        max_new_tokens,
+        runs,
+    ) {
+        Ok(report) if json => {
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("reports serialize")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!(
+                "model {} on a {}x{} frame, split {}, {} runs (medians):",
+                report.model, report.width, report.height, report.split, report.runs
+            );
+            println!("  load           {:>9.1} ms", report.load_ms);
+            println!("  preprocess     {:>9.1} ms", report.preprocess_ms);
+            println!("  vision         {:>9.1} ms", report.vision_ms);
+            println!("  prefill        {:>9.1} ms", report.prefill_ms);
+            println!(
+                "  first token    {:>9.1} ms (vision + prefill)",
+                report.ttft_ms
+            );
+            println!(
+                "  decode         {:>9.1} tokens/s ({} tokens)",
+                report.decode_tokens_per_s, report.tokens
+            );
+            println!("  whole answer   {:>9.1} ms", report.answer_ms);
+            println!("  peak RSS       {:>9.1} MB", report.peak_rss_mb);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("lookout: {error}");
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

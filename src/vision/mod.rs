@@ -8,6 +8,7 @@
 //! full: answers are never dropped here, and the job queue upstream absorbs the wait by keeping only the
 //! newest frame per camera.
 
+pub mod bench;
 pub mod fetch;
 pub mod model;
 pub mod preprocess;
@@ -156,7 +157,8 @@ pub trait Analyser: Send {
 pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
     let options = LoadOptions {
         model_dir: config.model_dir.clone(),
-        suffix: variant_suffix(&config.variant).unwrap_or_default(),
+        suffix: variant_suffix(&config.variant)
+            .ok_or_else(|| LoadError::Variant(config.variant.clone()))?,
         library: runtime::resolve_library(config.runtime_library.as_deref())?,
         providers: config.providers.clone(),
         threads: config.threads,

@@ -41,6 +41,10 @@ pub enum LoadError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Prompt(#[from] PromptError),
+    #[error(
+        "unknown model variant {0:?}; expected one of fp32, fp16, int8, uint8, quantized, q4, q4f16, bnb4"
+    )]
+    Variant(String),
     #[error("{graph}: {problem} (is this a SmolVLM2 export?)")]
     Contract { graph: PathBuf, problem: String },
 }

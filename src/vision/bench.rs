@@ -1,0 +1,123 @@
+//! `lookout bench`: how long each stage of an answer takes on this box, with this model and runtime.
+//!
+//! The analyser answers the same question about the same picture several times; the report gives the
+//! median of each stage, so one slow run on a shared machine does not skew it. Time to first token is the
+//! image encoding plus the prompt prefill (preprocessing is reported on its own, as the Python reference
+//! loop also does it outside its timer); decode speed counts the tokens after the first.
+
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::{AnalyseError, Analyser, LocalAnswer};
+use crate::gate::{AnswerKind, Origin, Request};
+use crate::source::Frame;
+
+/// One benchmark's result (milliseconds unless named otherwise).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub split: bool,
+    pub runs: usize,
+    pub load_ms: f64,
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    pub prefill_ms: f64,
+    pub ttft_ms: f64,
+    pub decode_tokens_per_s: f64,
+    pub tokens: usize,
+    pub answer_ms: f64,
+    pub peak_rss_mb: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The process's peak resident memory (VmHWM), in MB; 0 where /proc is not available.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Answers `question` about `frame` `runs` times and reports the medians.
+pub fn run(
+    analyser: &mut dyn Analyser,
+    load_ms: f64,
+    frame: &Frame,
+    question: &str,
+    split: bool,
+    max_new_tokens: u32,
+    runs: usize,
+) -> Result<Report, AnalyseError> {
+    let request = Request {
+        origin: Origin::Task("bench".into()),
+        question: question.to_owned(),
+        kind: AnswerKind::Text,
+        split,
+        max_new_tokens,
+        permit: None,
+    };
+    let mut answers: Vec<(LocalAnswer, f64)> = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        let answer = analyser
+            .answer(frame, std::slice::from_ref(&request))
+            .pop()
+            .unwrap_or_else(|| Err(AnalyseError::Model("no answer".to_owned())))?;
+        answers.push((answer, started.elapsed().as_secs_f64() * 1000.0));
+    }
+    let stage = |pick: fn(&LocalAnswer) -> f64| {
+        median(answers.iter().map(|(answer, _)| pick(answer)).collect())
+    };
+    let tokens = answers[0].0.tokens.len();
+    let decode_ms = stage(|answer| answer.timings.decode);
+    Ok(Report {
+        model: analyser.model().to_owned(),
+        width: frame.image.width(),
+        height: frame.image.height(),
+        split,
+        runs: answers.len(),
+        load_ms,
+        preprocess_ms: stage(|answer| answer.timings.preprocess),
+        vision_ms: stage(|answer| answer.timings.vision),
+        prefill_ms: stage(|answer| answer.timings.prefill),
+        ttft_ms: stage(|answer| answer.timings.vision + answer.timings.prefill),
+        decode_tokens_per_s: if decode_ms > 0.0 {
+            (tokens.saturating_sub(1)) as f64 / (decode_ms / 1000.0)
+        } else {
+            0.0
+        },
+        tokens,
+        answer_ms: median(answers.iter().map(|(_, ms)| *ms).collect()),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// A frame for the benchmark from pixels.
+pub fn frame(image: image::RgbImage) -> Frame {
+    Frame {
+        camera: "bench".into(),
+        seq: 1,
+        captured_at: SystemTime::now(),
+        capture_time: std::time::Duration::ZERO,
+        image,
+    }
+}
