@@ -117,7 +117,8 @@ fn push_normalised(pixels: &mut Pixels, image: &RgbImage, settings: &ImageSettin
     pixels.images += 1;
 }
 
-/// Weights are fixed point with this many fractional bits (Pillow's choice for 8-bit images).
+/// Weights are fixed point with this many fractional bits (Pillow's choice for 8-bit images): 255 times
+/// the weights' absolute sum (at most about 1.3 for Lanczos) stays within an i32 accumulator.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// For each output position along one axis: the first input index and its fixed-point weights.
@@ -175,7 +176,7 @@ fn taps(in_size: u32, out_size: u32) -> Taps {
     Taps { starts, weights }
 }
 
-fn clip8(sum: i64) -> u8 {
+fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -201,7 +202,7 @@ fn resize_horizontal(image: &RgbImage, width: u32) -> RgbImage {
     let source = image.as_raw();
     let row_len = image.width() as usize * 3;
     let mut out = vec![0u8; width as usize * image.height() as usize * 3];
-    let half = 1i64 << (PRECISION_BITS - 1);
+    let half = 1i32 << (PRECISION_BITS - 1);
     for (row, out_row) in out.chunks_exact_mut(width as usize * 3).enumerate() {
         let input = &source[row * row_len..(row + 1) * row_len];
         for (x, (start, weights)) in taps.starts.iter().zip(&taps.weights).enumerate() {
@@ -209,7 +210,7 @@ fn resize_horizontal(image: &RgbImage, width: u32) -> RgbImage {
             for (k, weight) in weights.iter().enumerate() {
                 let at = (start + k) * 3;
                 for channel in 0..3 {
-                    sums[channel] += i64::from(input[at + channel]) * i64::from(*weight);
+                    sums[channel] += i32::from(input[at + channel]) * *weight;
                 }
             }
             for channel in 0..3 {
@@ -225,14 +226,14 @@ fn resize_vertical(image: &RgbImage, height: u32) -> RgbImage {
     let source = image.as_raw();
     let row_len = image.width() as usize * 3;
     let mut out = vec![0u8; row_len * height as usize];
-    let half = 1i64 << (PRECISION_BITS - 1);
-    let mut sums = vec![0i64; row_len];
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut sums = vec![0i32; row_len];
     for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
         sums.fill(half);
         for (k, weight) in taps.weights[y].iter().enumerate() {
             let input = &source[(taps.starts[y] + k) * row_len..][..row_len];
             for (sum, value) in sums.iter_mut().zip(input) {
-                *sum += i64::from(*value) * i64::from(*weight);
+                *sum += i32::from(*value) * *weight;
             }
         }
         for (value, sum) in out_row.iter_mut().zip(&sums) {

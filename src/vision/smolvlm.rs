@@ -228,15 +228,13 @@ impl SmolVlm {
         &self.providers
     }
 
-    fn encode_image(&mut self, pixels: &Pixels) -> Result<Vec<f32>, AnalyseError> {
+    /// Runs the vision encoder on preprocessed pixels (taken, not copied) and returns the feature rows.
+    fn encode_image(&mut self, pixels: Pixels) -> Result<Vec<f32>, AnalyseError> {
         let tile = self.spec.image.tile as usize;
-        let values = Tensor::from_array(([1, pixels.images, 3, tile, tile], pixels.values.clone()))
+        let mask = vec![true; pixels.images * tile * tile];
+        let values = Tensor::from_array(([1, pixels.images, 3, tile, tile], pixels.values))
             .map_err(ort_error)?;
-        let mask = Tensor::from_array((
-            [1, pixels.images, tile, tile],
-            vec![true; pixels.images * tile * tile],
-        ))
-        .map_err(ort_error)?;
+        let mask = Tensor::from_array(([1, pixels.images, tile, tile], mask)).map_err(ort_error)?;
         let outputs = self
             .vision
             .run(ort::inputs! {"pixel_values" => values, "pixel_attention_mask" => mask})
@@ -307,7 +305,7 @@ impl SmolVlm {
     }
 
     /// Runs the decoder on `embeds` (`count` positions after `past_len` cached ones) and returns the
-    /// log-probabilities at each requested position (`all_positions`, else only the last) and the new cache.
+    /// logits at each requested position (`all_positions`, else only the last) and the new cache.
     fn decode(
         &mut self,
         embeds: Vec<f32>,
@@ -377,9 +375,9 @@ impl SmolVlm {
         let vocab = *shape.last().unwrap_or(&0) as usize;
         let rows = logits.len() / vocab.max(1);
         let wanted = if all_positions { rows.min(count) } else { 1 };
-        let log_probs = logits[(rows - wanted) * vocab..]
+        let rows_wanted = logits[(rows - wanted) * vocab..]
             .chunks_exact(vocab)
-            .map(log_softmax)
+            .map(<[f32]>::to_vec)
             .collect();
         let mut present = Vec::with_capacity(layers * 2);
         for layer in 0..layers {
@@ -392,7 +390,7 @@ impl SmolVlm {
                 );
             }
         }
-        Ok((log_probs, present))
+        Ok((rows_wanted, present))
     }
 
     /// Answers every request of one splitting mode about `frame`.
@@ -414,7 +412,7 @@ impl SmolVlm {
             })
             .collect();
         let started = Instant::now();
-        let features = match self.encode_image(&pixels) {
+        let features = match self.encode_image(pixels) {
             Ok(features) => features,
             Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
         };
@@ -452,11 +450,11 @@ impl SmolVlm {
                 let started = Instant::now();
                 let rest = &ids[shared..];
                 let embeds = self.embed(rest)?;
-                let (log_probs, cache) =
+                let (logits, cache) =
                     self.decode(embeds, rest.len(), shared, Past::Shared(prefix), false)?;
                 timings.prefill += millis(started);
                 let started = Instant::now();
-                let last = log_probs.into_iter().next_back().unwrap_or_default();
+                let last = logits.into_iter().next_back().unwrap_or_default();
                 let answer = match &request.kind {
                     AnswerKind::Text => {
                         self.generate(last, cache, ids.len(), request.max_new_tokens)
@@ -486,10 +484,10 @@ impl SmolVlm {
             .collect()
     }
 
-    /// Greedy decoding from the prompt's last log-probabilities.
+    /// Greedy decoding from the logits after the prompt.
     fn generate(
         &mut self,
-        mut log_probs: Vec<f32>,
+        mut logits: Vec<f32>,
         mut cache: Vec<DynValue>,
         prompt_len: usize,
         max_new: u32,
@@ -498,7 +496,8 @@ impl SmolVlm {
         let mut chosen_log_probs = Vec::new();
         // `cached` positions are in the cache when the next token is chosen.
         for cached in prompt_len..prompt_len + max_new as usize {
-            let (next, log_prob) = argmax(&log_probs);
+            let (next, logit) = argmax(&logits);
+            let log_prob = logit - log_sum_exp(&logits);
             tokens.push(next as u32);
             if self.prompter.stop_ids.contains(&(next as u32)) {
                 break;
@@ -510,7 +509,7 @@ impl SmolVlm {
             let embeds = self.embed(&[next as u32])?;
             let (mut step, present) = self.decode(embeds, 1, cached, Past::Owned(cache), false)?;
             cache = present;
-            log_probs = step.pop().unwrap_or_default();
+            logits = step.pop().unwrap_or_default();
         }
         let confidence = if chosen_log_probs.is_empty() {
             0.0
@@ -543,7 +542,7 @@ impl SmolVlm {
     }
 
     /// Scores each option's continuation after the prompt and picks the most likely.
-    /// `prefix` caches the first `shared` ids of `ids`; `last` holds the log-probabilities after all of `ids`.
+    /// `prefix` caches the first `shared` ids of `ids`; `last` holds the logits after all of `ids`.
     fn choose(
         &mut self,
         last: &[f32],
@@ -559,11 +558,15 @@ impl SmolVlm {
                 .prompter
                 .encode(text)
                 .map_err(|error| AnalyseError::Input(error.to_string()))?;
-            let mut score = f64::from(
-                *last
-                    .get(continuation[0] as usize)
-                    .unwrap_or(&f32::NEG_INFINITY),
-            );
+            let log_prob = |row: &[f32], token: u32| {
+                f64::from(
+                    row.get(token as usize)
+                        .copied()
+                        .unwrap_or(f32::NEG_INFINITY)
+                        - log_sum_exp(row),
+                )
+            };
+            let mut score = log_prob(last, continuation[0]);
             if continuation.len() > 1 {
                 // Teacher-force the option after the full prompt: prompt rest + option tokens but the last.
                 let full: Vec<u32> = ids
@@ -573,11 +576,11 @@ impl SmolVlm {
                     .collect();
                 let rest = &full[shared..];
                 let embeds = self.embed(rest)?;
-                let (log_probs, _) =
+                let (rows, _) =
                     self.decode(embeds, rest.len(), shared, Past::Shared(prefix), true)?;
-                let offset = log_probs.len() - (continuation.len() - 1);
+                let offset = rows.len() - (continuation.len() - 1);
                 for (k, token) in continuation[1..].iter().enumerate() {
-                    score += f64::from(log_probs[offset + k][*token as usize]);
+                    score += log_prob(&rows[offset + k], *token);
                 }
             }
             scores.push(score);
@@ -666,11 +669,19 @@ fn shared_prefix(prompts: &[&Vec<u32>], image_token: u32) -> usize {
     if length >= last_image { length } else { 0 }
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
+/// log(sum(exp(logits))), so that a token's log-probability is its logit minus this. One pass of f32
+/// exponentials in independent lanes (vectorisable): it runs on every generated token.
+fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|x| f64::from(x - max).exp()).sum();
-    let log_sum = sum.ln() as f32;
-    logits.iter().map(|x| x - max - log_sum).collect()
+    let mut lanes = [0f32; 8];
+    let chunks = logits.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|x| (x - max).exp()).sum();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane += (x - max).exp();
+        }
+    }
+    max + (lanes.iter().sum::<f32>() + tail).ln()
 }
 
 fn argmax(values: &[f32]) -> (usize, f32) {
