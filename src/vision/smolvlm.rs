@@ -18,6 +18,7 @@
 //!   scored as the sum of its tokens' log-probabilities right after the prompt; the best option is the
 //!   answer and its confidence is its share of the softmax over the options' scores.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -60,8 +61,11 @@ pub struct LoadOptions {
     pub threads: usize,
 }
 
-/// What the decoder graph's key/value inputs look like, read from its metadata.
+/// What the decoder graph's key/value inputs look like, read from its metadata, with their names (built
+/// once: they are passed on every generated token).
 struct CacheLayout {
+    past_names: Vec<String>,
+    present_names: Vec<String>,
     kv_heads: i64,
     head_dim: i64,
     has_logits_to_keep: bool,
@@ -204,7 +208,7 @@ impl SmolVlm {
             }
         }
         check_ports(&decoder_path, &decoder, &inputs, &outputs)?;
-        let cache = cache_layout(&decoder_path, &decoder)?;
+        let cache = cache_layout(&decoder_path, &decoder, spec.layers)?;
         let name = options
             .model_dir
             .file_name()
@@ -316,7 +320,7 @@ impl SmolVlm {
     ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>), AnalyseError> {
         let hidden = embeds.len() / count;
         let total = past_len + count;
-        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
             (
                 "inputs_embeds".into(),
                 Tensor::from_array(([1, count, hidden], embeds))
@@ -348,26 +352,16 @@ impl SmolVlm {
                     .into(),
             ));
         }
-        let names: Vec<String> = (0..self.spec.layers)
-            .flat_map(|layer| {
-                ["key", "value"].map(|kind| format!("past_key_values.{layer}.{kind}"))
-            })
-            .collect();
-        match past {
-            Past::Owned(values) => inputs.extend(
-                names
-                    .into_iter()
-                    .zip(values)
-                    .map(|(name, value)| (name, value.into())),
-            ),
-            Past::Shared(values) => inputs.extend(
-                names
-                    .into_iter()
-                    .zip(values)
-                    .map(|(name, value)| (name, value.into())),
-            ),
-        }
-        let layers = self.spec.layers;
+        let values: Vec<SessionInputValue<'_>> = match past {
+            Past::Owned(values) => values.into_iter().map(Into::into).collect(),
+            Past::Shared(values) => values.iter().map(Into::into).collect(),
+        };
+        let names = self
+            .cache
+            .past_names
+            .iter()
+            .map(|name| Cow::Borrowed(name.as_str()));
+        inputs.extend(names.zip(values));
         let mut outputs = self.decoder.run(inputs).map_err(ort_error)?;
         let (shape, logits) = outputs["logits"]
             .try_extract_tensor::<f32>()
@@ -379,16 +373,12 @@ impl SmolVlm {
             .chunks_exact(vocab)
             .map(<[f32]>::to_vec)
             .collect();
-        let mut present = Vec::with_capacity(layers * 2);
-        for layer in 0..layers {
-            for kind in ["key", "value"] {
-                let name = format!("present.{layer}.{kind}");
-                present.push(
-                    outputs
-                        .remove(&name)
-                        .ok_or_else(|| AnalyseError::Model(format!("no {name} output")))?,
-                );
-            }
+        let mut present = Vec::with_capacity(self.cache.present_names.len());
+        for name in &self.cache.present_names {
+            let value = outputs
+                .remove(name)
+                .ok_or_else(|| AnalyseError::Model(format!("no {name} output")))?;
+            present.push(value);
         }
         Ok((rows_wanted, present))
     }
@@ -610,7 +600,7 @@ enum Past<'a> {
     Shared(&'a [DynValue]),
 }
 
-fn cache_layout(path: &Path, decoder: &Session) -> Result<CacheLayout, LoadError> {
+fn cache_layout(path: &Path, decoder: &Session, layers: usize) -> Result<CacheLayout, LoadError> {
     let first = decoder
         .inputs()
         .iter()
@@ -631,7 +621,14 @@ fn cache_layout(path: &Path, decoder: &Session) -> Result<CacheLayout, LoadError
             ),
         });
     }
+    let names = |prefix: &str| {
+        (0..layers)
+            .flat_map(|layer| ["key", "value"].map(|kind| format!("{prefix}.{layer}.{kind}")))
+            .collect()
+    };
     Ok(CacheLayout {
+        past_names: names("past_key_values"),
+        present_names: names("present"),
         kv_heads,
         head_dim,
         has_logits_to_keep: decoder
