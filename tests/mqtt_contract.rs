@@ -94,7 +94,18 @@ trigger = { kind = "interval", secs = 0.3 }
         })
         .await;
     assert_eq!((status.text().as_str(), status.retain), ("online", true));
-    // The first stats seen may be the retained one from start-up; they are refreshed on the interval.
+    // Stats are first published on connect, so even the first one a subscriber sees is truthful.
+    let first_stats = late
+        .expect(WAIT, "stats", |m| m.topic == "lookout/box1/stats")
+        .await;
+    assert_eq!(
+        first_stats.json()["broker"]["connected"],
+        true,
+        "{}",
+        first_stats.text()
+    );
+    assert!(first_stats.retain);
+    // They are refreshed on the interval.
     let stats = late
         .expect(WAIT, "stats counting answers", |m| {
             m.topic == "lookout/box1/stats"

@@ -357,7 +357,9 @@ impl Publisher {
         let stop_driver = CancellationToken::new();
         let driver = tokio::spawn(drive(eventloop, replies, stop_driver.clone()));
 
-        let mut stats_ticks = tokio::time::interval(stats_interval);
+        // The first stats go out on connect (see `Replies::on_connected`); then one per interval.
+        let mut stats_ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + stats_interval, stats_interval);
         stats_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -365,13 +367,7 @@ impl Publisher {
                     Some(outcome) => publish_outcome(&client, &topics, &device, &stats, outcome).await,
                     None => break,
                 },
-                _ = stats_ticks.tick() => {
-                    let payload = serde_json::to_vec(&stats.snapshot()).expect("stats serialize");
-                    // QoS 0 and try: a stats message is replaced by the next one, so it never waits.
-                    if client.try_publish(topics.stats(), QoS::AtMostOnce, true, payload).is_err() {
-                        debug!("Stats not published: the client's queue is full.");
-                    }
-                }
+                _ = stats_ticks.tick() => publish_stats(&client, &topics, &stats),
             }
         }
 
@@ -383,6 +379,17 @@ impl Publisher {
         stop_driver.cancel();
         let _ = driver.await;
         info!("Disconnected from the MQTT broker.");
+    }
+}
+
+/// The retained stats message, replaced by each newer one: QoS 0, and never waiting on a full queue.
+fn publish_stats(client: &AsyncClient, topics: &Topics, stats: &Stats) {
+    let payload = serde_json::to_vec(&stats.snapshot()).expect("stats serialize");
+    if client
+        .try_publish(topics.stats(), QoS::AtMostOnce, true, payload)
+        .is_err()
+    {
+        debug!("Stats not published: the client's queue is full.");
     }
 }
 
@@ -451,6 +458,7 @@ impl Replies {
         {
             warn!("Could not publish the online status: the client's queue is full.");
         }
+        publish_stats(&self.client, &self.topics, &self.stats);
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8]) {
