@@ -213,7 +213,6 @@ pub struct Failure {
     pub camera: Arc<str>,
     pub task: String,
     pub ask_id: Option<String>,
-    pub question: String,
     pub error: String,
 }
 
@@ -295,7 +294,6 @@ pub fn run_blocking(
                         camera: frame.camera.clone(),
                         task,
                         ask_id,
-                        question: request.question.clone(),
                         error: error.to_string(),
                     })
                 }
