@@ -57,7 +57,7 @@ fn prompt_ids_equal_the_reference_exactly() {
             &std::fs::read(fixture().join(case["image"].as_str().unwrap())).unwrap(),
         )
         .unwrap();
-        let pixels = preprocess(&image, &spec.image, case["split"].as_bool().unwrap());
+        let pixels = preprocess(&image, &spec.image, case["split"].as_bool().unwrap(), 0);
         let ids = prompter
             .ids(case["question"].as_str().unwrap(), pixels.rows, pixels.cols)
             .unwrap();
@@ -78,7 +78,7 @@ fn pixel_values_agree_with_the_reference() {
             &std::fs::read(fixture().join(case["image"].as_str().unwrap())).unwrap(),
         )
         .unwrap();
-        let pixels = preprocess(&image, &spec.image, case["split"].as_bool().unwrap());
+        let pixels = preprocess(&image, &spec.image, case["split"].as_bool().unwrap(), 0);
         let reference = &case["pixel_values"];
         let shape: Vec<usize> = serde_json::from_value(reference["shape"].clone()).unwrap();
         assert_eq!(

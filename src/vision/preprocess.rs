@@ -12,6 +12,8 @@
 //! fixed-point weights, as Pillow computes it (torchvision's CPU Lanczos follows the same scheme). The
 //! reference is matched within a tolerance measured by the conformance tests, not bit for bit.
 
+use std::borrow::Cow;
+
 use image::RgbImage;
 
 /// The processor settings read from the model's `preprocessor_config.json`.
@@ -37,38 +39,53 @@ pub struct Pixels {
     pub cols: usize,
 }
 
-/// Preprocesses `image`, split into tiles or not.
-pub fn preprocess(image: &RgbImage, settings: &ImageSettings, split: bool) -> Pixels {
-    let (width, height) = longest_edge_size(image.width(), image.height(), settings.longest_edge);
-    let resized = resize(image, width, height);
-    let tile = settings.tile;
-    let mut pixels = Pixels {
-        values: Vec::new(),
-        images: 0,
-        rows: 0,
-        cols: 0,
+/// Preprocesses `image`, split into tiles or not, resampling on up to `threads` threads (0: one per core).
+pub fn preprocess(
+    image: &RgbImage,
+    settings: &ImageSettings,
+    split: bool,
+    threads: usize,
+) -> Pixels {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        threads
     };
-    if split {
+    let (width, height) = longest_edge_size(image.width(), image.height(), settings.longest_edge);
+    let resized = resize(Cow::Borrowed(image), width, height, threads);
+    let tile = settings.tile;
+    // The squares to normalise: tiles of the grid in row-major order, then the global image.
+    let (grid, rows, cols) = if split {
         let (width, height) = multiple_of_tile_size(width, height, tile);
-        let grid = resize(&resized, width, height);
+        let grid = resize(resized, width, height, threads);
         if width > tile || height > tile {
-            pixels.rows = height.div_ceil(tile) as usize;
-            pixels.cols = width.div_ceil(tile) as usize;
-            for row in 0..pixels.rows as u32 {
-                for col in 0..pixels.cols as u32 {
-                    let crop = image::imageops::crop_imm(&grid, col * tile, row * tile, tile, tile)
-                        .to_image();
-                    push_normalised(&mut pixels, &crop, settings);
-                }
-            }
-            push_normalised(&mut pixels, &resize(&grid, tile, tile), settings);
+            (grid, height.div_ceil(tile), width.div_ceil(tile))
         } else {
-            push_normalised(&mut pixels, &resize(&grid, tile, tile), settings);
+            (grid, 0, 0)
         }
     } else {
-        push_normalised(&mut pixels, &resize(&resized, tile, tile), settings);
+        (resized, 0, 0)
+    };
+    let global = resize(Cow::Borrowed(grid.as_ref()), tile, tile, threads);
+    let tiles = (0..rows).flat_map(|row| (0..cols).map(move |col| (col * tile, row * tile)));
+    let squares: Vec<(&RgbImage, (u32, u32))> = tiles
+        .map(|origin| (grid.as_ref(), origin))
+        .chain([(global.as_ref(), (0, 0))])
+        .collect();
+    let square_len = 3 * (tile * tile) as usize;
+    let mut values = vec![0.0; squares.len() * square_len];
+    let normaliser = Normaliser::new(settings);
+    in_bands(&mut values, square_len, threads, |first, band| {
+        for (out, (image, origin)) in band.chunks_exact_mut(square_len).zip(&squares[first..]) {
+            normaliser.fill(out, image, *origin, tile);
+        }
+    });
+    Pixels {
+        values,
+        images: squares.len(),
+        rows: rows as usize,
+        cols: cols as usize,
     }
-    pixels
 }
 
 /// Step 1's size: longest edge to `longest`, the other side truncated then made even, at least 1.
@@ -102,29 +119,65 @@ fn multiple_of_tile_size(width: u32, height: u32, tile: u32) -> (u32, u32) {
     }
 }
 
-fn push_normalised(pixels: &mut Pixels, image: &RgbImage, settings: &ImageSettings) {
-    let plane = (image.width() * image.height()) as usize;
-    let start = pixels.values.len();
-    pixels.values.resize(start + 3 * plane, 0.0);
-    let (scale, mean, std) = (settings.rescale_factor, settings.mean, settings.std);
-    let out = &mut pixels.values[start..];
-    for (index, pixel) in image.pixels().enumerate() {
-        for channel in 0..3 {
-            out[channel * plane + index] =
-                (f32::from(pixel.0[channel]) * scale - mean[channel]) / std[channel];
+/// Step 3 as a lookup: each channel's 256 possible bytes, rescaled and normalised once.
+struct Normaliser {
+    tables: [[f32; 256]; 3],
+}
+
+impl Normaliser {
+    fn new(settings: &ImageSettings) -> Normaliser {
+        let mut tables = [[0.0; 256]; 3];
+        for (channel, table) in tables.iter_mut().enumerate() {
+            for (byte, value) in table.iter_mut().enumerate() {
+                *value = (byte as f32 * settings.rescale_factor - settings.mean[channel])
+                    / settings.std[channel];
+            }
+        }
+        Normaliser { tables }
+    }
+
+    /// Writes the `side` x `side` square of `image` at `origin` into `out`, channels first.
+    fn fill(&self, out: &mut [f32], image: &RgbImage, origin: (u32, u32), side: u32) {
+        let side = side as usize;
+        let row_len = image.width() as usize * 3;
+        let first = origin.1 as usize * row_len + origin.0 as usize * 3;
+        let rows = image.as_raw()[first..]
+            .chunks(row_len)
+            .take(side)
+            .map(|row| &row[..side * 3]);
+        for ((plane, table), channel) in
+            out.chunks_exact_mut(side * side).zip(&self.tables).zip(0..)
+        {
+            for (out_row, row) in plane.chunks_exact_mut(side).zip(rows.clone()) {
+                for (value, pixel) in out_row.iter_mut().zip(row.chunks_exact(3)) {
+                    *value = table[usize::from(pixel[channel])];
+                }
+            }
         }
     }
-    pixels.images += 1;
 }
 
 /// Weights are fixed point with this many fractional bits (Pillow's choice for 8-bit images): 255 times
 /// the weights' absolute sum (at most about 1.3 for Lanczos) stays within an i32 accumulator.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// For each output position along one axis: the first input index and its fixed-point weights.
+/// For each output position along one axis: the first input index of its window and the window's
+/// fixed-point weights. Every window has the same length (`window`), the longest any position needs,
+/// shifted to stay inside the input and padded with zero weights: the inner loops then have a fixed
+/// trip count and no bounds to recheck, which is what lets the compiler vectorise them.
 struct Taps {
     starts: Vec<usize>,
-    weights: Vec<Vec<i32>>,
+    window: usize,
+    weights: Vec<i32>,
+}
+
+impl Taps {
+    fn iter(&self) -> impl Iterator<Item = (usize, &[i32])> {
+        self.starts
+            .iter()
+            .copied()
+            .zip(self.weights.chunks_exact(self.window))
+    }
 }
 
 fn lanczos(x: f64) -> f64 {
@@ -147,99 +200,141 @@ fn taps(in_size: u32, out_size: u32) -> Taps {
     let scale = f64::from(in_size) / f64::from(out_size);
     let filter_scale = scale.max(1.0);
     let support = 3.0 * filter_scale;
-    let mut starts = Vec::with_capacity(out_size as usize);
-    let mut weights = Vec::with_capacity(out_size as usize);
-    for out in 0..out_size {
-        let center = (f64::from(out) + 0.5) * scale;
-        // Truncation toward zero, then clamping, as the reference does.
-        let first = ((center - support + 0.5) as i64).max(0) as usize;
-        let last = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
-        let raw: Vec<f64> = (first..last)
-            .map(|x| lanczos((x as f64 - center + 0.5) / filter_scale))
-            .collect();
-        let total: f64 = raw.iter().sum();
-        let unit = f64::from(1u32 << PRECISION_BITS);
-        let fixed = raw
-            .iter()
-            .map(|w| {
-                let w = if total != 0.0 { w / total } else { *w };
-                if w < 0.0 {
-                    (w * unit - 0.5) as i32
-                } else {
-                    (w * unit + 0.5) as i32
-                }
-            })
-            .collect();
-        starts.push(first);
-        weights.push(fixed);
+    let unit = f64::from(1u32 << PRECISION_BITS);
+    let windows: Vec<(usize, Vec<i32>)> = (0..out_size)
+        .map(|out| {
+            let center = (f64::from(out) + 0.5) * scale;
+            // Truncation toward zero, then clamping, as the reference does.
+            let first = ((center - support + 0.5) as i64).max(0) as usize;
+            let last = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
+            let raw: Vec<f64> = (first..last)
+                .map(|x| lanczos((x as f64 - center + 0.5) / filter_scale))
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let fixed = raw
+                .iter()
+                .map(|w| {
+                    let w = if total != 0.0 { w / total } else { *w };
+                    if w < 0.0 {
+                        (w * unit - 0.5) as i32
+                    } else {
+                        (w * unit + 0.5) as i32
+                    }
+                })
+                .collect();
+            (first, fixed)
+        })
+        .collect();
+    // No window is longer than the input, so a shifted window always fits.
+    let window = windows.iter().map(|(_, w)| w.len()).max().unwrap_or(1);
+    let mut taps = Taps {
+        starts: Vec::with_capacity(windows.len()),
+        window,
+        weights: vec![0; windows.len() * window],
+    };
+    for ((first, fixed), weights) in windows.iter().zip(taps.weights.chunks_exact_mut(window)) {
+        let start = (*first).min(in_size as usize - window);
+        let offset = first - start;
+        weights[offset..offset + fixed.len()].copy_from_slice(fixed);
+        taps.starts.push(start);
     }
-    Taps { starts, weights }
+    taps
 }
 
 fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Lanczos resize to `width` x `height`: horizontal pass, then vertical, each rounding to 8 bits.
-pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    if image.dimensions() == (width, height) {
-        return image.clone();
-    }
-    let horizontal = if image.width() == width {
-        image.clone()
+/// Lanczos resize to `width` x `height`: horizontal pass, then vertical, each rounding to 8 bits. An
+/// image already that size is passed through without a copy.
+fn resize(image: Cow<'_, RgbImage>, width: u32, height: u32, threads: usize) -> Cow<'_, RgbImage> {
+    let image = if image.width() == width {
+        image
     } else {
-        resize_horizontal(image, width)
+        Cow::Owned(resize_horizontal(&image, width, threads))
     };
-    if horizontal.height() == height {
-        horizontal
+    if image.height() == height {
+        image
     } else {
-        resize_vertical(&horizontal, height)
+        Cow::Owned(resize_vertical(&image, height, threads))
     }
 }
 
-fn resize_horizontal(image: &RgbImage, width: u32) -> RgbImage {
+/// Fills `out`, a sequence of `unit_len`-long units (image rows, squares), in bands of whole units on
+/// up to `threads` scoped threads; `fill(first_unit, band)` computes one band. Every stage here is
+/// independent per output row, so the bands need no coordination.
+fn in_bands<T: Send>(
+    out: &mut [T],
+    unit_len: usize,
+    threads: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let units = out.len() / unit_len;
+    // Below a few hundred kilobytes a thread costs more than it saves.
+    let threads = threads
+        .min(size_of_val(out) / (256 * 1024))
+        .min(units)
+        .max(1);
+    if threads == 1 {
+        fill(0, out);
+        return;
+    }
+    let band_units = units.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (band, chunk) in out.chunks_mut(band_units * unit_len).enumerate() {
+            let fill = &fill;
+            scope.spawn(move || fill(band * band_units, chunk));
+        }
+    });
+}
+
+fn resize_horizontal(image: &RgbImage, width: u32, threads: usize) -> RgbImage {
     let taps = taps(image.width(), width);
     let source = image.as_raw();
-    let row_len = image.width() as usize * 3;
-    let mut out = vec![0u8; width as usize * image.height() as usize * 3];
+    let in_len = image.width() as usize * 3;
+    let out_len = width as usize * 3;
+    let mut out = vec![0u8; out_len * image.height() as usize];
     let half = 1i32 << (PRECISION_BITS - 1);
-    for (row, out_row) in out.chunks_exact_mut(width as usize * 3).enumerate() {
-        let input = &source[row * row_len..(row + 1) * row_len];
-        for (x, (start, weights)) in taps.starts.iter().zip(&taps.weights).enumerate() {
-            let mut sums = [half; 3];
-            for (k, weight) in weights.iter().enumerate() {
-                let at = (start + k) * 3;
-                for channel in 0..3 {
-                    sums[channel] += i32::from(input[at + channel]) * *weight;
+    in_bands(&mut out, out_len, threads, |first_row, band| {
+        let inputs = source[first_row * in_len..].chunks_exact(in_len);
+        for (out_row, input) in band.chunks_exact_mut(out_len).zip(inputs) {
+            for (pixel, (start, weights)) in out_row.chunks_exact_mut(3).zip(taps.iter()) {
+                let window = &input[start * 3..(start + taps.window) * 3];
+                let mut sums = [half; 3];
+                for (value, weight) in window.chunks_exact(3).zip(weights) {
+                    sums[0] += i32::from(value[0]) * weight;
+                    sums[1] += i32::from(value[1]) * weight;
+                    sums[2] += i32::from(value[2]) * weight;
                 }
-            }
-            for channel in 0..3 {
-                out_row[x * 3 + channel] = clip8(sums[channel]);
+                pixel.copy_from_slice(&sums.map(clip8));
             }
         }
-    }
+    });
     RgbImage::from_raw(width, image.height(), out).expect("sized above")
 }
 
-fn resize_vertical(image: &RgbImage, height: u32) -> RgbImage {
+fn resize_vertical(image: &RgbImage, height: u32, threads: usize) -> RgbImage {
     let taps = taps(image.height(), height);
     let source = image.as_raw();
     let row_len = image.width() as usize * 3;
     let mut out = vec![0u8; row_len * height as usize];
     let half = 1i32 << (PRECISION_BITS - 1);
-    let mut sums = vec![0i32; row_len];
-    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
-        sums.fill(half);
-        for (k, weight) in taps.weights[y].iter().enumerate() {
-            let input = &source[(taps.starts[y] + k) * row_len..][..row_len];
-            for (sum, value) in sums.iter_mut().zip(input) {
-                *sum += i32::from(*value) * *weight;
+    in_bands(&mut out, row_len, threads, |first_row, band| {
+        let mut sums = vec![0i32; row_len];
+        let rows = taps.iter().skip(first_row);
+        for (out_row, (start, weights)) in band.chunks_exact_mut(row_len).zip(rows) {
+            sums.fill(half);
+            let inputs = source[start * row_len..].chunks_exact(row_len);
+            for (input, weight) in inputs.zip(weights) {
+                for (sum, value) in sums.iter_mut().zip(input) {
+                    *sum += i32::from(*value) * weight;
+                }
+            }
+            for (value, sum) in out_row.iter_mut().zip(&sums) {
+                *value = clip8(*sum);
             }
         }
-        for (value, sum) in out_row.iter_mut().zip(&sums) {
-            *value = clip8(*sum);
-        }
-    }
+    });
     RgbImage::from_raw(image.width(), height, out).expect("sized above")
 }
 
@@ -270,17 +365,17 @@ mod tests {
 
     #[test]
     fn a_640x480_frame_makes_12_tiles_and_a_global_image() {
-        let pixels = preprocess(&RgbImage::new(640, 480), &settings(), true);
+        let pixels = preprocess(&RgbImage::new(640, 480), &settings(), true, 2);
         assert_eq!((pixels.rows, pixels.cols, pixels.images), (3, 4, 13));
         assert_eq!(pixels.values.len(), 13 * 3 * 512 * 512);
-        let single = preprocess(&RgbImage::new(640, 480), &settings(), false);
+        let single = preprocess(&RgbImage::new(640, 480), &settings(), false, 2);
         assert_eq!((single.rows, single.cols, single.images), (0, 0, 1));
     }
 
     #[test]
     fn a_flat_colour_stays_flat_and_is_normalised() {
         let image = RgbImage::from_pixel(37, 11, image::Rgb([255, 0, 51]));
-        let pixels = preprocess(&image, &settings(), false);
+        let pixels = preprocess(&image, &settings(), false, 2);
         let plane = 512 * 512;
         assert!(
             pixels.values[..plane]

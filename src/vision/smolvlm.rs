@@ -80,6 +80,8 @@ pub struct SmolVlm {
     decoder: Session,
     cache: CacheLayout,
     providers: Vec<&'static str>,
+    /// The configured thread count, also used for resampling (0: one per core).
+    threads: usize,
 }
 
 /// An input or output a graph must declare: name, element type, rank.
@@ -224,6 +226,7 @@ impl SmolVlm {
             decoder,
             cache,
             providers,
+            threads: options.threads,
         })
     }
 
@@ -391,7 +394,7 @@ impl SmolVlm {
         split: bool,
     ) -> Vec<Result<LocalAnswer, AnalyseError>> {
         let started = Instant::now();
-        let pixels = preprocess(&frame.image, &self.spec.image, split);
+        let pixels = preprocess(&frame.image, &self.spec.image, split, self.threads);
         let preprocess_ms = millis(started);
         let prompts: Vec<Result<Vec<u32>, AnalyseError>> = requests
             .iter()
