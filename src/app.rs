@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigOrigin, Env};
 use crate::gate::{self, AskRouter, JobQueue};
+use crate::outbox::{Outbox, OutboxError};
 use crate::publish::{self, PublishError, PublishSettings, Publisher};
 use crate::source;
 use crate::stats::Stats;
@@ -43,6 +44,8 @@ pub enum Control {
 /// Why the daemon stopped other than by request.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error("the {0} stage stopped unexpectedly")]
@@ -135,6 +138,12 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.device.id != new.device.id {
         names.push("device.id");
     }
+    if old.device.state_dir != new.device.state_dir {
+        names.push("device.state_dir");
+    }
+    if old.outbox != new.outbox {
+        names.push("outbox");
+    }
     if old.mqtt != new.mqtt {
         names.push("mqtt");
     }
@@ -156,6 +165,7 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), AppError> {
     let stats = Arc::new(Stats::default());
+    let outbox = open_outbox(&config).await?;
     let mqtt = config.mqtt.clone();
     tokio::task::spawn_blocking(move || publish::start_embedded_broker_if_needed(&mqtt))
         .await
@@ -168,8 +178,9 @@ pub async fn run(
         mqtt: config.mqtt.clone(),
         device: config.device.id.clone(),
     };
-    let mut publisher =
-        tokio::spawn(Publisher::new(&settings, router.clone(), stats.clone())?.run(outcomes_in));
+    let mut publisher = tokio::spawn(
+        Publisher::new(&settings, router.clone(), stats.clone(), outbox)?.run(outcomes_in),
+    );
     let mut vision = {
         let (queue, stats) = (queue.clone(), stats.clone());
         tokio::task::spawn_blocking(move || {
@@ -230,6 +241,24 @@ pub async fn run(
     }
     info!("Stopped.");
     Ok(())
+}
+
+/// Opens the answers' outbox, saying what an earlier run left in it.
+async fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
+    let (path, limits) = (config.answers_outbox(), config.outbox.limits());
+    let (outbox, recovery) = tokio::task::spawn_blocking(move || Outbox::open(&path, limits))
+        .await
+        .map_err(|_| AppError::StageFailed("outbox"))??;
+    if recovery.recovered > 0 {
+        info!(
+            answers = recovery.recovered,
+            "Answers from an earlier run are waiting in the outbox."
+        );
+    }
+    if let Some(copy) = &recovery.set_aside {
+        warn!(damaged_bytes = recovery.damaged_bytes, kept = recovery.recovered, copy = %copy.display(), "The outbox was damaged: kept every intact answer; the original file was copied aside.");
+    }
+    Ok(Arc::new(outbox))
 }
 
 /// Loads the config again; on any problem logs every one and returns `None` (the running config stays).

@@ -28,6 +28,7 @@ pub mod config;
 pub mod errors;
 pub mod escalate;
 pub mod gate;
+pub mod outbox;
 pub mod publish;
 pub mod service;
 pub mod source;

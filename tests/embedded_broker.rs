@@ -29,18 +29,19 @@ trigger = {{ kind = "interval", secs = 0.2 }}
     let daemon = Daemon::start(&config);
     common::wait_for_port(port);
     let mut client = Subscriber::connect(port, &["lookout/solo/#"]).await;
-    let answer = client
-        .expect(Duration::from_secs(15), "an answer", |m| {
-            m.topic == "lookout/solo/cam/describe/answer"
-        })
-        .await;
-    assert_eq!(answer.json()["device"], "solo");
+    // The daemon says online (live, or retained if it was first) before it sends any answer.
     let status = client
         .expect(Duration::from_secs(15), "status", |m| {
             m.topic == "lookout/solo/status"
         })
         .await;
     assert_eq!(status.text(), "online");
+    let answer = client
+        .expect(Duration::from_secs(15), "an answer", |m| {
+            m.topic == "lookout/solo/cam/describe/answer"
+        })
+        .await;
+    assert_eq!(answer.json()["device"], "solo");
 
     // The embedded broker is still a broker: a second client sees the retained status.
     let mut second = Subscriber::connect(port, &["lookout/solo/status"]).await;

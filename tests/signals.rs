@@ -62,7 +62,9 @@ fn main() {
 
 async fn child(path: &str, delay: Duration) -> i32 {
     let origin = ConfigOrigin::File(path.into());
-    let env = Env::default();
+    // Each child keeps its outbox beside its config.
+    let state = std::path::Path::new(path).with_file_name("state");
+    let env = Env::from_pairs([("LOOKOUT_STATE_DIR", state.to_str().unwrap())]);
     let config = origin.load(&env).expect("child config");
     match lookout::service::run_until_signalled(
         origin,

@@ -20,6 +20,7 @@ pub use validate::{FieldError, Problems};
 
 use crate::escalate::EscalationConfig;
 use crate::gate::TaskConfig;
+use crate::outbox::OutboxConfig;
 use crate::publish::MqttConfig;
 use crate::source::CameraConfig;
 use crate::vision::VisionConfig;
@@ -36,14 +37,17 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub vision: VisionConfig,
     pub escalation: EscalationConfig,
+    pub outbox: OutboxConfig,
 }
 
-/// Who this box is and how it stops.
+/// Who this box is, where it keeps its state and how it stops.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     /// Device id used in topics; empty means the hostname.
     pub id: String,
+    /// The outbox and other state; empty means the platform's default (see `resolve_state_dir`).
+    pub state_dir: PathBuf,
     pub shutdown_timeout_secs: f64,
 }
 
@@ -51,6 +55,7 @@ impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
             id: String::new(),
+            state_dir: PathBuf::new(),
             shutdown_timeout_secs: 10.0,
         }
     }
@@ -138,6 +143,7 @@ impl Config {
             mqtt: MqttConfig::default(),
             vision: VisionConfig::default(),
             escalation: EscalationConfig::default(),
+            outbox: OutboxConfig::default(),
         };
         for (key, value) in table {
             match key.as_str() {
@@ -147,9 +153,10 @@ impl Config {
                 "mqtt" => config.mqtt = section(value, "mqtt", &mut problems),
                 "vision" => config.vision = section(value, "vision", &mut problems),
                 "escalation" => config.escalation = section(value, "escalation", &mut problems),
+                "outbox" => config.outbox = section(value, "outbox", &mut problems),
                 other => problems.push(
                     other,
-                    "unknown section; expected device, cameras, tasks, mqtt, vision or escalation",
+                    "unknown section; expected device, cameras, tasks, mqtt, vision, escalation or outbox",
                 ),
             }
         }
@@ -177,8 +184,14 @@ impl Config {
         if let Some(library) = env.get("ORT_DYLIB_PATH").filter(|path| !path.is_empty()) {
             self.vision.runtime_library = Some(PathBuf::from(library));
         }
+        if let Some(dir) = env.get("LOOKOUT_STATE_DIR").filter(|dir| !dir.is_empty()) {
+            self.device.state_dir = PathBuf::from(dir);
+        }
         if self.device.id.is_empty() {
             self.device.id = hostname_as_device_id();
+        }
+        if self.device.state_dir.as_os_str().is_empty() {
+            self.device.state_dir = default_state_dir(env);
         }
     }
 
@@ -221,12 +234,37 @@ impl Config {
         self.mqtt.validate("mqtt", problems);
         self.vision.validate("vision", problems);
         self.escalation.validate("escalation", problems);
+        self.outbox.validate("outbox", problems);
+    }
+
+    /// Where answers wait for the broker's acknowledgement.
+    pub fn answers_outbox(&self) -> PathBuf {
+        self.device.state_dir.join("answers.outbox")
     }
 
     /// The graceful shutdown deadline.
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.device.shutdown_timeout_secs)
     }
+}
+
+/// The state directory when the config names none: systemd's `StateDirectory=` (`$STATE_DIRECTORY`),
+/// else the XDG state home of the user running the daemon, else `/var/lib/lookout`.
+fn default_state_dir(env: &Env) -> PathBuf {
+    let systemd = env
+        .get("STATE_DIRECTORY")
+        .and_then(|dirs| dirs.split(':').next())
+        .filter(|dir| !dir.is_empty());
+    if let Some(dir) = systemd {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = env.get("XDG_STATE_HOME").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(home).join("lookout");
+    }
+    if let Some(home) = env.get("HOME").filter(|dir| !dir.is_empty() && *dir != "/") {
+        return PathBuf::from(home).join(".local/state/lookout");
+    }
+    PathBuf::from("/var/lib/lookout")
 }
 
 /// Deserializes one section; a failure is recorded with its full field path and the default is kept so

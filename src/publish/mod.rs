@@ -1,16 +1,24 @@
-//! Publishing over MQTT: answers (QoS 1), the retained `status` with its `offline` last will, retained
-//! stats on an interval, and on-demand asks coming back in.
+//! Publishing over MQTT: answers (QoS 1, through the on-disk outbox), the retained `status` with its
+//! `offline` last will, retained stats on an interval, and on-demand asks coming back in.
 //!
 //! rumqttc splits a connection into a client (a handle that queues requests) and an event loop that
 //! must be polled for anything to move. Exactly one task, the driver, polls it; after a connection error
 //! it sleeps with jittered exponential backoff before the next poll reconnects (rumqttc retries at once
-//! otherwise, burning CPU and logs while a broker is down). The publisher task feeds the client from the
-//! vision stage's outcomes; the client's request channel is bounded, so while the broker is away the
-//! publisher waits and that wait travels upstream as backpressure.
+//! otherwise, burning CPU and logs while a broker is down).
+//!
+//! Answers never wait on the broker. The publisher task stores each one in the outbox (on disk) and
+//! moves on; the driver takes them from the outbox in order, at most `mqtt.inflight` at a time, and
+//! completes each when the broker's PubAck for it arrives. To know which PubAck is whose, the driver
+//! chooses the packet ids of every QoS 1 publish itself and hands the packets straight to the event
+//! loop; rumqttc's client only carries subscriptions and the QoS 0 stats. The session is persistent
+//! (clean session off, fixed client id), so asks sent while the box was away are delivered on return.
+//! After a reconnect, whatever was in flight is sent again from the outbox, in order; a subscriber may
+//! see an answer twice, with the same `id`, and never loses one.
 
 mod broker;
 mod topics;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,8 +27,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
-    Transport,
+    AsyncClient, Disconnect, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish,
+    QoS, Request, Subscribe, TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -30,14 +38,17 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::{Problems, validate};
 use crate::gate::{ASK_TASK, Ask, AskError, AskRouter};
-use crate::stats::Stats;
+use crate::outbox::{Outbox, OutboxStatus};
+use crate::stats::{Snapshot, Stats};
 use crate::vision::{Answer, Outcome};
 
 pub use broker::BrokerError;
 pub use topics::Topics;
 
-/// Requests the client may queue before `publish` waits (the bound on answers held in memory).
+/// Requests the client may queue (subscriptions and stats; answers do not pass through it).
 const REQUEST_CAPACITY: usize = 64;
+/// Packet ids kept for the retained status messages, beyond the answers' window.
+const STATUS_SLOTS: u16 = 2;
 
 /// How to reach the broker.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -50,6 +61,8 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     pub keep_alive_secs: u64,
     pub stats_interval_secs: f64,
+    /// Answers sent and not yet acknowledged, at most.
+    pub inflight: u16,
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
@@ -64,6 +77,7 @@ impl Default for MqttConfig {
             client_id: None,
             keep_alive_secs: 30,
             stats_interval_secs: 30.0,
+            inflight: 16,
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
@@ -81,6 +95,7 @@ impl fmt::Debug for MqttConfig {
             .field("client_id", &self.client_id)
             .field("keep_alive_secs", &self.keep_alive_secs)
             .field("stats_interval_secs", &self.stats_interval_secs)
+            .field("inflight", &self.inflight)
             .field("ca_file", &self.ca_file)
             .field("client_cert_file", &self.client_cert_file)
             .field("client_key_file", &self.client_key_file)
@@ -119,6 +134,12 @@ impl MqttConfig {
             problems.push(
                 format!("{path}.keep_alive_secs"),
                 format!("must be 5 to 3600, not {}", self.keep_alive_secs),
+            );
+        }
+        if !(1..=1000).contains(&self.inflight) {
+            problems.push(
+                format!("{path}.inflight"),
+                format!("must be 1 to 1000, not {}", self.inflight),
             );
         }
         validate::seconds(
@@ -246,6 +267,10 @@ fn options(
     let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
+        .set_clean_session(false)
+        // Room for every packet id the driver may choose, so rumqttc never holds back the client's
+        // own requests on their account.
+        .set_inflight(config.inflight + STATUS_SLOTS + 1)
         .set_request_channel_capacity(REQUEST_CAPACITY)
         .set_last_will(LastWill::new(
             topics.status(),
@@ -307,12 +332,21 @@ struct Published<'a> {
     answer: &'a Answer,
 }
 
+/// The stats message: the counters, and the outbox's state.
+#[derive(Serialize)]
+struct StatsMessage {
+    #[serde(flatten)]
+    counters: Snapshot,
+    outbox: OutboxStatus,
+}
+
 /// A configured MQTT connection, ready to run.
 pub struct Publisher {
     client: AsyncClient,
     eventloop: EventLoop,
     replies: Replies,
     stats_interval: Duration,
+    window: u16,
 }
 
 impl Publisher {
@@ -321,6 +355,7 @@ impl Publisher {
         settings: &PublishSettings,
         asks: AskRouter,
         stats: Arc<Stats>,
+        outbox: Arc<Outbox>,
     ) -> Result<Publisher, PublishError> {
         let topics = Topics::new(&settings.mqtt.prefix, &settings.device);
         let options = options(&settings.mqtt, &settings.device, &topics)?;
@@ -334,48 +369,47 @@ impl Publisher {
                 device: settings.device.clone(),
                 asks,
                 stats,
+                outbox,
             },
             client,
             eventloop,
             stats_interval: Duration::from_secs_f64(settings.mqtt.stats_interval_secs),
+            window: settings.mqtt.inflight,
         })
     }
 
-    /// Publishes every outcome until `outcomes` closes, then says `offline` and disconnects.
+    /// Stores every outcome in the outbox until `outcomes` closes, then says `offline` and disconnects.
+    /// What the broker has not acknowledged by then stays in the outbox for the next start.
     pub async fn run(self, mut outcomes: mpsc::Receiver<Outcome>) {
         let Publisher {
             client,
             eventloop,
             replies,
             stats_interval,
+            window,
         } = self;
-        let (topics, device, stats) = (
+        let (topics, device, stats, outbox) = (
             replies.topics.clone(),
             replies.device.clone(),
             replies.stats.clone(),
+            replies.outbox.clone(),
         );
         let stop_driver = CancellationToken::new();
-        let driver = tokio::spawn(drive(eventloop, replies, stop_driver.clone()));
+        let driver = tokio::spawn(drive(eventloop, replies, window, stop_driver.clone()));
 
-        // The first stats go out on connect (see `Replies::on_connected`); then one per interval.
+        // The first stats go out on connect (see `Replies::on_subscribing`); then one per interval.
         let mut stats_ticks =
             tokio::time::interval_at(tokio::time::Instant::now() + stats_interval, stats_interval);
         stats_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 outcome = outcomes.recv() => match outcome {
-                    Some(outcome) => publish_outcome(&client, &topics, &device, &stats, outcome).await,
+                    Some(outcome) => store_outcome(&outbox, &topics, &device, outcome).await,
                     None => break,
                 },
-                _ = stats_ticks.tick() => publish_stats(&client, &topics, &stats),
+                _ = stats_ticks.tick() => publish_stats(&client, &topics, &stats, &outbox),
             }
         }
-
-        // Outcomes are drained. Say goodbye: a clean DISCONNECT suppresses the last will, so the retained
-        // status is set to offline first. When the queue is full the broker is unreachable, and the will
-        // it already holds says offline for us.
-        let _ = client.try_publish(topics.status(), QoS::AtLeastOnce, true, "offline");
-        let _ = client.try_disconnect();
         stop_driver.cancel();
         let _ = driver.await;
         info!("Disconnected from the MQTT broker.");
@@ -383,8 +417,12 @@ impl Publisher {
 }
 
 /// The retained stats message, replaced by each newer one: QoS 0, and never waiting on a full queue.
-fn publish_stats(client: &AsyncClient, topics: &Topics, stats: &Stats) {
-    let payload = serde_json::to_vec(&stats.snapshot()).expect("stats serialize");
+fn publish_stats(client: &AsyncClient, topics: &Topics, stats: &Stats, outbox: &Outbox) {
+    let message = StatsMessage {
+        counters: stats.snapshot(),
+        outbox: outbox.status(),
+    };
+    let payload = serde_json::to_vec(&message).expect("stats serialize");
     if client
         .try_publish(topics.stats(), QoS::AtMostOnce, true, payload)
         .is_err()
@@ -393,13 +431,8 @@ fn publish_stats(client: &AsyncClient, topics: &Topics, stats: &Stats) {
     }
 }
 
-async fn publish_outcome(
-    client: &AsyncClient,
-    topics: &Topics,
-    device: &str,
-    stats: &Stats,
-    outcome: Outcome,
-) {
+/// Stores an outcome's message in the outbox (a synced disk write, so off the async threads).
+async fn store_outcome(outbox: &Arc<Outbox>, topics: &Topics, device: &str, outcome: Outcome) {
     let (topic, payload) = match &outcome {
         Outcome::Answered(answer) => (
             topics.answer(&answer.camera, &answer.task),
@@ -419,15 +452,122 @@ async fn publish_outcome(
         ),
         Outcome::Failed(_) => return,
     };
-    match client
-        .publish(topic, QoS::AtLeastOnce, false, payload)
-        .await
-    {
-        Ok(()) => stats.published.inc(),
-        Err(error) => {
-            stats.publish_failures.inc();
-            warn!(error = %error, "Could not hand an answer to the MQTT client.");
+    let id = match &outcome {
+        Outcome::Answered(answer) => Some(answer.id),
+        Outcome::Failed(_) => None,
+    };
+    let outbox = outbox.clone();
+    match tokio::task::spawn_blocking(move || outbox.push(&topic, &payload)).await {
+        Ok(seq) => match id {
+            Some(id) => debug!(id = %id, seq, "Stored an answer in the outbox."),
+            None => debug!(seq, "Stored an ask's error reply in the outbox."),
+        },
+        Err(failure) => warn!(error = %failure, "Storing an answer in the outbox failed."),
+    }
+}
+
+/// What a packet id in flight carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Carried {
+    /// The outbox entry with this sequence number.
+    Answer(u64),
+    Status,
+    /// The asks subscription, whose id rumqttc chooses.
+    Subscription,
+}
+
+/// The QoS 1 publishes in flight on this connection, by the packet id the driver chose for each.
+struct InFlight {
+    window: u16,
+    by_pkid: HashMap<u16, Carried>,
+    answers: u16,
+    last_pkid: u16,
+}
+
+impl InFlight {
+    fn new(window: u16) -> InFlight {
+        InFlight {
+            window,
+            by_pkid: HashMap::new(),
+            answers: 0,
+            last_pkid: 0,
         }
+    }
+
+    fn has_room_for_answers(&self) -> bool {
+        self.answers < self.window
+    }
+
+    /// A free packet id for `carried`, the next one after the last in cyclic order (as the MQTT
+    /// specification expects), or `None` when none is free.
+    fn assign(&mut self, carried: Carried) -> Option<u16> {
+        if matches!(carried, Carried::Answer(_)) && !self.has_room_for_answers() {
+            return None;
+        }
+        let max = self.window + STATUS_SLOTS;
+        let pkid = (1..=max)
+            .map(|step| (self.last_pkid + step - 1) % max + 1)
+            .find(|pkid| !self.by_pkid.contains_key(pkid))?;
+        self.last_pkid = pkid;
+        self.by_pkid.insert(pkid, carried);
+        if matches!(carried, Carried::Answer(_)) {
+            self.answers += 1;
+        }
+        Some(pkid)
+    }
+
+    /// Marks an id rumqttc chose as taken until it is acknowledged.
+    fn reserve(&mut self, pkid: u16, carried: Carried) {
+        self.by_pkid.insert(pkid, carried);
+    }
+
+    fn acknowledged(&mut self, pkid: u16) -> Option<Carried> {
+        let carried = self.by_pkid.remove(&pkid)?;
+        if matches!(carried, Carried::Answer(_)) {
+            self.answers -= 1;
+        }
+        Some(carried)
+    }
+
+    fn clear(&mut self) {
+        self.by_pkid.clear();
+        self.answers = 0;
+    }
+}
+
+/// A QoS 1 publish with the driver's packet id, for the event loop's queue.
+fn qos1(topic: String, payload: Vec<u8>, pkid: u16, retain: bool) -> Request {
+    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+    publish.pkid = pkid;
+    publish.retain = retain;
+    Request::Publish(publish)
+}
+
+/// Hands the event loop the next answers from the outbox while the window has room.
+fn send_waiting(eventloop: &mut EventLoop, outbox: &Outbox, in_flight: &mut InFlight) {
+    while in_flight.has_room_for_answers() {
+        let Some(item) = outbox.next_unsent() else {
+            return;
+        };
+        let pkid = in_flight
+            .assign(Carried::Answer(item.seq))
+            .expect("the window has room");
+        eventloop
+            .pending
+            .push_back(qos1(item.key, item.payload, pkid, false));
+    }
+}
+
+/// Queues a retained status message (`online` / `offline`), if a status packet id is free.
+fn send_status(eventloop: &mut EventLoop, in_flight: &mut InFlight, topics: &Topics, status: &str) {
+    match in_flight.assign(Carried::Status) {
+        Some(pkid) => eventloop
+            .pending
+            .push_back(qos1(topics.status(), status.into(), pkid, true)),
+        None => warn!(
+            status,
+            "Status not published: the broker has not acknowledged earlier ones."
+        ),
     }
 }
 
@@ -438,27 +578,26 @@ struct Replies {
     device: String,
     asks: AskRouter,
     stats: Arc<Stats>,
+    outbox: Arc<Outbox>,
 }
 
 impl Replies {
-    fn on_connected(&self) {
-        // The driver must never wait on the client it drains, hence try_*: on a full queue the next
-        // connect repeats these.
-        if self
-            .client
-            .try_subscribe(self.topics.asks(), QoS::AtLeastOnce)
-            .is_err()
-        {
-            warn!("Could not subscribe to asks: the client's queue is full.");
-        }
-        if self
-            .client
-            .try_publish(self.topics.status(), QoS::AtLeastOnce, true, "online")
-            .is_err()
-        {
-            warn!("Could not publish the online status: the client's queue is full.");
-        }
-        publish_stats(&self.client, &self.topics, &self.stats);
+    /// The subscription goes first, alone: rumqttc chooses its packet id, and the driver must know it
+    /// before choosing any of its own (brokers mishandle two packets in flight with one id).
+    fn on_connected(&self, eventloop: &mut EventLoop) {
+        eventloop
+            .pending
+            .push_back(Request::Subscribe(Subscribe::new(
+                self.topics.asks(),
+                QoS::AtLeastOnce,
+            )));
+    }
+
+    /// The subscription has its id: say online, then answers may follow.
+    fn on_subscribing(&self, eventloop: &mut EventLoop, in_flight: &mut InFlight) {
+        send_status(eventloop, in_flight, &self.topics, "online");
+        // The driver must never wait on the client it drains, hence try_publish inside.
+        publish_stats(&self.client, &self.topics, &self.stats, &self.outbox);
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8]) {
@@ -475,6 +614,8 @@ impl Replies {
         self.reply_error(camera, ask_id.as_deref(), &error);
     }
 
+    /// The error reply to a rejected ask goes through the outbox like any answer. Stored inline: a
+    /// rare, small write, and the driver sends it next.
     fn reply_error(&self, camera: &str, ask_id: Option<&str>, error: &AskError) {
         let payload = serde_json::to_vec(&AskFailure {
             device: &self.device,
@@ -484,40 +625,71 @@ impl Replies {
             error: error.to_string(),
         })
         .expect("failures serialize");
-        if self
-            .client
-            .try_publish(
-                self.topics.answer(camera, ASK_TASK),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .is_err()
-        {
-            warn!(camera = %camera, "Could not reply to a rejected ask: the client's queue is full.");
-        }
+        self.outbox
+            .push(&self.topics.answer(camera, ASK_TASK), &payload);
     }
 }
 
 /// Polls the event loop for the connection's life: the one task that does. Ends after the clean
 /// disconnect once `stop` is cancelled, or at once when `stop` is cancelled while disconnected.
-async fn drive(mut eventloop: EventLoop, replies: Replies, stop: CancellationToken) {
-    let stats = replies.stats.clone();
+async fn drive(mut eventloop: EventLoop, replies: Replies, window: u16, stop: CancellationToken) {
+    let (stats, outbox) = (replies.stats.clone(), replies.outbox.clone());
     let mut backoff = Backoff::new();
-    let mut connected = false;
+    let mut in_flight = InFlight::new(window);
+    // Connected, and the subscription's packet id is known: the driver may choose its own.
+    let mut ready = false;
+    let mut stopping = false;
     loop {
+        if ready && !stopping {
+            send_waiting(&mut eventloop, &outbox, &mut in_flight);
+        }
+        let room = in_flight.has_room_for_answers();
         let event = tokio::select! {
             event = eventloop.poll() => event,
-            _ = stop.cancelled(), if !connected => return,
+            () = outbox.arrived(), if ready && !stopping && room => continue,
+            () = stop.cancelled(), if !stopping => {
+                if !ready {
+                    return;
+                }
+                // A clean DISCONNECT suppresses the last will, so the retained status says offline
+                // first. Unacknowledged answers stay in the outbox for the next start.
+                stopping = true;
+                send_status(&mut eventloop, &mut in_flight, &replies.topics, "offline");
+                eventloop.pending.push_back(Request::Disconnect(Disconnect));
+                continue;
+            }
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                connected = true;
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 stats.broker_connects.inc();
                 stats.broker_connected.store(true, Ordering::Relaxed);
-                info!("Connected to the MQTT broker.");
-                replies.on_connected();
+                info!(
+                    session_present = ack.session_present,
+                    "Connected to the MQTT broker."
+                );
+                // rumqttc would resend the last connection's unacknowledged publishes itself, with
+                // the old packet ids and out of order; the outbox sends them again, in order.
+                eventloop.pending.retain(
+                    |request| !matches!(request, Request::Publish(publish) if publish.qos != QoS::AtMostOnce),
+                );
+                in_flight.clear();
+                outbox.resend_all();
+                replies.on_connected(&mut eventloop);
+            }
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                in_flight.reserve(pkid, Carried::Subscription);
+                ready = true;
+                replies.on_subscribing(&mut eventloop, &mut in_flight);
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                in_flight.acknowledged(ack.pkid);
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(Carried::Answer(seq)) = in_flight.acknowledged(ack.pkid) {
+                    outbox.complete(seq);
+                    stats.published.inc();
+                }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 replies.on_publish(&publish.topic, &publish.payload)
@@ -528,9 +700,12 @@ async fn drive(mut eventloop: EventLoop, replies: Replies, stop: CancellationTok
             }
             Ok(_) => {}
             Err(error) => {
-                connected = false;
+                ready = false;
                 stats.broker_connected.store(false, Ordering::Relaxed);
                 stats.broker_errors.inc();
+                if stopping {
+                    return;
+                }
                 let delay = backoff.next_delay();
                 if backoff.is_first_failure() {
                     warn!(error = %error, "MQTT connection failed; retrying with backoff.");

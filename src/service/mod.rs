@@ -4,6 +4,7 @@
 //! operator pressing Ctrl-C twice means it). SIGHUP asks for a config reload. Tests drive `app::run`
 //! through the same control channel, so everything but the signal wiring itself is tested in-process.
 
+use std::io::IsTerminal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -31,6 +32,8 @@ pub fn init_logging(env: &Env) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Some((directives, Err(error))) = requested {
         warn!(filter = %directives, error = %error, "LOOKOUT_LOG is not a valid filter; using the default.");

@@ -88,8 +88,14 @@ impl Mosquitto {
         let text = format!(
             // `user root`: when the tests run as root, mosquitto would otherwise switch to its own user,
             // which cannot read the test's private temporary folder (TLS keys, password files).
-            "listener {} 127.0.0.1\npersistence false\nlog_dest stderr\nuser root\n{}",
+            "listener {} 127.0.0.1\n{}log_dest stderr\nuser root\n{}",
             self.port,
+            // Sessions and queued messages survive a restart only when a test asks for persistence.
+            if self.extra.contains("persistence") {
+                ""
+            } else {
+                "persistence false\n"
+            },
             self.extra
                 .replace("{dir}", &self.dir.path().display().to_string())
         );
@@ -108,6 +114,16 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops with SIGTERM, so a persistent broker saves its sessions and queued messages first.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
@@ -177,6 +193,24 @@ impl Subscriber {
             port,
         );
         options.set_keep_alive(Duration::from_secs(5));
+        Subscriber::connect_with(options, filters, credentials).await
+    }
+
+    /// A subscriber with a persistent session: with a persistent broker, what is published while it
+    /// is away (or while the broker restarts) is kept for it.
+    pub async fn connect_persistent(port: u16, client_id: &str, filters: &[&str]) -> Subscriber {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(false);
+        Subscriber::connect_with(options, filters, None).await
+    }
+
+    async fn connect_with(
+        mut options: MqttOptions,
+        filters: &[&str],
+        credentials: Option<(&str, &str)>,
+    ) -> Subscriber {
         if let Some((user, password)) = credentials {
             options.set_credentials(user, password);
         }
@@ -194,10 +228,10 @@ impl Subscriber {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         acks += 1;
-                        if acks == wanted {
-                            if let Some(tx) = subscribed_tx.take() {
-                                let _ = tx.send(());
-                            }
+                        if acks == wanted
+                            && let Some(tx) = subscribed_tx.take()
+                        {
+                            let _ = tx.send(());
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -338,10 +372,22 @@ impl Daemon {
 
     pub fn start_with(config_toml: &str, analyser: Box<dyn Analyser>) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        Daemon::start_in(&state_dir, config_toml, analyser, dir)
+    }
+
+    /// A daemon keeping its state in `state_dir` (which may outlive it, for restarts); `dir` holds the
+    /// config file and lives as long as the daemon.
+    pub fn start_in(
+        state_dir: &Path,
+        config_toml: &str,
+        analyser: Box<dyn Analyser>,
+        dir: tempfile::TempDir,
+    ) -> Daemon {
         let config_path = dir.path().join("lookout.toml");
         std::fs::write(&config_path, config_toml).unwrap();
         let origin = ConfigOrigin::File(config_path.clone());
-        let env = Env::default();
+        let env = Env::from_pairs([("LOOKOUT_STATE_DIR", state_dir.to_str().unwrap())]);
         let config: Config = origin
             .load(&env)
             .unwrap_or_else(|error| panic!("test config invalid: {error}"));
