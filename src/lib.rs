@@ -10,6 +10,7 @@
 //!                                                                                     │
 //!                                                     publish/  ◀──mpsc (blocks)──────┘
 //!                                                     MQTT: answers, status, stats; asks come back in
+//!                                                     answers wait in outbox/ (on disk) until acked
 //! ```
 //!
 //! Imports only point back up this stream: `vision` may name `source::Frame` and `gate::Job`, but a
@@ -20,7 +21,9 @@
 //! counts into; `backoff` is the one retry delay every stage that reconnects uses.
 //!
 //! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
-//! jobs keep the newest frame per camera with the union of its requests, outcomes to MQTT block.
+//! jobs keep the newest frame per camera with the union of its requests, outcomes to the publisher block
+//! briefly while it stores them; the outbox (bounded by size and age, oldest dropped) is where answers
+//! wait for the broker, so a broker outage never holds up the pipeline or grows memory.
 
 pub mod app;
 pub mod backoff;

@@ -434,6 +434,49 @@ mod tests {
     }
 
     #[test]
+    fn the_state_directory_follows_the_environment_then_the_platform() {
+        let dir = |pairs: &[(&str, &str)]| {
+            Config::from_toml(DEFAULT_TOML, &Env::from_pairs(pairs.iter().copied()))
+                .unwrap()
+                .device
+                .state_dir
+        };
+        assert_eq!(
+            dir(&[
+                ("LOOKOUT_STATE_DIR", "/srv/l"),
+                ("STATE_DIRECTORY", "/var/lib/lookout")
+            ]),
+            PathBuf::from("/srv/l")
+        );
+        assert_eq!(
+            dir(&[
+                ("STATE_DIRECTORY", "/var/lib/lookout:/var/lib/other"),
+                ("HOME", "/root")
+            ]),
+            PathBuf::from("/var/lib/lookout")
+        );
+        assert_eq!(
+            dir(&[("XDG_STATE_HOME", "/home/u/.state"), ("HOME", "/home/u")]),
+            PathBuf::from("/home/u/.state/lookout")
+        );
+        assert_eq!(
+            dir(&[("HOME", "/home/u")]),
+            PathBuf::from("/home/u/.local/state/lookout")
+        );
+        assert_eq!(dir(&[]), PathBuf::from("/var/lib/lookout"));
+    }
+
+    #[test]
+    fn outbox_and_window_bounds_are_checked() {
+        let joined =
+            problems_of("[outbox]\nmax_mb = 0.0\nmax_age_hours = -1.0\n[mqtt]\ninflight = 0\n")
+                .join("\n");
+        for path in ["outbox.max_mb", "outbox.max_age_hours", "mqtt.inflight"] {
+            assert!(joined.contains(path), "{path} missing from {joined}");
+        }
+    }
+
+    #[test]
     fn syntax_errors_give_line_and_column() {
         let problems = problems_of("[device]\nid = \n");
         assert_eq!(problems.len(), 1);

@@ -753,6 +753,22 @@ mod tests {
     }
 
     #[test]
+    fn packet_ids_cycle_skip_those_in_flight_and_respect_the_window() {
+        let mut in_flight = InFlight::new(2);
+        in_flight.reserve(1, Carried::Subscription);
+        assert_eq!(in_flight.assign(Carried::Status), Some(2));
+        assert_eq!(in_flight.assign(Carried::Answer(10)), Some(3));
+        assert_eq!(in_flight.assign(Carried::Answer(11)), Some(4));
+        // The window (2 answers) is full, though an id is free for a status.
+        assert_eq!(in_flight.assign(Carried::Answer(12)), None);
+        assert_eq!(in_flight.acknowledged(3), Some(Carried::Answer(10)));
+        // Cyclic: after 4 comes 1, which the subscription holds, then 2 (status), then 3.
+        assert_eq!(in_flight.assign(Carried::Answer(12)), Some(3));
+        assert_eq!(in_flight.acknowledged(1), Some(Carried::Subscription));
+        assert_eq!(in_flight.acknowledged(1), None);
+    }
+
+    #[test]
     fn passwords_never_show_in_debug_output() {
         let config = MqttConfig {
             url: Some("mqtt://user:hunter2@h:1883".to_owned()),
