@@ -14,15 +14,6 @@ use lookout::app::{AppError, Control};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-/// A mosquitto that keeps sessions and queued messages across a graceful restart, so a persistent
-/// subscriber misses nothing published while it was reconnecting.
-fn persistent_broker() -> Mosquitto {
-    Mosquitto::start_with(
-        free_port(),
-        "allow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
-    )
-}
-
 const TWO_TASKS: &str = r#"
 [[tasks]]
 id = "a"
@@ -95,7 +86,7 @@ async fn reload(daemon: &Daemon, config: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_made_while_the_broker_is_away_all_arrive_in_order() {
-    let mut broker = persistent_broker();
+    let mut broker = Mosquitto::start_persistent();
     let filters = ["lookout/away/cam/+/answer", "lookout/away/stats"];
     let mut subscriber = Subscriber::connect_persistent(broker.port, "away-sub", &filters).await;
     let daemon = Daemon::start(&config_with("away", &broker.url(), TWO_TASKS));
@@ -139,7 +130,7 @@ async fn answers_made_while_the_broker_is_away_all_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_drops_the_oldest_and_the_daemon_keeps_running() {
-    let mut broker = persistent_broker();
+    let mut broker = Mosquitto::start_persistent();
     let filters = ["lookout/full/cam/+/answer", "lookout/full/stats"];
     let mut subscriber = Subscriber::connect_persistent(broker.port, "full-sub", &filters).await;
     broker.stop_gracefully();

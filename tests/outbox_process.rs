@@ -10,14 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mosquitto, Subscriber, free_port};
-
-fn persistent_broker() -> Mosquitto {
-    Mosquitto::start_with(
-        free_port(),
-        "allow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
-    )
-}
+use common::{Mosquitto, Subscriber};
 
 fn config(device: &str, broker: &Mosquitto, tasks: bool) -> String {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
@@ -147,7 +140,7 @@ async fn expect_all(subscriber: &mut Subscriber, expected: &HashSet<String>, tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_stored_before_a_kill_9_arrives_after_a_restart() {
-    let mut broker = persistent_broker();
+    let mut broker = Mosquitto::start_persistent();
     let mut subscriber =
         Subscriber::connect_persistent(broker.port, "kill-sub", &["lookout/k9/cam/+/answer"]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -195,7 +188,7 @@ async fn every_answer_stored_before_a_kill_9_arrives_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_keeps_answers_in_memory_and_still_delivers_them() {
-    let mut broker = persistent_broker();
+    let mut broker = Mosquitto::start_persistent();
     let mut subscriber = Subscriber::connect_persistent(
         broker.port,
         "disk-sub",

@@ -57,6 +57,15 @@ impl Mosquitto {
         Mosquitto::start_with(free_port(), "allow_anonymous true\n")
     }
 
+    /// A broker that keeps sessions and queued messages across a graceful restart, so a persistent
+    /// subscriber misses nothing published while it or the broker was away.
+    pub fn start_persistent() -> Mosquitto {
+        Mosquitto::start_with(
+            free_port(),
+            "allow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
+        )
+    }
+
     /// `extra` is appended to the listener's config (auth, TLS...). Files it names may live in `dir()`.
     pub fn start_with(port: u16, extra: &str) -> Mosquitto {
         let mut broker = Mosquitto {
