@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Daemon, Message, Mosquitto, PixelAnalyser, Subscriber, config_with, free_port};
-use lookout::app::{AppError, Control};
+use lookout::app::AppError;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
@@ -92,12 +92,6 @@ fn id_ms(answer: &Value) -> u64 {
     seconds * 1000 + u64::from(nanos) / 1_000_000
 }
 
-/// Replaces the daemon's tasks (none: it stops producing answers) through a config reload.
-async fn reload(daemon: &Daemon, config: &str) {
-    std::fs::write(&daemon.config_path, config).unwrap();
-    daemon.control.send(Control::Reload).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_made_while_the_broker_is_away_all_arrive_in_order() {
     let mut broker = Mosquitto::start_persistent();
@@ -114,7 +108,7 @@ async fn answers_made_while_the_broker_is_away_all_arrive_in_order() {
     broker.launch();
     let outage_ended = unix_ms_now();
     seen.add(subscriber.collect_for(Duration::from_secs(2)).await);
-    reload(&daemon, &config_with("away", &broker.url(), "")).await;
+    daemon.reload(&config_with("away", &broker.url(), "")).await;
     seen.until_delivered(&mut subscriber, Duration::from_secs(30))
         .await;
 
@@ -158,11 +152,13 @@ async fn a_full_outbox_drops_the_oldest_and_the_daemon_keeps_running() {
     let small = format!("{TWO_TASKS}\n[outbox]\nmax_mb = 0.01\n");
     let daemon = Daemon::start(&config_with("full", &broker.url(), &small));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    reload(
-        &daemon,
-        &config_with("full", &broker.url(), "[outbox]\nmax_mb = 0.01\n"),
-    )
-    .await;
+    daemon
+        .reload(&config_with(
+            "full",
+            &broker.url(),
+            "[outbox]\nmax_mb = 0.01\n",
+        ))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.launch();
     let mut seen = Seen::default();
@@ -185,7 +181,9 @@ async fn a_full_outbox_drops_the_oldest_and_the_daemon_keeps_running() {
         .map(|answer| answer["id"].as_str().unwrap().to_owned())
         .max()
         .unwrap();
-    reload(&daemon, &config_with("full", &broker.url(), TWO_TASKS)).await;
+    daemon
+        .reload(&config_with("full", &broker.url(), TWO_TASKS))
+        .await;
     let next = subscriber
         .expect(Duration::from_secs(15), "an answer after the drops", |m| {
             m.topic.ends_with("/answer")

@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Daemon, Mosquitto, Subscriber, config_with};
-use lookout::app::Control;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -32,8 +31,7 @@ async fn a_bad_file_keeps_the_running_config_and_a_good_one_is_applied() {
         .replace("secs = 0.2", "secs = -1.0")
         .replace("[mqtt]", "[mqtt]\nmystery = true")
         + "[[tasks]]\nid = \"x\"\ncamera = \"nowhere\"\nquestion = \"?\"\ntrigger = { kind = \"on_demand\" }\n";
-    std::fs::write(&daemon.config_path, bad).unwrap();
-    daemon.control.send(Control::Reload).await.unwrap();
+    daemon.reload(&bad).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_bad = answers.collect_for(Duration::from_secs(1)).await;
     assert!(
@@ -48,12 +46,9 @@ async fn a_bad_file_keeps_the_running_config_and_a_good_one_is_applied() {
     );
 
     // A good file: the new task runs, the old one is gone.
-    std::fs::write(
-        &daemon.config_path,
-        config_with("rl", &broker.url(), &task("second")),
-    )
-    .unwrap();
-    daemon.control.send(Control::Reload).await.unwrap();
+    daemon
+        .reload(&config_with("rl", &broker.url(), &task("second")))
+        .await;
     answers
         .expect(WAIT, "answers of the new task", |m| {
             m.topic.ends_with("/second/answer")

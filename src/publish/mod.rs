@@ -433,28 +433,24 @@ fn publish_stats(client: &AsyncClient, topics: &Topics, stats: &Stats, outbox: &
 
 /// Stores an outcome's message in the outbox (a synced disk write, so off the async threads).
 async fn store_outcome(outbox: &Arc<Outbox>, topics: &Topics, device: &str, outcome: Outcome) {
-    let (topic, payload) = match &outcome {
+    let (topic, payload, id) = match &outcome {
         Outcome::Answered(answer) => (
             topics.answer(&answer.camera, &answer.task),
             serde_json::to_vec(&Published { device, answer }).expect("answers serialize"),
+            Some(answer.id),
         ),
         // A failed ask is answered with its error; a failed task was logged and counted by vision.
-        Outcome::Failed(failure) if failure.ask_id.is_some() => (
-            topics.answer(&failure.camera, ASK_TASK),
-            serde_json::to_vec(&AskFailure {
+        Outcome::Failed(failure) if failure.ask_id.is_some() => {
+            let (topic, payload) = ask_failure(
+                topics,
                 device,
-                camera: &failure.camera,
-                task: ASK_TASK,
-                ask_id: failure.ask_id.as_deref(),
-                error: failure.error.clone(),
-            })
-            .expect("failures serialize"),
-        ),
+                &failure.camera,
+                failure.ask_id.as_deref(),
+                failure.error.clone(),
+            );
+            (topic, payload, None)
+        }
         Outcome::Failed(_) => return,
-    };
-    let id = match &outcome {
-        Outcome::Answered(answer) => Some(answer.id),
-        Outcome::Failed(_) => None,
     };
     let outbox = outbox.clone();
     match tokio::task::spawn_blocking(move || outbox.push(&topic, &payload)).await {
@@ -464,6 +460,25 @@ async fn store_outcome(outbox: &Arc<Outbox>, topics: &Topics, device: &str, outc
         },
         Err(failure) => warn!(error = %failure, "Storing an answer in the outbox failed."),
     }
+}
+
+/// The topic and payload of the error reply to an ask.
+fn ask_failure(
+    topics: &Topics,
+    device: &str,
+    camera: &str,
+    ask_id: Option<&str>,
+    error: String,
+) -> (String, Vec<u8>) {
+    let payload = serde_json::to_vec(&AskFailure {
+        device,
+        camera,
+        task: ASK_TASK,
+        ask_id,
+        error,
+    })
+    .expect("failures serialize");
+    (topics.answer(camera, ASK_TASK), payload)
 }
 
 /// What a packet id in flight carries.
@@ -617,16 +632,14 @@ impl Replies {
     /// The error reply to a rejected ask goes through the outbox like any answer. Stored inline: a
     /// rare, small write, and the driver sends it next.
     fn reply_error(&self, camera: &str, ask_id: Option<&str>, error: &AskError) {
-        let payload = serde_json::to_vec(&AskFailure {
-            device: &self.device,
+        let (topic, payload) = ask_failure(
+            &self.topics,
+            &self.device,
             camera,
-            task: ASK_TASK,
             ask_id,
-            error: error.to_string(),
-        })
-        .expect("failures serialize");
-        self.outbox
-            .push(&self.topics.answer(camera, ASK_TASK), &payload);
+            error.to_string(),
+        );
+        self.outbox.push(&topic, &payload);
     }
 }
 

@@ -410,6 +410,12 @@ impl Daemon {
         }
     }
 
+    /// Replaces the config file and asks the daemon to reload it.
+    pub async fn reload(&self, config_toml: &str) {
+        std::fs::write(&self.config_path, config_toml).unwrap();
+        self.control.send(Control::Reload).await.unwrap();
+    }
+
     /// Asks for a graceful shutdown and waits for it, returning how long it took.
     pub async fn shutdown(self) -> Duration {
         let started = Instant::now();
