@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Daemon, Message, Mosquitto, PixelAnalyser, Subscriber, config_with, free_port};
 use lookout::app::AppError;
@@ -55,12 +55,23 @@ impl Seen {
     }
 
     /// Collects until the latest stats say the outbox is empty and every answer the daemon produced
-    /// has arrived (`dropped` of them excepted), or panics after `timeout` with the figures.
-    async fn until_delivered(&mut self, subscriber: &mut Subscriber, timeout: Duration) {
+    /// has arrived (`dropped` of them excepted), or panics after `timeout` with the figures. Only
+    /// stats taken at `from_uptime_s` or later count: older ones (from before an outage, or queued
+    /// during it) may agree with what arrived while answers are still on their way.
+    async fn until_delivered(
+        &mut self,
+        subscriber: &mut Subscriber,
+        from_uptime_s: u64,
+        timeout: Duration,
+    ) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.add(subscriber.collect_for(Duration::from_millis(600)).await);
-            if let Some(stats) = self.stats.last() {
+            let current = self
+                .stats
+                .last()
+                .filter(|stats| stats["uptime_s"].as_u64().unwrap() >= from_uptime_s);
+            if let Some(stats) = current {
                 let produced = stats["answers"].as_u64().unwrap();
                 let dropped = stats["outbox"]["dropped"].as_u64().unwrap();
                 if stats["outbox"]["depth"] == 0 && self.answers.len() as u64 + dropped == produced
@@ -76,6 +87,12 @@ impl Seen {
             );
         }
     }
+}
+
+/// The daemon uptime, in whole seconds as stats give it, that only stats taken after this call
+/// can show; `daemon_started` is an instant taken just before the daemon was started.
+fn uptime_from_now(daemon_started: Instant) -> u64 {
+    daemon_started.elapsed().as_secs() + 1
 }
 
 fn unix_ms_now() -> u64 {
@@ -97,6 +114,7 @@ async fn answers_made_while_the_broker_is_away_all_arrive_in_order() {
     let mut broker = Mosquitto::start_persistent();
     let filters = ["lookout/away/cam/+/answer", "lookout/away/stats"];
     let mut subscriber = Subscriber::connect_persistent(broker.port, "away-sub", &filters).await;
+    let daemon_started = Instant::now();
     let daemon = Daemon::start(&config_with("away", &broker.url(), TWO_TASKS));
     let mut seen = Seen::default();
     seen.add(subscriber.collect_for(Duration::from_secs(2)).await);
@@ -109,7 +127,8 @@ async fn answers_made_while_the_broker_is_away_all_arrive_in_order() {
     let outage_ended = unix_ms_now();
     seen.add(subscriber.collect_for(Duration::from_secs(2)).await);
     daemon.reload(&config_with("away", &broker.url(), "")).await;
-    seen.until_delivered(&mut subscriber, Duration::from_secs(30))
+    let settled = uptime_from_now(daemon_started);
+    seen.until_delivered(&mut subscriber, settled, Duration::from_secs(30))
         .await;
 
     // The outage really held answers back: many were made while the broker was down (a UUIDv7 says
@@ -150,6 +169,7 @@ async fn a_full_outbox_drops_the_oldest_and_the_daemon_keeps_running() {
 
     // Room for about twenty answers; the broker is away while about sixty are made.
     let small = format!("{TWO_TASKS}\n[outbox]\nmax_mb = 0.01\n");
+    let daemon_started = Instant::now();
     let daemon = Daemon::start(&config_with("full", &broker.url(), &small));
     tokio::time::sleep(Duration::from_secs(4)).await;
     daemon
@@ -160,9 +180,10 @@ async fn a_full_outbox_drops_the_oldest_and_the_daemon_keeps_running() {
         ))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = uptime_from_now(daemon_started);
     broker.launch();
     let mut seen = Seen::default();
-    seen.until_delivered(&mut subscriber, Duration::from_secs(30))
+    seen.until_delivered(&mut subscriber, settled, Duration::from_secs(30))
         .await;
 
     let stats = seen.last_stats();
