@@ -1,14 +1,16 @@
 //! Wiring and supervision: the one place that knows every stage.
 //!
 //! The pipeline has two halves with different lifetimes. The back half (the vision worker that owns the
-//! model, and the publisher that owns the MQTT connection) lives as long as the process: reloading a
-//! model or reconnecting elsewhere is expensive and is not done on a config reload. The front half (one
+//! model, the escalation stage with its cloud client and offline queue, and the publisher that owns
+//! the MQTT connection) lives as long as the process: reloading a model or reconnecting elsewhere is
+//! expensive and is not done on a config reload (the escalation policy and endpoints are re-read). The front half (one
 //! source and one gate per camera) is cheap and is rebuilt when cameras or tasks change. The job queue
 //! joins the two and outlives every front half.
 //!
-//! Shutdown follows the data: cancel the sources; their channels close, so the gates finish; then the
-//! job queue closes, the vision worker drains it and drops its sender, and the publisher drains the
-//! outcomes, says `offline` and disconnects. All of it runs under the configured deadline, and stages
+//! Shutdown follows the data: escalations in flight give up (their answers go out local, queued for
+//! the cloud); cancel the sources; their channels close, so the gates finish; then the job queue
+//! closes, the vision worker drains it and drops its sender, the escalation stage passes on what it
+//! holds, and the publisher drains the outcomes, says `offline` and disconnects. All of it runs under the configured deadline, and stages
 //! still running at the deadline are named.
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigOrigin, Env};
+use crate::escalate::{self, Escalation};
 use crate::gate::{self, AskRouter, JobQueue};
 use crate::outbox::{Outbox, OutboxError};
 use crate::publish::{self, PublishError, PublishSettings, Publisher};
@@ -28,8 +31,8 @@ use crate::source;
 use crate::stats::Stats;
 use crate::vision::{self, Analyser};
 
-/// Outcomes the vision worker may hold before the publisher takes them; when full, the worker waits
-/// (answers are never dropped between vision and publish).
+/// Outcomes a stage may hold before the next takes them (vision to escalation, escalation to
+/// publish); when full, the sender waits (answers are never dropped between vision and publish).
 const OUTCOME_CAPACITY: usize = 16;
 
 /// What the host (signals, tests) asks of a running daemon.
@@ -150,8 +153,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.vision != new.vision {
         names.push("vision");
     }
-    if old.escalation != new.escalation {
-        names.push("escalation");
+    // The offline queue's file is opened at start.
+    let queue_opened =
+        |config: &Config| config.escalation.enabled && config.escalation.queue.enabled;
+    if old.escalation.queue != new.escalation.queue || queue_opened(old) != queue_opened(new) {
+        names.push("escalation.queue");
     }
     names
 }
@@ -166,6 +172,7 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let stats = Arc::new(Stats::default());
     let outbox = open_outbox(&config).await?;
+    let escalation_queue = open_escalation_queue(&config).await?;
     let mqtt = config.mqtt.clone();
     tokio::task::spawn_blocking(move || publish::start_embedded_broker_if_needed(&mqtt))
         .await
@@ -173,18 +180,45 @@ pub async fn run(
 
     let queue = JobQueue::new(stats.clone());
     let router = AskRouter::default();
+    let (looked_out, looked_in) = mpsc::channel(OUTCOME_CAPACITY);
     let (outcomes_out, outcomes_in) = mpsc::channel(OUTCOME_CAPACITY);
     let settings = PublishSettings {
         mqtt: config.mqtt.clone(),
         device: config.device.id.clone(),
     };
     let mut publisher = tokio::spawn(
-        Publisher::new(&settings, router.clone(), stats.clone(), outbox)?.run(outcomes_in),
+        Publisher::new(
+            &settings,
+            router.clone(),
+            stats.clone(),
+            outbox,
+            escalation_queue.clone(),
+        )?
+        .run(outcomes_in),
     );
+    let escalation = Arc::new(Escalation::new(
+        &config.escalation,
+        env.clone(),
+        stats.clone(),
+        escalation_queue,
+    ));
+    // Escalations in flight give up when shutdown begins, so the deadline never costs an answer.
+    let stop_escalations = CancellationToken::new();
+    let mut escalate = tokio::spawn(escalate::run(
+        escalation.clone(),
+        looked_in,
+        outcomes_out.clone(),
+        stop_escalations.clone(),
+    ));
+    let replayer = tokio::spawn(escalate::replay(
+        escalation.clone(),
+        outcomes_out,
+        stop_escalations.clone(),
+    ));
     let mut vision = {
         let (queue, stats) = (queue.clone(), stats.clone());
         tokio::task::spawn_blocking(move || {
-            vision::run_blocking(analyser, queue, outcomes_out, stats)
+            vision::run_blocking(analyser, queue, looked_out, stats)
         })
     };
     let mut front = Front::start(&config, &queue, &router, &stats);
@@ -204,6 +238,8 @@ pub async fn run(
                         front = Front::start(&new, &queue, &router, &stats);
                         info!(cameras = new.cameras.len(), tasks = new.tasks.len(), "Applied the new cameras and tasks.");
                     }
+                    escalation.reconfigure(&new.escalation);
+                    config.escalation = new.escalation;
                     config.cameras = new.cameras;
                     config.tasks = new.tasks;
                     config.device.shutdown_timeout_secs = new.device.shutdown_timeout_secs;
@@ -218,17 +254,30 @@ pub async fn run(
                 front.cancel.cancel();
                 return Err(AppError::StageFailed("vision"));
             }
+            _ = &mut escalate => {
+                front.cancel.cancel();
+                return Err(AppError::StageFailed("escalate"));
+            }
         }
     }
 
     info!("Shutting down.");
     let deadline = Instant::now() + config.shutdown_timeout();
+    stop_escalations.cancel();
     let mut late = front.stop(&router, deadline).await;
     queue.close();
     let back = vec![
         Stage {
             name: "vision".to_owned(),
             handle: vision,
+        },
+        Stage {
+            name: "escalate".to_owned(),
+            handle: escalate,
+        },
+        Stage {
+            name: "escalation queue".to_owned(),
+            handle: replayer,
         },
         Stage {
             name: "publish".to_owned(),
@@ -259,6 +308,30 @@ async fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
         warn!(damaged_bytes = recovery.damaged_bytes, kept = recovery.recovered, copy = %copy.display(), "The outbox was damaged: kept every intact answer; the original file was copied aside.");
     }
     Ok(Arc::new(outbox))
+}
+
+/// Opens the offline escalation queue when escalation and the queue are on.
+async fn open_escalation_queue(config: &Config) -> Result<Option<Arc<Outbox>>, AppError> {
+    if !(config.escalation.enabled && config.escalation.queue.enabled) {
+        return Ok(None);
+    }
+    let (path, limits) = (
+        config.escalation_queue(),
+        config.escalation.queue.as_outbox().limits(),
+    );
+    let (queue, recovery) = tokio::task::spawn_blocking(move || Outbox::open(&path, limits))
+        .await
+        .map_err(|_| AppError::StageFailed("escalation queue"))??;
+    if recovery.recovered > 0 {
+        info!(
+            escalations = recovery.recovered,
+            "Escalations from an earlier run are waiting for the cloud."
+        );
+    }
+    if let Some(copy) = &recovery.set_aside {
+        warn!(damaged_bytes = recovery.damaged_bytes, kept = recovery.recovered, copy = %copy.display(), "The escalation queue was damaged: kept every intact escalation; the original file was copied aside.");
+    }
+    Ok(Some(Arc::new(queue)))
 }
 
 /// Loads the config again; on any problem logs every one and returns `None` (the running config stays).

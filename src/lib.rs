@@ -1,5 +1,5 @@
-//! Lookout: an edge daemon that watches cameras, asks a vision-language model about what it sees and
-//! publishes every answer over MQTT.
+//! Lookout: an edge daemon that watches cameras, asks a vision-language model about what it sees, sends
+//! the answers it is unsure of to a larger hosted model, and publishes every answer over MQTT.
 //!
 //! # How data moves
 //!
@@ -8,9 +8,13 @@
 //!  cameras, HTTP snapshots,            which frames are worth a look:             the Analyser answers
 //!  files, synthetic patterns           interval, change, on-demand asks           each question
 //!                                                                                     │
-//!                                                     publish/  ◀──mpsc (blocks)──────┘
-//!                                                     MQTT: answers, status, stats; asks come back in
-//!                                                     answers wait in outbox/ (on disk) until acked
+//!                                         escalate/  ◀──mpsc (blocks)─────────────────┘
+//!                                         policy, budgets; unsure answers go to the cloud
+//!                                         (one lane per task; unreachable: queued on disk)
+//!                                             │
+//!                                         publish/  ◀──mpsc (blocks)
+//!                                         MQTT: answers, status, stats; asks come back in
+//!                                         answers wait in outbox/ (on disk) until acked
 //! ```
 //!
 //! Imports only point back up this stream: `vision` may name `source::Frame` and `gate::Job`, but a
@@ -21,8 +25,8 @@
 //! counts into; `backoff` is the one retry delay every stage that reconnects uses.
 //!
 //! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
-//! jobs keep the newest frame per camera with the union of its requests, outcomes to the publisher block
-//! briefly while it stores them; the outbox (bounded by size and age, oldest dropped) is where answers
+//! jobs keep the newest frame per camera with the union of its requests, outcomes block briefly between
+//! vision, escalation and the publisher (each escalation lane holds a few answers of its own task); the outbox (bounded by size and age, oldest dropped) is where answers
 //! wait for the broker, so a broker outage never holds up the pipeline or grows memory.
 
 pub mod app;

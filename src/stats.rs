@@ -2,6 +2,8 @@
 //! each other to be counted. Plain relaxed atomics: each number is independent and only ever read for
 //! reporting, so no ordering between them is promised or needed.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -61,6 +63,13 @@ pub struct Stats {
     /// Sum of end-to-end answer latencies in milliseconds, for the mean.
     pub answer_total_ms: Counter,
     pub answer_last_ms: Gauge,
+    /// Answers reviewed by the escalation stage, by outcome (`answered`, `confident`, `queued`...).
+    escalations: Mutex<BTreeMap<&'static str, u64>>,
+    /// Sum of the cloud requests' latencies that produced answers, for the mean.
+    pub cloud_total_ms: Counter,
+    pub cloud_last_ms: Gauge,
+    /// Each cloud endpoint's breaker: `closed`, `open` or `half_open`.
+    pub breakers: Mutex<BTreeMap<String, &'static str>>,
 }
 
 impl Default for Stats {
@@ -84,6 +93,10 @@ impl Default for Stats {
             pending_jobs: Gauge::default(),
             answer_total_ms: Counter::default(),
             answer_last_ms: Gauge::default(),
+            escalations: Mutex::default(),
+            cloud_total_ms: Counter::default(),
+            cloud_last_ms: Gauge::default(),
+            breakers: Mutex::default(),
         }
     }
 }
@@ -100,6 +113,7 @@ pub struct Snapshot {
     pub broker: BrokerState,
     pub queues: QueueDepths,
     pub latency_ms: Latency,
+    pub escalations: EscalationCounts,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,14 +147,30 @@ pub struct QueueDepths {
 }
 
 #[derive(Debug, Serialize)]
+pub struct EscalationCounts {
+    pub by_outcome: BTreeMap<&'static str, u64>,
+    pub cloud_last_ms: u64,
+    pub cloud_mean_ms: u64,
+    pub breakers: BTreeMap<String, &'static str>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Latency {
     pub last_total: u64,
     pub mean_total: u64,
 }
 
 impl Stats {
+    /// Counts an answer the escalation stage reviewed, by what became of it.
+    pub fn count_escalation(&self, outcome: &'static str) {
+        *self.escalations.lock().unwrap().entry(outcome).or_default() += 1;
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let answers = self.answers.get();
+        let by_outcome = self.escalations.lock().unwrap().clone();
+        let cloud_answers = by_outcome.get("answered").copied().unwrap_or(0)
+            + by_outcome.get("replayed").copied().unwrap_or(0);
         Snapshot {
             uptime_s: self.started.elapsed().as_secs(),
             frames: FrameCounts {
@@ -169,6 +199,16 @@ impl Stats {
             latency_ms: Latency {
                 last_total: self.answer_last_ms.get(),
                 mean_total: self.answer_total_ms.get().checked_div(answers).unwrap_or(0),
+            },
+            escalations: EscalationCounts {
+                by_outcome,
+                cloud_last_ms: self.cloud_last_ms.get(),
+                cloud_mean_ms: self
+                    .cloud_total_ms
+                    .get()
+                    .checked_div(cloud_answers)
+                    .unwrap_or(0),
+                breakers: self.breakers.lock().unwrap().clone(),
             },
         }
     }

@@ -1,63 +1,78 @@
 //! The daemon with the real SmolVLM2 analyser (the committed fixture on the real ONNX Runtime) against a
 //! real mosquitto: every task kind is answered by the model, and the answers carry its tokens, confidence
-//! and per-stage timings.
+//! and per-stage timings; an answer it is unsure of goes to a loopback cloud whose answer is published.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
+use common::cloud::{CloudServer, Reply};
 use common::{Daemon, Mosquitto, Subscriber};
 use lookout::config::{ConfigOrigin, Env};
+use lookout::vision::Analyser;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_task_kind_is_answered_by_the_model() {
-    let broker = Mosquitto::start();
+/// A daemon config on the committed fixture model with one synthetic camera `cam`, then `rest`.
+fn model_config(device: &str, broker_url: &str, rest: &str) -> String {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
-    let config = format!(
+    format!(
         r#"
 [device]
-id = "vlm"
+id = "{device}"
 [mqtt]
-url = "{}"
+url = "{broker_url}"
 [vision]
 model_dir = "{}"
 threads = 1
 [[cameras]]
 id = "cam"
 source = {{ kind = "synthetic", width = 320, height = 240, fps = 5.0 }}
+{rest}"#,
+        fixture.display()
+    )
+}
+
+/// The analyser loaded exactly as `lookout run` loads it, from the config's [vision] section.
+fn load_model(config: &str) -> Box<dyn Analyser> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lookout.toml");
+    std::fs::write(&path, config).unwrap();
+    let vision = ConfigOrigin::File(path)
+        .load(&Env::from_process())
+        .unwrap()
+        .vision;
+    lookout::vision::load(&vision).unwrap_or_else(|error| panic!("{error}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_kind_is_answered_by_the_model() {
+    let broker = Mosquitto::start();
+    let config = model_config(
+        "vlm",
+        &broker.url(),
+        r#"
 [[tasks]]
 id = "describe"
 camera = "cam"
 question = "Describe what you see."
 max_new_tokens = 5
-trigger = {{ kind = "interval", secs = 1.0 }}
+trigger = { kind = "interval", secs = 1.0 }
 [[tasks]]
 id = "person"
 camera = "cam"
 question = "Is there a person?"
 kind = "yes_no"
 split = true
-trigger = {{ kind = "interval", secs = 1.0 }}
+trigger = { kind = "interval", secs = 1.0 }
 [[tasks]]
 id = "colour"
 camera = "cam"
 question = "Which colour dominates?"
-kind = {{ one_of = ["red", "green", "blue"] }}
-trigger = {{ kind = "interval", secs = 1.0 }}
+kind = { one_of = ["red", "green", "blue"] }
+trigger = { kind = "interval", secs = 1.0 }
 "#,
-        broker.url(),
-        fixture.display()
     );
-    // The analyser is loaded exactly as `lookout run` loads it, from the [vision] section.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lookout.toml");
-    std::fs::write(&path, &config).unwrap();
-    let vision = ConfigOrigin::File(path)
-        .load(&Env::from_process())
-        .unwrap()
-        .vision;
-    let analyser = lookout::vision::load(&vision).unwrap_or_else(|error| panic!("{error}"));
+    let analyser = load_model(&config);
     let mut answers = Subscriber::connect(broker.port, &["lookout/vlm/cam/+/answer"]).await;
     let daemon = Daemon::start_with(&config, analyser);
 
@@ -88,5 +103,72 @@ trigger = {{ kind = "interval", secs = 1.0 }}
             assert!(answer["confidence_min"].as_f64().is_some(), "{answer}");
         }
     }
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsure_answer_from_the_model_is_escalated_and_the_cloud_answer_arrives() {
+    let broker = Mosquitto::start();
+    let cloud = CloudServer::start(vec![], Reply::answer("A test pattern of coloured bars.")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("hf_token");
+    std::fs::write(&token, "hf_secret").unwrap();
+    // The random-weight fixture is unsure of what it says (its yes/no choices can be confident).
+    let config = model_config(
+        "vlm-esc",
+        &broker.url(),
+        &format!(
+            r#"
+[[tasks]]
+id = "scene"
+camera = "cam"
+question = "Describe what you see."
+max_new_tokens = 8
+trigger = {{ kind = "interval", secs = 1.0 }}
+[escalation]
+enabled = true
+threshold = 0.5
+[[escalation.endpoints]]
+name = "router"
+url = "{}"
+model = "Qwen/Qwen2.5-VL-7B-Instruct:cheapest"
+token_file = "{}"
+"#,
+            cloud.url,
+            token.display()
+        ),
+    );
+    let analyser = load_model(&config);
+    let mut answers = Subscriber::connect(broker.port, &["lookout/vlm-esc/cam/scene/answer"]).await;
+    let daemon = Daemon::start_with(&config, analyser);
+
+    let answer = answers
+        .expect(Duration::from_secs(30), "the scene answer", |_| true)
+        .await
+        .json();
+    assert_eq!(answer["tier"], "cloud", "{answer}");
+    assert_eq!(answer["answer"], "A test pattern of coloured bars.");
+    assert_eq!(answer["escalation"], "below_threshold");
+    assert_eq!(answer["provider"], "nebius");
+    assert_eq!(answer["local"]["model"], "smolvlm-micro");
+    let local_confidence = answer["local"]["confidence"].as_f64().unwrap();
+    assert!(local_confidence < 0.5, "{answer}");
+    assert!(answer["local"]["answer"].is_string(), "{answer}");
+    // The cloud saw the frame the model saw, as a JPEG of the camera's size.
+    let request = &cloud.received()[0];
+    assert_eq!(
+        request.body["model"],
+        "Qwen/Qwen2.5-VL-7B-Instruct:cheapest"
+    );
+    let url = request.body["messages"][0]["content"][0]["image_url"]["url"]
+        .as_str()
+        .unwrap();
+    let jpeg = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        url.strip_prefix("data:image/jpeg;base64,").unwrap(),
+    )
+    .unwrap();
+    let image = image::load_from_memory(&jpeg).unwrap();
+    assert_eq!((image.width(), image.height()), (320, 240));
     daemon.shutdown().await;
 }

@@ -234,12 +234,36 @@ impl Config {
         self.mqtt.validate("mqtt", problems);
         self.vision.validate("vision", problems);
         self.escalation.validate("escalation", problems);
+        for task in self.escalation.tasks.keys() {
+            if task != crate::gate::ASK_TASK && !task_ids.contains(task.as_str()) {
+                problems.push(
+                    format!("escalation.tasks.{task}"),
+                    format!(
+                        "no task has id {task:?} (on-demand asks are {:?})",
+                        crate::gate::ASK_TASK
+                    ),
+                );
+            }
+        }
+        for camera in self.escalation.cameras.keys() {
+            if !camera_ids.contains(camera.as_str()) {
+                problems.push(
+                    format!("escalation.cameras.{camera}"),
+                    format!("no camera has id {camera:?}"),
+                );
+            }
+        }
         self.outbox.validate("outbox", problems);
     }
 
     /// Where answers wait for the broker's acknowledgement.
     pub fn answers_outbox(&self) -> PathBuf {
         self.device.state_dir.join("answers.outbox")
+    }
+
+    /// Where escalations wait while the cloud is unreachable.
+    pub fn escalation_queue(&self) -> PathBuf {
+        self.device.state_dir.join("escalations.outbox")
     }
 
     /// The graceful shutdown deadline.
@@ -400,6 +424,49 @@ mod tests {
                 "missing {expected:?} in:\n{joined}"
             );
         }
+    }
+
+    #[test]
+    fn escalation_settings_are_checked_against_cameras_and_tasks() {
+        let text = r#"
+            [[cameras]]
+            id = "cam"
+            source = { kind = "synthetic" }
+            [[tasks]]
+            id = "t"
+            camera = "cam"
+            question = "What?"
+            trigger = { kind = "interval", secs = 5.0 }
+            [escalation]
+            enabled = true
+            threshold = 1.5
+            duplicate_distance = 40
+            endpoints = [{ name = "r", url = "ftp://host", model = "" }]
+            [escalation.tasks.ghost]
+            mode = "always"
+            [escalation.tasks.ask]
+            mode = "never"
+            [escalation.cameras.attic]
+            escalate = false
+            [escalation.budget]
+            per_hour = 9999999
+        "#;
+        let joined = problems_of(text).join("\n");
+        for expected in [
+            "escalation.threshold: must be 0 to 1, not 1.5",
+            "escalation.duplicate_distance: must be at most 32",
+            "escalation.endpoints[0].url: \"ftp://host\" is not an http(s) URL",
+            "escalation.endpoints[0].model: must name a model",
+            "escalation.tasks.ghost: no task has id \"ghost\"",
+            "escalation.cameras.attic: no camera has id \"attic\"",
+            "escalation.budget.per_hour: must be at most 1000000",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+        assert!(!joined.contains("escalation.tasks.ask"), "{joined}");
     }
 
     #[test]

@@ -1,25 +1,383 @@
-//! Escalation: sending the answers the local model is unsure of to a larger hosted model.
+//! Escalation: the answers the local model is unsure of go to a larger hosted model, and the better
+//! answer is published.
 //!
-//! Its configuration has its place in the config file now, so that files written today keep working
-//! when the cloud tier arrives; until then enabling it is a validation error rather than a silent no-op.
+//! The stage sits between vision and publish. Each answer is judged by the policy (`policy.rs`); one
+//! that is escalated goes to the cloud (`cloud.rs`) with its frame, and the cloud's answer replaces it,
+//! the local answer kept beside it. Every answer says what happened (`escalation`).
+//!
+//! Local answers are never held up by the cloud beyond their own task: answers travel in one lane per
+//! camera and task, each lane in order, so an escalation delays only the later answers of its own task
+//! (at most the escalation deadline) and answers keep their order per task on the way to the broker.
+//! When `BUSY_BACKLOG` answers wait behind a task's escalation, its next answers are not escalated
+//! (`busy`, counted) until the lane drains: escalations are what is dropped when the cloud is slower
+//! than the task, never answers. A lane holds `LANE_CAPACITY` answers; should one fill anyway, the
+//! stage waits, and the wait spreads upstream like any full channel between vision and publish.
+//!
+//! When every endpoint is unreachable, the local answer is published at once. If the offline queue is
+//! on, the escalation (answer and JPEG) is stored in an outbox file in the state directory (bounded
+//! in bytes and age) and the replayer sends it again when an endpoint answers; the cloud answer is then
+//! published with the same `id`, tier `cloud`. At shutdown escalations in flight give up at once and go
+//! to the queue, so the shutdown deadline never costs an answer.
 
-use serde::Deserialize;
+mod breaker;
+pub mod cloud;
+mod config;
+pub mod policy;
 
-use crate::config::Problems;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EscalationConfig {
-    pub enabled: bool,
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::Env;
+use crate::outbox::Outbox;
+use crate::stats::Stats;
+use crate::vision::{Answer, LocalVerdict, Outcome, Output, Tier};
+pub use cloud::{Cloud, CloudAnswer, CloudError, Question};
+pub use config::{
+    Budget, CameraPrivacy, EndpointConfig, EscalationConfig, HF_ROUTER, ImageConfig, Mode,
+    QueueConfig, TaskPolicy,
+};
+use policy::{Decision, Policy, Reason};
+
+/// Answers a lane holds while its task's escalation is out; when full, the stage waits.
+const LANE_CAPACITY: usize = 32;
+/// Answers waiting in a lane from which its next answers go out without escalation.
+const BUSY_BACKLOG: usize = 2;
+/// How long the replayer waits when the total budget allows no replay.
+const BUDGET_PAUSE: Duration = Duration::from_secs(60);
+
+/// What the stage and the replayer share: the running config, the policy's history, the client.
+pub struct Escalation {
+    config: Mutex<Arc<EscalationConfig>>,
+    cloud: Mutex<Arc<Cloud>>,
+    policy: Mutex<Policy>,
+    queue: Option<Arc<Outbox>>,
+    env: Env,
+    stats: Arc<Stats>,
 }
 
-impl EscalationConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        if self.enabled {
-            problems.push(
-                format!("{path}.enabled"),
-                "this version of Lookout has no cloud tier yet; every answer is local",
+/// An escalation waiting in the offline queue.
+#[derive(Serialize, Deserialize)]
+struct Queued {
+    answer: Answer,
+    /// The frame as it would have been sent, base64.
+    jpeg: String,
+}
+
+impl Escalation {
+    /// `queue` is the offline queue's outbox, when it is on.
+    pub fn new(
+        config: &EscalationConfig,
+        env: Env,
+        stats: Arc<Stats>,
+        queue: Option<Arc<Outbox>>,
+    ) -> Escalation {
+        Escalation {
+            cloud: Mutex::new(Arc::new(Cloud::new(config, env.clone(), stats.clone()))),
+            config: Mutex::new(Arc::new(config.clone())),
+            policy: Mutex::new(Policy::default()),
+            queue,
+            env,
+            stats,
+        }
+    }
+
+    /// Applies a reloaded config: the policy at once; endpoints and their settings with a new client
+    /// (fresh breakers) when they changed. The queue's settings wait for a restart.
+    pub fn reconfigure(&self, new: &EscalationConfig) {
+        let old = self.config();
+        let client_changed = old.endpoints != new.endpoints
+            || old.request_timeout_secs != new.request_timeout_secs
+            || old.deadline_secs != new.deadline_secs
+            || old.retries != new.retries
+            || old.breaker_failures != new.breaker_failures
+            || old.breaker_cooldown_secs != new.breaker_cooldown_secs
+            || old.max_reply_bytes != new.max_reply_bytes
+            || old.max_tokens != new.max_tokens;
+        if client_changed {
+            *self.cloud.lock().unwrap() =
+                Arc::new(Cloud::new(new, self.env.clone(), self.stats.clone()));
+            info!(
+                endpoints = new.endpoints.len(),
+                "Applied the new cloud endpoints."
             );
         }
+        *self.config.lock().unwrap() = Arc::new(new.clone());
+    }
+
+    fn config(&self) -> Arc<EscalationConfig> {
+        self.config.lock().unwrap().clone()
+    }
+
+    fn cloud(&self) -> Arc<Cloud> {
+        self.cloud.lock().unwrap().clone()
+    }
+
+    /// Judges one answer and, when the policy says so, replaces it with the cloud's.
+    async fn review(&self, output: Output, busy: bool, cancel: &CancellationToken) -> Outcome {
+        let mut answer = match output.outcome {
+            Outcome::Answered(answer) => answer,
+            failed @ Outcome::Failed(_) => return failed,
+        };
+        let config = self.config();
+        let frame = output.frame;
+        let decision = self.policy.lock().unwrap().decide(
+            &config,
+            &answer.camera,
+            &answer.task,
+            answer.confidence.unwrap_or(0.0),
+            || policy::difference_hash(&frame.image),
+            busy,
+            Instant::now(),
+        );
+        let reason = match decision {
+            Decision::Keep(reason) => return self.keep(answer, reason),
+            Decision::Escalate(reason) => reason,
+        };
+        let settings = config
+            .image_for(&answer.camera)
+            .expect("the policy escalates only cameras that allow it");
+        let jpeg = {
+            let frame = frame.clone();
+            tokio::task::spawn_blocking(move || cloud::encode_frame(&frame.image, settings))
+                .await
+                .expect("JPEG encoding does not panic")
+        };
+        let cloud = self.cloud();
+        let question = Question {
+            text: &answer.question,
+            kind: &answer.kind,
+            jpeg: &jpeg,
+        };
+        let result = tokio::select! {
+            result = cloud.ask(question) => result,
+            _ = cancel.cancelled() => Err(CloudError::Unreachable(vec!["shutting down".to_owned()])),
+        };
+        match result {
+            Ok(reply) => {
+                self.stats.count_escalation("answered");
+                Outcome::Answered(Box::new(self.cloud_answer(*answer, reason, reply)))
+            }
+            Err(error) => {
+                answer.escalation = Some(reason.as_str().to_owned());
+                let kept = self.fall_back(&answer, &error, &jpeg);
+                self.keep(answer, kept)
+            }
+        }
+    }
+
+    /// The local answer, published as it is with why it was not escalated.
+    fn keep(&self, mut answer: Box<Answer>, reason: Reason) -> Outcome {
+        self.stats.count_escalation(reason.as_str());
+        answer.escalation = Some(reason.as_str().to_owned());
+        Outcome::Answered(answer)
+    }
+
+    /// After every endpoint failed: queues the escalation when that can help, and says which.
+    /// `answer.escalation` holds the reason it was escalated, kept for the replay.
+    fn fall_back(&self, answer: &Answer, error: &CloudError, jpeg: &[u8]) -> Reason {
+        warn!(camera = %answer.camera, task = %answer.task, error = %error, "Escalation failed; publishing the local answer.");
+        let (CloudError::Unreachable(_), Some(queue)) = (error, &self.queue) else {
+            return match error {
+                CloudError::Unreachable(_) => Reason::CloudUnreachable,
+                CloudError::Failed(_) => Reason::CloudFailed,
+            };
+        };
+        let queued = Queued {
+            answer: answer.clone(),
+            jpeg: base64::engine::general_purpose::STANDARD.encode(jpeg),
+        };
+        let payload = serde_json::to_vec(&queued).expect("queued escalations serialize");
+        queue.push(&answer.task, &payload);
+        Reason::Queued
+    }
+
+    /// The cloud's answer in place of the local one, which it keeps beside it.
+    fn cloud_answer(&self, local: Answer, reason: Reason, reply: CloudAnswer) -> Answer {
+        let latency_ms = reply.latency.as_secs_f64() * 1000.0;
+        self.stats.cloud_total_ms.add(latency_ms as u64);
+        self.stats.cloud_last_ms.set(latency_ms as u64);
+        let mut timings_ms = local.timings_ms;
+        timings_ms.cloud = Some(latency_ms);
+        Answer {
+            answer: reply.answer,
+            confidence: None,
+            confidence_min: None,
+            tier: Tier::Cloud,
+            model: reply.model,
+            escalated: true,
+            escalation: Some(reason.as_str().to_owned()),
+            endpoint: Some(reply.endpoint),
+            provider: reply.provider,
+            request_id: reply.request_id,
+            usage: reply.usage,
+            local: Some(LocalVerdict {
+                answer: local.answer,
+                confidence: local.confidence,
+                model: local.model,
+            }),
+            timings_ms,
+            tokens: Vec::new(),
+            ..local
+        }
+    }
+}
+
+/// Reviews every answer from vision in lanes (one per camera and task) and hands the results to the
+/// publisher, until `input` closes and every lane is done. `cancel` makes escalations in flight give
+/// up (shutdown).
+pub async fn run(
+    escalation: Arc<Escalation>,
+    mut input: mpsc::Receiver<Output>,
+    output: mpsc::Sender<Outcome>,
+    cancel: CancellationToken,
+) {
+    let lanes_running = TaskTracker::new();
+    let mut lanes: HashMap<(Arc<str>, String), mpsc::Sender<Output>> = HashMap::new();
+    while let Some(item) = input.recv().await {
+        let key = match &item.outcome {
+            Outcome::Answered(answer) => (answer.camera.clone(), answer.task.clone()),
+            Outcome::Failed(failure) => (failure.camera.clone(), failure.task.clone()),
+        };
+        let lane = lanes.entry(key).or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(LANE_CAPACITY);
+            lanes_running.spawn(lane(
+                escalation.clone(),
+                receiver,
+                output.clone(),
+                cancel.clone(),
+            ));
+            sender
+        });
+        if lane.send(item).await.is_err() {
+            warn!("The publisher is gone; the escalation stage stops.");
+            break;
+        }
+    }
+    drop(lanes);
+    lanes_running.close();
+    lanes_running.wait().await;
+}
+
+async fn lane(
+    escalation: Arc<Escalation>,
+    mut input: mpsc::Receiver<Output>,
+    output: mpsc::Sender<Outcome>,
+    cancel: CancellationToken,
+) {
+    while let Some(item) = input.recv().await {
+        let busy = input.len() >= BUSY_BACKLOG;
+        let outcome = escalation.review(item, busy, &cancel).await;
+        if output.send(outcome).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the offline queue's escalations again, oldest first, until `cancel`. A replay that an
+/// endpoint answers is published; one that fails for good is dropped (its local answer went out
+/// long ago); one that finds the cloud still unreachable waits with backoff.
+pub async fn replay(
+    escalation: Arc<Escalation>,
+    output: mpsc::Sender<Outcome>,
+    cancel: CancellationToken,
+) {
+    let Some(queue) = escalation.queue.clone() else {
+        return;
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let Some(item) = queue.next_unsent() else {
+            tokio::select! {
+                _ = queue.arrived() => continue,
+                _ = cancel.cancelled() => return,
+            }
+        };
+        let queued: Queued = match serde_json::from_slice::<Queued>(&item.payload) {
+            Ok(queued) => queued,
+            Err(error) => {
+                warn!(error = %error, "Dropping an unreadable escalation from the queue.");
+                queue.complete(item.seq);
+                continue;
+            }
+        };
+        let jpeg = base64::engine::general_purpose::STANDARD
+            .decode(&queued.jpeg)
+            .unwrap_or_default();
+        let config = escalation.config();
+        // Escalation switched off by a reload, or no budget left: wait, keeping the queue.
+        let allowed = config.enabled
+            && escalation
+                .policy
+                .lock()
+                .unwrap()
+                .allows_replay(&config, Instant::now());
+        let pause = if !allowed {
+            Some(BUDGET_PAUSE)
+        } else {
+            let cloud = escalation.cloud();
+            let question = Question {
+                text: &queued.answer.question,
+                kind: &queued.answer.kind,
+                jpeg: &jpeg,
+            };
+            let result = tokio::select! {
+                result = cloud.ask(question) => result,
+                _ = cancel.cancelled() => return queue.resend_all(),
+            };
+            match result {
+                Ok(reply) => {
+                    escalation
+                        .policy
+                        .lock()
+                        .unwrap()
+                        .charge_replay(Instant::now());
+                    let reason = reason_escalated(&queued.answer);
+                    let answer = escalation.cloud_answer(queued.answer, reason, reply);
+                    if output
+                        .send(Outcome::Answered(Box::new(answer)))
+                        .await
+                        .is_err()
+                    {
+                        return queue.resend_all();
+                    }
+                    queue.complete(item.seq);
+                    escalation.stats.count_escalation("replayed");
+                    backoff.reset();
+                    None
+                }
+                Err(CloudError::Failed(reasons)) => {
+                    warn!(reasons = ?reasons, "A queued escalation was refused; dropping it.");
+                    queue.complete(item.seq);
+                    escalation.stats.count_escalation("replay_failed");
+                    None
+                }
+                Err(CloudError::Unreachable(_)) => Some(backoff.next_delay()),
+            }
+        };
+        if let Some(pause) = pause {
+            queue.resend_all();
+            debug!(pause_s = pause.as_secs_f64(), "Queued escalations wait.");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Why a queued answer was escalated, as recorded when it was queued.
+fn reason_escalated(answer: &Answer) -> Reason {
+    match answer.escalation.as_deref() {
+        Some("always") => Reason::Always,
+        _ => Reason::BelowThreshold,
     }
 }

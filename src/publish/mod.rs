@@ -332,12 +332,14 @@ struct Published<'a> {
     answer: &'a Answer,
 }
 
-/// The stats message: the counters, and the outbox's state.
+/// The stats message: the counters, the outbox's state and the offline escalation queue's.
 #[derive(Serialize)]
 struct StatsMessage {
     #[serde(flatten)]
     counters: Snapshot,
     outbox: OutboxStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    escalation_queue: Option<OutboxStatus>,
 }
 
 /// A configured MQTT connection, ready to run.
@@ -356,6 +358,7 @@ impl Publisher {
         asks: AskRouter,
         stats: Arc<Stats>,
         outbox: Arc<Outbox>,
+        escalation_queue: Option<Arc<Outbox>>,
     ) -> Result<Publisher, PublishError> {
         let topics = Topics::new(&settings.mqtt.prefix, &settings.device);
         let options = options(&settings.mqtt, &settings.device, &topics)?;
@@ -370,6 +373,7 @@ impl Publisher {
                 asks,
                 stats,
                 outbox,
+                escalation_queue,
             },
             client,
             eventloop,
@@ -388,11 +392,12 @@ impl Publisher {
             stats_interval,
             window,
         } = self;
-        let (topics, device, stats, outbox) = (
+        let (topics, device, stats, outbox, escalation_queue) = (
             replies.topics.clone(),
             replies.device.clone(),
             replies.stats.clone(),
             replies.outbox.clone(),
+            replies.escalation_queue.clone(),
         );
         let stop_driver = CancellationToken::new();
         let driver = tokio::spawn(drive(eventloop, replies, window, stop_driver.clone()));
@@ -407,7 +412,9 @@ impl Publisher {
                     Some(outcome) => store_outcome(&outbox, &topics, &device, outcome).await,
                     None => break,
                 },
-                _ = stats_ticks.tick() => publish_stats(&client, &topics, &stats, &outbox),
+                _ = stats_ticks.tick() => {
+                    publish_stats(&client, &topics, &stats, &outbox, escalation_queue.as_deref());
+                }
             }
         }
         stop_driver.cancel();
@@ -417,10 +424,22 @@ impl Publisher {
 }
 
 /// The retained stats message, replaced by each newer one: QoS 0, and never waiting on a full queue.
-fn publish_stats(client: &AsyncClient, topics: &Topics, stats: &Stats, outbox: &Outbox) {
+/// None is queued while the broker is away (each would be stale when it arrived, and a subscriber
+/// would read old figures as news); the connect publishes fresh ones.
+fn publish_stats(
+    client: &AsyncClient,
+    topics: &Topics,
+    stats: &Stats,
+    outbox: &Outbox,
+    escalation_queue: Option<&Outbox>,
+) {
+    if !stats.broker_connected.load(Ordering::Relaxed) {
+        return;
+    }
     let message = StatsMessage {
         counters: stats.snapshot(),
         outbox: outbox.status(),
+        escalation_queue: escalation_queue.map(Outbox::status),
     };
     let payload = serde_json::to_vec(&message).expect("stats serialize");
     if client
@@ -594,6 +613,7 @@ struct Replies {
     asks: AskRouter,
     stats: Arc<Stats>,
     outbox: Arc<Outbox>,
+    escalation_queue: Option<Arc<Outbox>>,
 }
 
 impl Replies {
@@ -612,7 +632,13 @@ impl Replies {
     fn on_subscribing(&self, eventloop: &mut EventLoop, in_flight: &mut InFlight) {
         send_status(eventloop, in_flight, &self.topics, "online");
         // The driver must never wait on the client it drains, hence try_publish inside.
-        publish_stats(&self.client, &self.topics, &self.stats, &self.outbox);
+        publish_stats(
+            &self.client,
+            &self.topics,
+            &self.stats,
+            &self.outbox,
+            self.escalation_queue.as_deref(),
+        );
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8]) {

@@ -1,5 +1,5 @@
 //! Looking at frames: the `Analyser` answers each question of a job, and the vision worker turns its
-//! answers into the `Outcome`s the publisher sends.
+//! answers into the `Outcome`s the escalation stage reviews and the publisher sends.
 //!
 //! The analyser owns the model's sessions and runs on one dedicated blocking worker (model runs take
 //! hundreds of milliseconds and must not stall the async runtime; one owner means no locking around a
@@ -108,7 +108,7 @@ impl VisionConfig {
 }
 
 /// Time spent in each step of producing one answer, in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageTimings {
     pub preprocess: f64,
     pub vision: f64,
@@ -166,30 +166,74 @@ pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
     Ok(Box::new(SmolVlm::load(&options)?))
 }
 
-/// The local tier's answer to one request, ready to publish.
-#[derive(Debug, Clone, Serialize)]
+/// An answer as published: the local tier's, or the cloud's that replaced it (then `local` keeps the
+/// local one beside it). The cloud fields are plain data filled in by the escalation stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
     /// UUIDv7: unique, time-ordered, the same on every delivery of this answer.
     pub id: Uuid,
     pub camera: Arc<str>,
     pub task: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ask_id: Option<String>,
     pub question: String,
     pub kind: AnswerKind,
     pub answer: String,
-    pub confidence: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// From the local model's token probabilities; `null` for a cloud answer (hosted models report
+    /// none that can be compared).
+    pub confidence: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence_min: Option<f64>,
-    pub tier: &'static str,
+    pub tier: Tier,
     pub model: String,
     pub escalated: bool,
+    /// Why the answer was or was not escalated (`below_threshold`, `confident`, `queued`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<String>,
+    /// The cloud endpoint (its configured name) that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The inference provider the router chose (`x-inference-provider`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// The local answer a cloud answer replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalVerdict>,
     pub frame: FrameInfo,
     pub timings_ms: Timings,
     pub tokens: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Which model gave an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Local,
+    Cloud,
+}
+
+/// Tokens a cloud request used, as the endpoint reported them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+}
+
+/// The local answer kept beside the cloud's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalVerdict {
+    pub answer: String,
+    pub confidence: Option<f64>,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FrameInfo {
     pub seq: u64,
     /// RFC 3339, UTC, milliseconds.
@@ -198,11 +242,14 @@ pub struct FrameInfo {
     pub height: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timings {
     pub capture: f64,
     #[serde(flatten)]
     pub stages: StageTimings,
+    /// The cloud request that produced the answer, retries and failover included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<f64>,
     /// From capture to the answer being ready, queueing included.
     pub total: f64,
 }
@@ -216,23 +263,31 @@ pub struct Failure {
     pub error: String,
 }
 
-/// What the vision worker sends to the publisher, one per request.
+/// What the publisher receives, one per request.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Answered(Box<Answer>),
     Failed(Failure),
 }
 
+/// What the vision worker sends on: the outcome and the frame it is about, which the escalation
+/// stage may send to the cloud.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub outcome: Outcome,
+    pub frame: Arc<Frame>,
+}
+
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// Runs `analyser` on every job until the queue is closed and drained, or the publisher is gone.
+/// Runs `analyser` on every job until the queue is closed and drained, or the next stage is gone.
 /// Blocking: run it with `spawn_blocking`.
 pub fn run_blocking(
     mut analyser: Box<dyn Analyser>,
     jobs: JobQueue,
-    output: mpsc::Sender<Outcome>,
+    output: mpsc::Sender<Output>,
     stats: Arc<Stats>,
 ) {
     let model = analyser.model().to_owned();
@@ -267,11 +322,17 @@ pub fn run_blocking(
                         question: request.question.clone(),
                         kind: request.kind.clone(),
                         answer: local.text,
-                        confidence: local.confidence,
+                        confidence: Some(local.confidence),
                         confidence_min: local.min_probability,
-                        tier: "local",
+                        tier: Tier::Local,
                         model: model.clone(),
                         escalated: false,
+                        escalation: None,
+                        endpoint: None,
+                        provider: None,
+                        request_id: None,
+                        usage: None,
+                        local: None,
                         frame: FrameInfo {
                             seq: frame.seq,
                             captured_at: humantime::format_rfc3339_millis(frame.captured_at)
@@ -282,6 +343,7 @@ pub fn run_blocking(
                         timings_ms: Timings {
                             capture: millis(frame.capture_time),
                             stages: local.timings,
+                            cloud: None,
                             total: millis(total),
                         },
                         tokens: local.tokens,
@@ -298,8 +360,12 @@ pub fn run_blocking(
                     })
                 }
             };
-            if output.blocking_send(outcome).is_err() {
-                warn!("The publisher is gone; the vision worker stops.");
+            let output_item = Output {
+                outcome,
+                frame: job.frame.clone(),
+            };
+            if output.blocking_send(output_item).is_err() {
+                warn!("The escalation stage is gone; the vision worker stops.");
                 return;
             }
         }

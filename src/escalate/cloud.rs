@@ -1,0 +1,613 @@
+//! The cloud client: OpenAI-compatible chat completions (the Hugging Face router, or any server that
+//! speaks the same API), tried endpoint by endpoint with retries, backoff and a breaker each.
+//!
+//! Failures are classified as Vector's HTTP sinks do: 408, 429, 5xx except 501, network errors and
+//! timeouts may pass, so they are retried with full-jitter backoff (or after the server's
+//! `Retry-After`, seconds or HTTP-date); anything else (400, 401, 403, 404, 422, a reply that is not
+//! an answer) will not pass by retrying and moves on to the next endpoint at once. Every escalation
+//! has an overall deadline, retries and failover included. Replies are read up to a byte limit, so a
+//! misbehaving server cannot make the daemon buffer without bound.
+//!
+//! Tokens are read when a request is made (the cloud tier is lazy: the daemon starts with no token
+//! and no internet), from a file or the environment, and are never logged or published.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use image::RgbImage;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use super::breaker::Breaker;
+use super::config::{EndpointConfig, EscalationConfig, ImageConfig};
+use crate::backoff::Backoff;
+use crate::config::Env;
+use crate::gate::AnswerKind;
+use crate::stats::Stats;
+use crate::vision::Usage;
+
+/// What the cloud is asked: a question of a kind about a JPEG.
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'a> {
+    pub text: &'a str,
+    pub kind: &'a AnswerKind,
+    pub jpeg: &'a [u8],
+}
+
+/// A cloud answer, parsed into the question's kind, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudAnswer {
+    pub answer: String,
+    pub endpoint: String,
+    pub model: String,
+    /// The provider the router chose (`x-inference-provider`).
+    pub provider: Option<String>,
+    pub request_id: Option<String>,
+    pub usage: Option<Usage>,
+    pub latency: Duration,
+}
+
+/// Why no endpoint answered; each string names an endpoint and what it did.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CloudError {
+    /// Something may pass (network, 429, 5xx, timeouts, open breakers): worth queueing.
+    #[error("no endpoint reachable: {}", .0.join("; "))]
+    Unreachable(Vec<String>),
+    /// Every endpoint refused or answered something unusable.
+    #[error("no endpoint answered: {}", .0.join("; "))]
+    Failed(Vec<String>),
+}
+
+/// One failed request.
+#[derive(Debug)]
+enum Attempt {
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    Permanent(String),
+}
+
+struct Endpoint {
+    config: EndpointConfig,
+    breaker: Mutex<Breaker>,
+}
+
+/// The endpoints of a config, with their breakers. Cheap to share: one `reqwest::Client` inside.
+pub struct Cloud {
+    http: reqwest::Client,
+    endpoints: Vec<Endpoint>,
+    env: Env,
+    request_timeout: Duration,
+    deadline: Duration,
+    retries: u32,
+    max_reply_bytes: u64,
+    max_tokens: u32,
+    stats: Arc<Stats>,
+}
+
+impl Cloud {
+    pub fn new(config: &EscalationConfig, env: Env, stats: Arc<Stats>) -> Cloud {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("lookout/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client with default TLS settings builds");
+        let cooldown = Duration::from_secs_f64(config.breaker_cooldown_secs);
+        let cloud = Cloud {
+            http,
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|endpoint| Endpoint {
+                    config: endpoint.clone(),
+                    breaker: Mutex::new(Breaker::new(config.breaker_failures, cooldown)),
+                })
+                .collect(),
+            env,
+            request_timeout: Duration::from_secs_f64(config.request_timeout_secs),
+            deadline: Duration::from_secs_f64(config.deadline_secs),
+            retries: config.retries,
+            max_reply_bytes: config.max_reply_bytes,
+            max_tokens: config.max_tokens,
+            stats,
+        };
+        cloud.report_breakers();
+        cloud
+    }
+
+    /// Asks each endpoint in order until one answers, within the overall deadline.
+    pub async fn ask(&self, question: Question<'_>) -> Result<CloudAnswer, CloudError> {
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let prompt = phrase(question.text, question.kind);
+        let image = format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(question.jpeg)
+        );
+        let mut failures = Vec::new();
+        let mut transient = false;
+        for endpoint in &self.endpoints {
+            let name = &endpoint.config.name;
+            if !endpoint.breaker.lock().unwrap().allow(Instant::now()) {
+                failures.push(format!("{name}: cooling down after repeated failures"));
+                transient = true;
+                continue;
+            }
+            self.report_breakers();
+            let body = json!({
+                "model": endpoint.config.model,
+                "messages": [{
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": image}},
+                        {"type": "text", "text": prompt},
+                    ],
+                }],
+                "max_tokens": self.max_tokens,
+                "temperature": 0,
+                "stream": false,
+            });
+            let mut backoff = Backoff::new();
+            for attempt in 0..=self.retries {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    failures.push(format!("{name}: out of time"));
+                    transient = true;
+                    break;
+                }
+                let started = Instant::now();
+                let limit = self.request_timeout.min(deadline - now);
+                let result = tokio::time::timeout(limit, self.request(endpoint, &body))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Attempt::Retryable {
+                            message: format!("no reply within {:.1} s", limit.as_secs_f64()),
+                            retry_after: None,
+                        })
+                    });
+                match result {
+                    Ok(reply) => match parse_answer(&reply.text, question.kind) {
+                        Ok(answer) => {
+                            endpoint.breaker.lock().unwrap().succeeded();
+                            self.report_breakers();
+                            return Ok(CloudAnswer {
+                                answer,
+                                endpoint: name.clone(),
+                                model: reply.model.unwrap_or_else(|| endpoint.config.model.clone()),
+                                provider: reply.provider,
+                                request_id: reply.request_id,
+                                usage: reply.usage,
+                                latency: started.elapsed(),
+                            });
+                        }
+                        Err(message) => {
+                            self.failed(endpoint);
+                            failures.push(format!("{name}: {message}"));
+                            break;
+                        }
+                    },
+                    Err(Attempt::Permanent(message)) => {
+                        self.failed(endpoint);
+                        warn!(endpoint = %name, error = %message, "The cloud refused an escalation.");
+                        failures.push(format!("{name}: {message}"));
+                        break;
+                    }
+                    Err(Attempt::Retryable {
+                        message,
+                        retry_after,
+                    }) => {
+                        let opened = self.failed(endpoint);
+                        debug!(endpoint = %name, attempt, error = %message, "Cloud request failed.");
+                        transient = true;
+                        let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
+                        let out_of_time = tokio::time::Instant::now() + delay >= deadline;
+                        if opened || attempt == self.retries || out_of_time {
+                            failures.push(format!("{name}: {message}"));
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        Err(if transient {
+            CloudError::Unreachable(failures)
+        } else {
+            CloudError::Failed(failures)
+        })
+    }
+
+    /// Counts a failure against the endpoint's breaker; true when it opened.
+    fn failed(&self, endpoint: &Endpoint) -> bool {
+        let opened = endpoint.breaker.lock().unwrap().failed(Instant::now());
+        if opened {
+            warn!(endpoint = %endpoint.config.name, "Cloud endpoint failing; leaving it alone for a while.");
+        }
+        self.report_breakers();
+        opened
+    }
+
+    fn report_breakers(&self) {
+        let states = self
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                (
+                    endpoint.config.name.clone(),
+                    endpoint.breaker.lock().unwrap().state_name(),
+                )
+            })
+            .collect();
+        *self.stats.breakers.lock().unwrap() = states;
+    }
+
+    /// One request to one endpoint, its reply read up to the byte limit.
+    async fn request(
+        &self,
+        endpoint: &Endpoint,
+        body: &serde_json::Value,
+    ) -> Result<Reply, Attempt> {
+        let url = format!(
+            "{}/chat/completions",
+            endpoint.config.url.trim_end_matches('/')
+        );
+        let mut request = self.http.post(url).json(body);
+        if let Some(token) = self.token(&endpoint.config)? {
+            request = request.bearer_auth(token);
+        }
+        if let Some(bill_to) = &endpoint.config.bill_to {
+            request = request.header("X-HF-Bill-To", bill_to);
+        }
+        let mut response = request.send().await.map_err(|error| Attempt::Retryable {
+            message: network_error(&error),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| Attempt::Retryable {
+            message: network_error(&error),
+            retry_after: None,
+        })? {
+            if (bytes.len() + chunk.len()) as u64 > self.max_reply_bytes {
+                return Err(Attempt::Permanent(format!(
+                    "HTTP {}: reply larger than {} bytes",
+                    status.as_u16(),
+                    self.max_reply_bytes
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let message = format!("HTTP {}: {}", status.as_u16(), error_text(&bytes));
+            return Err(if is_retryable(status) {
+                Attempt::Retryable {
+                    message,
+                    retry_after: retry_after(&headers, SystemTime::now()),
+                }
+            } else {
+                Attempt::Permanent(message)
+            });
+        }
+        let completion: Completion = serde_json::from_slice(&bytes).map_err(|error| {
+            Attempt::Permanent(format!("the reply is not a chat completion: {}", {
+                if looks_like_html(&bytes) {
+                    "an HTML page".to_owned()
+                } else {
+                    error.to_string()
+                }
+            }))
+        })?;
+        let text = completion
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| Attempt::Permanent("the reply has no choices".to_owned()))?
+            .message
+            .content
+            .filter(|text| !text.trim().is_empty())
+            .ok_or_else(|| Attempt::Permanent("the reply's message is empty".to_owned()))?;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(Reply {
+            text,
+            model: completion.model,
+            provider: header("x-inference-provider"),
+            request_id: header("x-request-id"),
+            usage: completion.usage,
+        })
+    }
+
+    /// The endpoint's token: from its file, else the environment (the variable, the file
+    /// `<VAR>_FILE` names, the systemd credential). `None` when the endpoint sends none.
+    fn token(&self, endpoint: &EndpointConfig) -> Result<Option<String>, Attempt> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map(|token| token.trim().to_owned())
+                .map_err(|error| {
+                    Attempt::Permanent(format!(
+                        "cannot read the token file {}: {error}",
+                        path.display()
+                    ))
+                })
+        };
+        if let Some(file) = &endpoint.token_file {
+            return read(file).map(Some);
+        }
+        let var = &endpoint.token_env;
+        if var.is_empty() {
+            return Ok(None);
+        }
+        if let Some(token) = self.env.get(var).filter(|token| !token.is_empty()) {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        if let Some(file) = self.env.get(&format!("{var}_FILE")) {
+            return read(Path::new(file)).map(Some);
+        }
+        if let Some(credentials) = self.env.get("CREDENTIALS_DIRECTORY") {
+            let file = Path::new(credentials).join(var.to_ascii_lowercase());
+            if file.is_file() {
+                return read(&file).map(Some);
+            }
+        }
+        Err(Attempt::Permanent(format!(
+            "no token: set {var}, {var}_FILE or the systemd credential {}",
+            var.to_ascii_lowercase()
+        )))
+    }
+}
+
+/// A successful reply, before its text is parsed into the question's kind.
+struct Reply {
+    text: String,
+    model: Option<String>,
+    provider: Option<String>,
+    request_id: Option<String>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Completion {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    model: Option<String>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Message,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    content: Option<String>,
+}
+
+fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
+}
+
+/// `Retry-After` as a delay: seconds, or an HTTP-date (a date in the past means now).
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or_default())
+}
+
+fn network_error(error: &reqwest::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+fn looks_like_html(bytes: &[u8]) -> bool {
+    let start = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).to_ascii_lowercase();
+    start.trim_start().starts_with("<!doctype html") || start.contains("<html")
+}
+
+/// What an error reply says, short: an OpenAI-style `error.message`, else the start of the text.
+fn error_text(bytes: &[u8]) -> String {
+    if looks_like_html(bytes) {
+        return "an HTML error page".to_owned();
+    }
+    let value: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
+    let message = value.as_ref().and_then(|value| {
+        value["error"]["message"]
+            .as_str()
+            .or_else(|| value["error"].as_str())
+            .or_else(|| value["message"].as_str())
+    });
+    let text = match message {
+        Some(message) => message.to_owned(),
+        None => String::from_utf8_lossy(bytes).into_owned(),
+    };
+    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    if text.is_empty() {
+        "(no message)".to_owned()
+    } else {
+        text
+    }
+}
+
+/// The question as the cloud model is asked it: the kind's expected form spelled out.
+pub fn phrase(question: &str, kind: &AnswerKind) -> String {
+    match kind {
+        AnswerKind::Text => question.to_owned(),
+        AnswerKind::YesNo => format!("{question}\nAnswer with one word: yes or no."),
+        AnswerKind::OneOf(labels) => format!(
+            "{question}\nAnswer with exactly one of these options and nothing else: {}.",
+            labels.join(", ")
+        ),
+    }
+}
+
+/// The reply's text as an answer of `kind`: `yes`/`no`, one of the labels, or the text itself.
+pub fn parse_answer(text: &str, kind: &AnswerKind) -> Result<String, String> {
+    let words = || {
+        text.split(|c: char| !c.is_alphanumeric() && c != '-' && c != '_')
+            .filter(|word| !word.is_empty())
+            .map(str::to_lowercase)
+    };
+    let quoted = || text.chars().take(80).collect::<String>();
+    match kind {
+        AnswerKind::Text => Ok(text.trim().to_owned()),
+        AnswerKind::YesNo => match words().next().as_deref() {
+            Some("yes") => Ok("yes".to_owned()),
+            Some("no") => Ok("no".to_owned()),
+            _ => Err(format!("the reply is not yes or no: {:?}", quoted())),
+        },
+        AnswerKind::OneOf(labels) => {
+            let normalised = text
+                .trim()
+                .trim_end_matches(['.', '!'])
+                .trim_matches(['"', '\'', '`', '*'])
+                .to_lowercase();
+            if let Some(label) = labels
+                .iter()
+                .find(|label| label.to_lowercase() == normalised)
+            {
+                return Ok(label.clone());
+            }
+            let said: Vec<String> = words().collect();
+            let mentioned: Vec<&String> = labels
+                .iter()
+                .filter(|label| {
+                    let label = label.to_lowercase();
+                    said.contains(&label) || (label.contains(' ') && normalised.contains(&label))
+                })
+                .collect();
+            match mentioned.as_slice() {
+                [label] => Ok((*label).clone()),
+                _ => Err(format!(
+                    "the reply is not one of {}: {:?}",
+                    labels.join(", "),
+                    quoted()
+                )),
+            }
+        }
+    }
+}
+
+/// The frame as it leaves the box: downscaled to the camera's longest side, JPEG at its quality.
+pub fn encode_frame(image: &RgbImage, settings: ImageConfig) -> Vec<u8> {
+    let (width, height) = image.dimensions();
+    let longest = width.max(height);
+    let resized;
+    let image = if longest > settings.longest_side {
+        let scale = f64::from(settings.longest_side) / f64::from(longest);
+        let size = |side: u32| ((f64::from(side) * scale).round() as u32).max(1);
+        resized = image::imageops::resize(
+            image,
+            size(width),
+            size(height),
+            image::imageops::FilterType::Triangle,
+        );
+        &resized
+    } else {
+        image
+    };
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, settings.jpeg_quality)
+        .encode_image(image)
+        .expect("encoding an RGB image to memory cannot fail");
+    jpeg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retryable_statuses() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(is_retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 401, 403, 404, 422, 501] {
+            assert!(!is_retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(90)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&earlier).unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn replies_parse_into_the_kind() {
+        let yes_no = AnswerKind::YesNo;
+        assert_eq!(parse_answer("Yes.", &yes_no).unwrap(), "yes");
+        assert_eq!(parse_answer("no, the door is shut", &yes_no).unwrap(), "no");
+        assert!(parse_answer("Maybe", &yes_no).is_err());
+        let one_of = AnswerKind::OneOf(vec!["car".into(), "truck".into(), "fire engine".into()]);
+        assert_eq!(parse_answer("Truck.", &one_of).unwrap(), "truck");
+        assert_eq!(parse_answer("It is a car.", &one_of).unwrap(), "car");
+        assert_eq!(
+            parse_answer("A red fire engine", &one_of).unwrap(),
+            "fire engine"
+        );
+        assert!(parse_answer("a car or a truck", &one_of).is_err());
+        assert!(parse_answer("a bicycle", &one_of).is_err());
+        assert_eq!(
+            parse_answer("  A cat.\n", &AnswerKind::Text).unwrap(),
+            "A cat."
+        );
+    }
+
+    #[test]
+    fn error_text_is_short_and_never_html() {
+        assert_eq!(
+            error_text(br#"{"error":{"message":"Invalid credentials"}}"#),
+            "Invalid credentials"
+        );
+        assert_eq!(
+            error_text(b"<!DOCTYPE html><html><body>Bad gateway</body></html>"),
+            "an HTML error page"
+        );
+        assert_eq!(error_text(&[b'x'; 5000]).len(), 200);
+    }
+
+    #[test]
+    fn frames_are_downscaled_to_the_longest_side() {
+        let image = RgbImage::from_pixel(1600, 900, image::Rgb([10, 20, 30]));
+        let jpeg = encode_frame(
+            &image,
+            ImageConfig {
+                longest_side: 800,
+                jpeg_quality: 70,
+            },
+        );
+        let decoded = image::load_from_memory(&jpeg).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (800, 450));
+    }
+}
