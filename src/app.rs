@@ -14,6 +14,7 @@
 //! still running at the deadline are named.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -25,7 +26,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigOrigin, Env};
 use crate::escalate::{self, Escalation};
 use crate::gate::{self, AskRouter, JobQueue};
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Limits, Outbox, OutboxError};
 use crate::publish::{self, PublishError, PublishSettings, Publisher};
 use crate::source;
 use crate::stats::Stats;
@@ -292,22 +293,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Opens the answers' outbox, saying what an earlier run left in it.
+/// Opens the answers' outbox.
 async fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
-    let (path, limits) = (config.answers_outbox(), config.outbox.limits());
-    let (outbox, recovery) = tokio::task::spawn_blocking(move || Outbox::open(&path, limits))
-        .await
-        .map_err(|_| AppError::StageFailed("outbox"))??;
-    if recovery.recovered > 0 {
-        info!(
-            answers = recovery.recovered,
-            "Answers from an earlier run are waiting in the outbox."
-        );
-    }
-    if let Some(copy) = &recovery.set_aside {
-        warn!(damaged_bytes = recovery.damaged_bytes, kept = recovery.recovered, copy = %copy.display(), "The outbox was damaged: kept every intact answer; the original file was copied aside.");
-    }
-    Ok(Arc::new(outbox))
+    open_store(config.answers_outbox(), config.outbox.limits(), "answers").await
 }
 
 /// Opens the offline escalation queue when escalation and the queue are on.
@@ -315,23 +303,28 @@ async fn open_escalation_queue(config: &Config) -> Result<Option<Arc<Outbox>>, A
     if !(config.escalation.enabled && config.escalation.queue.enabled) {
         return Ok(None);
     }
-    let (path, limits) = (
-        config.escalation_queue(),
-        config.escalation.queue.as_outbox().limits(),
-    );
-    let (queue, recovery) = tokio::task::spawn_blocking(move || Outbox::open(&path, limits))
+    let limits = config.escalation.queue.as_outbox().limits();
+    let queue = open_store(config.escalation_queue(), limits, "escalations").await?;
+    Ok(Some(queue))
+}
+
+/// Opens an on-disk store of waiting `what` (answers, escalations), saying what an earlier run left.
+async fn open_store(
+    path: PathBuf,
+    limits: Limits,
+    what: &'static str,
+) -> Result<Arc<Outbox>, AppError> {
+    let file = path.display().to_string();
+    let (store, recovery) = tokio::task::spawn_blocking(move || Outbox::open(&path, limits))
         .await
-        .map_err(|_| AppError::StageFailed("escalation queue"))??;
+        .map_err(|_| AppError::StageFailed("outbox"))??;
     if recovery.recovered > 0 {
-        info!(
-            escalations = recovery.recovered,
-            "Escalations from an earlier run are waiting for the cloud."
-        );
+        info!(file = %file, waiting = recovery.recovered, "Found {what} from an earlier run still waiting.");
     }
     if let Some(copy) = &recovery.set_aside {
-        warn!(damaged_bytes = recovery.damaged_bytes, kept = recovery.recovered, copy = %copy.display(), "The escalation queue was damaged: kept every intact escalation; the original file was copied aside.");
+        warn!(file = %file, damaged_bytes = recovery.damaged_bytes, kept = recovery.recovered, copy = %copy.display(), "The file of waiting {what} was damaged: kept every intact one; the original was copied aside.");
     }
-    Ok(Some(Arc::new(queue)))
+    Ok(Arc::new(store))
 }
 
 /// Loads the config again; on any problem logs every one and returns `None` (the running config stays).

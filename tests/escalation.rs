@@ -355,6 +355,19 @@ token_file = "{}"
     )
 }
 
+/// Every answer the subscriber receives in `window`.
+async fn answers_for(subscriber: &mut Subscriber, window: Duration) -> Vec<Value> {
+    let messages = subscriber.collect_for(window).await;
+    messages.iter().map(|message| message.json()).collect()
+}
+
+fn of_task<'a>(answers: &'a [Value], task: &str) -> Vec<&'a Value> {
+    answers
+        .iter()
+        .filter(|answer| answer["task"] == task)
+        .collect()
+}
+
 fn token_file(dir: &tempfile::TempDir) -> PathBuf {
     let path = dir.path().join("hf_token");
     std::fs::write(&path, TOKEN).unwrap();
@@ -396,13 +409,8 @@ async fn unsure_answers_are_replaced_by_the_cloud_until_the_budget_runs_out() {
     );
     let daemon = Daemon::start(&config);
 
-    let answers: Vec<Value> = subscriber
-        .collect_for(Duration::from_secs(4))
-        .await
-        .iter()
-        .map(|message| message.json())
-        .collect();
-    let of = |task: &str| -> Vec<&Value> { answers.iter().filter(|a| a["task"] == task).collect() };
+    let answers = answers_for(&mut subscriber, Duration::from_secs(4)).await;
+    let of = |task: &str| of_task(&answers, task);
     let (unsure, sure) = (of("unsure"), of("sure"));
     assert!(
         unsure.len() >= 6 && sure.len() >= 6,
@@ -641,13 +649,8 @@ mode = "never"
         &format!("{DOOR_ALWAYS}{other}"),
     );
     let daemon = Daemon::start(&config);
-    let answers: Vec<Value> = subscriber
-        .collect_for(Duration::from_secs(5))
-        .await
-        .iter()
-        .map(|message| message.json())
-        .collect();
-    let of = |task: &str| -> Vec<&Value> { answers.iter().filter(|a| a["task"] == task).collect() };
+    let answers = answers_for(&mut subscriber, Duration::from_secs(5)).await;
+    let of = |task: &str| of_task(&answers, task);
     // The other task went on at its own pace while the door task waited on the cloud.
     assert!(
         of("count").len() >= 10,

@@ -180,7 +180,7 @@ async fn every_answer_stored_before_a_kill_9_arrives_after_a_restart() {
     expect_all(&mut subscriber, &stored, Duration::from_secs(60)).await;
     assert!(
         run.log_text()
-            .contains("Answers from an earlier run are waiting in the outbox."),
+            .contains("Found answers from an earlier run still waiting."),
         "{}",
         run.log_text()
     );
