@@ -611,7 +611,8 @@ async fn with_no_token_the_daemon_answers_locally_and_sends_nothing() {
         &format!("{DOOR_ALWAYS}\n[escalation]\nenabled = true\nmin_interval_secs = 0.0\n"),
     );
     let daemon = Daemon::start(&config);
-    for _ in 0..3 {
+    // More answers than `breaker_failures` (5): a missing token never opens the endpoint's breaker.
+    for _ in 0..7 {
         let answer = subscriber
             .expect(Duration::from_secs(10), "a local answer", |m| {
                 m.topic.ends_with("/answer")

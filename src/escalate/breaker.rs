@@ -13,8 +13,11 @@ enum State {
     Open {
         until: Instant,
     },
-    /// The cool-down is over and one probe is out.
-    HalfOpen,
+    /// The cool-down is over and one probe is out. A probe that never reports (abandoned at shutdown
+    /// or by the deadline) does not keep the endpoint shut: after another cool-down, another probe.
+    HalfOpen {
+        until: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -37,11 +40,13 @@ impl Breaker {
     pub fn allow(&mut self, now: Instant) -> bool {
         match self.state {
             State::Closed { .. } => true,
-            State::Open { until } if now >= until => {
-                self.state = State::HalfOpen;
+            State::Open { until } | State::HalfOpen { until } if now >= until => {
+                self.state = State::HalfOpen {
+                    until: now + self.cooldown,
+                };
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::Open { .. } | State::HalfOpen { .. } => false,
         }
     }
 
@@ -73,7 +78,7 @@ impl Breaker {
         match self.state {
             State::Closed { .. } => "closed",
             State::Open { .. } => "open",
-            State::HalfOpen => "half_open",
+            State::HalfOpen { .. } => "half_open",
         }
     }
 }
@@ -104,7 +109,11 @@ mod tests {
         assert!(breaker.failed(later));
         assert!(!breaker.allow(later + Duration::from_secs(29)));
         // The next probe succeeds: closed, and failures count from zero again.
-        assert!(breaker.allow(later + Duration::from_secs(30)));
+        let probe = later + Duration::from_secs(30);
+        assert!(breaker.allow(probe));
+        // A probe that never reports is replaced after another cool-down.
+        assert!(!breaker.allow(probe + Duration::from_secs(29)));
+        assert!(breaker.allow(probe + Duration::from_secs(30)));
         breaker.succeeded();
         assert_eq!(breaker.state_name(), "closed");
         assert!(!breaker.failed(later));

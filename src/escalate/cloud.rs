@@ -133,6 +133,14 @@ impl Cloud {
         let mut transient = false;
         for endpoint in &self.endpoints {
             let name = &endpoint.config.name;
+            // A missing token is the box's own problem, not the endpoint's: its breaker is left alone.
+            let token = match self.token(&endpoint.config) {
+                Ok(token) => token,
+                Err(message) => {
+                    failures.push(format!("{name}: {message}"));
+                    continue;
+                }
+            };
             if !endpoint.breaker.lock().unwrap().allow(Instant::now()) {
                 failures.push(format!("{name}: cooling down after repeated failures"));
                 transient = true;
@@ -162,7 +170,8 @@ impl Cloud {
                 }
                 let started = Instant::now();
                 let limit = self.request_timeout.min(deadline - now);
-                let result = tokio::time::timeout(limit, self.request(endpoint, &body))
+                let request = self.request(endpoint, token.as_deref(), &body);
+                let result = tokio::time::timeout(limit, request)
                     .await
                     .unwrap_or_else(|_| {
                         Err(Attempt::Retryable {
@@ -250,6 +259,7 @@ impl Cloud {
     async fn request(
         &self,
         endpoint: &Endpoint,
+        token: Option<&str>,
         body: &serde_json::Value,
     ) -> Result<Reply, Attempt> {
         let url = format!(
@@ -257,7 +267,7 @@ impl Cloud {
             endpoint.config.url.trim_end_matches('/')
         );
         let mut request = self.http.post(url).json(body);
-        if let Some(token) = self.token(&endpoint.config)? {
+        if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         if let Some(bill_to) = &endpoint.config.bill_to {
@@ -329,16 +339,11 @@ impl Cloud {
 
     /// The endpoint's token: from its file, else the environment (the variable, the file
     /// `<VAR>_FILE` names, the systemd credential). `None` when the endpoint sends none.
-    fn token(&self, endpoint: &EndpointConfig) -> Result<Option<String>, Attempt> {
+    fn token(&self, endpoint: &EndpointConfig) -> Result<Option<String>, String> {
         let read = |path: &Path| {
             std::fs::read_to_string(path)
                 .map(|token| token.trim().to_owned())
-                .map_err(|error| {
-                    Attempt::Permanent(format!(
-                        "cannot read the token file {}: {error}",
-                        path.display()
-                    ))
-                })
+                .map_err(|error| format!("cannot read the token file {}: {error}", path.display()))
         };
         if let Some(file) = &endpoint.token_file {
             return read(file).map(Some);
@@ -359,10 +364,10 @@ impl Cloud {
                 return read(&file).map(Some);
             }
         }
-        Err(Attempt::Permanent(format!(
+        Err(format!(
             "no token: set {var}, {var}_FILE or the systemd credential {}",
             var.to_ascii_lowercase()
-        )))
+        ))
     }
 }
 
