@@ -23,14 +23,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigOrigin, Env};
+use crate::config::remote::{self, Ack, Push};
+use crate::config::{self, Config, ConfigOrigin, Env, FieldError, Layers, RemoteLayer};
 use crate::escalate::{self, Escalation};
 use crate::gate::{self, AskRouter, JobQueue};
 use crate::outbox::{Limits, Outbox, OutboxError};
-use crate::publish::{self, PublishError, PublishSettings, Publisher};
+use crate::publish::{self, ConfigChannel, PublishError, PublishSettings, Publisher, Topics};
 use crate::source;
 use crate::stats::Stats;
-use crate::vision::{self, Analyser};
+use crate::vision::{self, Analyser, Replacement, VisionConfig};
 
 /// Outcomes a stage may hold before the next takes them (vision to escalation, escalation to
 /// publish); when full, the sender waits (answers are never dropped between vision and publish).
@@ -71,6 +72,14 @@ struct Front {
 }
 
 impl Front {
+    /// No sources, no gates: the front half between two configurations.
+    fn idle() -> Front {
+        Front {
+            cancel: CancellationToken::new(),
+            stages: Vec::new(),
+        }
+    }
+
     fn start(config: &Config, queue: &JobQueue, router: &AskRouter, stats: &Arc<Stats>) -> Front {
         let cancel = CancellationToken::new();
         let mut stages = Vec::new();
@@ -136,7 +145,7 @@ async fn join_all(stages: Vec<Stage>, deadline: Instant) -> Vec<String> {
     late
 }
 
-/// Config sections that only take effect at the next start, named in the log when a reload changes them.
+/// Config sections that only take effect at the next start, named in the log and in push acks.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut names = Vec::new();
     if old.device.id != new.device.id {
@@ -151,8 +160,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.mqtt != new.mqtt {
         names.push("mqtt");
     }
-    if old.vision != new.vision {
-        names.push("vision");
+    if old.vision.runtime_library != new.vision.runtime_library {
+        names.push("vision.runtime_library");
     }
     // The offline queue's file is opened at start.
     let queue_opened =
@@ -160,14 +169,191 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.escalation.queue != new.escalation.queue || queue_opened(old) != queue_opened(new) {
         names.push("escalation.queue");
     }
+    if old.remote != new.remote {
+        names.push("remote");
+    }
     names
 }
 
-/// Runs the daemon until `Control::Shutdown` (or the control channel closing).
+/// Pushes waiting for the daemon; when full, the publisher acks a push as refused ("send it again").
+const PUSH_CAPACITY: usize = 8;
+
+/// What runs and can change while it runs: the config, its layers, the front half, the model.
+struct Live {
+    config: Config,
+    layers: Layers,
+    /// Changed fields that wait for a restart.
+    restart_needed: Vec<&'static str>,
+    front: Front,
+    queue: JobQueue,
+    router: AskRouter,
+    stats: Arc<Stats>,
+    escalation: Arc<Escalation>,
+    replacement: Replacement,
+}
+
+impl Live {
+    /// Applies a validated config: cameras and tasks (the front half is rebuilt), the escalation
+    /// policy and endpoints, and a new model, which loads and answers a warm-up frame in the
+    /// background before it replaces the running one. Returns the changed fields that wait for a
+    /// restart, or why the new model cannot be used (then nothing is applied).
+    async fn apply(&mut self, new: Config) -> Result<Vec<&'static str>, FieldError> {
+        // The runtime library is loaded once per process; every other vision field can change live.
+        let live_vision = |vision: &VisionConfig| VisionConfig {
+            runtime_library: None,
+            ..vision.clone()
+        };
+        if live_vision(&new.vision) != live_vision(&self.config.vision) {
+            let vision = new.vision.clone();
+            let loaded = tokio::task::spawn_blocking(move || vision::load_and_warm_up(&vision))
+                .await
+                .unwrap_or_else(|_| Err("loading the model panicked".to_owned()));
+            let analyser = loaded.map_err(|error| {
+                warn!(error = %error, "The new model is not used; the running one stays.");
+                FieldError::new("vision", error)
+            })?;
+            info!(model_dir = %new.vision.model_dir.display(), "The new model answered its warm-up frame.");
+            self.replacement.offer(analyser);
+        }
+        if new.cameras != self.config.cameras || new.tasks != self.config.tasks {
+            let deadline = Instant::now() + self.config.shutdown_timeout();
+            let front = std::mem::replace(&mut self.front, Front::idle());
+            let late = front.stop(&self.router, deadline).await;
+            if !late.is_empty() {
+                warn!(stages = ?late, "Stages of the old configuration did not stop in time and were aborted.");
+            }
+            self.front = Front::start(&new, &self.queue, &self.router, &self.stats);
+            info!(
+                cameras = new.cameras.len(),
+                tasks = new.tasks.len(),
+                "Applied the new cameras and tasks."
+            );
+        }
+        self.escalation.reconfigure(&new.escalation);
+        let later = needs_restart(&self.config, &new);
+        if !later.is_empty() {
+            warn!(sections = ?later, "These settings changed but take effect only after a restart.");
+        }
+        let running = &mut self.config;
+        running.vision = VisionConfig {
+            runtime_library: running.vision.runtime_library.clone(),
+            ..new.vision
+        };
+        running.escalation = new.escalation;
+        running.cameras = new.cameras;
+        running.tasks = new.tasks;
+        running.device.shutdown_timeout_secs = new.device.shutdown_timeout_secs;
+        Ok(later)
+    }
+
+    /// SIGHUP: the local file again with the remote layer over it, checked and applied like a push.
+    async fn reload(&mut self, origin: &ConfigOrigin, env: &Env) {
+        let loaded = origin.read().and_then(|text| {
+            let layers = Layers {
+                local: config::local_json(&text)?,
+                remote: self.layers.remote.clone(),
+            };
+            Ok((layers.config(env)?, layers))
+        });
+        let (new, layers) = match loaded {
+            Ok(loaded) => loaded,
+            Err(problem) => {
+                for field in problem.problems() {
+                    error!(path = %field.path, problem = %field.message, "Config reload rejected.");
+                }
+                warn!("Keeping the running configuration.");
+                return;
+            }
+        };
+        match self.apply(new).await {
+            Ok(later) => {
+                self.layers = layers;
+                self.restart_needed = later;
+            }
+            Err(problem) => {
+                error!(problem = %problem, "Config reload rejected; keeping the running configuration.");
+            }
+        }
+    }
+
+    /// A push from `config/desired`: checked (size, form, signature, version, locks, the whole
+    /// config), persisted, then applied. Every refusal leaves the running config as it was.
+    async fn push(&mut self, payload: &[u8], env: &Env) -> Ack {
+        let remote = &self.config.remote;
+        let push = match Push::parse(payload, remote.max_push_bytes) {
+            Ok(push) => push,
+            Err(error) => return Ack::refused(remote::version_of(payload), vec![error]),
+        };
+        let refuse = |errors: Vec<FieldError>| Ack::refused(Some(push.version), errors);
+        if let Err(error) = push.check_signature(remote) {
+            return refuse(vec![error]);
+        }
+        let next = match push.next_layer(&self.layers.remote) {
+            Ok(next) => next,
+            Err(error) => return refuse(vec![error]),
+        };
+        let layers = Layers {
+            local: self.layers.local.clone(),
+            remote: next,
+        };
+        let locked = remote::locked_changes(
+            &remote.locked,
+            &self.layers.effective(),
+            &layers.effective(),
+        );
+        if !locked.is_empty() {
+            return refuse(locked);
+        }
+        let new = match layers.config(env) {
+            Ok(new) => new,
+            Err(error) => return refuse(error.problems()),
+        };
+        // Persisted before it is applied, so what runs is what the next start runs; if the new model
+        // then fails, the previous layer goes back.
+        if let Err(error) = self.persist(&layers.remote).await {
+            return refuse(vec![FieldError::new(
+                "",
+                format!("cannot persist the config: {error}"),
+            )]);
+        }
+        match self.apply(new).await {
+            Ok(later) => {
+                info!(version = push.version, restart_needed = ?later, "Applied a config push.");
+                self.layers = layers;
+                self.restart_needed = later.clone();
+                Ack::applied(push.version, later)
+            }
+            Err(problem) => {
+                if let Err(error) = self.persist(&self.layers.remote.clone()).await {
+                    error!(error = %error, "Cannot restore the previous remote config layer on disk.");
+                }
+                refuse(vec![problem])
+            }
+        }
+    }
+
+    async fn persist(&self, layer: &RemoteLayer) -> std::io::Result<()> {
+        let (path, layer) = (self.config.remote_layer_file(), layer.clone());
+        tokio::task::spawn_blocking(move || remote::save_layer(&path, &layer))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    fn reported(&self) -> Vec<u8> {
+        remote::reported(
+            self.layers.remote.version,
+            &self.restart_needed,
+            &self.layers.effective(),
+        )
+    }
+}
+
+/// Runs the daemon until `Control::Shutdown` (or the control channel closing). `config` is what
+/// `layers` make (`ConfigOrigin::load_effective`).
 pub async fn run(
     origin: ConfigOrigin,
     env: Env,
-    mut config: Config,
+    (config, layers): (Config, Layers),
     analyser: Box<dyn Analyser>,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), AppError> {
@@ -183,26 +369,45 @@ pub async fn run(
     let router = AskRouter::default();
     let (looked_out, looked_in) = mpsc::channel(OUTCOME_CAPACITY);
     let (outcomes_out, outcomes_in) = mpsc::channel(OUTCOME_CAPACITY);
+    let (pushes_out, mut pushes_in) = mpsc::channel(PUSH_CAPACITY);
     let settings = PublishSettings {
         mqtt: config.mqtt.clone(),
         device: config.device.id.clone(),
+    };
+    let topics = Topics::new(&config.mqtt.prefix, &config.device.id);
+    let escalation = Arc::new(Escalation::new(
+        &config.escalation,
+        env.clone(),
+        stats.clone(),
+        escalation_queue.clone(),
+    ));
+    let mut live = Live {
+        front: Front::start(&config, &queue, &router, &stats),
+        config,
+        layers,
+        restart_needed: Vec::new(),
+        queue: queue.clone(),
+        router: router.clone(),
+        stats: stats.clone(),
+        escalation: escalation.clone(),
+        replacement: Replacement::default(),
+    };
+    let (reported, reported_out) = watch::channel(live.reported());
+    let config_channel = ConfigChannel {
+        pushes: live.config.remote.enabled.then_some(pushes_out),
+        reported: reported_out,
     };
     let mut publisher = tokio::spawn(
         Publisher::new(
             &settings,
             router.clone(),
             stats.clone(),
-            outbox,
-            escalation_queue.clone(),
+            outbox.clone(),
+            escalation_queue,
+            config_channel,
         )?
         .run(outcomes_in),
     );
-    let escalation = Arc::new(Escalation::new(
-        &config.escalation,
-        env.clone(),
-        stats.clone(),
-        escalation_queue,
-    ));
     // Escalations in flight give up when shutdown begins, so the deadline never costs an answer.
     let stop_escalations = CancellationToken::new();
     let mut escalate = tokio::spawn(escalate::run(
@@ -212,60 +417,56 @@ pub async fn run(
         stop_escalations.clone(),
     ));
     let replayer = tokio::spawn(escalate::replay(
-        escalation.clone(),
+        escalation,
         outcomes_out,
         stop_escalations.clone(),
     ));
     let mut vision = {
-        let (queue, stats) = (queue.clone(), stats.clone());
+        let (queue, stats, replacement) = (queue.clone(), stats.clone(), live.replacement.clone());
         tokio::task::spawn_blocking(move || {
-            vision::run_blocking(analyser, queue, looked_out, stats)
+            vision::run_blocking(analyser, queue, looked_out, stats, replacement)
         })
     };
-    let mut front = Front::start(&config, &queue, &router, &stats);
-    info!(device = %config.device.id, cameras = config.cameras.len(), tasks = config.tasks.len(), "Lookout is running.");
+    info!(device = %live.config.device.id, cameras = live.config.cameras.len(), tasks = live.config.tasks.len(), config_version = live.layers.remote.version, "Lookout is running.");
 
     loop {
         tokio::select! {
             request = control.recv() => match request {
                 Some(Control::Reload) => {
-                    let Some(new) = reload(&origin, &env, &config) else { continue };
-                    if new.cameras != config.cameras || new.tasks != config.tasks {
-                        let deadline = Instant::now() + config.shutdown_timeout();
-                        let late = front.stop(&router, deadline).await;
-                        if !late.is_empty() {
-                            warn!(stages = ?late, "Stages of the old configuration did not stop in time and were aborted.");
-                        }
-                        front = Front::start(&new, &queue, &router, &stats);
-                        info!(cameras = new.cameras.len(), tasks = new.tasks.len(), "Applied the new cameras and tasks.");
-                    }
-                    escalation.reconfigure(&new.escalation);
-                    config.escalation = new.escalation;
-                    config.cameras = new.cameras;
-                    config.tasks = new.tasks;
-                    config.device.shutdown_timeout_secs = new.device.shutdown_timeout_secs;
+                    live.reload(&origin, &env).await;
+                    reported.send_replace(live.reported());
                 }
                 Some(Control::Shutdown) | None => break,
             },
+            Some(payload) = pushes_in.recv() => {
+                let ack = live.push(&payload, &env).await;
+                if !ack.ok {
+                    warn!(version = ?ack.version, errors = ?ack.errors, "Refused a config push.");
+                }
+                outbox.push(&topics.config_ack(), &ack.to_json());
+                reported.send_replace(live.reported());
+            }
             _ = &mut publisher => {
-                front.cancel.cancel();
+                live.front.cancel.cancel();
                 return Err(AppError::StageFailed("publish"));
             }
             _ = &mut vision => {
-                front.cancel.cancel();
+                live.front.cancel.cancel();
                 return Err(AppError::StageFailed("vision"));
             }
             _ = &mut escalate => {
-                front.cancel.cancel();
+                live.front.cancel.cancel();
                 return Err(AppError::StageFailed("escalate"));
             }
         }
     }
 
     info!("Shutting down.");
-    let deadline = Instant::now() + config.shutdown_timeout();
+    // Pushes still waiting are refused by the publisher from now on ("shutting down").
+    drop(pushes_in);
+    let deadline = Instant::now() + live.config.shutdown_timeout();
     stop_escalations.cancel();
-    let mut late = front.stop(&router, deadline).await;
+    let mut late = live.front.stop(&router, deadline).await;
     queue.close();
     let back = vec![
         Stage {
@@ -292,7 +493,6 @@ pub async fn run(
     info!("Stopped.");
     Ok(())
 }
-
 /// Opens the answers' outbox.
 async fn open_outbox(config: &Config) -> Result<Arc<Outbox>, AppError> {
     open_store(config.answers_outbox(), config.outbox.limits(), "answers").await
@@ -325,24 +525,4 @@ async fn open_store(
         warn!(file = %file, damaged_bytes = recovery.damaged_bytes, kept = recovery.recovered, copy = %copy.display(), "The file of waiting {what} was damaged: kept every intact one; the original was copied aside.");
     }
     Ok(Arc::new(store))
-}
-
-/// Loads the config again; on any problem logs every one and returns `None` (the running config stays).
-fn reload(origin: &ConfigOrigin, env: &Env, running: &Config) -> Option<Config> {
-    match origin.load(env) {
-        Ok(new) => {
-            let later = needs_restart(running, &new);
-            if !later.is_empty() {
-                warn!(sections = ?later, "These settings changed but take effect only after a restart.");
-            }
-            Some(new)
-        }
-        Err(problem) => {
-            for field in problem.problems() {
-                error!(path = %field.path, problem = %field.message, "Config reload rejected.");
-            }
-            warn!("Keeping the running configuration.");
-            None
-        }
-    }
 }

@@ -2,13 +2,14 @@
 //! Exit codes: 0 done, 1 failed while running, 64 bad config or usage, 65 bad input data (an image that
 //! does not decode), 69 no usable model or runtime.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use lookout::config::{self, ConfigOrigin, Env};
+use lookout::config::{self, ConfigOrigin, Env, remote};
 use lookout::gate::{self, AnswerKind, Origin, Request};
 use lookout::service;
 use lookout::source::{self, Frame};
@@ -132,6 +133,32 @@ enum ConfigAction {
     Check { file: PathBuf },
     /// Print the embedded default configuration, documented field by field.
     Example,
+    /// Print the effective configuration (the file, the remote layer pushed over MQTT, environment
+    /// overrides), one field per line with where its value comes from; secrets redacted.
+    Show {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Make an ed25519 key pair for signing config pushes: the secret key goes to FILE (mode 0600),
+    /// the public key is printed for the boxes' `[remote] public_key`.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a config (TOML, or JSON when the file ends in .json) as a push for `config/desired`,
+    /// printed as one line of JSON.
+    Sign {
+        /// The secret key file from `config keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Must be higher than the version the boxes run.
+        #[arg(long)]
+        version: u64,
+        /// A JSON merge patch over the boxes' current remote layer, not a whole new layer.
+        #[arg(long)]
+        patch: bool,
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -156,6 +183,21 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Config {
+            action: ConfigAction::Show { config },
+        } => show_config(&ConfigOrigin::choose(config, &env), &env),
+        Command::Config {
+            action: ConfigAction::Keygen { out },
+        } => keygen(&out),
+        Command::Config {
+            action:
+                ConfigAction::Sign {
+                    key,
+                    version,
+                    patch,
+                    file,
+                },
+        } => sign(&key, version, patch, &file),
         Command::Run { config } => run(ConfigOrigin::choose(config, &env), env),
         Command::Bench {
             model,
@@ -512,11 +554,90 @@ fn ask(
     }
 }
 
+fn show_config(origin: &ConfigOrigin, env: &Env) -> ExitCode {
+    let (_, layers) = match origin.load_effective(env) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("lookout: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!("# remote layer version {}", layers.remote.version);
+    for field in config::field_origins(&layers, env) {
+        println!("{} = {}  # {}", field.path, field.value, field.origin);
+    }
+    println!("# every other field: the built-in default (`lookout config example`)");
+    ExitCode::SUCCESS
+}
+
+fn keygen(out: &Path) -> ExitCode {
+    use std::io::Write;
+    let (secret, public) = remote::generate_key();
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut file| file.write_all(format!("{secret}\n").as_bytes()));
+    if let Err(error) = written {
+        eprintln!("lookout: cannot write {}: {error}", out.display());
+        return ExitCode::from(EXIT_FAILED);
+    }
+    println!(
+        "# the secret key is in {}; give each box this line:",
+        out.display()
+    );
+    println!("[remote]\npublic_key = \"{public}\"");
+    ExitCode::SUCCESS
+}
+
+fn sign(key: &Path, version: u64, patch: bool, file: &Path) -> ExitCode {
+    let key = match remote::read_signing_key(key) {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("lookout: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("lookout: cannot read {}: {error}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let document = if file
+        .extension()
+        .is_some_and(|extension| extension == "json")
+    {
+        serde_json::from_str(&text).map_err(|error| error.to_string())
+    } else {
+        config::local_json(&text).map_err(|error| error.to_string())
+    };
+    let Ok(serde_json::Value::Object(config)) = document.as_ref() else {
+        let problem = document
+            .err()
+            .unwrap_or_else(|| "not a JSON object".to_owned());
+        eprintln!("lookout: {}: {problem}", file.display());
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let kind = if patch {
+        remote::PushKind::MergePatch
+    } else {
+        remote::PushKind::Full
+    };
+    println!(
+        "{}",
+        remote::signed_push(&key, version, kind, config.clone())
+    );
+    ExitCode::SUCCESS
+}
+
 fn run(origin: ConfigOrigin, env: Env) -> ExitCode {
     service::init_logging(&env);
     // Everything is checked before any device, socket or model is opened.
-    let config = match origin.load(&env) {
-        Ok(config) => config,
+    let (config, layers) = match origin.load_effective(&env) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("lookout: {error}");
             return ExitCode::from(EXIT_CONFIG);
@@ -536,7 +657,12 @@ fn run(origin: ConfigOrigin, env: Env) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(service::run_until_signalled(origin, env, config, analyser)) {
+    match runtime.block_on(service::run_until_signalled(
+        origin,
+        env,
+        (config, layers),
+        analyser,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("lookout: {:#}", anyhow::Error::from(error));

@@ -65,11 +65,11 @@ async fn child(path: &str, delay: Duration) -> i32 {
     // Each child keeps its outbox beside its config.
     let state = std::path::Path::new(path).with_file_name("state");
     let env = Env::from_pairs([("LOOKOUT_STATE_DIR", state.to_str().unwrap())]);
-    let config = origin.load(&env).expect("child config");
+    let loaded = origin.load_effective(&env).expect("child config");
     match lookout::service::run_until_signalled(
         origin,
         env,
-        config,
+        loaded,
         Box::new(PixelAnalyser { delay }),
     )
     .await

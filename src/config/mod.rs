@@ -6,16 +6,23 @@
 //! at once. So the text becomes a table first, each section and each camera or task is deserialized on
 //! its own (unknown keys and wrong types each give an error with their field path), and then every stage
 //! checks its values. Only a config with no error at all is returned.
+//!
+//! The document may have two layers: the local file, and the remote layer that pushes over MQTT build
+//! (`remote.rs`), merged over it as JSON before the sections are read. Both go through this one path, so
+//! a push is checked exactly as a file is.
 
 mod env;
+pub mod remote;
 pub mod validate;
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 pub use env::Env;
+pub use remote::{RemoteConfig, RemoteLayer};
 pub use validate::{FieldError, Problems};
 
 use crate::escalate::EscalationConfig;
@@ -38,6 +45,8 @@ pub struct Config {
     pub vision: VisionConfig,
     pub escalation: EscalationConfig,
     pub outbox: OutboxConfig,
+    /// From the local file only: pushes cannot change how pushes are checked.
+    pub remote: RemoteConfig,
 }
 
 /// Who this box is, where it keeps its state and how it stops.
@@ -104,34 +113,173 @@ impl ConfigOrigin {
         }
     }
 
-    /// Reads, overrides from `env` and validates; the same path serves start-up and reload.
-    pub fn load(&self, env: &Env) -> Result<Config, ConfigError> {
-        let text = match self {
+    /// The local document's text (the file, or the embedded default).
+    pub fn read(&self) -> Result<String, ConfigError> {
+        match self {
             ConfigOrigin::File(path) => {
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.clone(),
                     source,
-                })?
+                })
             }
-            ConfigOrigin::Embedded => DEFAULT_TOML.to_owned(),
-        };
-        Config::from_toml(&text, env)
+            ConfigOrigin::Embedded => Ok(DEFAULT_TOML.to_owned()),
+        }
     }
+
+    /// The local document alone: read, overridden from `env` and validated.
+    pub fn load(&self, env: &Env) -> Result<Config, ConfigError> {
+        Config::from_toml(&self.read()?, env)
+    }
+
+    /// The config the daemon runs: the local document with the remote layer persisted in its state
+    /// directory merged over it. A layer that is unreadable, or no longer valid over this local
+    /// document, is left out with a warning: the box starts on its local config rather than not at all.
+    pub fn load_effective(&self, env: &Env) -> Result<(Config, Layers), ConfigError> {
+        let local = local_json(&self.read()?)?;
+        let local_only = Config::from_json(local.clone(), env)?;
+        let path = local_only.remote_layer_file();
+        let remote = remote::load_layer(&path).unwrap_or_else(|problem| {
+            tracing::warn!(file = %path.display(), problem = %problem, "Ignoring the remote config layer.");
+            RemoteLayer::default()
+        });
+        let layers = Layers { local, remote };
+        match layers.config(env) {
+            Ok(config) => Ok((config, layers)),
+            Err(error) => {
+                tracing::warn!(version = layers.remote.version, error = %error, "The remote config layer does not fit the local file; starting on the local file alone.");
+                let local = Layers {
+                    local: layers.local,
+                    remote: RemoteLayer::default(),
+                };
+                Ok((local_only, local))
+            }
+        }
+    }
+}
+
+/// The two layers of the running config: the local document and the remote layer over it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layers {
+    /// The local document as JSON.
+    pub local: Value,
+    pub remote: RemoteLayer,
+}
+
+impl Layers {
+    /// The merged document, before defaults and environment overrides.
+    pub fn effective(&self) -> Value {
+        let mut effective = self.local.clone();
+        remote::merge_patch(&mut effective, &Value::Object(self.remote.layer.clone()));
+        effective
+    }
+
+    pub fn config(&self, env: &Env) -> Result<Config, ConfigError> {
+        Config::from_json(self.effective(), env)
+    }
+}
+
+/// The environment variables that override fields, and the fields they override.
+const ENV_OVERRIDES: [(&str, &str); 5] = [
+    ("LOOKOUT_MQTT_URL", "mqtt.url"),
+    ("LOOKOUT_DEVICE_ID", "device.id"),
+    ("LOOKOUT_MODEL_DIR", "vision.model_dir"),
+    ("ORT_DYLIB_PATH", "vision.runtime_library"),
+    ("LOOKOUT_STATE_DIR", "device.state_dir"),
+];
+
+/// One field of the effective config, for `lookout config show`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownField {
+    pub path: String,
+    /// JSON, secrets redacted.
+    pub value: String,
+    /// `local` (the file, or the embedded default), `remote` or `env <VARIABLE>`.
+    pub origin: String,
+}
+
+/// Every field the local file, the remote layer or the environment sets, with the value that wins
+/// and where it comes from. Arrays (cameras, tasks) count as one field each.
+pub fn field_origins(layers: &Layers, env: &Env) -> Vec<ShownField> {
+    let mut effective = layers.effective();
+    remote::redact(&mut effective);
+    let mut fields = Vec::new();
+    let mut leaves = Vec::new();
+    flatten(&effective, String::new(), &mut leaves);
+    let remote_layer = Value::Object(layers.remote.layer.clone());
+    for (path, value) in leaves {
+        let origin = if remote::lookup(&remote_layer, &path).is_some() {
+            "remote"
+        } else {
+            "local"
+        };
+        fields.push(ShownField {
+            path,
+            value: value.to_string(),
+            origin: origin.to_owned(),
+        });
+    }
+    for (variable, path) in ENV_OVERRIDES {
+        let Some(raw) = env.get(variable) else {
+            continue;
+        };
+        let mut value = Value::from(raw);
+        remote::redact(&mut value);
+        fields.retain(|field| field.path != path);
+        fields.push(ShownField {
+            path: path.to_owned(),
+            value: value.to_string(),
+            origin: format!("env {variable}"),
+        });
+    }
+    fields.sort_by(|a, b| a.path.cmp(&b.path));
+    fields
+}
+
+fn flatten(value: &Value, path: String, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                let path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                flatten(value, path, out);
+            }
+        }
+        leaf => out.push((path, leaf.clone())),
+    }
+}
+
+/// The local document's TOML as JSON, where the remote layer can be merged over it.
+pub fn local_json(text: &str) -> Result<Value, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+        let at = error
+            .span()
+            .map(|span| line_and_column(text, span.start))
+            .unwrap_or_default();
+        ConfigError::Invalid(vec![FieldError::new(
+            at,
+            format!("not valid TOML: {}", error.message()),
+        )])
+    })?;
+    Ok(serde_json::to_value(table).expect("TOML tables are JSON objects"))
 }
 
 impl Config {
     /// Parses `text`, applies environment overrides and validates, returning every problem found.
     pub fn from_toml(text: &str, env: &Env) -> Result<Config, ConfigError> {
+        Config::from_json(local_json(text)?, env)
+    }
+
+    /// Reads the sections of a document (the local one, or local and remote merged), applies
+    /// environment overrides and validates, returning every problem found.
+    pub fn from_json(document: Value, env: &Env) -> Result<Config, ConfigError> {
         let mut problems = Problems::default();
-        let table: toml::Table = match text.parse() {
+        let table = match toml::Table::try_from(document) {
             Ok(table) => table,
             Err(error) => {
-                let error: toml::de::Error = error;
-                let at = error
-                    .span()
-                    .map(|span| line_and_column(text, span.start))
-                    .unwrap_or_default();
-                problems.push(at, format!("not valid TOML: {}", error.message()));
+                problems.push("", format!("not a config document: {error}"));
                 return Err(ConfigError::Invalid(problems.into_vec()));
             }
         };
@@ -144,6 +292,7 @@ impl Config {
             vision: VisionConfig::default(),
             escalation: EscalationConfig::default(),
             outbox: OutboxConfig::default(),
+            remote: RemoteConfig::default(),
         };
         for (key, value) in table {
             match key.as_str() {
@@ -154,9 +303,10 @@ impl Config {
                 "vision" => config.vision = section(value, "vision", &mut problems),
                 "escalation" => config.escalation = section(value, "escalation", &mut problems),
                 "outbox" => config.outbox = section(value, "outbox", &mut problems),
+                "remote" => config.remote = section(value, "remote", &mut problems),
                 other => problems.push(
                     other,
-                    "unknown section; expected device, cameras, tasks, mqtt, vision, escalation or outbox",
+                    "unknown section; expected device, cameras, tasks, mqtt, vision, escalation, outbox or remote",
                 ),
             }
         }
@@ -254,11 +404,17 @@ impl Config {
             }
         }
         self.outbox.validate("outbox", problems);
+        self.remote.validate("remote", problems);
     }
 
     /// Where answers wait for the broker's acknowledgement.
     pub fn answers_outbox(&self) -> PathBuf {
         self.device.state_dir.join("answers.outbox")
+    }
+
+    /// Where the remote config layer is kept between runs.
+    pub fn remote_layer_file(&self) -> PathBuf {
+        self.device.state_dir.join("remote-config.json")
     }
 
     /// Where escalations wait while the cloud is unreachable.

@@ -28,10 +28,10 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Disconnect, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish,
-    QoS, Request, Subscribe, TlsConfiguration, Transport,
+    QoS, Request, Subscribe, SubscribeFilter, TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -47,8 +47,12 @@ pub use topics::Topics;
 
 /// Requests the client may queue (subscriptions and stats; answers do not pass through it).
 const REQUEST_CAPACITY: usize = 64;
-/// Packet ids kept for the retained status messages, beyond the answers' window.
-const STATUS_SLOTS: u16 = 2;
+/// The largest packet read or written. Far above any answer or config push this daemon accepts, so an
+/// oversized push arrives and is refused with an ack; rumqttc's default (10 kB) would drop the
+/// connection instead, and the broker would deliver the same packet again after every reconnect.
+const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+/// Packet ids kept for the retained status and config/reported messages, beyond the answers' window.
+const STATUS_SLOTS: u16 = 3;
 
 /// How to reach the broker.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -272,6 +276,7 @@ fn options(
         // own requests on their account.
         .set_inflight(config.inflight + STATUS_SLOTS + 1)
         .set_request_channel_capacity(REQUEST_CAPACITY)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
         .set_last_will(LastWill::new(
             topics.status(),
             "offline",
@@ -314,6 +319,14 @@ pub struct PublishSettings {
     pub device: String,
 }
 
+/// The publisher's part in remote configuration: pushes received on `config/desired` go to `pushes`
+/// (when remote config is on); the latest `config/reported` payload is published, retained, on every
+/// connect and whenever it changes. Acks are answers like any other: they go through the outbox.
+pub struct ConfigChannel {
+    pub pushes: Option<mpsc::Sender<Vec<u8>>>,
+    pub reported: watch::Receiver<Vec<u8>>,
+}
+
 /// The error reply to an ask that could not be taken or answered.
 #[derive(Debug, Serialize)]
 struct AskFailure<'a> {
@@ -347,6 +360,7 @@ pub struct Publisher {
     client: AsyncClient,
     eventloop: EventLoop,
     replies: Replies,
+    reported: watch::Receiver<Vec<u8>>,
     stats_interval: Duration,
     window: u16,
 }
@@ -359,6 +373,7 @@ impl Publisher {
         stats: Arc<Stats>,
         outbox: Arc<Outbox>,
         escalation_queue: Option<Arc<Outbox>>,
+        config_channel: ConfigChannel,
     ) -> Result<Publisher, PublishError> {
         let topics = Topics::new(&settings.mqtt.prefix, &settings.device);
         let options = options(&settings.mqtt, &settings.device, &topics)?;
@@ -374,7 +389,9 @@ impl Publisher {
                 stats,
                 outbox,
                 escalation_queue,
+                pushes: config_channel.pushes,
             },
+            reported: config_channel.reported,
             client,
             eventloop,
             stats_interval: Duration::from_secs_f64(settings.mqtt.stats_interval_secs),
@@ -389,6 +406,7 @@ impl Publisher {
             client,
             eventloop,
             replies,
+            reported,
             stats_interval,
             window,
         } = self;
@@ -400,7 +418,13 @@ impl Publisher {
             replies.escalation_queue.clone(),
         );
         let stop_driver = CancellationToken::new();
-        let driver = tokio::spawn(drive(eventloop, replies, window, stop_driver.clone()));
+        let driver = tokio::spawn(drive(
+            eventloop,
+            replies,
+            reported,
+            window,
+            stop_driver.clone(),
+        ));
 
         // The first stats go out on connect (see `Replies::on_subscribing`); then one per interval.
         let mut stats_ticks =
@@ -594,15 +618,28 @@ fn send_waiting(eventloop: &mut EventLoop, outbox: &Outbox, in_flight: &mut InFl
 
 /// Queues a retained status message (`online` / `offline`), if a status packet id is free.
 fn send_status(eventloop: &mut EventLoop, in_flight: &mut InFlight, topics: &Topics, status: &str) {
-    match in_flight.assign(Carried::Status) {
-        Some(pkid) => eventloop
-            .pending
-            .push_back(qos1(topics.status(), status.into(), pkid, true)),
-        None => warn!(
+    if !send_retained(eventloop, in_flight, topics.status(), status.into()) {
+        warn!(
             status,
             "Status not published: the broker has not acknowledged earlier ones."
-        ),
+        );
     }
+}
+
+/// Queues a retained QoS 1 message on one of the status packet ids; false when none is free.
+fn send_retained(
+    eventloop: &mut EventLoop,
+    in_flight: &mut InFlight,
+    topic: String,
+    payload: Vec<u8>,
+) -> bool {
+    let Some(pkid) = in_flight.assign(Carried::Status) else {
+        return false;
+    };
+    eventloop
+        .pending
+        .push_back(qos1(topic, payload, pkid, true));
+    true
 }
 
 /// What the driver needs to answer the broker: subscribe on connect, reply to bad asks.
@@ -614,18 +651,23 @@ struct Replies {
     stats: Arc<Stats>,
     outbox: Arc<Outbox>,
     escalation_queue: Option<Arc<Outbox>>,
+    pushes: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 impl Replies {
     /// The subscription goes first, alone: rumqttc chooses its packet id, and the driver must know it
     /// before choosing any of its own (brokers mishandle two packets in flight with one id).
     fn on_connected(&self, eventloop: &mut EventLoop) {
+        let mut filters = vec![SubscribeFilter::new(self.topics.asks(), QoS::AtLeastOnce)];
+        if self.pushes.is_some() {
+            filters.push(SubscribeFilter::new(
+                self.topics.config_desired(),
+                QoS::AtLeastOnce,
+            ));
+        }
         eventloop
             .pending
-            .push_back(Request::Subscribe(Subscribe::new(
-                self.topics.asks(),
-                QoS::AtLeastOnce,
-            )));
+            .push_back(Request::Subscribe(Subscribe::new_many(filters)));
     }
 
     /// The subscription has its id: say online, then answers may follow.
@@ -642,6 +684,9 @@ impl Replies {
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8]) {
+        if topic == self.topics.config_desired() {
+            return self.on_push(payload);
+        }
         let Some(camera) = self.topics.ask_camera(topic) else {
             return;
         };
@@ -653,6 +698,22 @@ impl Replies {
         self.stats.asks_rejected.inc();
         warn!(camera = %camera, ask_id = ?ask_id, error = %error, "Rejected an ask.");
         self.reply_error(camera, ask_id.as_deref(), &error);
+    }
+
+    /// Hands a config push to the daemon, or acks it as refused when the daemon cannot take it now.
+    fn on_push(&self, payload: &[u8]) {
+        let Some(pushes) = &self.pushes else { return };
+        let refusal = match pushes.try_send(payload.to_vec()) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => "too many pushes are waiting; send it again",
+            Err(mpsc::error::TrySendError::Closed(_)) => "the box is shutting down; send it again",
+        };
+        warn!(reason = refusal, "Refused a config push.");
+        let ack = crate::config::remote::Ack::refused(
+            crate::config::remote::version_of(payload),
+            vec![crate::config::FieldError::new("", refusal)],
+        );
+        self.outbox.push(&self.topics.config_ack(), &ack.to_json());
     }
 
     /// The error reply to a rejected ask goes through the outbox like any answer. Stored inline: a
@@ -671,8 +732,16 @@ impl Replies {
 
 /// Polls the event loop for the connection's life: the one task that does. Ends after the clean
 /// disconnect once `stop` is cancelled, or at once when `stop` is cancelled while disconnected.
-async fn drive(mut eventloop: EventLoop, replies: Replies, window: u16, stop: CancellationToken) {
+async fn drive(
+    mut eventloop: EventLoop,
+    replies: Replies,
+    mut reported: watch::Receiver<Vec<u8>>,
+    window: u16,
+    stop: CancellationToken,
+) {
     let (stats, outbox) = (replies.stats.clone(), replies.outbox.clone());
+    // The latest config/reported is still to be published on this connection.
+    let mut report = true;
     let mut backoff = Backoff::new();
     let mut in_flight = InFlight::new(window);
     // Connected, and the subscription's packet id is known: the driver may choose its own.
@@ -680,12 +749,24 @@ async fn drive(mut eventloop: EventLoop, replies: Replies, window: u16, stop: Ca
     let mut stopping = false;
     loop {
         if ready && !stopping {
+            if report {
+                report = !send_retained(
+                    &mut eventloop,
+                    &mut in_flight,
+                    replies.topics.config_reported(),
+                    reported.borrow_and_update().clone(),
+                );
+            }
             send_waiting(&mut eventloop, &outbox, &mut in_flight);
         }
         let room = in_flight.has_room_for_answers();
         let event = tokio::select! {
             event = eventloop.poll() => event,
             () = outbox.arrived(), if ready && !stopping && room => continue,
+            Ok(()) = reported.changed(), if !report => {
+                report = true;
+                continue;
+            }
             () = stop.cancelled(), if !stopping => {
                 if !ready {
                     return;
@@ -714,6 +795,7 @@ async fn drive(mut eventloop: EventLoop, replies: Replies, window: u16, stop: Ca
                 );
                 in_flight.clear();
                 outbox.resend_all();
+                report = true;
                 replies.on_connected(&mut eventloop);
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {

@@ -32,6 +32,21 @@ impl Topics {
         format!("{}/+/ask", self.base)
     }
 
+    /// Config pushes from the fleet's operator.
+    pub fn config_desired(&self) -> String {
+        format!("{}/config/desired", self.base)
+    }
+
+    /// The answer to each push: applied, or why not.
+    pub fn config_ack(&self) -> String {
+        format!("{}/config/ack", self.base)
+    }
+
+    /// Retained: the config this box runs, its version and status.
+    pub fn config_reported(&self) -> String {
+        format!("{}/config/reported", self.base)
+    }
+
     /// The camera an ask topic names, if `topic` is one.
     pub fn ask_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let rest = topic.strip_prefix(self.base.as_str())?.strip_prefix('/')?;

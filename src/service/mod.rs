@@ -11,7 +11,7 @@ use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::app::{self, AppError, Control};
-use crate::config::{Config, ConfigOrigin, Env};
+use crate::config::{Config, ConfigOrigin, Env, Layers};
 use crate::vision::Analyser;
 
 /// The default log filter: our info, the model runtime's and the embedded broker's warnings only.
@@ -44,12 +44,12 @@ pub fn init_logging(env: &Env) {
 pub async fn run_until_signalled(
     origin: ConfigOrigin,
     env: Env,
-    config: Config,
+    loaded: (Config, Layers),
     analyser: Box<dyn Analyser>,
 ) -> Result<(), AppError> {
     let (control, requests) = mpsc::channel(4);
     let signals = tokio::spawn(forward_signals(control));
-    let result = app::run(origin, env, config, analyser, requests).await;
+    let result = app::run(origin, env, loaded, analyser, requests).await;
     signals.abort();
     result
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::Problems;
@@ -278,6 +278,51 @@ pub struct Output {
     pub frame: Arc<Frame>,
 }
 
+/// A model loaded in the background (a new config), waiting for the worker to take it between two
+/// jobs: the old model answers until then, and no job is dropped by the switch.
+#[derive(Clone, Default)]
+pub struct Replacement(Arc<std::sync::Mutex<Option<Box<dyn Analyser>>>>);
+
+impl Replacement {
+    pub fn offer(&self, analyser: Box<dyn Analyser>) {
+        *self.0.lock().unwrap() = Some(analyser);
+    }
+
+    fn take(&self) -> Option<Box<dyn Analyser>> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+/// Loads the analyser `config` names and has it answer one question about a plain frame, so that a
+/// model is only put in service once it is known to answer.
+pub fn load_and_warm_up(config: &VisionConfig) -> Result<Box<dyn Analyser>, String> {
+    let mut analyser = load(config).map_err(|error| error.to_string())?;
+    let frame = Frame {
+        camera: Arc::from("warm-up"),
+        seq: 0,
+        captured_at: SystemTime::now(),
+        capture_time: Duration::ZERO,
+        image: image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])),
+    };
+    let request = Request {
+        origin: Origin::Task(Arc::from("warm-up")),
+        question: "Is anything here?".to_owned(),
+        kind: AnswerKind::YesNo,
+        split: false,
+        max_new_tokens: 1,
+        permit: None,
+    };
+    let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        analyser.answer(&frame, std::slice::from_ref(&request))
+    }))
+    .map_err(|_| "the model panicked on the warm-up frame".to_owned())?;
+    match answers.into_iter().next() {
+        Some(Ok(_)) => Ok(analyser),
+        Some(Err(error)) => Err(format!("the model failed the warm-up frame: {error}")),
+        None => Err("the model gave no answer to the warm-up frame".to_owned()),
+    }
+}
+
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -289,9 +334,15 @@ pub fn run_blocking(
     jobs: JobQueue,
     output: mpsc::Sender<Output>,
     stats: Arc<Stats>,
+    replacement: Replacement,
 ) {
-    let model = analyser.model().to_owned();
+    let mut model = analyser.model().to_owned();
     while let Some(job) = jobs.pop_blocking() {
+        if let Some(new) = replacement.take() {
+            analyser = new;
+            model = analyser.model().to_owned();
+            info!(model = %model, "The new model is answering.");
+        }
         let frame = &job.frame;
         // A panicking analyser must not take the daemon down: its requests fail and the worker goes on.
         let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lookout::app::{self, AppError, Control};
-use lookout::config::{Config, ConfigOrigin, Env};
+use lookout::config::{ConfigOrigin, Env};
 use lookout::gate::{AnswerKind, Request};
 use lookout::source::Frame;
 use lookout::vision::{AnalyseError, Analyser, LocalAnswer, StageTimings};
@@ -225,6 +225,7 @@ impl Subscriber {
         if let Some((user, password)) = credentials {
             options.set_credentials(user, password);
         }
+        options.set_max_packet_size(32 << 20, 32 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         for filter in filters {
             client.subscribe(*filter, QoS::AtLeastOnce).await.unwrap();
@@ -399,11 +400,11 @@ impl Daemon {
         std::fs::write(&config_path, config_toml).unwrap();
         let origin = ConfigOrigin::File(config_path.clone());
         let env = Env::from_pairs([("LOOKOUT_STATE_DIR", state_dir.to_str().unwrap())]);
-        let config: Config = origin
-            .load(&env)
+        let loaded = origin
+            .load_effective(&env)
             .unwrap_or_else(|error| panic!("test config invalid: {error}"));
         let (control, requests) = mpsc::channel(4);
-        let task = tokio::spawn(app::run(origin, env, config, analyser, requests));
+        let task = tokio::spawn(app::run(origin, env, loaded, analyser, requests));
         Daemon {
             control,
             task,
