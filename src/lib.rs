@@ -19,8 +19,10 @@
 //!
 //! Imports only point back up this stream: `vision` may name `source::Frame` and `gate::Job`, but a
 //! source never names anything downstream. `app` is the one place that knows every stage; it wires them,
-//! supervises them, reloads the front half (sources and gates) on a new config and shuts everything down
-//! under a deadline. `config` composes the stages' own config structs and validates them all at once.
+//! supervises them, applies a new config (from SIGHUP or a push on `config/desired`: the front half is
+//! rebuilt, a new model swapped in after a warm-up) and shuts everything down under a deadline.
+//! `config` composes the stages' own config structs, validates them all at once, and layers what the
+//! fleet pushes over the local file (`config::remote`: signatures, versions, locked fields).
 //! `service` adapts the process to its host (signals, logging). `stats` is the one leaf every stage
 //! counts into; `backoff` is the one retry delay every stage that reconnects uses.
 //!

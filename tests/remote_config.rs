@@ -471,3 +471,76 @@ source = { kind = "http", url = "http://viewer:camera-pass-123@127.0.0.1:9/snap.
     }
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_the_log_of_a_real_run() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtt://lookout:broker-pass-321@127.0.0.1:{}", broker.port);
+    let config = format!(
+        r#"
+[device]
+id = "logs"
+shutdown_timeout_secs = 5.0
+[mqtt]
+url = "{url}"
+[[cameras]]
+id = "door"
+source = {{ kind = "http", url = "http://viewer:camera-pass-123@127.0.0.1:9/snap.jpg", interval_secs = 0.5 }}
+[remote]
+allow_unsigned = true
+"#
+    );
+    let path = dir.path().join("lookout.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("LOOKOUT_STATE_DIR", dir.path().join("state"))
+        .env("LOOKOUT_MODEL_DIR", &fixture)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut everything = Subscriber::connect(broker.port, &["lookout/#"]).await;
+    reported(broker.port, "logs", 0).await;
+    let push = json!({"version": 1, "kind": "merge_patch", "config": {"cameras": [
+        {"id": "door", "source": {"kind": "http", "url": "http://u:pushed-pass-456@127.0.0.1:9/s.jpg",
+         "auth": {"basic": {"user": "u", "password": "basic-pass-789"}}}},
+    ]}});
+    let ack = send(&mut everything, "logs", push.to_string().into_bytes()).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    // A refused push names what is wrong without echoing the secret it carried.
+    let bad = json!({"version": 2, "config": {"mqtt": {"url": "mqtt://x:pushed-pass-456@h"}}});
+    assert_eq!(
+        send(&mut everything, "logs", bad.to_string().into_bytes()).await["ok"],
+        false
+    );
+    let messages = everything.collect_for(Duration::from_secs(2)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("Applied a config push."), "{log}");
+    let payloads: Vec<String> = messages
+        .iter()
+        .filter(|m| !m.topic.ends_with("/config/desired"))
+        .map(|m| m.text())
+        .collect();
+    for secret in [
+        "broker-pass-321",
+        "camera-pass-123",
+        "pushed-pass-456",
+        "basic-pass-789",
+    ] {
+        assert!(!log.contains(secret), "the log carries {secret}:\n{log}");
+        assert!(
+            payloads.iter().all(|text| !text.contains(secret)),
+            "a payload carries {secret}"
+        );
+    }
+}
