@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::remote::{self, Ack, Push};
-use crate::config::{self, Config, ConfigOrigin, Env, FieldError, Layers, RemoteLayer};
+use crate::config::{
+    self, Config, ConfigOrigin, Env, FieldError, Layers, RemoteConfig, RemoteLayer,
+};
 use crate::escalate::{self, Escalation};
 use crate::gate::{self, AskRouter, JobQueue};
 use crate::outbox::{Limits, Outbox, OutboxError};
@@ -169,8 +171,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.escalation.queue != new.escalation.queue || queue_opened(old) != queue_opened(new) {
         names.push("escalation.queue");
     }
-    if old.remote != new.remote {
-        names.push("remote");
+    // Whether `config/desired` is subscribed to is decided at connect.
+    if old.remote.enabled != new.remote.enabled {
+        names.push("remote.enabled");
     }
     names
 }
@@ -243,6 +246,10 @@ impl Live {
         running.cameras = new.cameras;
         running.tasks = new.tasks;
         running.device.shutdown_timeout_secs = new.device.shutdown_timeout_secs;
+        running.remote = RemoteConfig {
+            enabled: running.remote.enabled,
+            ..new.remote
+        };
         Ok(later)
     }
 

@@ -342,7 +342,7 @@ async fn without_a_key_unsigned_pushes_are_refused_unless_the_file_allows_them()
     let mut subscriber = Subscriber::connect(broker.port, &["lookout/+/config/ack"]).await;
     let push =
         json!({"version": 1, "kind": "merge_patch", "config": {"escalation": {"threshold": 0.7}}});
-    let closed = Daemon::start(&config_with("closed", &broker.url(), TASK_A));
+    let daemon = Daemon::start(&config_with("closed", &broker.url(), TASK_A));
     reported(broker.port, "closed", 0).await;
     let ack = send(&mut subscriber, "closed", push.to_string().into_bytes()).await;
     assert_eq!(ack["ok"], false);
@@ -350,17 +350,23 @@ async fn without_a_key_unsigned_pushes_are_refused_unless_the_file_allows_them()
         ack["errors"].to_string().contains("only signed pushes"),
         "{ack}"
     );
-    closed.shutdown().await;
 
-    let open = Daemon::start(&config_with(
-        "open",
-        &broker.url(),
-        &format!("{TASK_A}\n[remote]\nallow_unsigned = true\n"),
-    ));
-    reported(broker.port, "open", 0).await;
-    let ack = send(&mut subscriber, "open", push.to_string().into_bytes()).await;
+    // SIGHUP with a file that allows them: the same checks, now passed.
+    daemon
+        .reload(&config_with(
+            "closed",
+            &broker.url(),
+            &format!("{TASK_A}\n[remote]\nallow_unsigned = true\n"),
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ack = send(&mut subscriber, "closed", push.to_string().into_bytes()).await;
     assert_eq!(ack["ok"], true, "{ack}");
-    open.shutdown().await;
+    assert_eq!(
+        reported(broker.port, "closed", 1).await["config"]["escalation"]["threshold"],
+        0.7
+    );
+    daemon.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
