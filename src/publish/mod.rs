@@ -883,8 +883,11 @@ mod tests {
         // The window (2 answers) is full, though an id is free for a status.
         assert_eq!(in_flight.assign(Carried::Answer(12)), None);
         assert_eq!(in_flight.acknowledged(3), Some(Carried::Answer(10)));
-        // Cyclic: after 4 comes 1, which the subscription holds, then 2 (status), then 3.
-        assert_eq!(in_flight.assign(Carried::Answer(12)), Some(3));
+        // Ids run to the window plus the status slots (2 + 3), then wrap around.
+        assert_eq!(in_flight.assign(Carried::Answer(12)), Some(5));
+        assert_eq!(in_flight.acknowledged(5), Some(Carried::Answer(12)));
+        // Cyclic: after 5 comes 1, which the subscription holds, then 2 (status), then 3.
+        assert_eq!(in_flight.assign(Carried::Answer(13)), Some(3));
         assert_eq!(in_flight.acknowledged(1), Some(Carried::Subscription));
         assert_eq!(in_flight.acknowledged(1), None);
     }
