@@ -286,13 +286,13 @@ impl Live {
     /// A push from `config/desired`: checked (size, form, signature, version, locks, the whole
     /// config), persisted, then applied. Every refusal leaves the running config as it was.
     async fn push(&mut self, payload: &[u8], env: &Env) -> Ack {
-        let remote = &self.config.remote;
-        let push = match Push::parse(payload, remote.max_push_bytes) {
+        let settings = &self.config.remote;
+        let push = match Push::parse(payload, settings.max_push_bytes) {
             Ok(push) => push,
             Err(error) => return Ack::refused(remote::version_of(payload), vec![error]),
         };
         let refuse = |errors: Vec<FieldError>| Ack::refused(Some(push.version), errors);
-        if let Err(error) = push.check_signature(remote) {
+        if let Err(error) = push.check_signature(settings) {
             return refuse(vec![error]);
         }
         let next = match push.next_layer(&self.layers.remote) {
@@ -304,7 +304,7 @@ impl Live {
             remote: next,
         };
         let locked = remote::locked_changes(
-            &remote.locked,
+            &settings.locked,
             &self.layers.effective(),
             &layers.effective(),
         );
