@@ -168,7 +168,7 @@ impl Escalation {
             }
             Err(error) => {
                 answer.escalation = Some(reason.as_str().to_owned());
-                let kept = self.fall_back(&answer, &error, &jpeg);
+                let kept = self.fall_back(&answer, &error, &jpeg).await;
                 self.keep(answer, kept)
             }
         }
@@ -182,8 +182,9 @@ impl Escalation {
     }
 
     /// After every endpoint failed: queues the escalation when that can help, and says which.
-    /// `answer.escalation` holds the reason it was escalated, kept for the replay.
-    fn fall_back(&self, answer: &Answer, error: &CloudError, jpeg: &[u8]) -> Reason {
+    /// `answer.escalation` holds the reason it was escalated, kept for the replay. The queue's write
+    /// is synced, so it runs off the async threads.
+    async fn fall_back(&self, answer: &Answer, error: &CloudError, jpeg: &[u8]) -> Reason {
         warn!(camera = %answer.camera, task = %answer.task, error = %error, "Escalation failed; publishing the local answer.");
         let (CloudError::Unreachable(_), Some(queue)) = (error, &self.queue) else {
             return match error {
@@ -196,8 +197,11 @@ impl Escalation {
             jpeg: base64::engine::general_purpose::STANDARD.encode(jpeg),
         };
         let payload = serde_json::to_vec(&queued).expect("queued escalations serialize");
-        queue.push(&answer.task, &payload);
-        Reason::Queued
+        let (queue, key) = (queue.clone(), answer.task.clone());
+        match tokio::task::spawn_blocking(move || queue.push(&key, &payload)).await {
+            Ok(_) => Reason::Queued,
+            Err(_) => Reason::CloudUnreachable,
+        }
     }
 
     /// The cloud's answer in place of the local one, which it keeps beside it.
