@@ -34,6 +34,7 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod durable;
 pub mod errors;
 pub mod escalate;
 pub mod gate;

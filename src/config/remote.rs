@@ -368,13 +368,8 @@ pub fn redact(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
-        Value::String(text) => {
-            if let Ok(mut url) = url::Url::parse(text)
-                && url.password().is_some()
-            {
-                let _ = url.set_password(Some("REDACTED"));
-                *text = url.to_string();
-            }
+        Value::String(text) if url::Url::parse(text).is_ok_and(|url| url.password().is_some()) => {
+            *text = crate::publish::redact_url(text);
         }
         _ => {}
     }
@@ -389,18 +384,12 @@ pub fn load_layer(path: &Path) -> Result<RemoteLayer, String> {
     }
 }
 
-/// Persists the layer atomically: a temporary file beside it, synced, renamed over it, and the folder
-/// synced, so a power cut leaves either the old layer or the new one, never a mix.
+/// Persists the layer so that a power cut leaves either the old layer or the new one, never a mix.
 pub fn save_layer(path: &Path, layer: &RemoteLayer) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let folder = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(folder)?;
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&serde_json::to_vec_pretty(layer).expect("layers serialize"))?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    std::fs::File::open(folder)?.sync_all()
+    crate::durable::write(
+        path,
+        &serde_json::to_vec_pretty(layer).expect("layers serialize"),
+    )
 }
 
 fn verifying_key(base64_key: &str) -> Result<VerifyingKey, String> {

@@ -274,14 +274,14 @@ impl Cloud {
             request = request.header("X-HF-Bill-To", bill_to);
         }
         let mut response = request.send().await.map_err(|error| Attempt::Retryable {
-            message: network_error(&error),
+            message: crate::errors::chain(&error),
             retry_after: None,
         })?;
         let status = response.status();
         let headers = response.headers().clone();
         let mut bytes = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|error| Attempt::Retryable {
-            message: network_error(&error),
+            message: crate::errors::chain(&error),
             retry_after: None,
         })? {
             if (bytes.len() + chunk.len()) as u64 > self.max_reply_bytes {
@@ -412,16 +412,6 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(date.duration_since(now).unwrap_or_default())
-}
-
-fn network_error(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message = format!("{message}: {cause}");
-        source = cause.source();
-    }
-    message
 }
 
 fn looks_like_html(bytes: &[u8]) -> bool {

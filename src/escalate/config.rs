@@ -130,8 +130,8 @@ pub struct CameraPrivacy {
     pub jpeg_quality: Option<u8>,
 }
 
-/// One OpenAI-compatible chat completions endpoint.
-#[derive(Clone, PartialEq, Deserialize)]
+/// One OpenAI-compatible chat completions endpoint (no secret in it: the token is read from elsewhere).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EndpointConfig {
     /// Named in answers, logs and stats.
@@ -159,20 +159,6 @@ impl Default for EndpointConfig {
             token_file: None,
             bill_to: None,
         }
-    }
-}
-
-/// Nothing secret in it, but kept in step with the other configs' redacting Debug.
-impl std::fmt::Debug for EndpointConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointConfig")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("model", &self.model)
-            .field("token_env", &self.token_env)
-            .field("token_file", &self.token_file)
-            .field("bill_to", &self.bill_to)
-            .finish()
     }
 }
 

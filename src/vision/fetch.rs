@@ -200,7 +200,11 @@ impl Fetch {
             files: entries.clone(),
         };
         let text = serde_json::to_string_pretty(&manifest).expect("manifests serialize");
-        write_atomically(&dir.join(MANIFEST), text.as_bytes())?;
+        let manifest = dir.join(MANIFEST);
+        crate::durable::write(&manifest, text.as_bytes()).map_err(|source| FetchError::Io {
+            path: manifest,
+            source,
+        })?;
         Ok(entries)
     }
 
@@ -348,16 +352,4 @@ pub fn verify(dir: &Path) -> Result<Vec<String>, FetchError> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FetchError> {
-    let io = |source| FetchError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)
 }
