@@ -13,7 +13,7 @@
 //! holds, and the publisher drains the outcomes, says `offline` and disconnects. All of it runs under the configured deadline, and stages
 //! still running at the deadline are named.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,8 +29,14 @@ use crate::config::{
 };
 use crate::escalate::{self, Escalation};
 use crate::gate::{self, AskRouter, JobQueue};
+use crate::health;
 use crate::outbox::{Limits, Outbox, OutboxError};
-use crate::publish::{self, ConfigChannel, PublishError, PublishSettings, Publisher, Topics};
+use crate::publish::discovery;
+use crate::publish::{
+    self, ConfigChannel, PublishError, PublishSettings, Publisher, Retained, Topics,
+};
+use crate::service::notify::Notifier;
+use crate::service::watchdog::Supervisor;
 use crate::source;
 use crate::stats::Stats;
 use crate::vision::{self, Analyser, Replacement, VisionConfig};
@@ -175,6 +181,14 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.remote.enabled != new.remote.enabled {
         names.push("remote.enabled");
     }
+    // Bound at start, like the broker connection.
+    if old.http != new.http {
+        names.push("http");
+    }
+    // Home Assistant's status topic is subscribed to at connect.
+    if old.home_assistant.prefix != new.home_assistant.prefix {
+        names.push("home_assistant.prefix");
+    }
     names
 }
 
@@ -193,6 +207,11 @@ struct Live {
     stats: Arc<Stats>,
     escalation: Arc<Escalation>,
     replacement: Replacement,
+    topics: Topics,
+    /// Home Assistant discovery topics announced now (and by the last run, until the first update).
+    announced: BTreeSet<String>,
+    /// Discovery topics withdrawn during this run: their empty messages go out on every connect.
+    withdrawn: BTreeSet<String>,
 }
 
 impl Live {
@@ -246,6 +265,9 @@ impl Live {
         running.cameras = new.cameras;
         running.tasks = new.tasks;
         running.device.shutdown_timeout_secs = new.device.shutdown_timeout_secs;
+        running.device.stall_timeout_secs = new.device.stall_timeout_secs;
+        self.stats.progress.set_limit(running.stall_timeout());
+        running.home_assistant.discovery = new.home_assistant.discovery;
         running.remote = RemoteConfig {
             enabled: running.remote.enabled,
             ..new.remote
@@ -353,6 +375,45 @@ impl Live {
             &self.layers.effective(),
         )
     }
+
+    /// The retained messages that describe the box now: `config/reported`, the Home Assistant
+    /// discovery of each task, and the withdrawal of entities whose task went away. Records which
+    /// topics are announced, so that the next run withdraws what this one leaves behind.
+    async fn retained(&mut self) -> Retained {
+        let config = &self.config;
+        let model = config.vision.model_dir.file_name().map_or_else(
+            || "SmolVLM2".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let mut retained = discovery::announcements(
+            &config.home_assistant,
+            &self.topics,
+            &config.device.id,
+            &model,
+            &config.tasks,
+        );
+        let announced: BTreeSet<String> = retained.keys().cloned().collect();
+        self.withdrawn
+            .extend(self.announced.difference(&announced).cloned());
+        self.withdrawn.retain(|topic| !announced.contains(topic));
+        if announced != self.announced {
+            let (path, topics) = (config.discovery_file(), announced.clone());
+            let saved =
+                tokio::task::spawn_blocking(move || discovery::save_announced(&path, &topics))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|saved| saved);
+            if let Err(error) = saved {
+                warn!(error = %error, "Cannot record the Home Assistant entities announced; a task removed before the next start may stay in Home Assistant.");
+            }
+            self.announced = announced;
+        }
+        for topic in &self.withdrawn {
+            retained.insert(topic.clone(), Vec::new());
+        }
+        retained.insert(self.topics.config_reported(), self.reported());
+        retained
+    }
 }
 
 /// Runs the daemon until `Control::Shutdown` (or the control channel closing). `config` is what
@@ -380,6 +441,7 @@ pub async fn run(
     let settings = PublishSettings {
         mqtt: config.mqtt.clone(),
         device: config.device.id.clone(),
+        home_assistant: config.home_assistant.clone(),
     };
     let topics = Topics::new(&config.mqtt.prefix, &config.device.id);
     let escalation = Arc::new(Escalation::new(
@@ -388,6 +450,7 @@ pub async fn run(
         stats.clone(),
         escalation_queue.clone(),
     ));
+    let config_discovery_file = config.discovery_file();
     let mut live = Live {
         front: Front::start(&config, &queue, &router, &stats),
         config,
@@ -398,12 +461,27 @@ pub async fn run(
         stats: stats.clone(),
         escalation: escalation.clone(),
         replacement: Replacement::default(),
+        topics: topics.clone(),
+        announced: discovery::load_announced(&config_discovery_file),
+        withdrawn: BTreeSet::new(),
     };
-    let (reported, reported_out) = watch::channel(live.reported());
+    stats.progress.set_limit(live.config.stall_timeout());
+    let (retained, retained_out) = watch::channel(live.retained().await);
     let config_channel = ConfigChannel {
         pushes: live.config.remote.enabled.then_some(pushes_out),
-        reported: reported_out,
+        retained: retained_out,
     };
+    let stop_http = CancellationToken::new();
+    let http = health::serve(
+        &live.config.http,
+        health::Sources {
+            stats: stats.clone(),
+            outbox: outbox.clone(),
+            escalation_queue: escalation_queue.clone(),
+        },
+        stop_http.clone(),
+    )
+    .await;
     let mut publisher = tokio::spawn(
         Publisher::new(
             &settings,
@@ -435,13 +513,18 @@ pub async fn run(
         })
     };
     info!(device = %live.config.device.id, cameras = live.config.cameras.len(), tasks = live.config.tasks.len(), config_version = live.layers.remote.version, "Lookout is running.");
+    let mut supervisor = Supervisor::new(Notifier::from_env(&env));
+    supervisor.ready(&live.config, &stats);
+    let mut checks = tokio::time::interval(supervisor.period());
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
+            _ = checks.tick() => supervisor.check(&live.config, &stats),
             request = control.recv() => match request {
                 Some(Control::Reload) => {
                     live.reload(&origin, &env).await;
-                    reported.send_replace(live.reported());
+                    retained.send_replace(live.retained().await);
                 }
                 Some(Control::Shutdown) | None => break,
             },
@@ -451,7 +534,7 @@ pub async fn run(
                     warn!(version = ?ack.version, errors = ?ack.errors, "Refused a config push.");
                 }
                 outbox.push(&topics.config_ack(), &ack.to_json());
-                reported.send_replace(live.reported());
+                retained.send_replace(live.retained().await);
             }
             _ = &mut publisher => {
                 live.front.cancel.cancel();
@@ -469,6 +552,7 @@ pub async fn run(
     }
 
     info!("Shutting down.");
+    supervisor.stopping();
     // Pushes still waiting are refused by the publisher from now on ("shutting down").
     drop(pushes_in);
     let deadline = Instant::now() + live.config.shutdown_timeout();
@@ -494,6 +578,20 @@ pub async fn run(
         },
     ];
     late.extend(join_all(back, deadline).await);
+    // The endpoint answers until the pipeline has stopped, so a scraper sees the shutdown.
+    stop_http.cancel();
+    if let Some(http) = http {
+        late.extend(
+            join_all(
+                vec![Stage {
+                    name: "http".to_owned(),
+                    handle: http,
+                }],
+                deadline,
+            )
+            .await,
+        );
+    }
     if !late.is_empty() {
         return Err(AppError::ShutdownTimedOut(late));
     }

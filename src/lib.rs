@@ -23,8 +23,9 @@
 //! rebuilt, a new model swapped in after a warm-up) and shuts everything down under a deadline.
 //! `config` composes the stages' own config structs, validates them all at once, and layers what the
 //! fleet pushes over the local file (`config::remote`: signatures, versions, locked fields).
-//! `service` adapts the process to its host (signals, logging). `stats` is the one leaf every stage
-//! counts into; `backoff` is the one retry delay every stage that reconnects uses.
+//! `service` adapts the process to its host (signals, logging, systemd's notify protocol and
+//! watchdog); `health` serves `/healthz`, `/readyz` and `/metrics` from the counters. `stats` is the
+//! one leaf every stage counts into (and marks its units of work in, for the watchdog); `backoff` is the one retry delay every stage that reconnects uses.
 //!
 //! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
 //! jobs keep the newest frame per camera with the union of its requests, outcomes block briefly between
@@ -38,6 +39,7 @@ pub mod durable;
 pub mod errors;
 pub mod escalate;
 pub mod gate;
+pub mod health;
 pub mod outbox;
 pub mod publish;
 pub mod service;

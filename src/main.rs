@@ -643,6 +643,8 @@ fn run(origin: ConfigOrigin, env: Env) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Until READY=1, `systemctl status` says what start-up is doing.
+    service::notify::Notifier::from_env(&env).status("Loading the model");
     let analyser = match vision::load(&config.vision) {
         Ok(analyser) => analyser,
         Err(error) => {

@@ -2,10 +2,10 @@
 //! each other to be counted. Plain relaxed atomics: each number is independent and only ever read for
 //! reporting, so no ordering between them is promised or needed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -41,6 +41,174 @@ impl Gauge {
     }
 }
 
+/// A distribution over fixed buckets, in the shape Prometheus expects: a count per upper bound, a sum
+/// and a count. The sum is kept in millionths so that it stays a lock-free integer.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative; the last slot is above every bound).
+    buckets: Vec<AtomicU64>,
+    sum_millionths: AtomicU64,
+}
+
+/// Upper bounds for latencies in seconds: from a fast preprocessing step to a slow cloud request.
+pub const LATENCY_BOUNDS_S: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Upper bounds for confidences in [0, 1].
+pub const CONFIDENCE_BOUNDS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+
+/// A histogram's figures at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound, observations at or below it), cumulative, as Prometheus' `le` buckets.
+    pub cumulative: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_millionths: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let value = value.max(0.0);
+        let slot = self.bounds.partition_point(|bound| *bound < value);
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_millionths
+            .fetch_add((value * 1e6).round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let mut cumulative = Vec::with_capacity(self.bounds.len());
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            running += bucket.load(Ordering::Relaxed);
+            cumulative.push((*bound, running));
+        }
+        let count = running + self.buckets[self.bounds.len()].load(Ordering::Relaxed);
+        HistogramSnapshot {
+            cumulative,
+            count,
+            sum: self.sum_millionths.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// The stages whose latency each answer reports (its `timings_ms`), in the order they run.
+pub const ANSWER_STAGES: [&str; 7] = [
+    "capture",
+    "preprocess",
+    "vision",
+    "prefill",
+    "decode",
+    "cloud",
+    "total",
+];
+
+/// What the published answers say, for metrics: counts by tier, confidences, stage latencies.
+#[derive(Debug)]
+pub struct AnswerMetrics {
+    pub local: Counter,
+    pub cloud: Counter,
+    pub local_confidence: Histogram,
+    pub cloud_confidence: Histogram,
+    /// One histogram per entry of `ANSWER_STAGES`, in seconds.
+    pub stage_seconds: [Histogram; ANSWER_STAGES.len()],
+}
+
+impl Default for AnswerMetrics {
+    fn default() -> Self {
+        AnswerMetrics {
+            local: Counter::default(),
+            cloud: Counter::default(),
+            local_confidence: Histogram::new(CONFIDENCE_BOUNDS),
+            cloud_confidence: Histogram::new(CONFIDENCE_BOUNDS),
+            stage_seconds: std::array::from_fn(|_| Histogram::new(LATENCY_BOUNDS_S)),
+        }
+    }
+}
+
+/// The model answering now, for metrics and readiness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelState {
+    pub name: String,
+    /// Execution providers in use, in order of preference (`cpu` last).
+    pub providers: Vec<&'static str>,
+    pub load_time: Duration,
+}
+
+/// Units of work in progress, so the supervisor can tell a busy stage from a stuck one: each stage
+/// marks the start of a unit (a frame read, an answer) and the mark goes when the unit ends. A unit
+/// running longer than the limit (`device.stall_timeout_secs`) means its stage is stuck.
+#[derive(Debug)]
+pub struct Progress {
+    since: Mutex<HashMap<String, Instant>>,
+    limit_ms: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            since: Mutex::default(),
+            limit_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// A unit of work in progress; dropping it ends the unit.
+#[must_use = "the unit of work ends when this is dropped"]
+pub struct Working<'a> {
+    progress: &'a Progress,
+    stage: String,
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.progress.since.lock().unwrap().remove(&self.stage);
+    }
+}
+
+impl Progress {
+    /// Marks the start of a unit of work of `stage` (one unit per stage name at a time).
+    pub fn working(&self, stage: impl Into<String>) -> Working<'_> {
+        let stage = stage.into();
+        self.since
+            .lock()
+            .unwrap()
+            .insert(stage.clone(), Instant::now());
+        Working {
+            progress: self,
+            stage,
+        }
+    }
+
+    pub fn set_limit(&self, limit: Duration) {
+        self.limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Stages whose current unit has run longer than the limit, with how long, longest first.
+    pub fn stuck(&self) -> Vec<(String, Duration)> {
+        let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
+        let mut stuck: Vec<(String, Duration)> = self
+            .since
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(stage, since)| (stage.clone(), since.elapsed()))
+            .filter(|(_, busy)| *busy > limit)
+            .collect();
+        stuck.sort_by_key(|(_, busy)| std::cmp::Reverse(*busy));
+        stuck
+    }
+}
+
 /// Everything the daemon counts.
 #[derive(Debug)]
 pub struct Stats {
@@ -70,6 +238,10 @@ pub struct Stats {
     pub cloud_last_ms: Gauge,
     /// Each cloud endpoint's breaker: `closed`, `open` or `half_open`.
     pub breakers: Mutex<BTreeMap<String, &'static str>>,
+    pub published_answers: AnswerMetrics,
+    /// `None` until the vision worker starts with its model.
+    pub model: Mutex<Option<ModelState>>,
+    pub progress: Progress,
 }
 
 impl Default for Stats {
@@ -97,6 +269,9 @@ impl Default for Stats {
             cloud_total_ms: Counter::default(),
             cloud_last_ms: Gauge::default(),
             breakers: Mutex::default(),
+            published_answers: AnswerMetrics::default(),
+            model: Mutex::default(),
+            progress: Progress::default(),
         }
     }
 }
@@ -166,13 +341,28 @@ impl Stats {
         *self.escalations.lock().unwrap().entry(outcome).or_default() += 1;
     }
 
+    /// The model now answering.
+    pub fn set_model(&self, model: ModelState) {
+        *self.model.lock().unwrap() = Some(model);
+    }
+
+    /// The escalation outcomes counted so far.
+    pub fn escalations(&self) -> BTreeMap<&'static str, u64> {
+        self.escalations.lock().unwrap().clone()
+    }
+
+    /// Seconds since the daemon started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let answers = self.answers.get();
-        let by_outcome = self.escalations.lock().unwrap().clone();
+        let by_outcome = self.escalations();
         let cloud_answers = by_outcome.get("answered").copied().unwrap_or(0)
             + by_outcome.get("replayed").copied().unwrap_or(0);
         Snapshot {
-            uptime_s: self.started.elapsed().as_secs(),
+            uptime_s: self.uptime().as_secs(),
             frames: FrameCounts {
                 captured: self.frames_captured.get(),
                 bad: self.frames_bad.get(),
@@ -211,5 +401,37 @@ impl Stats {
                 breakers: self.breakers.lock().unwrap().clone(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_count_each_value_under_its_first_bound_cumulatively() {
+        let histogram = Histogram::new(&[0.5, 1.0]);
+        for value in [0.1, 0.5, 0.7, 3.0] {
+            histogram.observe(value);
+        }
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.cumulative, vec![(0.5, 2), (1.0, 3)]);
+        assert_eq!(snapshot.count, 4);
+        assert!((snapshot.sum - 4.3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_unit_of_work_is_stuck_only_while_it_runs_past_the_limit() {
+        let progress = Progress::default();
+        let working = progress.working("vision");
+        progress.set_limit(Duration::from_secs(60));
+        assert!(progress.stuck().is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        progress.set_limit(Duration::from_millis(10));
+        let stuck = progress.stuck();
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(stuck[0].0, "vision");
+        drop(working);
+        assert!(progress.stuck().is_empty());
     }
 }

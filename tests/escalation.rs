@@ -306,14 +306,23 @@ async fn the_token_comes_from_a_file_or_credentials_and_its_absence_is_clear() {
         assert_eq!(last.headers["authorization"], format!("Bearer {token}"));
     }
 
+    // No token at all, and the empty credential a fresh install leaves: nothing is sent.
     let before = server.received().len();
-    let cloud = Cloud::new(&config, Env::default(), Arc::new(Stats::default()));
-    let error = ask_yes_no(&cloud).await.unwrap_err();
-    assert!(matches!(error, CloudError::Failed(_)));
-    assert!(
-        error.to_string().contains("no token: set HF_TOKEN"),
-        "{error}"
-    );
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("hf_token"), "").unwrap();
+    let without = [
+        Env::default(),
+        Env::from_pairs([("CREDENTIALS_DIRECTORY", empty.path().to_str().unwrap())]),
+    ];
+    for env in without {
+        let cloud = Cloud::new(&config, env, Arc::new(Stats::default()));
+        let error = ask_yes_no(&cloud).await.unwrap_err();
+        assert!(matches!(error, CloudError::Failed(_)));
+        assert!(
+            error.to_string().contains("no token: set HF_TOKEN"),
+            "{error}"
+        );
+    }
     assert_eq!(
         server.received().len(),
         before,

@@ -38,7 +38,11 @@ question = "Please fail."
 trigger = { kind = "interval", secs = 0.3 }
 "#,
     );
-    let mut answers = Subscriber::connect(broker.port, &["lookout/box1/+/+/answer"]).await;
+    let mut answers = Subscriber::connect(
+        broker.port,
+        &["lookout/box1/+/+/answer", "lookout/box1/stats"],
+    )
+    .await;
     let daemon = Daemon::start(&config);
 
     // Answers: QoS 1, not retained, on <prefix>/<dev>/<camera>/<task>/answer, with the documented fields.
@@ -85,7 +89,10 @@ trigger = { kind = "interval", secs = 0.3 }
         .await;
     assert!(["yes", "no"].contains(&yes_no.json()["answer"].as_str().unwrap()));
 
-    // Retained status and stats, seen by a subscriber that arrives later.
+    // Retained status and stats, seen by a subscriber that arrives once stats have been published.
+    answers
+        .expect(WAIT, "stats", |m| m.topic == "lookout/box1/stats")
+        .await;
     let mut late =
         Subscriber::connect(broker.port, &["lookout/box1/status", "lookout/box1/stats"]).await;
     let status = late

@@ -27,8 +27,10 @@ pub use validate::{FieldError, Problems};
 
 use crate::escalate::EscalationConfig;
 use crate::gate::TaskConfig;
+use crate::health::HttpConfig;
 use crate::outbox::OutboxConfig;
 use crate::publish::MqttConfig;
+use crate::publish::discovery::HomeAssistantConfig;
 use crate::source::CameraConfig;
 use crate::vision::VisionConfig;
 
@@ -45,6 +47,8 @@ pub struct Config {
     pub vision: VisionConfig,
     pub escalation: EscalationConfig,
     pub outbox: OutboxConfig,
+    pub http: HttpConfig,
+    pub home_assistant: HomeAssistantConfig,
     /// From the local file only: pushes cannot change how pushes are checked.
     pub remote: RemoteConfig,
 }
@@ -58,6 +62,9 @@ pub struct DeviceConfig {
     /// The outbox and other state; empty means the platform's default (see `resolve_state_dir`).
     pub state_dir: PathBuf,
     pub shutdown_timeout_secs: f64,
+    /// How long one unit of work (an answer, a frame read, an outbox write) may run before its stage
+    /// counts as stuck: systemd's watchdog is then no longer fed and `/healthz` fails.
+    pub stall_timeout_secs: f64,
 }
 
 impl Default for DeviceConfig {
@@ -66,6 +73,7 @@ impl Default for DeviceConfig {
             id: String::new(),
             state_dir: PathBuf::new(),
             shutdown_timeout_secs: 10.0,
+            stall_timeout_secs: 300.0,
         }
     }
 }
@@ -179,12 +187,13 @@ impl Layers {
 }
 
 /// The environment variables that override fields, and the fields they override.
-const ENV_OVERRIDES: [(&str, &str); 5] = [
+const ENV_OVERRIDES: [(&str, &str); 6] = [
     ("LOOKOUT_MQTT_URL", "mqtt.url"),
     ("LOOKOUT_DEVICE_ID", "device.id"),
     ("LOOKOUT_MODEL_DIR", "vision.model_dir"),
     ("ORT_DYLIB_PATH", "vision.runtime_library"),
     ("LOOKOUT_STATE_DIR", "device.state_dir"),
+    ("LOOKOUT_HTTP_ADDR", "http.addr"),
 ];
 
 /// One field of the effective config, for `lookout config show`.
@@ -292,6 +301,8 @@ impl Config {
             vision: VisionConfig::default(),
             escalation: EscalationConfig::default(),
             outbox: OutboxConfig::default(),
+            http: HttpConfig::default(),
+            home_assistant: HomeAssistantConfig::default(),
             remote: RemoteConfig::default(),
         };
         for (key, value) in table {
@@ -303,10 +314,14 @@ impl Config {
                 "vision" => config.vision = section(value, "vision", &mut problems),
                 "escalation" => config.escalation = section(value, "escalation", &mut problems),
                 "outbox" => config.outbox = section(value, "outbox", &mut problems),
+                "http" => config.http = section(value, "http", &mut problems),
+                "home_assistant" => {
+                    config.home_assistant = section(value, "home_assistant", &mut problems)
+                }
                 "remote" => config.remote = section(value, "remote", &mut problems),
                 other => problems.push(
                     other,
-                    "unknown section; expected device, cameras, tasks, mqtt, vision, escalation, outbox or remote",
+                    "unknown section; expected device, cameras, tasks, mqtt, vision, escalation, outbox, http, home_assistant or remote",
                 ),
             }
         }
@@ -337,6 +352,13 @@ impl Config {
         if let Some(dir) = env.get("LOOKOUT_STATE_DIR").filter(|dir| !dir.is_empty()) {
             self.device.state_dir = PathBuf::from(dir);
         }
+        if let Some(addr) = env.get("LOOKOUT_HTTP_ADDR") {
+            // An empty value turns the endpoint off.
+            self.http.enabled = !addr.is_empty();
+            if !addr.is_empty() {
+                self.http.addr = addr.to_owned();
+            }
+        }
         if self.device.id.is_empty() {
             self.device.id = hostname_as_device_id();
         }
@@ -351,6 +373,11 @@ impl Config {
             problems,
             "device.shutdown_timeout_secs",
             self.device.shutdown_timeout_secs,
+        );
+        validate::seconds(
+            problems,
+            "device.stall_timeout_secs",
+            self.device.stall_timeout_secs,
         );
 
         let mut camera_ids = std::collections::HashSet::new();
@@ -404,6 +431,8 @@ impl Config {
             }
         }
         self.outbox.validate("outbox", problems);
+        self.http.validate("http", problems);
+        self.home_assistant.validate("home_assistant", problems);
         self.remote.validate("remote", problems);
     }
 
@@ -420,6 +449,16 @@ impl Config {
     /// Where escalations wait while the cloud is unreachable.
     pub fn escalation_queue(&self) -> PathBuf {
         self.device.state_dir.join("escalations.outbox")
+    }
+
+    /// Which Home Assistant discovery topics the last run announced.
+    pub fn discovery_file(&self) -> PathBuf {
+        self.device.state_dir.join("home-assistant-discovery.json")
+    }
+
+    /// How long a unit of work may run before its stage counts as stuck.
+    pub fn stall_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.device.stall_timeout_secs)
     }
 
     /// The graceful shutdown deadline.

@@ -52,6 +52,7 @@ impl Default for RemoteConfig {
                 "device".to_owned(),
                 "mqtt".to_owned(),
                 "vision.runtime_library".to_owned(),
+                "http".to_owned(),
             ],
             max_push_bytes: 1_000_000,
         }

@@ -358,10 +358,14 @@ impl Cloud {
         if let Some(file) = self.env.get(&format!("{var}_FILE")) {
             return read(Path::new(file)).map(Some);
         }
+        // The unit always loads the credential; an empty one (install.sh's placeholder) is no token.
         if let Some(credentials) = self.env.get("CREDENTIALS_DIRECTORY") {
             let file = Path::new(credentials).join(var.to_ascii_lowercase());
             if file.is_file() {
-                return read(&file).map(Some);
+                let token = read(&file)?;
+                if !token.is_empty() {
+                    return Ok(Some(token));
+                }
             }
         }
         Err(format!(

@@ -16,9 +16,10 @@
 //! see an answer twice, with the same `id`, and never loses one.
 
 mod broker;
+pub mod discovery;
 mod topics;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,7 +41,8 @@ use crate::config::{Problems, validate};
 use crate::gate::{ASK_TASK, Ask, AskError, AskRouter};
 use crate::outbox::{Outbox, OutboxStatus};
 use crate::stats::{Snapshot, Stats};
-use crate::vision::{Answer, Outcome};
+use crate::vision::{Answer, Outcome, Tier};
+use discovery::HomeAssistantConfig;
 
 pub use broker::BrokerError;
 pub use topics::Topics;
@@ -51,8 +53,11 @@ const REQUEST_CAPACITY: usize = 64;
 /// oversized push arrives and is refused with an ack; rumqttc's default (10 kB) would drop the
 /// connection instead, and the broker would deliver the same packet again after every reconnect.
 const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
-/// Packet ids kept for the retained status and config/reported messages, beyond the answers' window.
-const STATUS_SLOTS: u16 = 3;
+/// Retained messages describing the box (config/reported, discovery) in flight at most.
+const RETAINED_WINDOW: u16 = 2;
+/// Packet ids kept beyond the answers' window: the retained messages' and two for the status, so that
+/// `offline` goes out at shutdown even while `online` and every retained message are unacknowledged.
+const STATUS_SLOTS: u16 = RETAINED_WINDOW + 2;
 
 /// How to reach the broker.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -317,14 +322,20 @@ fn options(
 pub struct PublishSettings {
     pub mqtt: MqttConfig,
     pub device: String,
+    /// Home Assistant's announcements of itself re-send the discovery messages.
+    pub home_assistant: HomeAssistantConfig,
 }
 
+/// Retained messages that describe the box (`config/reported`, Home Assistant discovery): topic to
+/// payload, an empty payload clearing the topic.
+pub type Retained = BTreeMap<String, Vec<u8>>;
+
 /// The publisher's part in remote configuration: pushes received on `config/desired` go to `pushes`
-/// (when remote config is on); the latest `config/reported` payload is published, retained, on every
-/// connect and whenever it changes. Acks are answers like any other: they go through the outbox.
+/// (when remote config is on); each of the latest `retained` messages is published on every connect
+/// and whenever its payload changes. Acks are answers like any other: they go through the outbox.
 pub struct ConfigChannel {
     pub pushes: Option<mpsc::Sender<Vec<u8>>>,
-    pub reported: watch::Receiver<Vec<u8>>,
+    pub retained: watch::Receiver<Retained>,
 }
 
 /// The error reply to an ask that could not be taken or answered.
@@ -360,7 +371,7 @@ pub struct Publisher {
     client: AsyncClient,
     eventloop: EventLoop,
     replies: Replies,
-    reported: watch::Receiver<Vec<u8>>,
+    retained: watch::Receiver<Retained>,
     stats_interval: Duration,
     window: u16,
 }
@@ -390,8 +401,9 @@ impl Publisher {
                 outbox,
                 escalation_queue,
                 pushes: config_channel.pushes,
+                home_assistant: settings.home_assistant.clone(),
             },
-            reported: config_channel.reported,
+            retained: config_channel.retained,
             client,
             eventloop,
             stats_interval: Duration::from_secs_f64(settings.mqtt.stats_interval_secs),
@@ -406,7 +418,7 @@ impl Publisher {
             client,
             eventloop,
             replies,
-            reported,
+            retained,
             stats_interval,
             window,
         } = self;
@@ -421,7 +433,7 @@ impl Publisher {
         let driver = tokio::spawn(drive(
             eventloop,
             replies,
-            reported,
+            retained,
             window,
             stop_driver.clone(),
         ));
@@ -433,7 +445,7 @@ impl Publisher {
         loop {
             tokio::select! {
                 outcome = outcomes.recv() => match outcome {
-                    Some(outcome) => store_outcome(&outbox, &topics, &device, outcome).await,
+                    Some(outcome) => store_outcome(&outbox, &stats, &topics, &device, outcome).await,
                     None => break,
                 },
                 _ = stats_ticks.tick() => {
@@ -475,13 +487,22 @@ fn publish_stats(
 }
 
 /// Stores an outcome's message in the outbox (a synced disk write, so off the async threads).
-async fn store_outcome(outbox: &Arc<Outbox>, topics: &Topics, device: &str, outcome: Outcome) {
+async fn store_outcome(
+    outbox: &Arc<Outbox>,
+    stats: &Stats,
+    topics: &Topics,
+    device: &str,
+    outcome: Outcome,
+) {
     let (topic, payload, id) = match &outcome {
-        Outcome::Answered(answer) => (
-            topics.answer(&answer.camera, &answer.task),
-            serde_json::to_vec(&Published { device, answer }).expect("answers serialize"),
-            Some(answer.id),
-        ),
+        Outcome::Answered(answer) => {
+            count_answer(stats, answer);
+            (
+                topics.answer(&answer.camera, &answer.task),
+                serde_json::to_vec(&Published { device, answer }).expect("answers serialize"),
+                Some(answer.id),
+            )
+        }
         // A failed ask is answered with its error; a failed task was logged and counted by vision.
         Outcome::Failed(failure) if failure.ask_id.is_some() => {
             let (topic, payload) = ask_failure(
@@ -496,12 +517,41 @@ async fn store_outcome(outbox: &Arc<Outbox>, topics: &Topics, device: &str, outc
         Outcome::Failed(_) => return,
     };
     let outbox = outbox.clone();
+    let _working = stats.progress.working("publish");
     match tokio::task::spawn_blocking(move || outbox.push(&topic, &payload)).await {
         Ok(seq) => match id {
             Some(id) => debug!(id = %id, seq, "Stored an answer in the outbox."),
             None => debug!(seq, "Stored an ask's error reply in the outbox."),
         },
         Err(failure) => warn!(error = %failure, "Storing an answer in the outbox failed."),
+    }
+}
+
+/// Counts an answer for metrics: its tier, its confidence and its time in each stage.
+fn count_answer(stats: &Stats, answer: &Answer) {
+    let metrics = &stats.published_answers;
+    let (count, confidence) = match answer.tier {
+        Tier::Local => (&metrics.local, &metrics.local_confidence),
+        Tier::Cloud => (&metrics.cloud, &metrics.cloud_confidence),
+    };
+    count.inc();
+    if let Some(value) = answer.confidence {
+        confidence.observe(value);
+    }
+    let timings = &answer.timings_ms;
+    let stages = [
+        Some(timings.capture),
+        Some(timings.stages.preprocess),
+        Some(timings.stages.vision),
+        Some(timings.stages.prefill),
+        Some(timings.stages.decode),
+        timings.cloud,
+        Some(timings.total),
+    ];
+    for (histogram, millis) in metrics.stage_seconds.iter().zip(stages) {
+        if let Some(millis) = millis {
+            histogram.observe(millis / 1000.0);
+        }
     }
 }
 
@@ -530,6 +580,8 @@ enum Carried {
     /// The outbox entry with this sequence number.
     Answer(u64),
     Status,
+    /// A retained message describing the box (see `Retained`).
+    Retained,
     /// The asks subscription, whose id rumqttc chooses.
     Subscription,
 }
@@ -539,6 +591,7 @@ struct InFlight {
     window: u16,
     by_pkid: HashMap<u16, Carried>,
     answers: u16,
+    retained: u16,
     last_pkid: u16,
 }
 
@@ -548,6 +601,7 @@ impl InFlight {
             window,
             by_pkid: HashMap::new(),
             answers: 0,
+            retained: 0,
             last_pkid: 0,
         }
     }
@@ -562,14 +616,19 @@ impl InFlight {
         if matches!(carried, Carried::Answer(_)) && !self.has_room_for_answers() {
             return None;
         }
+        if carried == Carried::Retained && self.retained >= RETAINED_WINDOW {
+            return None;
+        }
         let max = self.window + STATUS_SLOTS;
         let pkid = (1..=max)
             .map(|step| (self.last_pkid + step - 1) % max + 1)
             .find(|pkid| !self.by_pkid.contains_key(pkid))?;
         self.last_pkid = pkid;
         self.by_pkid.insert(pkid, carried);
-        if matches!(carried, Carried::Answer(_)) {
-            self.answers += 1;
+        match carried {
+            Carried::Answer(_) => self.answers += 1,
+            Carried::Retained => self.retained += 1,
+            Carried::Status | Carried::Subscription => {}
         }
         Some(pkid)
     }
@@ -581,8 +640,10 @@ impl InFlight {
 
     fn acknowledged(&mut self, pkid: u16) -> Option<Carried> {
         let carried = self.by_pkid.remove(&pkid)?;
-        if matches!(carried, Carried::Answer(_)) {
-            self.answers -= 1;
+        match carried {
+            Carried::Answer(_) => self.answers -= 1,
+            Carried::Retained => self.retained -= 1,
+            Carried::Status | Carried::Subscription => {}
         }
         Some(carried)
     }
@@ -590,6 +651,7 @@ impl InFlight {
     fn clear(&mut self) {
         self.by_pkid.clear();
         self.answers = 0;
+        self.retained = 0;
     }
 }
 
@@ -618,28 +680,38 @@ fn send_waiting(eventloop: &mut EventLoop, outbox: &Outbox, in_flight: &mut InFl
 
 /// Queues a retained status message (`online` / `offline`), if a status packet id is free.
 fn send_status(eventloop: &mut EventLoop, in_flight: &mut InFlight, topics: &Topics, status: &str) {
-    if !send_retained(eventloop, in_flight, topics.status(), status.into()) {
+    let Some(pkid) = in_flight.assign(Carried::Status) else {
         warn!(
             status,
             "Status not published: the broker has not acknowledged earlier ones."
         );
-    }
-}
-
-/// Queues a retained QoS 1 message on one of the status packet ids; false when none is free.
-fn send_retained(
-    eventloop: &mut EventLoop,
-    in_flight: &mut InFlight,
-    topic: String,
-    payload: Vec<u8>,
-) -> bool {
-    let Some(pkid) = in_flight.assign(Carried::Status) else {
-        return false;
+        return;
     };
     eventloop
         .pending
-        .push_back(qos1(topic, payload, pkid, true));
-    true
+        .push_back(qos1(topics.status(), status.into(), pkid, true));
+}
+
+/// Hands the event loop each retained message this connection has not had in its latest form
+/// (`sent` records what it had), while the retained window has room.
+fn send_retained_due(
+    eventloop: &mut EventLoop,
+    in_flight: &mut InFlight,
+    current: &Retained,
+    sent: &mut HashMap<String, Vec<u8>>,
+) {
+    for (topic, payload) in current {
+        if sent.get(topic) == Some(payload) {
+            continue;
+        }
+        let Some(pkid) = in_flight.assign(Carried::Retained) else {
+            return;
+        };
+        eventloop
+            .pending
+            .push_back(qos1(topic.clone(), payload.clone(), pkid, true));
+        sent.insert(topic.clone(), payload.clone());
+    }
 }
 
 /// What the driver needs to answer the broker: subscribe on connect, reply to bad asks.
@@ -652,13 +724,17 @@ struct Replies {
     outbox: Arc<Outbox>,
     escalation_queue: Option<Arc<Outbox>>,
     pushes: Option<mpsc::Sender<Vec<u8>>>,
+    home_assistant: HomeAssistantConfig,
 }
 
 impl Replies {
     /// The subscription goes first, alone: rumqttc chooses its packet id, and the driver must know it
     /// before choosing any of its own (brokers mishandle two packets in flight with one id).
     fn on_connected(&self, eventloop: &mut EventLoop) {
-        let mut filters = vec![SubscribeFilter::new(self.topics.asks(), QoS::AtLeastOnce)];
+        let mut filters = vec![
+            SubscribeFilter::new(self.topics.asks(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.home_assistant.status_topic(), QoS::AtLeastOnce),
+        ];
         if self.pushes.is_some() {
             filters.push(SubscribeFilter::new(
                 self.topics.config_desired(),
@@ -681,6 +757,11 @@ impl Replies {
             &self.outbox,
             self.escalation_queue.as_deref(),
         );
+    }
+
+    /// Whether this message is Home Assistant announcing that it (re)started.
+    fn home_assistant_restarted(&self, topic: &str, payload: &[u8]) -> bool {
+        topic == self.home_assistant.status_topic() && payload == b"online"
     }
 
     fn on_publish(&self, topic: &str, payload: &[u8]) {
@@ -735,13 +816,14 @@ impl Replies {
 async fn drive(
     mut eventloop: EventLoop,
     replies: Replies,
-    mut reported: watch::Receiver<Vec<u8>>,
+    mut retained: watch::Receiver<Retained>,
     window: u16,
     stop: CancellationToken,
 ) {
     let (stats, outbox) = (replies.stats.clone(), replies.outbox.clone());
-    // The latest config/reported is still to be published on this connection.
-    let mut report = true;
+    let mut current = retained.borrow_and_update().clone();
+    // The retained messages this connection has been given, as given.
+    let mut sent_retained = HashMap::new();
     let mut backoff = Backoff::new();
     let mut in_flight = InFlight::new(window);
     // Connected, and the subscription's packet id is known: the driver may choose its own.
@@ -749,22 +831,15 @@ async fn drive(
     let mut stopping = false;
     loop {
         if ready && !stopping {
-            if report {
-                report = !send_retained(
-                    &mut eventloop,
-                    &mut in_flight,
-                    replies.topics.config_reported(),
-                    reported.borrow_and_update().clone(),
-                );
-            }
+            send_retained_due(&mut eventloop, &mut in_flight, &current, &mut sent_retained);
             send_waiting(&mut eventloop, &outbox, &mut in_flight);
         }
         let room = in_flight.has_room_for_answers();
         let event = tokio::select! {
             event = eventloop.poll() => event,
             () = outbox.arrived(), if ready && !stopping && room => continue,
-            Ok(()) = reported.changed(), if !report => {
-                report = true;
+            Ok(()) = retained.changed() => {
+                current = retained.borrow_and_update().clone();
                 continue;
             }
             () = stop.cancelled(), if !stopping => {
@@ -795,7 +870,7 @@ async fn drive(
                 );
                 in_flight.clear();
                 outbox.resend_all();
-                report = true;
+                sent_retained.clear();
                 replies.on_connected(&mut eventloop);
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
@@ -813,7 +888,13 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                replies.on_publish(&publish.topic, &publish.payload)
+                if replies.home_assistant_restarted(&publish.topic, &publish.payload) {
+                    let prefix = format!("{}/", replies.home_assistant.prefix);
+                    sent_retained.retain(|topic, _| !topic.starts_with(&prefix));
+                    info!("Home Assistant started: sending the discovery messages again.");
+                } else {
+                    replies.on_publish(&publish.topic, &publish.payload);
+                }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 stats.broker_connected.store(false, Ordering::Relaxed);
@@ -883,11 +964,22 @@ mod tests {
         // The window (2 answers) is full, though an id is free for a status.
         assert_eq!(in_flight.assign(Carried::Answer(12)), None);
         assert_eq!(in_flight.acknowledged(3), Some(Carried::Answer(10)));
-        // Ids run to the window plus the status slots (2 + 3), then wrap around.
+        // Retained messages have a window of their own (2), leaving ids for the status.
+        assert_eq!(in_flight.assign(Carried::Retained), Some(5));
+        assert_eq!(in_flight.assign(Carried::Retained), Some(6));
+        assert_eq!(in_flight.assign(Carried::Retained), None);
+        assert_eq!(in_flight.assign(Carried::Status), Some(3));
+        assert_eq!(in_flight.acknowledged(5), Some(Carried::Retained));
+        assert_eq!(in_flight.acknowledged(3), Some(Carried::Status));
+        // Ids run to the window plus the status slots (2 + 4), then wrap around.
         assert_eq!(in_flight.assign(Carried::Answer(12)), Some(5));
+        assert_eq!(in_flight.acknowledged(6), Some(Carried::Retained));
         assert_eq!(in_flight.acknowledged(5), Some(Carried::Answer(12)));
-        // Cyclic: after 5 comes 1, which the subscription holds, then 2 (status), then 3.
-        assert_eq!(in_flight.assign(Carried::Answer(13)), Some(3));
+        // Cyclic: after 6 comes 1, which the subscription holds, then 2 (status), then 3.
+        assert_eq!(in_flight.assign(Carried::Answer(13)), Some(6));
+        assert_eq!(in_flight.assign(Carried::Answer(14)), None);
+        assert_eq!(in_flight.acknowledged(4), Some(Carried::Answer(11)));
+        assert_eq!(in_flight.assign(Carried::Answer(14)), Some(3));
         assert_eq!(in_flight.acknowledged(1), Some(Carried::Subscription));
         assert_eq!(in_flight.acknowledged(1), None);
     }

@@ -1,8 +1,15 @@
-//! The daemon's host: logging set-up and Unix signals, turned into `app::Control` requests.
+//! The daemon's host: logging set-up, Unix signals turned into `app::Control` requests, and what
+//! systemd hears (`notify`: the protocol; `watchdog`: readiness, state line and watchdog pings).
 //!
 //! SIGTERM and SIGINT ask for a graceful shutdown; a second one while shutting down exits at once (an
 //! operator pressing Ctrl-C twice means it). SIGHUP asks for a config reload. Tests drive `app::run`
 //! through the same control channel, so everything but the signal wiring itself is tested in-process.
+//!
+//! Logs go to stderr, one line per event with fields as `key=value`; colour only at a terminal, and no
+//! timestamp under journald (`JOURNAL_STREAM` set), which stamps every line itself.
+
+pub mod notify;
+pub mod watchdog;
 
 use std::io::IsTerminal;
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,12 +36,16 @@ pub fn init_logging(env: &Env) {
         Some((_, Ok(filter))) => filter.clone(),
         _ => EnvFilter::new(DEFAULT_LOG_FILTER),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never into journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if env.get("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     if let Some((directives, Err(error))) = requested {
         warn!(filter = %directives, error = %error, "LOOKOUT_LOG is not a valid filter; using the default.");
     }

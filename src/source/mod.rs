@@ -302,10 +302,13 @@ pub async fn run(
             _ = ticks.tick() => {}
         }
         let started = Instant::now();
+        // A device that never returns a picture (a wedged driver) shows as this camera's stage stuck.
+        let working = stats.progress.working(format!("camera {camera}"));
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
             result = source.next_image() => result,
         };
+        drop(working);
         match result {
             Ok(image) => {
                 if backoff.failures() > 0 {

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::config::Problems;
 use crate::gate::{ASK_TASK, AnswerKind, JobQueue, Origin, Request};
 use crate::source::Frame;
-use crate::stats::Stats;
+use crate::stats::{ModelState, Stats};
 pub use runtime::Provider;
 pub use smolvlm::{LoadError, LoadOptions, SmolVlm};
 
@@ -144,6 +144,12 @@ pub enum AnalyseError {
 pub trait Analyser: Send {
     /// The model's name, reported in every answer.
     fn model(&self) -> &str;
+
+    /// The execution providers it runs on, in order of preference (`cpu` last).
+    fn providers(&self) -> &[&'static str];
+
+    /// How long loading it took.
+    fn load_time(&self) -> Duration;
 
     /// One result per request, in the same order.
     fn answer(
@@ -295,6 +301,14 @@ impl Replacement {
 
 /// Loads the analyser `config` names and has it answer one question about a plain frame, so that a
 /// model is only put in service once it is known to answer.
+fn model_state(analyser: &dyn Analyser) -> ModelState {
+    ModelState {
+        name: analyser.model().to_owned(),
+        providers: analyser.providers().to_vec(),
+        load_time: analyser.load_time(),
+    }
+}
+
 pub fn load_and_warm_up(config: &VisionConfig) -> Result<Box<dyn Analyser>, String> {
     let mut analyser = load(config).map_err(|error| error.to_string())?;
     let frame = Frame {
@@ -337,13 +351,16 @@ pub fn run_blocking(
     replacement: Replacement,
 ) {
     let mut model = analyser.model().to_owned();
+    stats.set_model(model_state(analyser.as_ref()));
     while let Some(job) = jobs.pop_blocking() {
         if let Some(new) = replacement.take() {
             analyser = new;
             model = analyser.model().to_owned();
+            stats.set_model(model_state(analyser.as_ref()));
             info!(model = %model, "The new model is answering.");
         }
         let frame = &job.frame;
+        let working = stats.progress.working("vision");
         // A panicking analyser must not take the daemon down: its requests fail and the worker goes on.
         let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             analyser.answer(frame, &job.requests)
@@ -351,6 +368,7 @@ pub fn run_blocking(
         .unwrap_or_else(|_| {
             vec![Err(AnalyseError::Model("the analyser panicked".to_owned())); job.requests.len()]
         });
+        drop(working);
         for (request, result) in job.requests.iter().zip(results) {
             let (task, ask_id) = match &request.origin {
                 Origin::Task(id) => (id.to_string(), None),

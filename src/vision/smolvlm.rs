@@ -20,7 +20,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
@@ -82,6 +82,7 @@ pub struct SmolVlm {
     providers: Vec<&'static str>,
     /// The configured thread count, also used for resampling (0: one per core).
     threads: usize,
+    load_time: Duration,
 }
 
 /// An input or output a graph must declare: name, element type, rank.
@@ -156,6 +157,7 @@ fn millis(since: Instant) -> f64 {
 
 impl SmolVlm {
     pub fn load(options: &LoadOptions) -> Result<SmolVlm, LoadError> {
+        let started = Instant::now();
         let spec = ModelSpec::read(&options.model_dir)?;
         let prompter = Prompter::load(
             &options.model_dir,
@@ -227,12 +229,8 @@ impl SmolVlm {
             cache,
             providers,
             threads: options.threads,
+            load_time: started.elapsed(),
         })
-    }
-
-    /// The execution providers the sessions run on, in order of preference.
-    pub fn providers(&self) -> &[&'static str] {
-        &self.providers
     }
 
     /// Runs the vision encoder on preprocessed pixels (taken, not copied) and returns the feature rows.
@@ -697,6 +695,14 @@ fn argmax(values: &[f32]) -> (usize, f32) {
 impl Analyser for SmolVlm {
     fn model(&self) -> &str {
         &self.name
+    }
+
+    fn providers(&self) -> &[&'static str] {
+        &self.providers
+    }
+
+    fn load_time(&self) -> Duration {
+        self.load_time
     }
 
     fn answer(

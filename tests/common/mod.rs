@@ -334,6 +334,14 @@ impl Analyser for PixelAnalyser {
         "test-pixel-analyser"
     }
 
+    fn providers(&self) -> &[&'static str] {
+        &["cpu"]
+    }
+
+    fn load_time(&self) -> Duration {
+        Duration::ZERO
+    }
+
     fn answer(
         &mut self,
         frame: &Frame,
@@ -396,10 +404,23 @@ impl Daemon {
         analyser: Box<dyn Analyser>,
         dir: tempfile::TempDir,
     ) -> Daemon {
+        Daemon::start_in_env(state_dir, config_toml, analyser, dir, &[])
+    }
+
+    /// `start_in` with more environment variables (as systemd sets them, say).
+    pub fn start_in_env(
+        state_dir: &Path,
+        config_toml: &str,
+        analyser: Box<dyn Analyser>,
+        dir: tempfile::TempDir,
+        extra_env: &[(&str, &str)],
+    ) -> Daemon {
         let config_path = dir.path().join("lookout.toml");
         std::fs::write(&config_path, config_toml).unwrap();
         let origin = ConfigOrigin::File(config_path.clone());
-        let env = Env::from_pairs([("LOOKOUT_STATE_DIR", state_dir.to_str().unwrap())]);
+        let mut pairs = vec![("LOOKOUT_STATE_DIR", state_dir.to_str().unwrap())];
+        pairs.extend_from_slice(extra_env);
+        let env = Env::from_pairs(pairs);
         let loaded = origin
             .load_effective(&env)
             .unwrap_or_else(|error| panic!("test config invalid: {error}"));

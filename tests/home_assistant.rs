@@ -1,0 +1,295 @@
+//! Home Assistant MQTT discovery against a real mosquitto: one entity per task, each payload checked
+//! against the configuration variables Home Assistant documents for `sensor` and `binary_sensor`
+//! (tests/data/home_assistant_discovery_schema.json); sent again when Home Assistant announces itself;
+//! withdrawn with an empty retained message when its task goes away, while running or between runs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+const PERSON: &str = "homeassistant/binary_sensor/lookout_ha1/cam_person/config";
+const DESCRIBE: &str = "homeassistant/sensor/lookout_ha1/cam_describe/config";
+const WEATHER: &str = "homeassistant/sensor/lookout_ha1/cam_weather/config";
+
+const PERSON_TASK: &str = r#"
+[[tasks]]
+id = "person"
+camera = "cam"
+question = "Is anyone there?"
+kind = "yes_no"
+trigger = { kind = "interval", secs = 0.3 }
+"#;
+const DESCRIBE_TASK: &str = r#"
+[[tasks]]
+id = "describe"
+camera = "cam"
+question = "Describe what you see."
+trigger = { kind = "on_demand" }
+"#;
+const WEATHER_TASK: &str = r#"
+[[tasks]]
+id = "weather"
+camera = "cam"
+question = "What is the weather?"
+kind = { one_of = ["sun", "rain", "snow"] }
+trigger = { kind = "on_demand" }
+"#;
+
+fn schema() -> Value {
+    serde_json::from_str(include_str!("data/home_assistant_discovery_schema.json")).unwrap()
+}
+
+fn check_type(path: &str, value: &Value, kind: &str, schema: &Value) {
+    match kind {
+        "string" | "template" => assert!(value.is_string(), "{path} must be a string: {value}"),
+        "integer" => assert!(value.is_u64(), "{path} must be an integer: {value}"),
+        "boolean" => assert!(value.is_boolean(), "{path} must be a boolean: {value}"),
+        "list" => assert!(
+            value.as_array().is_some_and(|items| !items.is_empty()),
+            "{path} must be a non-empty list: {value}"
+        ),
+        "device" | "origin" => {
+            let fields = value
+                .as_object()
+                .unwrap_or_else(|| panic!("{path} must be a map"));
+            for (key, item) in fields {
+                let item_kind = schema[kind][key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{path}.{key} is not documented"));
+                check_type(&format!("{path}.{key}"), item, item_kind, schema);
+            }
+        }
+        other => panic!("unknown type {other} in the schema"),
+    }
+}
+
+/// Checks one discovery message against the documented schema for its component.
+fn check_discovery(topic: &str, payload: &Value, schema: &Value) {
+    let parts: Vec<&str> = topic.split('/').collect();
+    assert_eq!(parts.len(), 5, "{topic}");
+    assert_eq!(parts[4], "config");
+    for id in [parts[2], parts[3]] {
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "{topic}: {id} is not a valid node or object id"
+        );
+    }
+    let component = &schema["components"][parts[1]];
+    assert!(
+        component.is_object(),
+        "{topic}: not a sensor or binary_sensor"
+    );
+    let fields = payload.as_object().expect("a JSON object");
+    for required in component["required"].as_array().unwrap() {
+        let required = required.as_str().unwrap();
+        assert!(fields.contains_key(required), "{topic}: no {required}");
+    }
+    for (key, value) in fields {
+        let kind = schema["common"][key]
+            .as_str()
+            .or_else(|| component["optional"][key].as_str())
+            .unwrap_or_else(|| panic!("{topic}: {key} is not a documented variable"));
+        check_type(key, value, kind, schema);
+    }
+    assert!(
+        !(fields.contains_key("availability") && fields.contains_key("availability_topic")),
+        "availability and availability_topic exclude each other"
+    );
+    assert!(payload["qos"].as_u64().unwrap() <= 2);
+    assert!(
+        payload["device"]["identifiers"].is_array() || payload["device"]["connections"].is_array()
+    );
+    assert!(payload["origin"]["name"].is_string());
+    match (parts[1], payload["device_class"].as_str()) {
+        ("sensor", Some("enum")) => {
+            assert!(
+                payload["options"].is_array(),
+                "an enum sensor lists its options"
+            );
+            assert!(payload.get("unit_of_measurement").is_none());
+            assert!(payload.get("state_class").is_none());
+        }
+        ("sensor", None) => assert!(payload.get("options").is_none()),
+        ("binary_sensor", Some(class)) => assert!(
+            schema["binary_sensor_device_classes"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(class)),
+            "{class} is not a binary_sensor device class"
+        ),
+        ("binary_sensor", None) => {}
+        (component, class) => panic!("{component} with device class {class:?}"),
+    }
+}
+
+/// The latest discovery message per topic seen within `window` (an empty payload: withdrawn).
+async fn discovery_within(
+    subscriber: &mut Subscriber,
+    window: Duration,
+) -> BTreeMap<String, Vec<u8>> {
+    subscriber
+        .collect_for(window)
+        .await
+        .into_iter()
+        .filter(|message| message.topic.ends_with("/config"))
+        .map(|message| (message.topic, message.payload))
+        .collect()
+}
+
+/// Waits until `count` discovery topics have arrived (retained or live), returning them.
+async fn expect_discovery(subscriber: &mut Subscriber, count: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut seen = BTreeMap::new();
+    while seen.len() < count {
+        let message = subscriber
+            .expect(WAIT, "a discovery message", |message| {
+                message.topic.starts_with("homeassistant/") && message.topic.ends_with("/config")
+            })
+            .await;
+        seen.insert(message.topic, message.payload);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_goes() {
+    let broker = Mosquitto::start();
+    let schema = schema();
+    let state = tempfile::tempdir().unwrap();
+    let tasks = format!("{PERSON_TASK}{DESCRIBE_TASK}{WEATHER_TASK}");
+    let config = config_with("ha1", &broker.url(), &tasks);
+    let daemon = Daemon::start_in(
+        state.path(),
+        &config,
+        PixelAnalyser::boxed(),
+        tempfile::tempdir().unwrap(),
+    );
+
+    let mut home_assistant = Subscriber::connect(
+        broker.port,
+        &["homeassistant/#", "lookout/ha1/cam/person/answer"],
+    )
+    .await;
+    let announced = expect_discovery(&mut home_assistant, 3).await;
+    assert_eq!(
+        announced.keys().map(String::as_str).collect::<Vec<_>>(),
+        [PERSON, DESCRIBE, WEATHER]
+    );
+    for (topic, payload) in &announced {
+        let payload: Value = serde_json::from_slice(payload).unwrap();
+        check_discovery(topic, &payload, &schema);
+        assert_eq!(payload["availability_topic"], "lookout/ha1/status");
+        assert_eq!(payload["device"]["identifiers"][0], "lookout_ha1");
+    }
+    let person: Value = serde_json::from_slice(&announced[PERSON]).unwrap();
+    let weather: Value = serde_json::from_slice(&announced[WEATHER]).unwrap();
+    let describe: Value = serde_json::from_slice(&announced[DESCRIBE]).unwrap();
+    assert_eq!(
+        weather["options"],
+        serde_json::json!(["sun", "rain", "snow"])
+    );
+    assert_eq!(weather["device_class"], "enum");
+    assert_eq!(
+        describe["value_template"], "{{ value_json.answer[:255] }}",
+        "text states are cut to Home Assistant's 255 characters"
+    );
+    // The entity reads real answers: they arrive on its state topic and match its on/off payloads;
+    // availability follows the retained status.
+    let answer = home_assistant
+        .expect(WAIT, "a person answer", |message| {
+            message.topic == person["state_topic"].as_str().unwrap()
+        })
+        .await
+        .json();
+    assert!(
+        [&person["payload_on"], &person["payload_off"]].contains(&&answer["answer"]),
+        "{answer}"
+    );
+    let mut status = Subscriber::connect(broker.port, &["lookout/ha1/status"]).await;
+    let online = status
+        .expect(WAIT, "the status", |message| {
+            message.topic == "lookout/ha1/status"
+        })
+        .await;
+    assert_eq!(
+        online.payload,
+        person["payload_available"].as_str().unwrap().as_bytes()
+    );
+
+    // Home Assistant restarts and says so: every entity is announced again.
+    home_assistant
+        .publish("homeassistant/status", "online")
+        .await;
+    let again = expect_discovery(&mut home_assistant, 3).await;
+    assert_eq!(again, announced);
+
+    // A task goes away: its entity is withdrawn, the others stay.
+    daemon
+        .reload(&config_with(
+            "ha1",
+            &broker.url(),
+            &format!("{PERSON_TASK}{DESCRIBE_TASK}"),
+        ))
+        .await;
+    home_assistant
+        .expect(WAIT, "the weather entity withdrawn", |message| {
+            message.topic == WEATHER && message.payload.is_empty()
+        })
+        .await;
+    let mut fresh = Subscriber::connect(broker.port, &["homeassistant/#"]).await;
+    let retained = discovery_within(&mut fresh, Duration::from_secs(1)).await;
+    assert_eq!(
+        retained.keys().map(String::as_str).collect::<Vec<_>>(),
+        [PERSON, DESCRIBE]
+    );
+    daemon.shutdown().await;
+
+    // Between runs the describe task is removed from the file: the next start withdraws it.
+    let config = config_with("ha1", &broker.url(), PERSON_TASK);
+    let daemon = Daemon::start_in(
+        state.path(),
+        &config,
+        PixelAnalyser::boxed(),
+        tempfile::tempdir().unwrap(),
+    );
+    fresh
+        .expect(WAIT, "the describe entity withdrawn at start", |message| {
+            message.topic == DESCRIBE && message.payload.is_empty()
+        })
+        .await;
+    let mut later = Subscriber::connect(broker.port, &["homeassistant/#"]).await;
+    let retained = discovery_within(&mut later, Duration::from_secs(1)).await;
+    assert_eq!(
+        retained.keys().map(String::as_str).collect::<Vec<_>>(),
+        [PERSON]
+    );
+
+    // Discovery turned off: the last entity goes too.
+    daemon
+        .reload(&format!("{config}\n[home_assistant]\ndiscovery = false\n"))
+        .await;
+    later
+        .expect(WAIT, "the person entity withdrawn", |message| {
+            message.topic == PERSON && message.payload.is_empty()
+        })
+        .await;
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_discovery_prefix_is_refused_with_its_path() {
+    let config = config_with(
+        "ha2",
+        "mqtt://127.0.0.1:1",
+        "[home_assistant]\nprefix = \"home/assistant\"\n",
+    );
+    let error = lookout::config::Config::from_toml(&config, &lookout::config::Env::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("home_assistant.prefix"), "{error}");
+}
