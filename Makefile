@@ -1,5 +1,5 @@
 # Entry points; each installs what is missing first (system packages, the ONNX Runtime library).
-.PHONY: deps test-deps run test lint
+.PHONY: deps test-deps run test lint deb
 
 deps:
 	deploy/install-deps.sh
@@ -21,3 +21,9 @@ test: test-deps
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+# The Debian package (target/debian/lookout_*.deb), laid out like deploy/install.sh.
+deb: deps
+	cargo build --release
+	command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+	cargo deb --no-build
