@@ -10,8 +10,14 @@
 //! Shutdown follows the data: escalations in flight give up (their answers go out local, queued for
 //! the cloud); cancel the sources; their channels close, so the gates finish; then the job queue
 //! closes, the vision worker drains it and drops its sender, the escalation stage passes on what it
-//! holds, and the publisher drains the outcomes, says `offline` and disconnects. All of it runs under the configured deadline, and stages
-//! still running at the deadline are named.
+//! holds, and the publisher drains the outcomes, says `offline` and disconnects; the health endpoint
+//! stops last. All of it runs under the configured deadline, and stages still running at the deadline
+//! are named.
+//!
+//! While running, the supervisor (`service::watchdog`) checks every second, or twice per systemd
+//! watchdog timeout, that no stage has a unit of work running past `device.stall_timeout_secs`, and
+//! only then feeds the watchdog. The retained messages that describe the box (`config/reported`,
+//! Home Assistant discovery) are rebuilt after every reload or push and handed to the publisher.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -450,7 +456,7 @@ pub async fn run(
         stats.clone(),
         escalation_queue.clone(),
     ));
-    let config_discovery_file = config.discovery_file();
+    let discovery_file = config.discovery_file();
     let mut live = Live {
         front: Front::start(&config, &queue, &router, &stats),
         config,
@@ -462,7 +468,7 @@ pub async fn run(
         escalation: escalation.clone(),
         replacement: Replacement::default(),
         topics: topics.clone(),
-        announced: discovery::load_announced(&config_discovery_file),
+        announced: discovery::load_announced(&discovery_file),
         withdrawn: BTreeSet::new(),
     };
     stats.progress.set_limit(live.config.stall_timeout());
@@ -580,18 +586,11 @@ pub async fn run(
     late.extend(join_all(back, deadline).await);
     // The endpoint answers until the pipeline has stopped, so a scraper sees the shutdown.
     stop_http.cancel();
-    if let Some(http) = http {
-        late.extend(
-            join_all(
-                vec![Stage {
-                    name: "http".to_owned(),
-                    handle: http,
-                }],
-                deadline,
-            )
-            .await,
-        );
-    }
+    let http = http.map(|handle| Stage {
+        name: "http".to_owned(),
+        handle,
+    });
+    late.extend(join_all(http.into_iter().collect(), deadline).await);
     if !late.is_empty() {
         return Err(AppError::ShutdownTimedOut(late));
     }

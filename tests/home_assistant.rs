@@ -221,6 +221,18 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
         person["payload_available"].as_str().unwrap().as_bytes()
     );
 
+    // Anything but `online` on Home Assistant's status topic announces nothing.
+    for payload in ["offline", "", "ONLINE", "online\n"] {
+        home_assistant
+            .publish("homeassistant/status", payload)
+            .await;
+    }
+    let quiet = discovery_within(&mut home_assistant, Duration::from_secs(1)).await;
+    assert!(
+        quiet.is_empty(),
+        "announced on a status that is not online: {quiet:?}"
+    );
+
     // Home Assistant restarts and says so: every entity is announced again.
     home_assistant
         .publish("homeassistant/status", "online")

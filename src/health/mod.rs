@@ -1,9 +1,9 @@
 //! The local HTTP endpoint for supervisors and scrapers: `/healthz` (the process and its stages are
 //! alive), `/readyz` (the model is loaded and the broker connected) and `/metrics` (Prometheus text).
 //!
-//! It listens on loopback by default: it tells anyone who can reach it what the box sees and how it
-//! is doing, so exposing it is the operator's explicit choice. It only reads the shared counters;
-//! nothing it serves can change the daemon's state. Failing to bind (the port taken) is logged and the
+//! It listens on loopback only (`127.0.0.1` or `::1`, validated): it tells anyone who can reach it
+//! what the box sees and how it is doing, so a scraper elsewhere goes through a local agent. It only
+//! reads the shared counters; nothing it serves can change the daemon's state. Failing to bind (the port taken) is logged and the
 //! daemon runs on without it: answers matter more than their metrics.
 
 mod metrics;
@@ -31,7 +31,7 @@ use crate::stats::Stats;
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub enabled: bool,
-    /// `host:port`; loopback unless the operator means to expose it.
+    /// A loopback `address:port`.
     pub addr: String,
 }
 
@@ -46,14 +46,25 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
-        if self.enabled && self.addr.parse::<SocketAddr>().is_err() {
-            problems.push(
+        if !self.enabled {
+            return;
+        }
+        match self.addr.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => {}
+            Ok(_) => problems.push(
                 format!("{path}.addr"),
                 format!(
-                    "{:?} is not an address and port such as \"127.0.0.1:9733\"",
+                    "{:?} is not a loopback address: the endpoint serves this machine only (scrape it with a local agent)",
                     self.addr
                 ),
-            );
+            ),
+            Err(_) => problems.push(
+                format!("{path}.addr"),
+                format!(
+                    "{:?} is not a loopback address and port such as \"127.0.0.1:9733\"",
+                    self.addr
+                ),
+            ),
         }
     }
 }
@@ -149,4 +160,42 @@ async fn metrics(State(sources): State<Sources>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(addr: &str) -> Vec<String> {
+        let config = HttpConfig {
+            enabled: true,
+            addr: addr.to_owned(),
+        };
+        let mut problems = Problems::default();
+        config.validate("http", &mut problems);
+        problems
+            .into_vec()
+            .into_iter()
+            .map(|problem| problem.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn only_a_loopback_address_and_port_is_accepted() {
+        assert!(problems("127.0.0.1:9733").is_empty());
+        assert!(problems("[::1]:9733").is_empty());
+        let exposed = problems("0.0.0.0:9733");
+        assert!(exposed[0].contains("not a loopback address"), "{exposed:?}");
+        for bad in ["localhost", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let found = problems(bad);
+            assert!(found[0].starts_with("http.addr:"), "{bad}: {found:?}");
+        }
+        let off = HttpConfig {
+            enabled: false,
+            addr: "0.0.0.0:1".to_owned(),
+        };
+        let mut none = Problems::default();
+        off.validate("http", &mut none);
+        assert!(none.is_empty());
+    }
 }
