@@ -72,5 +72,12 @@ for r in rows:
     print(f"| {r['variant']} | {'13 tiles' if r['split'] else '1 image'} | {ttft_p:.0f} | {ttft_l:.0f} | {ttft_l / ttft_p:.2f} | "
           f"{dec_p:.1f} | {dec_l:.1f} | {dec_l / max(dec_p, 1e-9):.2f} | {pre_p:.1f} | {pre_l:.1f} | {pre_p / max(pre_l, 1e-9):.1f}x | "
           f"{rss_p:.0f} | {rss_l:.0f} | {rss_l / rss_p:.2f} |")
+print("\nSeveral questions about one frame in one job (Lookout alone; the image is encoded once and the")
+print("prompt prefix it shares prefilled once), as a multiple of one question's time in the same run:\n")
+print("| variant | split | 3 yes_no / 1 | 3 text of 32 tokens / 1 |")
+print("|---|---|---|---|")
+for r in rows:
+    l = r["lookout"]
+    print(f"| {r['variant']} | {'13 tiles' if r['split'] else '1 image'} | {l['three_yes_no_ratio']:.2f} | {l['three_text_ratio']:.2f} |")
 PY
 cat "$here/results.md"

@@ -367,6 +367,14 @@ fn bench(
                 report.decode_tokens_per_s, report.tokens
             );
             println!("  whole answer   {:>9.1} ms", report.answer_ms);
+            println!(
+                "  3 yes/no       {:>9.2} x the time of one (same frame, one job)",
+                report.three_yes_no_ratio
+            );
+            println!(
+                "  3 text (32)    {:>9.2} x the time of one (same frame, one job)",
+                report.three_text_ratio
+            );
             println!("  peak RSS       {:>9.1} MB", report.peak_rss_mb);
             ExitCode::SUCCESS
         }

@@ -262,3 +262,24 @@ fn a_missing_or_old_runtime_is_a_one_line_error() {
     let refused = ask_model(&fixture(), &[("ORT_DYLIB_PATH", old.to_str().unwrap())]);
     assert_unavailable(&refused, "1.22");
 }
+
+#[test]
+fn bench_reports_every_stage_and_the_cost_of_several_questions() {
+    let model = fixture();
+    let output = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["bench", "--model", model.to_str().unwrap(), "--runs", "1"])
+        .args(["--max-new-tokens", "4", "--json"])
+        .env("LOOKOUT_LOG", "warn")
+        .env_remove("LOOKOUT_CONFIG")
+        .output()
+        .unwrap();
+    let report = json(&output);
+    for field in ["ttft_ms", "decode_tokens_per_s", "answer_ms", "peak_rss_mb"] {
+        assert!(report[field].as_f64().unwrap() > 0.0, "{field}: {report}");
+    }
+    // The figures themselves are for bench/compare.sh to judge; here they must exist and be sane.
+    for ratio in ["three_yes_no_ratio", "three_text_ratio"] {
+        let value = report[ratio].as_f64().unwrap();
+        assert!(value.is_finite() && value > 0.0, "{ratio} = {value}");
+    }
+}

@@ -4,6 +4,10 @@
 //! median of each stage, so one slow run on a shared machine does not skew it. Time to first token is the
 //! image encoding plus the prompt prefill (preprocessing is reported on its own, as the Python reference
 //! loop also does it outside its timer); decode speed counts the tokens after the first.
+//!
+//! It also measures what several questions about one frame cost against one (the image is encoded once
+//! and the prompt prefix it shares prefilled once): three `yes_no` questions, and three `text` questions
+//! of up to 32 tokens, each as a ratio to one such question, timed in the same run.
 
 use std::time::{Instant, SystemTime};
 
@@ -29,8 +33,19 @@ pub struct Report {
     pub decode_tokens_per_s: f64,
     pub tokens: usize,
     pub answer_ms: f64,
+    /// Three different yes/no questions about the frame in one job, against one.
+    pub three_yes_no_ratio: f64,
+    /// Three different 32-token text questions about the frame in one job, against one.
+    pub three_text_ratio: f64,
     pub peak_rss_mb: f64,
 }
+
+/// Questions for the several-questions measurement: different texts, as different tasks ask.
+const QUESTIONS: [&str; 3] = [
+    "Is there a person in the picture?",
+    "Is there a vehicle in the picture?",
+    "Is the scene lit by daylight?",
+];
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -67,14 +82,7 @@ pub fn run(
     max_new_tokens: u32,
     runs: usize,
 ) -> Result<Report, AnalyseError> {
-    let request = Request {
-        origin: Origin::Task("bench".into()),
-        question: question.to_owned(),
-        kind: AnswerKind::Text,
-        split,
-        max_new_tokens,
-        permit: None,
-    };
+    let request = bench_request(question, AnswerKind::Text, split, max_new_tokens);
     let mut answers: Vec<(LocalAnswer, f64)> = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let started = Instant::now();
@@ -88,6 +96,15 @@ pub fn run(
         median(answers.iter().map(|(answer, _)| pick(answer)).collect())
     };
     let tokens = answers[0].0.tokens.len();
+    let three = |kind: AnswerKind, max_new_tokens: u32, analyser: &mut dyn Analyser| {
+        let requests: Vec<Request> = QUESTIONS
+            .iter()
+            .map(|question| bench_request(question, kind.clone(), split, max_new_tokens))
+            .collect();
+        cost_ratio(analyser, frame, &requests, runs)
+    };
+    let three_yes_no_ratio = three(AnswerKind::YesNo, 1, analyser)?;
+    let three_text_ratio = three(AnswerKind::Text, 32, analyser)?;
     let decode_ms = stage(|answer| answer.timings.decode);
     Ok(Report {
         model: analyser.model().to_owned(),
@@ -107,8 +124,44 @@ pub fn run(
         },
         tokens,
         answer_ms: median(answers.iter().map(|(_, ms)| *ms).collect()),
+        three_yes_no_ratio,
+        three_text_ratio,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+fn bench_request(question: &str, kind: AnswerKind, split: bool, max_new_tokens: u32) -> Request {
+    Request {
+        origin: Origin::Task("bench".into()),
+        question: question.to_owned(),
+        kind,
+        split,
+        max_new_tokens,
+        permit: None,
+    }
+}
+
+/// The median time of answering all `requests` in one job over that of answering the first alone,
+/// alternating the two so that both see the same machine.
+fn cost_ratio(
+    analyser: &mut dyn Analyser,
+    frame: &Frame,
+    requests: &[Request],
+    runs: usize,
+) -> Result<f64, AnalyseError> {
+    let mut time = |requests: &[Request]| -> Result<f64, AnalyseError> {
+        let started = Instant::now();
+        for answer in analyser.answer(frame, requests) {
+            answer?;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let (mut one, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        one.push(time(&requests[..1])?);
+        all.push(time(requests)?);
+    }
+    Ok(median(all) / median(one))
 }
 
 /// A frame for the benchmark from pixels.
