@@ -299,6 +299,17 @@ fn main() -> ExitCode {
 }
 
 /// `lookout bench`: loads the model, answers repeatedly, prints the per-stage medians.
+/// The bytes of the decoder graph of the configured variant (its weights, external data included).
+fn decoder_weight_bytes(vision: &vision::VisionConfig) -> u64 {
+    let suffix = vision::variant_suffix(&vision.variant).unwrap_or_default();
+    let graph = vision
+        .model_dir
+        .join("onnx")
+        .join(format!("decoder_model_merged{suffix}.onnx"));
+    let size = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+    size(&graph) + size(&graph.with_extension("onnx_data"))
+}
+
 fn bench(
     vision: &vision::VisionConfig,
     image: Option<&Path>,
@@ -333,9 +344,14 @@ fn bench(
     };
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let frame = vision::bench::frame(pixels);
+    let setup = vision::bench::Setup {
+        load_ms,
+        decoder_weight_bytes: decoder_weight_bytes(vision),
+        threads: vision.threads,
+    };
     match vision::bench::run(
         analyser.as_mut(),
-        load_ms,
+        &setup,
         &frame,
         question,
         split,
@@ -367,6 +383,16 @@ fn bench(
                 report.decode_tokens_per_s, report.tokens
             );
             println!("  whole answer   {:>9.1} ms", report.answer_ms);
+            println!(
+                "  CPU time       {:>9.1} ms per answer",
+                report.cpu_ms_per_answer
+            );
+            println!(
+                "  bandwidth      {:>9.1} GB/s read; decode at {:.0}% of its bound ({:.0} MB of weights per token)",
+                report.memory_read_gb_per_s,
+                report.decode_bandwidth_fraction * 100.0,
+                report.decoder_weight_bytes as f64 / 1e6
+            );
             println!(
                 "  3 yes/no       {:>9.2} x the time of one (same frame, one job)",
                 report.three_yes_no_ratio

@@ -8,6 +8,10 @@
 //! It also measures what several questions about one frame cost against one (the image is encoded once
 //! and the prompt prefix it shares prefilled once): three `yes_no` questions, and three `text` questions
 //! of up to 32 tokens, each as a ratio to one such question, timed in the same run.
+//!
+//! Decoding one token reads every decoder weight once, so memory bandwidth bounds its speed: the
+//! report measures this machine's read bandwidth (with the configured threads) and gives the decode
+//! speed as a fraction of weights-bytes-per-token over that bandwidth.
 
 use std::time::{Instant, SystemTime};
 
@@ -33,6 +37,14 @@ pub struct Report {
     pub decode_tokens_per_s: f64,
     pub tokens: usize,
     pub answer_ms: f64,
+    /// Processor time (all threads) per whole answer.
+    pub cpu_ms_per_answer: f64,
+    /// Bytes of decoder weights, read once per generated token.
+    pub decoder_weight_bytes: u64,
+    /// This machine's memory read bandwidth, measured with the configured threads.
+    pub memory_read_gb_per_s: f64,
+    /// Decode speed over its bandwidth bound (bandwidth / weight bytes per token).
+    pub decode_bandwidth_fraction: f64,
     /// Three different yes/no questions about the frame in one job, against one.
     pub three_yes_no_ratio: f64,
     /// Three different 32-token text questions about the frame in one job, against one.
@@ -72,10 +84,61 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// This process's processor time so far (user and system, all threads), from /proc; zero elsewhere.
+fn cpu_time_ms() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name, in clock ticks of
+    // 10 ms (USER_HZ is 100 on every Linux architecture Lookout builds for).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = |index: usize| fields.get(index)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) * 10.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Memory read bandwidth in bytes per second: `threads` threads (0: one per core) summing their share
+/// of a 512 MiB buffer, the best of three passes.
+pub fn memory_read_bandwidth(threads: usize) -> f64 {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        threads
+    };
+    let buffer: Vec<u64> = (0..64u64 << 20).collect();
+    let chunk = buffer.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let total = std::thread::scope(|scope| {
+            let parts: Vec<_> = buffer
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || part.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+                })
+                .collect();
+            parts
+                .into_iter()
+                .fold(0u64, |sum, part| sum.wrapping_add(part.join().unwrap_or(0)))
+        });
+        std::hint::black_box(total);
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    (buffer.len() * std::mem::size_of::<u64>()) as f64 / best
+}
+
+/// How the model was set up: its load time, and what the bandwidth bound needs.
+pub struct Setup {
+    pub load_ms: f64,
+    pub decoder_weight_bytes: u64,
+    pub threads: usize,
+}
+
 /// Answers `question` about `frame` `runs` times and reports the medians.
 pub fn run(
     analyser: &mut dyn Analyser,
-    load_ms: f64,
+    setup: &Setup,
     frame: &Frame,
     question: &str,
     split: bool,
@@ -84,6 +147,7 @@ pub fn run(
 ) -> Result<Report, AnalyseError> {
     let request = bench_request(question, AnswerKind::Text, split, max_new_tokens);
     let mut answers: Vec<(LocalAnswer, f64)> = Vec::with_capacity(runs);
+    let cpu_before = cpu_time_ms();
     for _ in 0..runs.max(1) {
         let started = Instant::now();
         let answer = analyser
@@ -95,6 +159,7 @@ pub fn run(
     let stage = |pick: fn(&LocalAnswer) -> f64| {
         median(answers.iter().map(|(answer, _)| pick(answer)).collect())
     };
+    let cpu_ms_per_answer = (cpu_time_ms() - cpu_before) / answers.len() as f64;
     let tokens = answers[0].0.tokens.len();
     let three = |kind: AnswerKind, max_new_tokens: u32, analyser: &mut dyn Analyser| {
         let requests: Vec<Request> = QUESTIONS
@@ -106,27 +171,36 @@ pub fn run(
     let three_yes_no_ratio = three(AnswerKind::YesNo, 1, analyser)?;
     let three_text_ratio = three(AnswerKind::Text, 32, analyser)?;
     let decode_ms = stage(|answer| answer.timings.decode);
+    let decode_tokens_per_s = if decode_ms > 0.0 {
+        (tokens.saturating_sub(1)) as f64 / (decode_ms / 1000.0)
+    } else {
+        0.0
+    };
+    // Read before the bandwidth measurement allocates its buffer.
+    let peak_rss_mb = peak_rss_mb();
+    let bandwidth = memory_read_bandwidth(setup.threads);
     Ok(Report {
         model: analyser.model().to_owned(),
         width: frame.image.width(),
         height: frame.image.height(),
         split,
         runs: answers.len(),
-        load_ms,
+        load_ms: setup.load_ms,
         preprocess_ms: stage(|answer| answer.timings.preprocess),
         vision_ms: stage(|answer| answer.timings.vision),
         prefill_ms: stage(|answer| answer.timings.prefill),
         ttft_ms: stage(|answer| answer.timings.vision + answer.timings.prefill),
-        decode_tokens_per_s: if decode_ms > 0.0 {
-            (tokens.saturating_sub(1)) as f64 / (decode_ms / 1000.0)
-        } else {
-            0.0
-        },
+        decode_tokens_per_s,
         tokens,
         answer_ms: median(answers.iter().map(|(_, ms)| *ms).collect()),
+        cpu_ms_per_answer,
+        decoder_weight_bytes: setup.decoder_weight_bytes,
+        memory_read_gb_per_s: bandwidth / 1e9,
+        decode_bandwidth_fraction: decode_tokens_per_s * setup.decoder_weight_bytes as f64
+            / bandwidth,
         three_yes_no_ratio,
         three_text_ratio,
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb,
     })
 }
 
