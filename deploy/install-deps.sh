@@ -13,6 +13,11 @@ if [[ "${1:-}" == "--test" ]]; then
   packages+=(mosquitto mosquitto-clients openssl procps systemd)
 fi
 
+# The ONNX Runtime library comes from its PyPI wheel (deploy/fetch-onnxruntime.sh).
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  packages+=(python3 python3-pip)
+fi
+
 missing=()
 for package in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
@@ -33,4 +38,8 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (https://rustup.rs) and re-run." >&2
   exit 1
+fi
+# `make lint` (and CI) run rustfmt and clippy.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
 fi

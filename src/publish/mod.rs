@@ -19,7 +19,7 @@ mod broker;
 pub mod discovery;
 mod topics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -692,25 +692,57 @@ fn send_status(eventloop: &mut EventLoop, in_flight: &mut InFlight, topics: &Top
         .push_back(qos1(topics.status(), status.into(), pkid, true));
 }
 
-/// Hands the event loop each retained message this connection has not had in its latest form
-/// (`sent` records what it had), while the retained window has room.
-fn send_retained_due(
-    eventloop: &mut EventLoop,
-    in_flight: &mut InFlight,
-    current: &Retained,
-    sent: &mut HashMap<String, Vec<u8>>,
-) {
-    for (topic, payload) in current {
-        if sent.get(topic) == Some(payload) {
-            continue;
+/// The retained messages describing the box, and which of them this connection still needs: all of
+/// them after a connect, the changed ones after an update, the discovery ones when Home Assistant
+/// restarts. Only those are compared or sent, so the driver's loop does no work for them otherwise.
+struct RetainedState {
+    current: Retained,
+    due: BTreeSet<String>,
+}
+
+impl RetainedState {
+    fn new(current: Retained) -> RetainedState {
+        let due = current.keys().cloned().collect();
+        RetainedState { current, due }
+    }
+
+    /// A new connection has none of them.
+    fn all_due(&mut self) {
+        self.due = self.current.keys().cloned().collect();
+    }
+
+    /// The messages whose payload differs from the current one become due.
+    fn update(&mut self, new: Retained) {
+        for (topic, payload) in &new {
+            if self.current.get(topic) != Some(payload) {
+                self.due.insert(topic.clone());
+            }
         }
-        let Some(pkid) = in_flight.assign(Carried::Retained) else {
-            return;
-        };
-        eventloop
-            .pending
-            .push_back(qos1(topic.clone(), payload.clone(), pkid, true));
-        sent.insert(topic.clone(), payload.clone());
+        self.current = new;
+    }
+
+    /// Every message under `prefix` becomes due again.
+    fn due_under(&mut self, prefix: &str) {
+        let under = self
+            .current
+            .keys()
+            .filter(|topic| topic.starts_with(prefix));
+        self.due.extend(under.cloned());
+    }
+
+    /// Hands the event loop the due messages while the retained window has room.
+    fn send_due(&mut self, eventloop: &mut EventLoop, in_flight: &mut InFlight) {
+        while let Some(topic) = self.due.first().cloned() {
+            if let Some(payload) = self.current.get(&topic) {
+                let Some(pkid) = in_flight.assign(Carried::Retained) else {
+                    return;
+                };
+                eventloop
+                    .pending
+                    .push_back(qos1(topic.clone(), payload.clone(), pkid, true));
+            }
+            self.due.remove(&topic);
+        }
     }
 }
 
@@ -821,9 +853,7 @@ async fn drive(
     stop: CancellationToken,
 ) {
     let (stats, outbox) = (replies.stats.clone(), replies.outbox.clone());
-    let mut current = retained.borrow_and_update().clone();
-    // The retained messages this connection has been given, as given.
-    let mut sent_retained = HashMap::new();
+    let mut describing = RetainedState::new(retained.borrow_and_update().clone());
     let mut backoff = Backoff::new();
     let mut in_flight = InFlight::new(window);
     // Connected, and the subscription's packet id is known: the driver may choose its own.
@@ -831,7 +861,7 @@ async fn drive(
     let mut stopping = false;
     loop {
         if ready && !stopping {
-            send_retained_due(&mut eventloop, &mut in_flight, &current, &mut sent_retained);
+            describing.send_due(&mut eventloop, &mut in_flight);
             send_waiting(&mut eventloop, &outbox, &mut in_flight);
         }
         let room = in_flight.has_room_for_answers();
@@ -839,7 +869,7 @@ async fn drive(
             event = eventloop.poll() => event,
             () = outbox.arrived(), if ready && !stopping && room => continue,
             Ok(()) = retained.changed() => {
-                current = retained.borrow_and_update().clone();
+                describing.update(retained.borrow_and_update().clone());
                 continue;
             }
             () = stop.cancelled(), if !stopping => {
@@ -870,7 +900,7 @@ async fn drive(
                 );
                 in_flight.clear();
                 outbox.resend_all();
-                sent_retained.clear();
+                describing.all_due();
                 replies.on_connected(&mut eventloop);
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
@@ -890,7 +920,7 @@ async fn drive(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if replies.home_assistant_restarted(&publish.topic, &publish.payload) {
                     let prefix = format!("{}/", replies.home_assistant.prefix);
-                    sent_retained.retain(|topic, _| !topic.starts_with(&prefix));
+                    describing.due_under(&prefix);
                     info!("Home Assistant started: sending the discovery messages again.");
                 } else {
                     replies.on_publish(&publish.topic, &publish.payload);
