@@ -614,10 +614,13 @@ async fn with_no_token_the_daemon_answers_locally_and_sends_nothing() {
     let broker = Mosquitto::start();
     let mut subscriber = Subscriber::connect(broker.port, &["lookout/lazy/cam/+/answer"]).await;
     // The default endpoint is the real router; with no token nothing is sent to it (nor anywhere).
+    // Duplicate suppression is off: the synthetic camera's frames can hash alike.
     let config = config_with(
         "lazy",
         &broker.url(),
-        &format!("{DOOR_ALWAYS}\n[escalation]\nenabled = true\nmin_interval_secs = 0.0\n"),
+        &format!(
+            "{DOOR_ALWAYS}\n[escalation]\nenabled = true\nmin_interval_secs = 0.0\nduplicate_distance = -1\n"
+        ),
     );
     let daemon = Daemon::start(&config);
     // More answers than `breaker_failures` (5): a missing token never opens the endpoint's breaker.
