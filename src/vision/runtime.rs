@@ -8,6 +8,16 @@
 //!
 //! Execution providers are tried in the configured order; one that this runtime build lacks or that fails
 //! to register is skipped with a warning naming it, and the CPU provider always remains as the last resort.
+//!
+//! Session settings are chosen for a box that runs one model for months next to other work:
+//! - every graph optimisation ONNX Runtime has (`All`, its own default; `ort`'s `Level3` stops short of
+//!   some fusions);
+//! - no CPU memory arena and no memory pattern: the vision encoder's activations are large and short-lived
+//!   (hundreds of MB with image splitting), and an arena keeps its high-water mark for the life of the
+//!   process. Without them, peak RSS with the int8 256M model went from about 870 MB to 620-720 MB (one
+//!   image) and from 5.3 GB to 2.7 GB (13 tiles), at no measurable cost in speed (`lookout bench`,
+//!   interleaved runs). The systemd unit also sets `MALLOC_MMAP_THRESHOLD_` so that glibc hands those
+//!   blocks back to the system instead of keeping them on its heap.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -171,7 +181,14 @@ fn with_providers(
         };
     }
     used.push("cpu");
-    (builder, used)
+    let cpu = ep::CPU::default().with_arena_allocator(false).build();
+    match builder.with_execution_providers([cpu]) {
+        Ok(builder) => (builder, used),
+        Err(error) => {
+            warn!(error = %error, "The CPU provider's settings were refused; using its defaults.");
+            (error.recover(), used)
+        }
+    }
 }
 
 /// Loads one graph with the configured providers and threads; returns it with the providers in use.
@@ -190,7 +207,8 @@ pub fn load_session(
     }
     let builder = Session::builder(environment).map_err(|error| fail(error.to_string()))?;
     let builder = builder
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .and_then(|builder| builder.with_memory_pattern(false))
         .map_err(|error| fail(error.to_string()))?;
     let builder = if threads > 0 {
         builder
