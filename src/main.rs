@@ -106,8 +106,8 @@ enum ModelsAction {
     Fetch {
         #[arg(default_value = DEFAULT_MODEL)]
         name: String,
-        /// fp32, fp16, int8, uint8, quantized, q4, q4f16 or bnb4.
-        #[arg(long, default_value = "fp32")]
+        /// fp32, fp16, int8 (the config's default), uint8, quantized, q4, q4f16 or bnb4.
+        #[arg(long, default_value = "int8")]
         variant: String,
         #[arg(long, default_value = "main")]
         revision: String,

@@ -157,11 +157,11 @@ fn model_copy() -> tempfile::TempDir {
         }
     }
     std::fs::create_dir(dir.path().join("onnx")).unwrap();
-    for graph in ["vision_encoder", "embed_tokens", "decoder_model_merged"] {
-        let name = format!("{graph}.onnx");
+    for entry in std::fs::read_dir(fixture().join("onnx")).unwrap() {
+        let path = entry.unwrap().path();
         std::fs::copy(
-            fixture().join("onnx").join(&name),
-            dir.path().join("onnx").join(&name),
+            &path,
+            dir.path().join("onnx").join(path.file_name().unwrap()),
         )
         .unwrap();
     }
@@ -193,23 +193,34 @@ fn assert_unavailable(output: &Output, needle: &str) {
 
 #[test]
 fn a_broken_model_folder_is_named_in_the_error() {
+    // `ask` loads the default variant, int8.
     let missing_graph = model_copy();
-    std::fs::remove_file(missing_graph.path().join("onnx/decoder_model_merged.onnx")).unwrap();
+    std::fs::remove_file(
+        missing_graph
+            .path()
+            .join("onnx/decoder_model_merged_int8.onnx"),
+    )
+    .unwrap();
     assert_unavailable(
         &ask_model(missing_graph.path(), &[]),
-        "decoder_model_merged.onnx",
+        "decoder_model_merged_int8.onnx",
     );
 
     let truncated = model_copy();
-    let graph = truncated.path().join("onnx/vision_encoder.onnx");
+    let graph = truncated.path().join("onnx/vision_encoder_int8.onnx");
     let bytes = std::fs::read(&graph).unwrap();
     std::fs::write(&graph, &bytes[..bytes.len() / 3]).unwrap();
-    assert_unavailable(&ask_model(truncated.path(), &[]), "vision_encoder.onnx");
+    assert_unavailable(
+        &ask_model(truncated.path(), &[]),
+        "vision_encoder_int8.onnx",
+    );
 
     let other_model = model_copy();
     std::fs::copy(
-        other_model.path().join("onnx/embed_tokens.onnx"),
-        other_model.path().join("onnx/decoder_model_merged.onnx"),
+        other_model.path().join("onnx/embed_tokens_int8.onnx"),
+        other_model
+            .path()
+            .join("onnx/decoder_model_merged_int8.onnx"),
     )
     .unwrap();
     assert_unavailable(

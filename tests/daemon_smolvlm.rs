@@ -12,7 +12,8 @@ use common::{Daemon, Mosquitto, Subscriber};
 use lookout::config::{ConfigOrigin, Env};
 use lookout::vision::Analyser;
 
-/// A daemon config on the committed fixture model with one synthetic camera `cam`, then `rest`.
+/// A daemon config on the committed fixture model (its default variant, int8) with one synthetic camera
+/// `cam`, then `rest`.
 fn model_config(device: &str, broker_url: &str, rest: &str) -> String {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
     format!(
@@ -86,7 +87,7 @@ trigger = { kind = "interval", secs = 1.0 }
             .expect(Duration::from_secs(30), task, |m| m.topic == topic)
             .await
             .json();
-        assert_eq!(answer["model"], "smolvlm-micro");
+        assert_eq!(answer["model"], "smolvlm-micro_int8");
         assert!(!answer["tokens"].as_array().unwrap().is_empty(), "{answer}");
         let confidence = answer["confidence"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&confidence), "{answer}");
@@ -150,7 +151,7 @@ token_file = "{}"
     assert_eq!(answer["answer"], "A test pattern of coloured bars.");
     assert_eq!(answer["escalation"], "below_threshold");
     assert_eq!(answer["provider"], "nebius");
-    assert_eq!(answer["local"]["model"], "smolvlm-micro");
+    assert_eq!(answer["local"]["model"], "smolvlm-micro_int8");
     let local_confidence = answer["local"]["confidence"].as_f64().unwrap();
     assert!(local_confidence < 0.5, "{answer}");
     assert!(answer["local"]["answer"].is_string(), "{answer}");

@@ -132,7 +132,7 @@ async fn hub(files: HashMap<String, Vec<u8>>, faults: Arc<Mutex<Faults>>) -> Str
 
 fn fixture_files() -> HashMap<String, Vec<u8>> {
     let mut files = HashMap::new();
-    for name in lookout::vision::fetch::variant_files("") {
+    for name in lookout::vision::fetch::variant_files("_int8") {
         files.insert(name.clone(), std::fs::read(fixture().join(&name)).unwrap());
     }
     files
@@ -154,7 +154,7 @@ fn stderr(output: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_download_resumes_and_the_result_answers() {
     let faults = Arc::new(Mutex::new(Faults {
-        cut_once: vec!["onnx/decoder_model_merged.onnx".to_owned()],
+        cut_once: vec!["onnx/decoder_model_merged_int8.onnx".to_owned()],
         ..Faults::default()
     }));
     let endpoint = hub(fixture_files(), faults.clone()).await;
@@ -177,10 +177,10 @@ async fn an_interrupted_download_resumes_and_the_result_answers() {
         stderr(&first)
     );
     assert!(
-        !target.join("onnx/decoder_model_merged.onnx").exists(),
+        !target.join("onnx/decoder_model_merged_int8.onnx").exists(),
         "a partial file was put in place"
     );
-    let partial = std::fs::metadata(target.join("onnx/decoder_model_merged.onnx.part"))
+    let partial = std::fs::metadata(target.join("onnx/decoder_model_merged_int8.onnx.part"))
         .unwrap()
         .len();
 
@@ -195,12 +195,12 @@ async fn an_interrupted_download_resumes_and_the_result_answers() {
     assert_eq!(
         ranges,
         vec![(
-            "onnx/decoder_model_merged.onnx".to_owned(),
+            "onnx/decoder_model_merged_int8.onnx".to_owned(),
             format!("{partial}-")
         )],
         "the second run resumed"
     );
-    for name in lookout::vision::fetch::variant_files("") {
+    for name in lookout::vision::fetch::variant_files("_int8") {
         assert_eq!(
             std::fs::read(target.join(&name)).unwrap(),
             std::fs::read(fixture().join(&name)).unwrap(),
@@ -230,14 +230,14 @@ async fn an_interrupted_download_resumes_and_the_result_answers() {
     assert!(answer.status.success(), "{}", stderr(&answer));
 
     // A file corrupted on disk afterwards is caught by verify.
-    let graph = target.join("onnx/vision_encoder.onnx");
+    let graph = target.join("onnx/vision_encoder_int8.onnx");
     let mut bytes = std::fs::read(&graph).unwrap();
     bytes[500] ^= 1;
     std::fs::write(&graph, bytes).unwrap();
     let verify = lookout(&["models", "verify", target.to_str().unwrap()], &endpoint);
     assert_eq!(verify.status.code(), Some(1));
     assert!(
-        stderr(&verify).contains("onnx/vision_encoder.onnx: SHA-256"),
+        stderr(&verify).contains("onnx/vision_encoder_int8.onnx: SHA-256"),
         "{}",
         stderr(&verify)
     );
@@ -246,7 +246,7 @@ async fn an_interrupted_download_resumes_and_the_result_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_download_fails_verification_and_is_not_kept() {
     let faults = Arc::new(Mutex::new(Faults {
-        corrupt: vec!["onnx/embed_tokens.onnx".to_owned()],
+        corrupt: vec!["onnx/embed_tokens_int8.onnx".to_owned()],
         ..Faults::default()
     }));
     let endpoint = hub(fixture_files(), faults).await;
@@ -263,12 +263,12 @@ async fn a_corrupted_download_fails_verification_and_is_not_kept() {
     .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("onnx/embed_tokens.onnx: checksum mismatch"),
+        stderr(&output).contains("onnx/embed_tokens_int8.onnx: checksum mismatch"),
         "{}",
         stderr(&output)
     );
-    assert!(!target.join("onnx/embed_tokens.onnx").exists());
-    assert!(!target.join("onnx/embed_tokens.onnx.part").exists());
+    assert!(!target.join("onnx/embed_tokens_int8.onnx").exists());
+    assert!(!target.join("onnx/embed_tokens_int8.onnx.part").exists());
     assert!(
         !target.join("lookout-manifest.json").exists(),
         "an incomplete fetch must not look complete"

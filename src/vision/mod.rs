@@ -52,7 +52,7 @@ impl Default for VisionConfig {
     fn default() -> Self {
         VisionConfig {
             model_dir: PathBuf::from("models/SmolVLM2-256M-Video-Instruct"),
-            variant: "fp32".to_owned(),
+            variant: "int8".to_owned(),
             runtime_library: None,
             providers: vec![Provider::Cpu],
             threads: 0,
