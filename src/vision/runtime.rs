@@ -208,7 +208,8 @@ pub fn load_session(
     let builder = Session::builder(environment).map_err(|error| fail(error.to_string()))?;
     let builder = builder
         .with_optimization_level(GraphOptimizationLevel::All)
-        .and_then(|builder| builder.with_memory_pattern(false))
+        .map_err(|error| fail(error.to_string()))?
+        .with_memory_pattern(false)
         .map_err(|error| fail(error.to_string()))?;
     let builder = if threads > 0 {
         builder
