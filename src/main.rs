@@ -38,10 +38,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Answer one question about one image with the local model, with its confidence and timings.
+    /// Answer one question about one image, or about a clip of images, with the local model, with its
+    /// confidence and timings.
     Ask {
-        #[arg(long, value_name = "FILE")]
-        image: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "video_frames")]
+        image: Option<PathBuf>,
+        /// Take the paths before the question as one clip, in order: image files, or folders whose PNG
+        /// and JPEG files are taken in name order (at most 64 frames).
+        #[arg(long, conflicts_with_all = ["image", "split"])]
+        video_frames: bool,
+        /// Seconds between the clip's frames; the prompt gives each frame's time (SmolVLM2 samples
+        /// videos at one frame per second).
+        #[arg(long, default_value_t = 1.0, requires = "video_frames")]
+        frame_interval: f64,
         /// A model folder (default: vision.model_dir of the config, or LOOKOUT_MODEL_DIR).
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
@@ -60,7 +69,9 @@ enum Command {
         json: bool,
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        question: String,
+        /// The question; with --video-frames, the clip's frames come first.
+        #[arg(required = true, value_name = "[FRAMES...] QUESTION")]
+        inputs: Vec<String>,
     },
     /// Time each stage of an answer on this box (median of several runs).
     Bench {
@@ -267,6 +278,8 @@ fn main() -> ExitCode {
         },
         Command::Ask {
             image,
+            video_frames,
+            frame_interval,
             model,
             kind,
             split,
@@ -274,8 +287,22 @@ fn main() -> ExitCode {
             max_new_tokens,
             json,
             config,
-            question,
+            mut inputs,
         } => {
+            let question = inputs.pop().unwrap_or_default();
+            let input = match (image, video_frames) {
+                (Some(image), _) if inputs.is_empty() => AskInput::Image(image),
+                (None, true) => AskInput::Clip {
+                    paths: inputs.into_iter().map(PathBuf::from).collect(),
+                    interval_s: frame_interval,
+                },
+                _ => {
+                    eprintln!(
+                        "lookout: give one question after --image FILE, or frames and then the question after --video-frames"
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             let request = Request {
                 origin: Origin::Ask {
                     id: "cli".to_owned(),
@@ -290,7 +317,7 @@ fn main() -> ExitCode {
                 ConfigOrigin::choose(config, &env),
                 &env,
                 model,
-                &image,
+                &input,
                 request,
                 json,
             )
@@ -495,11 +522,119 @@ fn parse_kind(text: &str) -> Result<AnswerKind, String> {
 }
 
 /// `lookout ask`: one answer, printed as text or JSON.
+/// What `lookout ask` looks at.
+enum AskInput {
+    Image(PathBuf),
+    /// Frame files or folders of them, `interval_s` seconds apart.
+    Clip {
+        paths: Vec<PathBuf>,
+        interval_s: f64,
+    },
+}
+
+/// What `lookout ask` decoded: one frame, or a clip and the file of each of its frames.
+enum Visual {
+    Frame(Frame),
+    Clip(vision::Clip, Vec<PathBuf>),
+}
+
+/// Reads an image file; the error names the file.
+fn read_image(path: &Path) -> Result<image::RgbImage, String> {
+    std::fs::read(path)
+        .map_err(|error| error.to_string())
+        .and_then(|bytes| source::decode::decode(&bytes).map_err(|error| error.to_string()))
+        .map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// The frame files of a clip: files as given, folders as their PNG and JPEG files in name order.
+fn clip_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let entries =
+            std::fs::read_dir(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mut images: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|file| {
+                file.is_file()
+                    && file
+                        .extension()
+                        .and_then(|ext| ext.to_str())
+                        .is_some_and(|ext| {
+                            ["png", "jpg", "jpeg"].contains(&ext.to_ascii_lowercase().as_str())
+                        })
+            })
+            .collect();
+        if images.is_empty() {
+            return Err(format!(
+                "{}: no PNG or JPEG files in this folder",
+                path.display()
+            ));
+        }
+        images.sort();
+        files.extend(images);
+    }
+    Ok(files)
+}
+
+/// Decodes what `ask` looks at. Usage errors (a clip's size, its interval) come before reading files.
+fn read_visual(input: &AskInput) -> Result<Visual, (u8, String)> {
+    match input {
+        AskInput::Image(path) => {
+            let image = read_image(path).map_err(|error| (EXIT_DATA, error))?;
+            Ok(Visual::Frame(Frame {
+                camera: Arc::from("cli"),
+                seq: 1,
+                captured_at: SystemTime::now(),
+                capture_time: Duration::ZERO,
+                image,
+            }))
+        }
+        AskInput::Clip { paths, interval_s } => {
+            if !(interval_s.is_finite() && *interval_s > 0.0) {
+                return Err((
+                    EXIT_CONFIG,
+                    format!(
+                        "--frame-interval must be a positive number of seconds, not {interval_s}"
+                    ),
+                ));
+            }
+            let files = clip_files(paths).map_err(|error| (EXIT_DATA, error))?;
+            if files.is_empty() || files.len() > vision::MAX_CLIP_FRAMES {
+                return Err((
+                    EXIT_CONFIG,
+                    format!(
+                        "a clip has 1 to {} frames, given before the question; these paths hold {}",
+                        vision::MAX_CLIP_FRAMES,
+                        files.len()
+                    ),
+                ));
+            }
+            let frames = files
+                .iter()
+                .enumerate()
+                .map(|(index, file)| {
+                    read_image(file).map(|image| vision::ClipFrame {
+                        image: Arc::new(image),
+                        offset_s: index as f64 * interval_s,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|error| (EXIT_DATA, error))?;
+            let duration_s = frames.len() as f64 * interval_s;
+            Ok(Visual::Clip(vision::Clip { frames, duration_s }, files))
+        }
+    }
+}
+
 fn ask(
     origin: ConfigOrigin,
     env: &Env,
     model: Option<PathBuf>,
-    image: &Path,
+    input: &AskInput,
     request: Request,
     json: bool,
 ) -> ExitCode {
@@ -516,20 +651,11 @@ fn ask(
         eprintln!("lookout: {problem}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let frame = match std::fs::read(image)
-        .map_err(|error| error.to_string())
-        .and_then(|bytes| source::decode::decode(&bytes).map_err(|error| error.to_string()))
-    {
-        Ok(pixels) => Frame {
-            camera: Arc::from("cli"),
-            seq: 1,
-            captured_at: SystemTime::now(),
-            capture_time: Duration::ZERO,
-            image: pixels,
-        },
-        Err(error) => {
-            eprintln!("lookout: {}: {error}", image.display());
-            return ExitCode::from(EXIT_DATA);
+    let visual = match read_visual(input) {
+        Ok(visual) => visual,
+        Err((code, error)) => {
+            eprintln!("lookout: {error}");
+            return ExitCode::from(code);
         }
     };
     if let Some(model) = model {
@@ -543,20 +669,50 @@ fn ask(
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let result = analyser
-        .answer(&frame, std::slice::from_ref(&request))
-        .pop();
+    let requests = std::slice::from_ref(&request);
+    // The answer, and what it is about for --json ("image" or "clip").
+    let (result, (subject, looked_at)) = match &visual {
+        Visual::Frame(frame) => (
+            analyser.answer(frame, requests).pop(),
+            (
+                "image",
+                serde_json::json!({ "width": frame.image.width(), "height": frame.image.height() }),
+            ),
+        ),
+        Visual::Clip(clip, files) => {
+            let frames: Vec<serde_json::Value> = clip
+                .frames
+                .iter()
+                .zip(files)
+                .map(|(frame, file)| {
+                    serde_json::json!({
+                        "file": file,
+                        "time_s": frame.offset_s,
+                        "width": frame.image.width(),
+                        "height": frame.image.height(),
+                    })
+                })
+                .collect();
+            (
+                analyser.answer_clip(clip, requests).pop(),
+                (
+                    "clip",
+                    serde_json::json!({ "duration_s": clip.duration_s, "frames": frames }),
+                ),
+            )
+        }
+    };
     match result {
         Some(Ok(answer)) if json => {
-            let printed = serde_json::json!({
+            let mut printed = serde_json::json!({
                 "answer": answer.text,
                 "confidence": answer.confidence,
                 "confidence_min": answer.min_probability,
                 "tokens": answer.tokens,
                 "timings_ms": answer.timings,
                 "model": analyser.model(),
-                "image": { "width": frame.image.width(), "height": frame.image.height() },
             });
+            printed[subject] = looked_at;
             println!("{printed}");
             ExitCode::SUCCESS
         }

@@ -294,3 +294,134 @@ fn bench_reports_every_stage_and_the_cost_of_several_questions() {
         assert!(value.is_finite() && value > 0.0, "{ratio} = {value}");
     }
 }
+
+#[test]
+fn a_folder_of_frames_of_different_sizes_is_answered_as_one_clip() {
+    let model = fixture();
+    let images = fixture().join("images");
+    let output = ask(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "--max-new-tokens",
+            "4",
+            "--frame-interval",
+            "2.5",
+            "--video-frames",
+            images.to_str().unwrap(),
+            image("square_300.png").to_str().unwrap(),
+            "What happened?",
+        ],
+        &[],
+    );
+    let answer = json(&output);
+    assert_eq!(answer["tokens"].as_array().unwrap().len(), 4, "{answer}");
+    let clip = &answer["clip"];
+    let frames = clip["frames"].as_array().unwrap();
+    // The folder's six images in name order, then the file given after it.
+    let files: Vec<&str> = frames
+        .iter()
+        .map(|frame| {
+            Path::new(frame["file"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "gray_256x192.png",
+            "panorama_1200x160.png",
+            "rgba_320x240.png",
+            "square_300.png",
+            "tall_180x900.png",
+            "tiny_1x1.png",
+            "square_300.png"
+        ]
+    );
+    let times: Vec<f64> = frames
+        .iter()
+        .map(|frame| frame["time_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(times, [0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0]);
+    assert_eq!(clip["duration_s"], 17.5);
+    assert_eq!(frames[1]["width"], 1200);
+}
+
+#[test]
+fn bad_clips_are_refused_clearly() {
+    let model = fixture();
+    let square = image("square_300.png");
+    let clip = |paths: &[&str], extra: &[&str]| {
+        let mut args = vec!["--model", model.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push("--video-frames");
+        args.extend_from_slice(paths);
+        args.push("What happened?");
+        ask(&args, &[])
+    };
+    let too_many = vec![square.to_str().unwrap(); 65];
+    let refused = clip(&too_many, &[]);
+    assert_eq!(refused.status.code(), Some(64), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("1 to 64 frames"),
+        "{}",
+        stderr(&refused)
+    );
+
+    for interval in ["0", "-1", "nan"] {
+        let flag = format!("--frame-interval={interval}");
+        let refused = clip(&[square.to_str().unwrap()], &[&flag]);
+        assert_eq!(refused.status.code(), Some(64), "{}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains("--frame-interval"),
+            "{}",
+            stderr(&refused)
+        );
+    }
+
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("notes.txt"), "not a frame").unwrap();
+    let refused = clip(&[empty.path().to_str().unwrap()], &[]);
+    assert_eq!(refused.status.code(), Some(65), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("no PNG or JPEG files"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let not_image = empty.path().join("notes.txt");
+    let refused = clip(
+        &[square.to_str().unwrap(), not_image.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(refused.status.code(), Some(65), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("notes.txt"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // A question with no frames, and frames with --image.
+    let refused = clip(&[], &[]);
+    assert_eq!(refused.status.code(), Some(64), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("these paths hold 0"),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = ask(
+        &[
+            "--image",
+            square.to_str().unwrap(),
+            "--video-frames",
+            square.to_str().unwrap(),
+            "What?",
+        ],
+        &[],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+}

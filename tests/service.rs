@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with, free_port};
 use lookout::gate::Request;
 use lookout::source::Frame;
-use lookout::vision::{AnalyseError, Analyser, LocalAnswer};
+use lookout::vision::{AnalyseError, Analyser, Clip, LocalAnswer};
 use tokio::net::UnixDatagram;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -205,6 +205,14 @@ impl Analyser for HangingAccelerator {
         state.hanging = false;
         drop(state);
         self.inner.answer(frame, requests)
+    }
+
+    fn answer_clip(
+        &mut self,
+        clip: &Clip,
+        requests: &[Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        self.inner.answer_clip(clip, requests)
     }
 }
 

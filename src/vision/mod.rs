@@ -140,6 +140,24 @@ pub enum AnalyseError {
     Model(String),
 }
 
+/// The most frames one clip may have: SmolVLM2 was trained on videos of up to 64.
+pub const MAX_CLIP_FRAMES: usize = 64;
+
+/// Frames taken as one video, oldest first.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    pub frames: Vec<ClipFrame>,
+    /// The time the clip covers, in seconds; the prompt states it.
+    pub duration_s: f64,
+}
+
+/// One frame of a clip and when it was taken, in seconds from the clip's start.
+#[derive(Debug, Clone)]
+pub struct ClipFrame {
+    pub image: Arc<image::RgbImage>,
+    pub offset_s: f64,
+}
+
 /// Answers questions about frames. Implementations own their model; `answer` is called from one thread.
 pub trait Analyser: Send {
     /// The model's name, reported in every answer.
@@ -155,6 +173,13 @@ pub trait Analyser: Send {
     fn answer(
         &mut self,
         frame: &Frame,
+        requests: &[Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>>;
+
+    /// One result per request, each about the whole clip (every frame unsplit), in the same order.
+    fn answer_clip(
+        &mut self,
+        clip: &Clip,
         requests: &[Request],
     ) -> Vec<Result<LocalAnswer, AnalyseError>>;
 }

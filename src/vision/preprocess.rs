@@ -8,6 +8,9 @@
 //!    whole picture resized to one tile.
 //! 3. Scale to [0, 1], normalise with the configured mean and std, lay out channels first.
 //!
+//! A clip's frames (SmolVLM2's video input) are never split: the reference's video processor resizes
+//! each as an unsplit image (step 1, then squared to one tile), then step 3.
+//!
 //! Resampling is Lanczos (a = 3), separable, horizontal pass first, with 8-bit rounding between passes and
 //! fixed-point weights, as Pillow computes it (torchvision's CPU Lanczos follows the same scheme). The
 //! reference is matched within a tolerance measured by the conformance tests, not bit for bit.
@@ -39,6 +42,15 @@ pub struct Pixels {
     pub cols: usize,
 }
 
+/// `threads` as configured, 0 meaning one per core.
+fn worker_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        threads
+    }
+}
+
 /// Preprocesses `image`, split into tiles or not, resampling on up to `threads` threads (0: one per core).
 pub fn preprocess(
     image: &RgbImage,
@@ -46,11 +58,7 @@ pub fn preprocess(
     split: bool,
     threads: usize,
 ) -> Pixels {
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, usize::from)
-    } else {
-        threads
-    };
+    let threads = worker_threads(threads);
     let (width, height) = longest_edge_size(image.width(), image.height(), settings.longest_edge);
     let resized = resize(Cow::Borrowed(image), width, height, threads);
     let tile = settings.tile;
@@ -72,6 +80,58 @@ pub fn preprocess(
         .map(|origin| (grid.as_ref(), origin))
         .chain([(global.as_ref(), (0, 0))])
         .collect();
+    Pixels {
+        values: normalise(&squares, settings, threads),
+        images: squares.len(),
+        rows: rows as usize,
+        cols: cols as usize,
+    }
+}
+
+/// A frame as the video processor resizes it, which is how the image processor resizes an unsplit image:
+/// step 1, then squared to one tile. This is what a clip keeps of each frame, so that its memory does not
+/// depend on the camera's resolution.
+pub fn clip_frame(image: &RgbImage, settings: &ImageSettings, threads: usize) -> RgbImage {
+    let threads = worker_threads(threads);
+    let (width, height) = longest_edge_size(image.width(), image.height(), settings.longest_edge);
+    let resized = resize(Cow::Borrowed(image), width, height, threads);
+    resize(resized, settings.tile, settings.tile, threads).into_owned()
+}
+
+/// The encoder input for a clip: every frame one unsplit image, in order. Tile-sized frames are taken as
+/// `clip_frame` made them; any other size is resized by it first.
+pub fn preprocess_clip(frames: &[&RgbImage], settings: &ImageSettings, threads: usize) -> Pixels {
+    let threads = worker_threads(threads);
+    let tile = settings.tile;
+    let squares: Vec<Cow<'_, RgbImage>> = frames
+        .iter()
+        .map(|frame| {
+            if frame.dimensions() == (tile, tile) {
+                Cow::Borrowed(*frame)
+            } else {
+                Cow::Owned(clip_frame(frame, settings, threads))
+            }
+        })
+        .collect();
+    let squares: Vec<(&RgbImage, (u32, u32))> = squares
+        .iter()
+        .map(|square| (square.as_ref(), (0, 0)))
+        .collect();
+    Pixels {
+        values: normalise(&squares, settings, threads),
+        images: squares.len(),
+        rows: 0,
+        cols: 0,
+    }
+}
+
+/// Step 3 for each tile-sized square (an image and the square's top-left corner in it), channels first.
+fn normalise(
+    squares: &[(&RgbImage, (u32, u32))],
+    settings: &ImageSettings,
+    threads: usize,
+) -> Vec<f32> {
+    let tile = settings.tile;
     let square_len = 3 * (tile * tile) as usize;
     let mut values = vec![0.0; squares.len() * square_len];
     let normaliser = Normaliser::new(settings);
@@ -80,12 +140,7 @@ pub fn preprocess(
             normaliser.fill(out, image, *origin, tile);
         }
     });
-    Pixels {
-        values,
-        images: squares.len(),
-        rows: rows as usize,
-        cols: cols as usize,
-    }
+    values
 }
 
 /// Step 1's size: longest edge to `longest`, the other side truncated then made even, at least 1.

@@ -11,6 +11,9 @@
 //! prompt prefix they have in common (the chat header and the whole image block) is prefilled once; each
 //! question then prefills only its own words on top of that shared cache, passed by reference.
 //!
+//! A clip (SmolVLM2's video input) goes the same way: its frames, each one unsplit image, fill the
+//! `<image>` rows of the reference's video prompt (frame count, duration, a timestamp per frame).
+//!
 //! Answer kinds and confidence:
 //! - `text`: greedy decoding until a stop token or `max_new_tokens`; confidence is the geometric mean of
 //!   the chosen tokens' probabilities (the stop token excluded), and the lowest of them is reported too.
@@ -23,13 +26,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use super::model::{ModelError, ModelSpec};
-use super::preprocess::{Pixels, preprocess};
+use super::preprocess::{Pixels, preprocess, preprocess_clip};
 use super::prompt::{PromptError, Prompter};
 use super::runtime::{self, Provider, RuntimeError};
-use super::{AnalyseError, Analyser, LocalAnswer, StageTimings};
+use super::{AnalyseError, Analyser, Clip, LocalAnswer, MAX_CLIP_FRAMES, StageTimings};
 use crate::gate::{AnswerKind, Request};
 use crate::source::Frame;
 
@@ -151,6 +154,15 @@ fn ort_error(error: ort::Error) -> AnalyseError {
     AnalyseError::Model(error.to_string())
 }
 
+fn prompt_error(error: PromptError) -> AnalyseError {
+    AnalyseError::Input(error.to_string())
+}
+
+/// Images per vision-encoder run: the encoder's attention holds images x heads x patches² floats at once
+/// (about 50 MB per 512-pixel image for SigLIP-B/16), so 13 tiles or a 64-frame clip in one run would
+/// take gigabytes; in batches of 4 the peak stays near 200 MB, and each image's features are the same.
+const ENCODER_BATCH: usize = 4;
+
 fn millis(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -233,21 +245,29 @@ impl SmolVlm {
         })
     }
 
-    /// Runs the vision encoder on preprocessed pixels (taken, not copied) and returns the feature rows.
-    fn encode_image(&mut self, pixels: Pixels) -> Result<Vec<f32>, AnalyseError> {
+    /// Runs the vision encoder on preprocessed pixels (viewed, not copied), at most `ENCODER_BATCH`
+    /// images per run, and returns the feature rows of every image in order.
+    fn encode_image(&mut self, pixels: &Pixels) -> Result<Vec<f32>, AnalyseError> {
         let tile = self.spec.image.tile as usize;
-        let mask = vec![true; pixels.images * tile * tile];
-        let values = Tensor::from_array(([1, pixels.images, 3, tile, tile], pixels.values))
-            .map_err(ort_error)?;
-        let mask = Tensor::from_array(([1, pixels.images, tile, tile], mask)).map_err(ort_error)?;
-        let outputs = self
-            .vision
-            .run(ort::inputs! {"pixel_values" => values, "pixel_attention_mask" => mask})
-            .map_err(ort_error)?;
-        let (_, features) = outputs["image_features"]
-            .try_extract_tensor::<f32>()
-            .map_err(ort_error)?;
-        Ok(features.to_vec())
+        let image_len = 3 * tile * tile;
+        let mut features = Vec::new();
+        for batch in pixels.values.chunks(ENCODER_BATCH * image_len) {
+            let images = batch.len() / image_len;
+            let values = TensorRef::from_array_view(([1, images, 3, tile, tile], batch))
+                .map_err(ort_error)?;
+            let mask =
+                Tensor::from_array(([1, images, tile, tile], vec![true; images * tile * tile]))
+                    .map_err(ort_error)?;
+            let outputs = self
+                .vision
+                .run(ort::inputs! {"pixel_values" => values, "pixel_attention_mask" => mask})
+                .map_err(ort_error)?;
+            let (_, rows) = outputs["image_features"]
+                .try_extract_tensor::<f32>()
+                .map_err(ort_error)?;
+            features.extend_from_slice(rows);
+        }
+        Ok(features)
     }
 
     fn embed(&mut self, ids: &[u32]) -> Result<Vec<f32>, AnalyseError> {
@@ -394,14 +414,55 @@ impl SmolVlm {
         let started = Instant::now();
         let pixels = preprocess(&frame.image, &self.spec.image, split, self.threads);
         let preprocess_ms = millis(started);
-        let prompts: Vec<Result<Vec<u32>, AnalyseError>> = requests
+        let prompts = requests
             .iter()
             .map(|request| {
                 self.prompter
                     .ids(&question_text(request), pixels.rows, pixels.cols)
-                    .map_err(|error| AnalyseError::Input(error.to_string()))
+                    .map_err(prompt_error)
             })
             .collect();
+        self.answer_prompts(&pixels, preprocess_ms, requests, prompts)
+    }
+
+    /// Answers every request about `clip`, its frames unsplit, in the reference's video prompt.
+    fn answer_clip_group(
+        &mut self,
+        clip: &Clip,
+        requests: &[&Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        let frames = clip.frames.len();
+        if frames == 0 || frames > MAX_CLIP_FRAMES {
+            let error = AnalyseError::Input(format!(
+                "a clip has 1 to {MAX_CLIP_FRAMES} frames, not {frames}"
+            ));
+            return requests.iter().map(|_| Err(error.clone())).collect();
+        }
+        let started = Instant::now();
+        let images: Vec<&image::RgbImage> = clip.frames.iter().map(|frame| &*frame.image).collect();
+        let pixels = preprocess_clip(&images, &self.spec.image, self.threads);
+        let preprocess_ms = millis(started);
+        let offsets: Vec<f64> = clip.frames.iter().map(|frame| frame.offset_s).collect();
+        let prompts = requests
+            .iter()
+            .map(|request| {
+                self.prompter
+                    .video_ids(&question_text(request), &offsets, clip.duration_s)
+                    .map_err(prompt_error)
+            })
+            .collect();
+        self.answer_prompts(&pixels, preprocess_ms, requests, prompts)
+    }
+
+    /// Answers each request from its prompt ids, the pictures in `pixels` filling the prompts' `<image>`
+    /// rows: the pictures are encoded once, and the prefix the prompts share is prefilled once.
+    fn answer_prompts(
+        &mut self,
+        pixels: &Pixels,
+        preprocess_ms: f64,
+        requests: &[&Request],
+        prompts: Vec<Result<Vec<u32>, AnalyseError>>,
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
         let started = Instant::now();
         let features = match self.encode_image(pixels) {
             Ok(features) => features,
@@ -734,5 +795,14 @@ impl Analyser for SmolVlm {
                     .unwrap_or_else(|| Err(AnalyseError::Model("request not answered".to_owned())))
             })
             .collect()
+    }
+
+    fn answer_clip(
+        &mut self,
+        clip: &Clip,
+        requests: &[Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        let requests: Vec<&Request> = requests.iter().collect();
+        self.answer_clip_group(clip, &requests)
     }
 }

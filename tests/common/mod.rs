@@ -14,11 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use image::RgbImage;
 use lookout::app::{self, AppError, Control};
 use lookout::config::{ConfigOrigin, Env};
 use lookout::gate::{AnswerKind, Request};
 use lookout::source::Frame;
-use lookout::vision::{AnalyseError, Analyser, LocalAnswer, StageTimings};
+use lookout::vision::{AnalyseError, Analyser, Clip, LocalAnswer, StageTimings};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -348,33 +349,54 @@ impl Analyser for PixelAnalyser {
         requests: &[Request],
     ) -> Vec<Result<LocalAnswer, AnalyseError>> {
         std::thread::sleep(self.delay);
-        let pixels = frame.image.as_raw();
-        let mean = pixels.iter().map(|&v| u64::from(v)).sum::<u64>() / pixels.len().max(1) as u64;
-        requests
-            .iter()
-            .map(|request| {
-                if request.question.contains("fail") {
-                    return Err(AnalyseError::Input("asked to fail".to_owned()));
-                }
-                let text = match &request.kind {
-                    AnswerKind::Text => format!(
-                        "mean level {mean} in {}x{}",
-                        frame.image.width(),
-                        frame.image.height()
-                    ),
-                    AnswerKind::YesNo => if mean > 127 { "yes" } else { "no" }.to_owned(),
-                    AnswerKind::OneOf(labels) => labels[mean as usize % labels.len()].clone(),
-                };
-                Ok(LocalAnswer {
-                    text,
-                    confidence: 0.75,
-                    min_probability: None,
-                    tokens: vec![mean as u32],
-                    timings: StageTimings::default(),
-                })
-            })
-            .collect()
+        pixel_answers(&[&frame.image], requests)
     }
+
+    fn answer_clip(
+        &mut self,
+        clip: &Clip,
+        requests: &[Request],
+    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        std::thread::sleep(self.delay);
+        let images: Vec<&RgbImage> = clip.frames.iter().map(|frame| &*frame.image).collect();
+        pixel_answers(&images, requests)
+    }
+}
+
+/// The pixel analyser's answers about `images`: from their mean level and the last one's size.
+fn pixel_answers(
+    images: &[&RgbImage],
+    requests: &[Request],
+) -> Vec<Result<LocalAnswer, AnalyseError>> {
+    let (sum, count) = images.iter().fold((0u64, 0u64), |(sum, count), image| {
+        let pixels = image.as_raw();
+        (
+            sum + pixels.iter().map(|&v| u64::from(v)).sum::<u64>(),
+            count + pixels.len() as u64,
+        )
+    });
+    let mean = sum / count.max(1);
+    let (width, height) = images.last().map_or((0, 0), |image| image.dimensions());
+    requests
+        .iter()
+        .map(|request| {
+            if request.question.contains("fail") {
+                return Err(AnalyseError::Input("asked to fail".to_owned()));
+            }
+            let text = match &request.kind {
+                AnswerKind::Text => format!("mean level {mean} in {width}x{height}"),
+                AnswerKind::YesNo => if mean > 127 { "yes" } else { "no" }.to_owned(),
+                AnswerKind::OneOf(labels) => labels[mean as usize % labels.len()].clone(),
+            };
+            Ok(LocalAnswer {
+                text,
+                confidence: 0.75,
+                min_probability: None,
+                tokens: vec![mean as u32],
+                timings: StageTimings::default(),
+            })
+        })
+        .collect()
 }
 
 /// The daemon running in-process on a config file.
