@@ -39,8 +39,6 @@ ORT_DYLIB_PATH="$("$py" -c 'import glob, os, onnxruntime
 print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*"))[0])')"
 export ORT_DYLIB_PATH
 ort_version="$("$py" -c 'import onnxruntime; print(onnxruntime.__version__)')"
-# Lookout runs with the environment its systemd unit gives it.
-unit_malloc="$(sed -n 's/^Environment=MALLOC_MMAP_THRESHOLD_=//p' "$root/systemd/lookout.service")"
 
 results="$work/results.jsonl"
 : > "$results"
@@ -53,7 +51,7 @@ for variant in fp32 int8 q4; do
     python_json="$("$py" "$here/reference/peak_rss.py" "$here/reference/run_onnx.py" --model "$model" --suffix "$suffix" \
       --split "$split" --image "$work/frame.png" --max-new "$tokens" --threads "$threads" 2>"$work/python.err")"
     python_rss="$(grep peak_rss_mb "$work/python.err" | tail -1 | cut -d' ' -f2)"
-    lookout_json="$(MALLOC_MMAP_THRESHOLD_="$unit_malloc" LOOKOUT_LOG=warn "$lookout" bench --model "$model" --variant "$variant" --image "$work/frame.png" $flag \
+    lookout_json="$(LOOKOUT_LOG=warn "$lookout" bench --model "$model" --variant "$variant" --image "$work/frame.png" $flag \
       --threads "$threads" --runs "$runs" --max-new-tokens "$tokens" --json)"
     processor_json="$("$py" "$here/reference/processor_time.py" "$model" "$work/frame.png" "$split" 2>/dev/null)"
     # PyTorch runs fp32 only: it is the unquantized reference for every variant.
@@ -79,8 +77,8 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 print(f"# Lookout vs the Python ONNX Runtime loop and transformers PyTorch\n")
 print(f"SmolVLM2-256M geometry, random weights; 640x480 frame; {sys.argv[2]} threads; up to {sys.argv[3]} new tokens; ")
-print(f"ONNX Runtime {sys.argv[4]} for both ONNX loops (Lookout loads the wheel's library); Lookout with its systemd unit's")
-print("environment. One run of `bench/compare.sh` (ratios matter: the machine is shared). TTFT = vision encoder + prefill.\n")
+print(f"ONNX Runtime {sys.argv[4]} for both ONNX loops (Lookout loads the wheel's library). One run of `bench/compare.sh`")
+print("(ratios matter: the machine is shared). TTFT = vision encoder + prefill.\n")
 print("| variant | split | TTFT PyTorch ms | TTFT Lookout / PyTorch | decode PyTorch tok/s | answer PyTorch ms | answer Lookout ms | CPU PyTorch ms | CPU Python ms | CPU Lookout ms | RSS PyTorch MB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:

@@ -14,10 +14,10 @@
 //!   some fusions);
 //! - no CPU memory arena and no memory pattern: the vision encoder's activations are large and short-lived
 //!   (hundreds of MB with image splitting), and an arena keeps its high-water mark for the life of the
-//!   process. Without them, peak RSS with the int8 256M model went from about 870 MB to 620-720 MB (one
-//!   image) and from 5.3 GB to 2.7 GB (13 tiles), at no measurable cost in speed (`lookout bench`,
-//!   interleaved runs). The systemd unit also sets `MALLOC_MMAP_THRESHOLD_` so that glibc hands those
-//!   blocks back to the system instead of keeping them on its heap.
+//!   process. Without them, peak RSS with the int8 256M model went from about 870 MB to 660-720 MB (one
+//!   image) and from 5.3 GB to 1.6 GB (13 tiles), at no measurable cost in speed (`lookout bench`,
+//!   interleaved runs). Fixing glibc's mmap threshold (`MALLOC_MMAP_THRESHOLD_`) would save another
+//!   50 MB but slowed decoding with a long prompt (13 tiles) by a third, so it is left alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
