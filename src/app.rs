@@ -45,6 +45,8 @@ use crate::service::notify::Notifier;
 use crate::service::watchdog::Supervisor;
 use crate::source;
 use crate::stats::Stats;
+use crate::vision::model::ModelSpec;
+use crate::vision::preprocess::ImageSettings;
 use crate::vision::{self, Analyser, Replacement, VisionConfig};
 
 /// Outcomes a stage may hold before the next takes them (vision to escalation, escalation to
@@ -98,6 +100,10 @@ impl Front {
         let cancel = CancellationToken::new();
         let mut stages = Vec::new();
         let mut routes = HashMap::new();
+        // How clip buffers resize frames: as the configured model's processor says.
+        let clip_settings = ModelSpec::read(&config.vision.model_dir)
+            .map(|spec| spec.image)
+            .unwrap_or(ImageSettings::SMOLVLM2);
         for camera in &config.cameras {
             // Capacity one, newest wins: capture never waits for the gate.
             let (frames_out, frames_in) = watch::channel(None);
@@ -127,6 +133,7 @@ impl Front {
                     asks,
                     queue.clone(),
                     stats.clone(),
+                    clip_settings.clone(),
                 )),
             });
         }

@@ -312,6 +312,7 @@ fn main() -> ExitCode {
                 split,
                 max_new_tokens,
                 permit: None,
+                clip: None,
             };
             ask(
                 ConfigOrigin::choose(config, &env),

@@ -238,6 +238,8 @@ pub struct Stats {
     pub cloud_last_ms: Gauge,
     /// Each cloud endpoint's breaker: `closed`, `open` or `half_open`.
     pub breakers: Mutex<BTreeMap<String, &'static str>>,
+    /// Each camera's clip buffer (cameras with clip tasks only).
+    clip_buffers: Mutex<BTreeMap<String, ClipBufferState>>,
     pub published_answers: AnswerMetrics,
     /// `None` until the vision worker starts with its model.
     pub model: Mutex<Option<ModelState>>,
@@ -269,11 +271,20 @@ impl Default for Stats {
             cloud_total_ms: Counter::default(),
             cloud_last_ms: Gauge::default(),
             breakers: Mutex::default(),
+            clip_buffers: Mutex::default(),
             published_answers: AnswerMetrics::default(),
             model: Mutex::default(),
             progress: Progress::default(),
         }
     }
+}
+
+/// What a camera's clip buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClipBufferState {
+    pub frames: u64,
+    /// Pixel bytes: the buffer's memory.
+    pub bytes: u64,
 }
 
 /// The stats message published on `<prefix>/<device>/stats`.
@@ -289,6 +300,9 @@ pub struct Snapshot {
     pub queues: QueueDepths,
     pub latency_ms: Latency,
     pub escalations: EscalationCounts,
+    /// Per camera with clip tasks: the frames its clip buffer holds and their bytes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub clip_buffers: BTreeMap<String, ClipBufferState>,
 }
 
 #[derive(Debug, Serialize)]
@@ -336,6 +350,20 @@ pub struct Latency {
 }
 
 impl Stats {
+    /// Records `camera`'s clip buffer; a stopped buffer (no frames, no bytes) is forgotten.
+    pub fn set_clip_buffer(&self, camera: &str, frames: u64, bytes: u64) {
+        let mut buffers = self.clip_buffers.lock().unwrap();
+        if frames == 0 && bytes == 0 {
+            buffers.remove(camera);
+        } else {
+            buffers.insert(camera.to_owned(), ClipBufferState { frames, bytes });
+        }
+    }
+
+    pub fn clip_buffers(&self) -> BTreeMap<String, ClipBufferState> {
+        self.clip_buffers.lock().unwrap().clone()
+    }
+
     /// Counts an answer the escalation stage reviewed, by what became of it.
     pub fn count_escalation(&self, outcome: &'static str) {
         *self.escalations.lock().unwrap().entry(outcome).or_default() += 1;
@@ -400,6 +428,7 @@ impl Stats {
                     .unwrap_or(0),
                 breakers: self.breakers.lock().unwrap().clone(),
             },
+            clip_buffers: self.clip_buffers(),
         }
     }
 }

@@ -58,14 +58,56 @@ fn jpeg() -> Vec<u8> {
 }
 
 async fn ask_yes_no(cloud: &Cloud) -> Result<lookout::escalate::CloudAnswer, CloudError> {
-    let jpeg = jpeg();
     cloud
         .ask(Question {
             text: "Is the door open?",
             kind: &AnswerKind::YesNo,
-            jpeg: &jpeg,
+            jpegs: &[jpeg()],
         })
         .await
+}
+
+#[tokio::test]
+async fn a_clip_goes_as_its_frames_in_order_at_most_the_endpoints_cap() {
+    let server = CloudServer::start(vec![], Reply::answer("yes")).await;
+    let mut target = endpoint("router", &server.url);
+    target.max_images = 3;
+    let (cloud, _) = client(&settings(vec![target]));
+    // Five distinct frames, oldest first.
+    let frames: Vec<Vec<u8>> = (0..5u8).map(|index| vec![index; 16]).collect();
+    let answer = cloud
+        .ask(Question {
+            text: "Did anyone come in?",
+            kind: &AnswerKind::YesNo,
+            jpegs: &frames,
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.answer, "yes");
+    let received = server.received();
+    let content = received[0].body["messages"][0]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let sent: Vec<Vec<u8>> = content
+        .iter()
+        .filter_map(|part| part["image_url"]["url"].as_str())
+        .map(|url| {
+            base64::engine::general_purpose::STANDARD
+                .decode(url.strip_prefix("data:image/jpeg;base64,").unwrap())
+                .unwrap()
+        })
+        .collect();
+    // Spread from the first to the last: frames 0, 2 and 4.
+    assert_eq!(
+        sent,
+        [frames[0].clone(), frames[2].clone(), frames[4].clone()]
+    );
+    let text = content.last().unwrap()["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("The 3 images are frames of a video, oldest first.\nDid anyone come in?"),
+        "{text}"
+    );
 }
 
 fn gap(server: &CloudServer, from: usize) -> Duration {

@@ -160,6 +160,7 @@ fn request(question: &str, kind: AnswerKind, split: bool, max_new_tokens: u32) -
         split,
         max_new_tokens,
         permit: None,
+        clip: None,
     }
 }
 

@@ -155,6 +155,7 @@ fn greedy_tokens_about_a_clip_equal_transformers() {
             split: false,
             max_new_tokens: max_new,
             permit: None,
+            clip: None,
         };
         let answer = model
             .answer_clip(&clip_of(case), &[request])
@@ -191,6 +192,7 @@ fn a_clip_of_no_frames_or_too_many_is_refused_with_the_limit() {
         split: false,
         max_new_tokens: 4,
         permit: None,
+        clip: None,
     };
     let small = Arc::new(RgbImage::new(8, 8));
     for count in [0, 65] {

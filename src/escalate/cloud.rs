@@ -31,12 +31,13 @@ use crate::gate::AnswerKind;
 use crate::stats::Stats;
 use crate::vision::Usage;
 
-/// What the cloud is asked: a question of a kind about a JPEG.
+/// What the cloud is asked: a question of a kind about JPEG images, in order (one frame, or a clip's
+/// frames oldest first).
 #[derive(Debug, Clone, Copy)]
 pub struct Question<'a> {
     pub text: &'a str,
     pub kind: &'a AnswerKind,
-    pub jpeg: &'a [u8],
+    pub jpegs: &'a [Vec<u8>],
 }
 
 /// A cloud answer, parsed into the question's kind, with where it came from.
@@ -124,11 +125,16 @@ impl Cloud {
     /// Asks each endpoint in order until one answers, within the overall deadline.
     pub async fn ask(&self, question: Question<'_>) -> Result<CloudAnswer, CloudError> {
         let deadline = tokio::time::Instant::now() + self.deadline;
-        let prompt = phrase(question.text, question.kind);
-        let image = format!(
-            "data:image/jpeg;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(question.jpeg)
-        );
+        let images: Vec<String> = question
+            .jpegs
+            .iter()
+            .map(|jpeg| {
+                format!(
+                    "data:image/jpeg;base64,{}",
+                    base64::engine::general_purpose::STANDARD.encode(jpeg)
+                )
+            })
+            .collect();
         let mut failures = Vec::new();
         let mut transient = false;
         for endpoint in &self.endpoints {
@@ -147,14 +153,19 @@ impl Cloud {
                 continue;
             }
             self.report_breakers();
+            let sent = evenly(&images, endpoint.config.max_images);
+            let mut content: Vec<serde_json::Value> = sent
+                .iter()
+                .map(|image| json!({"type": "image_url", "image_url": {"url": image}}))
+                .collect();
+            content.push(
+                json!({"type": "text", "text": phrase(question.text, question.kind, sent.len())}),
+            );
             let body = json!({
                 "model": endpoint.config.model,
                 "messages": [{
                     "role": "user",
-                    "content": [
-                        {"type": "image_url", "image_url": {"url": image}},
-                        {"type": "text", "text": prompt},
-                    ],
+                    "content": content,
                 }],
                 "max_tokens": self.max_tokens,
                 "temperature": 0,
@@ -447,16 +458,36 @@ fn error_text(bytes: &[u8]) -> String {
     }
 }
 
-/// The question as the cloud model is asked it: the kind's expected form spelled out.
-pub fn phrase(question: &str, kind: &AnswerKind) -> String {
+/// The question as the cloud model is asked it about `images` images: several are said to be a video's
+/// frames in order, and the kind's expected form is spelled out.
+pub fn phrase(question: &str, kind: &AnswerKind, images: usize) -> String {
+    let question = if images > 1 {
+        format!("The {images} images are frames of a video, oldest first.\n{question}")
+    } else {
+        question.to_owned()
+    };
     match kind {
-        AnswerKind::Text => question.to_owned(),
+        AnswerKind::Text => question,
         AnswerKind::YesNo => format!("{question}\nAnswer with one word: yes or no."),
         AnswerKind::OneOf(labels) => format!(
             "{question}\nAnswer with exactly one of these options and nothing else: {}.",
             labels.join(", ")
         ),
     }
+}
+
+/// At most `cap` of `items`, spread evenly from the first to the last.
+fn evenly<T>(items: &[T], cap: usize) -> Vec<&T> {
+    if items.len() <= cap {
+        return items.iter().collect();
+    }
+    if cap <= 1 {
+        return items.last().into_iter().collect();
+    }
+    let last = items.len() - 1;
+    (0..cap)
+        .map(|index| &items[index * last / (cap - 1)])
+        .collect()
 }
 
 /// The reply's text as an answer of `kind`: `yes`/`no`, one of the labels, or the text itself.

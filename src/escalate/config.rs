@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::config::{Problems, validate};
 use crate::outbox::OutboxConfig;
+use crate::vision::MAX_CLIP_FRAMES;
 
 /// The Hugging Face Inference Providers router, OpenAI-compatible.
 pub const HF_ROUTER: &str = "https://router.huggingface.co/v1";
@@ -147,6 +148,8 @@ pub struct EndpointConfig {
     pub token_file: Option<PathBuf>,
     /// The organisation billed (`X-HF-Bill-To`).
     pub bill_to: Option<String>,
+    /// The most images one request carries: a clip with more frames sends this many, spread evenly.
+    pub max_images: usize,
 }
 
 impl Default for EndpointConfig {
@@ -158,6 +161,7 @@ impl Default for EndpointConfig {
             token_env: "HF_TOKEN".to_owned(),
             token_file: None,
             bill_to: None,
+            max_images: 8,
         }
     }
 }
@@ -365,6 +369,12 @@ impl EndpointConfig {
         }
         if self.model.trim().is_empty() {
             problems.push(format!("{path}.model"), "must name a model");
+        }
+        if !(1..=MAX_CLIP_FRAMES).contains(&self.max_images) {
+            problems.push(
+                format!("{path}.max_images"),
+                format!("must be 1 to {MAX_CLIP_FRAMES}, not {}", self.max_images),
+            );
         }
         if !self
             .token_env

@@ -68,8 +68,31 @@ pub struct Escalation {
 #[derive(Serialize, Deserialize)]
 struct Queued {
     answer: Answer,
-    /// The frame as it would have been sent, base64.
-    jpeg: String,
+    /// The images as they would have been sent, base64, oldest first. Escalations queued before clips
+    /// existed hold one image under the name `jpeg`.
+    #[serde(alias = "jpeg")]
+    jpegs: Jpegs,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Jpegs {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl Jpegs {
+    /// The images, decoded; one that is not base64 is left out.
+    fn decode(&self) -> Vec<Vec<u8>> {
+        let encoded = match self {
+            Jpegs::One(jpeg) => std::slice::from_ref(jpeg),
+            Jpegs::Several(jpegs) => jpegs.as_slice(),
+        };
+        encoded
+            .iter()
+            .filter_map(|jpeg| base64::engine::general_purpose::STANDARD.decode(jpeg).ok())
+            .collect()
+    }
 }
 
 impl Escalation {
@@ -145,17 +168,22 @@ impl Escalation {
         let settings = config
             .image_for(&answer.camera)
             .expect("the policy escalates only cameras that allow it");
-        let jpeg = {
-            let frame = frame.clone();
-            tokio::task::spawn_blocking(move || cloud::encode_frame(&frame.image, settings))
-                .await
-                .expect("JPEG encoding does not panic")
-        };
+        // A clip's frames, oldest first, or the frame.
+        let jpegs = tokio::task::spawn_blocking(move || match output.clip {
+            Some(clip) => clip
+                .frames
+                .iter()
+                .map(|clip_frame| cloud::encode_frame(&clip_frame.image, settings))
+                .collect(),
+            None => vec![cloud::encode_frame(&frame.image, settings)],
+        })
+        .await
+        .expect("JPEG encoding does not panic");
         let cloud = self.cloud();
         let question = Question {
             text: &answer.question,
             kind: &answer.kind,
-            jpeg: &jpeg,
+            jpegs: &jpegs,
         };
         let result = tokio::select! {
             result = cloud.ask(question) => result,
@@ -168,7 +196,7 @@ impl Escalation {
             }
             Err(error) => {
                 answer.escalation = Some(reason.as_str().to_owned());
-                let kept = self.fall_back(&answer, &error, &jpeg).await;
+                let kept = self.fall_back(&answer, &error, &jpegs).await;
                 self.keep(answer, kept)
             }
         }
@@ -184,7 +212,7 @@ impl Escalation {
     /// After every endpoint failed: queues the escalation when that can help, and says which.
     /// `answer.escalation` holds the reason it was escalated, kept for the replay. The queue's write
     /// is synced, so it runs off the async threads.
-    async fn fall_back(&self, answer: &Answer, error: &CloudError, jpeg: &[u8]) -> Reason {
+    async fn fall_back(&self, answer: &Answer, error: &CloudError, jpegs: &[Vec<u8>]) -> Reason {
         warn!(camera = %answer.camera, task = %answer.task, error = %error, "Escalation failed; publishing the local answer.");
         let (CloudError::Unreachable(_), Some(queue)) = (error, &self.queue) else {
             return match error {
@@ -194,7 +222,12 @@ impl Escalation {
         };
         let queued = Queued {
             answer: answer.clone(),
-            jpeg: base64::engine::general_purpose::STANDARD.encode(jpeg),
+            jpegs: Jpegs::Several(
+                jpegs
+                    .iter()
+                    .map(|jpeg| base64::engine::general_purpose::STANDARD.encode(jpeg))
+                    .collect(),
+            ),
         };
         let payload = serde_json::to_vec(&queued).expect("queued escalations serialize");
         let (queue, key) = (queue.clone(), answer.task.clone());
@@ -313,9 +346,7 @@ pub async fn replay(
                 continue;
             }
         };
-        let jpeg = base64::engine::general_purpose::STANDARD
-            .decode(&queued.jpeg)
-            .unwrap_or_default();
+        let jpegs = queued.jpegs.decode();
         let config = escalation.config();
         // Escalation switched off by a reload, or no budget left: wait, keeping the queue.
         let allowed = config.enabled
@@ -331,7 +362,7 @@ pub async fn replay(
             let question = Question {
                 text: &queued.answer.question,
                 kind: &queued.answer.kind,
-                jpeg: &jpeg,
+                jpegs: &jpegs,
             };
             let result = tokio::select! {
                 result = cloud.ask(question) => result,

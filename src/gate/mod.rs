@@ -8,6 +8,7 @@
 //! asks in flight without any queue that could grow.
 
 mod change;
+mod clip;
 mod queue;
 
 use std::collections::HashMap;
@@ -17,13 +18,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{Problems, validate};
 use crate::source::{Frame, LatestFrame};
 use crate::stats::Stats;
+use crate::vision::preprocess::{ImageSettings, clip_frame};
+use crate::vision::{Clip, ClipInfo};
 
 pub use change::Thumbnail;
+pub use clip::{ClipBuffer, ClipConfig, MAX_BUFFERED_FRAMES};
 pub use queue::{JobQueue, Pushed};
 
 /// The longest question accepted, in characters (a prompt, not a document).
@@ -49,6 +53,9 @@ pub struct TaskConfig {
     pub split: bool,
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: u32,
+    /// Ask about the last seconds of video instead of the newest frame.
+    #[serde(default)]
+    pub clip: Option<ClipConfig>,
 }
 
 fn default_max_new_tokens() -> u32 {
@@ -111,6 +118,15 @@ impl TaskConfig {
                     self.max_new_tokens
                 ),
             );
+        }
+        if let Some(clip) = &self.clip {
+            clip.validate(&format!("{path}.clip"), problems);
+            if self.split {
+                problems.push(
+                    format!("{path}.split"),
+                    "a clip's frames are never split into tiles; remove split or clip",
+                );
+            }
         }
         match &self.trigger {
             Trigger::Interval { secs } => {
@@ -292,6 +308,15 @@ pub struct Request {
     pub max_new_tokens: u32,
     /// Held by asks until they are answered (dropping the request releases it).
     pub permit: Option<OwnedSemaphorePermit>,
+    /// For a clip task: the frames to answer about instead of the job's frame.
+    pub clip: Option<Box<ClipRequest>>,
+}
+
+/// A clip sampled for a request, and what its answer will say about it.
+#[derive(Debug)]
+pub struct ClipRequest {
+    pub clip: Clip,
+    pub info: ClipInfo,
 }
 
 /// A frame and the questions due on it.
@@ -310,15 +335,25 @@ struct Scheduled {
 }
 
 impl Scheduled {
-    fn request(&self) -> Request {
-        Request {
+    /// The task's request on a frame seen at `now`; a clip task's carries its clip from `buffer`, or is
+    /// `None` while the buffer has no frame of its window.
+    fn request(&self, buffer: Option<&ClipBuffer>, now: Instant) -> Option<Request> {
+        let clip = match (&self.task.clip, buffer) {
+            (Some(wanted), Some(buffer)) => {
+                let (clip, info) = buffer.sample(wanted, now)?;
+                Some(Box::new(ClipRequest { clip, info }))
+            }
+            _ => None,
+        };
+        Some(Request {
             origin: self.origin.clone(),
             question: self.task.question.clone(),
             kind: self.task.kind.clone(),
             split: self.task.split,
             max_new_tokens: self.task.max_new_tokens,
             permit: None,
-        }
+            clip,
+        })
     }
 
     /// Whether the task is due on a frame seen at `now`; `thumbnail` is computed on first need.
@@ -344,7 +379,8 @@ impl Scheduled {
     }
 }
 
-/// Gates one camera until its frames stop (the source ended or shut down).
+/// Gates one camera until its frames stop (the source ended or shut down). With clip tasks it keeps the
+/// camera's clip buffer, its frames resized as `clip_settings` says (the model's video input).
 pub async fn run(
     camera: Arc<str>,
     tasks: Vec<TaskConfig>,
@@ -352,7 +388,12 @@ pub async fn run(
     mut asks: mpsc::Receiver<PermittedAsk>,
     queue: JobQueue,
     stats: Arc<Stats>,
+    clip_settings: ImageSettings,
 ) {
+    let mut buffer = ClipBuffer::for_clips(tasks.iter().filter_map(|task| task.clip.as_ref()));
+    if let Some(buffer) = &buffer {
+        info!(camera = %camera, capacity = buffer.capacity(), "Clip buffer ready.");
+    }
     let mut scheduled: Vec<Scheduled> = tasks
         .into_iter()
         .map(|task| Scheduled {
@@ -376,11 +417,16 @@ pub async fn run(
                 stats.frames_considered.inc();
                 let Some(frame) = frames.borrow_and_update().clone() else { continue };
                 let now = Instant::now();
+                if let Some(buffer) = buffer.as_mut().filter(|buffer| buffer.wants(now)) {
+                    keep_for_clips(buffer, &frame, &clip_settings, now).await;
+                    stats.set_clip_buffer(&camera, buffer.len() as u64, buffer.bytes());
+                }
                 let mut cached: Option<Thumbnail> = None;
                 let mut thumbnail = || cached.get_or_insert_with(|| Thumbnail::of(&frame.image)).clone();
                 for task in scheduled.iter_mut() {
                     if task.is_due(now, &mut thumbnail) {
-                        requests.push(task.request());
+                        let Some(request) = task.request(buffer.as_ref(), now) else { continue };
+                        requests.push(request);
                         task.last_run = Some(now);
                         if matches!(task.task.trigger, Trigger::OnChange { .. }) {
                             task.last_thumbnail = Some(thumbnail());
@@ -412,7 +458,27 @@ pub async fn run(
             break;
         }
     }
+    stats.set_clip_buffer(&camera, 0, 0);
     info!(camera = %camera, "Gate stopped.");
+}
+
+/// Resizes `frame` for the model's video input (off the async threads: a large frame takes tens of
+/// milliseconds) and keeps it in `buffer`.
+async fn keep_for_clips(
+    buffer: &mut ClipBuffer,
+    frame: &Arc<Frame>,
+    settings: &ImageSettings,
+    now: Instant,
+) {
+    let (source, settings) = (frame.clone(), settings.clone());
+    let resized =
+        tokio::task::spawn_blocking(move || clip_frame(&source.image, &settings, 1)).await;
+    match resized {
+        Ok(resized) => buffer.push(resized, frame.seq, frame.captured_at, now),
+        Err(error) => {
+            warn!(camera = %frame.camera, error = %error, "Could not resize a frame for clips.")
+        }
+    }
 }
 
 fn ask_request(permitted: PermittedAsk) -> Request {
@@ -425,6 +491,7 @@ fn ask_request(permitted: PermittedAsk) -> Request {
         split: false,
         max_new_tokens: ASK_MAX_NEW_TOKENS,
         permit: Some(permitted.permit),
+        clip: None,
     }
 }
 
@@ -453,6 +520,7 @@ mod tests {
             trigger,
             split: false,
             max_new_tokens: 16,
+            clip: None,
         }
     }
 
@@ -476,6 +544,7 @@ mod tests {
             asks,
             queue.clone(),
             stats,
+            ImageSettings::SMOLVLM2,
         ));
         if ask_before_first_frame {
             let ask = Ask::parse(br#"{"id":"a1","question":"Is it on?","kind":"yes_no"}"#).unwrap();

@@ -166,6 +166,7 @@ mod tests {
             split: false,
             max_new_tokens: 8,
             permit: None,
+            clip: None,
         }
     }
 

@@ -68,6 +68,31 @@ pub fn render(
         "Frames waiting for the model.",
         stats.pending_jobs.get() as f64,
     );
+    let clip_buffers = stats.clip_buffers();
+    out.family(
+        "lookout_clip_buffer_bytes",
+        "gauge",
+        "Memory of each camera's clip buffer (recent frames for clip tasks), in bytes.",
+    );
+    for (camera, buffer) in &clip_buffers {
+        out.sample(
+            "lookout_clip_buffer_bytes",
+            &[("camera", camera)],
+            buffer.bytes as f64,
+        );
+    }
+    out.family(
+        "lookout_clip_buffer_frames",
+        "gauge",
+        "Frames in each camera's clip buffer.",
+    );
+    for (camera, buffer) in &clip_buffers {
+        out.sample(
+            "lookout_clip_buffer_frames",
+            &[("camera", camera)],
+            buffer.frames as f64,
+        );
+    }
 
     let answers = &stats.published_answers;
     out.family(

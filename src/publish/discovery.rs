@@ -156,6 +156,7 @@ mod tests {
             trigger: Trigger::OnDemand,
             split: false,
             max_new_tokens: 8,
+            clip: None,
         }
     }
 

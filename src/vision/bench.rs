@@ -212,6 +212,7 @@ fn bench_request(question: &str, kind: AnswerKind, split: bool, max_new_tokens: 
         split,
         max_new_tokens,
         permit: None,
+        clip: None,
     }
 }
 

@@ -158,6 +158,29 @@ pub struct ClipFrame {
     pub offset_s: f64,
 }
 
+/// What an answer about a clip says about the clip: the window asked for and the frames used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipInfo {
+    /// The window the task asks about.
+    pub seconds: f64,
+    pub frames_wanted: usize,
+    /// From the first frame used to the moment the clip was taken.
+    pub duration_s: f64,
+    pub frames: Vec<ClipFrameInfo>,
+    /// Set when fewer frames than wanted were available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipFrameInfo {
+    pub seq: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub captured_at: String,
+    /// Seconds from the clip's first frame.
+    pub offset_s: f64,
+}
+
 /// Answers questions about frames. Implementations own their model; `answer` is called from one thread.
 pub trait Analyser: Send {
     /// The model's name, reported in every answer.
@@ -234,7 +257,11 @@ pub struct Answer {
     /// The local answer a cloud answer replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalVerdict>,
+    /// The newest frame when the question was asked (for a clip, the frame that was due).
     pub frame: FrameInfo,
+    /// For a clip task: the frames the answer is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<ClipInfo>,
     pub timings_ms: Timings,
     pub tokens: Vec<u32>,
 }
@@ -301,12 +328,14 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// What the vision worker sends on: the outcome and the frame it is about, which the escalation
-/// stage may send to the cloud.
+/// What the vision worker sends on: the outcome and the frame (or clip) it is about, which the
+/// escalation stage may send to the cloud.
 #[derive(Debug, Clone)]
 pub struct Output {
     pub outcome: Outcome,
     pub frame: Arc<Frame>,
+    /// The clip the answer is about, for a clip task.
+    pub clip: Option<Clip>,
 }
 
 /// A model loaded in the background (a new config), waiting for the worker to take it between two
@@ -350,6 +379,7 @@ pub fn load_and_warm_up(config: &VisionConfig) -> Result<Box<dyn Analyser>, Stri
         split: false,
         max_new_tokens: 1,
         permit: None,
+        clip: None,
     };
     let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         analyser.answer(&frame, std::slice::from_ref(&request))
@@ -364,6 +394,20 @@ pub fn load_and_warm_up(config: &VisionConfig) -> Result<Box<dyn Analyser>, Stri
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// `count` results from `answer`; a panicking analyser must not take the daemon down: its requests
+/// fail and the worker goes on.
+fn answer_guarded(
+    count: usize,
+    answer: impl FnOnce() -> Vec<Result<LocalAnswer, AnalyseError>>,
+) -> Vec<Result<LocalAnswer, AnalyseError>> {
+    if count == 0 {
+        return Vec::new();
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(answer)).unwrap_or_else(|_| {
+        vec![Err(AnalyseError::Model("the analyser panicked".to_owned())); count]
+    })
 }
 
 /// Runs `analyser` on every job until the queue is closed and drained, or the next stage is gone.
@@ -386,15 +430,21 @@ pub fn run_blocking(
         }
         let frame = &job.frame;
         let working = stats.progress.working("vision");
-        // A panicking analyser must not take the daemon down: its requests fail and the worker goes on.
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            analyser.answer(frame, &job.requests)
-        }))
-        .unwrap_or_else(|_| {
-            vec![Err(AnalyseError::Model("the analyser panicked".to_owned())); job.requests.len()]
-        });
+        // Questions about the frame are answered together (one encoding); each clip on its own.
+        let (clips, stills): (Vec<Request>, Vec<Request>) = job
+            .requests
+            .into_iter()
+            .partition(|request| request.clip.is_some());
+        let mut results = answer_guarded(stills.len(), || analyser.answer(frame, &stills));
+        for request in &clips {
+            if let Some(clip) = &request.clip {
+                results.extend(answer_guarded(1, || {
+                    analyser.answer_clip(&clip.clip, std::slice::from_ref(request))
+                }));
+            }
+        }
         drop(working);
-        for (request, result) in job.requests.iter().zip(results) {
+        for (request, result) in stills.iter().chain(&clips).zip(results) {
             let (task, ask_id) = match &request.origin {
                 Origin::Task(id) => (id.to_string(), None),
                 Origin::Ask { id } => (ASK_TASK.to_owned(), Some(id.clone())),
@@ -434,6 +484,7 @@ pub fn run_blocking(
                             width: frame.image.width(),
                             height: frame.image.height(),
                         },
+                        clip: request.clip.as_ref().map(|clip| clip.info.clone()),
                         timings_ms: Timings {
                             capture: millis(frame.capture_time),
                             stages: local.timings,
@@ -457,6 +508,7 @@ pub fn run_blocking(
             let output_item = Output {
                 outcome,
                 frame: job.frame.clone(),
+                clip: request.clip.as_ref().map(|clip| clip.clip.clone()),
             };
             if output.blocking_send(output_item).is_err() {
                 warn!("The escalation stage is gone; the vision worker stops.");

@@ -31,6 +31,18 @@ pub struct ImageSettings {
     pub std: [f32; 3],
 }
 
+impl ImageSettings {
+    /// The processor settings of SmolVLM2-256M and -500M, for where no model folder is at hand to read
+    /// them from (a clip buffer started before its model is fetched).
+    pub const SMOLVLM2: ImageSettings = ImageSettings {
+        longest_edge: 2048,
+        tile: 512,
+        rescale_factor: 1.0 / 255.0,
+        mean: [0.5; 3],
+        std: [0.5; 3],
+    };
+}
+
 /// The encoder input for one frame.
 #[derive(Debug, Clone)]
 pub struct Pixels {
