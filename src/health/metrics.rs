@@ -69,29 +69,27 @@ pub fn render(
         stats.pending_jobs.get() as f64,
     );
     let clip_buffers = stats.clip_buffers();
-    out.family(
-        "lookout_clip_buffer_bytes",
-        "gauge",
-        "Memory of each camera's clip buffer (recent frames for clip tasks), in bytes.",
-    );
-    for (camera, buffer) in &clip_buffers {
-        out.sample(
+    for (name, help, of_bytes) in [
+        (
             "lookout_clip_buffer_bytes",
-            &[("camera", camera)],
-            buffer.bytes as f64,
-        );
-    }
-    out.family(
-        "lookout_clip_buffer_frames",
-        "gauge",
-        "Frames in each camera's clip buffer.",
-    );
-    for (camera, buffer) in &clip_buffers {
-        out.sample(
+            "Memory of each camera's clip buffer (recent frames for clip tasks), in bytes.",
+            true,
+        ),
+        (
             "lookout_clip_buffer_frames",
-            &[("camera", camera)],
-            buffer.frames as f64,
-        );
+            "Frames in each camera's clip buffer.",
+            false,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        for (camera, buffer) in &clip_buffers {
+            let value = if of_bytes {
+                buffer.bytes
+            } else {
+                buffer.frames
+            };
+            out.sample(name, &[("camera", camera)], value as f64);
+        }
     }
 
     let answers = &stats.published_answers;
@@ -316,6 +314,33 @@ fn number(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_buffers_are_gauges_per_camera_while_they_run() {
+        let stats = Stats::default();
+        let outbox = OutboxStatus {
+            depth: 0,
+            bytes: 0,
+            in_flight: 0,
+            oldest_age_s: 0.0,
+            replayed: 0,
+            dropped: 0,
+            write_failures: 0,
+            damaged_bytes: 0,
+        };
+        stats.set_clip_buffer("porch", 9, 9 * 786_432);
+        let text = render(&stats, &outbox, None);
+        assert!(
+            text.contains("lookout_clip_buffer_bytes{camera=\"porch\"} 7077888"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lookout_clip_buffer_frames{camera=\"porch\"} 9"),
+            "{text}"
+        );
+        stats.set_clip_buffer("porch", 0, 0);
+        assert!(!render(&stats, &outbox, None).contains("camera=\"porch\""));
+    }
 
     #[test]
     fn label_values_are_escaped() {
