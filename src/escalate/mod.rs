@@ -2,8 +2,9 @@
 //! answer is published.
 //!
 //! The stage sits between vision and publish. Each answer is judged by the policy (`policy.rs`); one
-//! that is escalated goes to the cloud (`cloud.rs`) with its frame, and the cloud's answer replaces it,
-//! the local answer kept beside it. Every answer says what happened (`escalation`).
+//! that is escalated goes to the cloud (`cloud.rs`) with its frame (for a clip task, the clip's frames,
+//! at most the endpoint's `max_images`), and the cloud's answer replaces it, the local answer kept
+//! beside it. Every answer says what happened (`escalation`).
 //!
 //! Local answers are never held up by the cloud beyond their own task: answers travel in one lane per
 //! camera and task, each lane in order, so an escalation delays only the later answers of its own task

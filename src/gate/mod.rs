@@ -6,6 +6,10 @@
 //! into the `JobQueue`, which keeps at most one per camera. On-demand asks arrive from MQTT through the
 //! `AskRouter`; each holds a permit from a small per-camera pool until it is answered, which bounds the
 //! asks in flight without any queue that could grow.
+//!
+//! A clip task asks about the last seconds rather than the newest frame: its camera's gate keeps a
+//! bounded buffer of recent frames (`clip.rs`), and the task's request carries the frames sampled from
+//! it when the task is due.
 
 mod change;
 mod clip;
