@@ -395,8 +395,8 @@ async fn a_pushed_model_answers_a_warm_up_frame_before_it_replaces_the_running_o
     subscriber
         .expect(
             Duration::from_secs(30),
-            "an answer by the pushed model",
-            |m| m.topic.ends_with("/answer") && m.json()["model"] == "smolvlm-micro",
+            "an answer by the pushed model (its default variant, int8)",
+            |m| m.topic.ends_with("/answer") && m.json()["model"] == "smolvlm-micro_int8",
         )
         .await;
 
@@ -427,7 +427,7 @@ async fn a_pushed_model_answers_a_warm_up_frame_before_it_replaces_the_running_o
         )
         .await
         .json();
-    assert_eq!(answer["model"], "smolvlm-micro");
+    assert_eq!(answer["model"], "smolvlm-micro_int8");
     daemon.shutdown().await;
 }
 
