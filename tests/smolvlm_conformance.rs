@@ -43,8 +43,8 @@ fn label(case: &Value) -> String {
 const MAX_SAMPLE_DIFF: f64 = 2.0 / 255.0 + 1e-6;
 const MAX_MEAN_DIFF: f64 = 0.0005;
 
-#[test]
-fn prompt_ids_equal_the_reference_exactly() {
+/// The fixture's spec and its tokenizer, as the analyser loads them.
+fn fixture_prompter() -> (ModelSpec, Prompter) {
     let spec = ModelSpec::read(&fixture()).unwrap();
     let prompter = Prompter::load(
         &fixture(),
@@ -53,6 +53,12 @@ fn prompt_ids_equal_the_reference_exactly() {
         spec.image_seq_len,
     )
     .unwrap();
+    (spec, prompter)
+}
+
+#[test]
+fn prompt_ids_equal_the_reference_exactly() {
+    let (spec, prompter) = fixture_prompter();
     for case in cases() {
         let image = decode::decode(
             &std::fs::read(fixture().join(case["image"].as_str().unwrap())).unwrap(),
@@ -333,14 +339,7 @@ mod video {
 
     #[test]
     fn video_prompt_ids_equal_the_reference_exactly() {
-        let spec = ModelSpec::read(&fixture()).unwrap();
-        let prompter = Prompter::load(
-            &fixture(),
-            spec.image_token_id,
-            &spec.eos_ids,
-            spec.image_seq_len,
-        )
-        .unwrap();
+        let (_, prompter) = fixture_prompter();
         let cases = golden()["cases"].as_array().unwrap().clone();
         assert_eq!(
             cases.iter().map(label).collect::<Vec<_>>(),

@@ -425,35 +425,6 @@ impl SmolVlm {
         self.answer_prompts(&pixels, preprocess_ms, requests, prompts)
     }
 
-    /// Answers every request about `clip`, its frames unsplit, in the reference's video prompt.
-    fn answer_clip_group(
-        &mut self,
-        clip: &Clip,
-        requests: &[&Request],
-    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
-        let frames = clip.frames.len();
-        if frames == 0 || frames > MAX_CLIP_FRAMES {
-            let error = AnalyseError::Input(format!(
-                "a clip has 1 to {MAX_CLIP_FRAMES} frames, not {frames}"
-            ));
-            return requests.iter().map(|_| Err(error.clone())).collect();
-        }
-        let started = Instant::now();
-        let images: Vec<&image::RgbImage> = clip.frames.iter().map(|frame| &*frame.image).collect();
-        let pixels = preprocess_clip(&images, &self.spec.image, self.threads);
-        let preprocess_ms = millis(started);
-        let offsets: Vec<f64> = clip.frames.iter().map(|frame| frame.offset_s).collect();
-        let prompts = requests
-            .iter()
-            .map(|request| {
-                self.prompter
-                    .video_ids(&question_text(request), &offsets, clip.duration_s)
-                    .map_err(prompt_error)
-            })
-            .collect();
-        self.answer_prompts(&pixels, preprocess_ms, requests, prompts)
-    }
-
     /// Answers each request from its prompt ids, the pictures in `pixels` filling the prompts' `<image>`
     /// rows: the pictures are encoded once, and the prefix the prompts share is prefilled once.
     fn answer_prompts(
@@ -797,12 +768,33 @@ impl Analyser for SmolVlm {
             .collect()
     }
 
+    /// Every request about `clip`, its frames unsplit, in the reference's video prompt.
     fn answer_clip(
         &mut self,
         clip: &Clip,
         requests: &[Request],
     ) -> Vec<Result<LocalAnswer, AnalyseError>> {
         let requests: Vec<&Request> = requests.iter().collect();
-        self.answer_clip_group(clip, &requests)
+        let frames = clip.frames.len();
+        if frames == 0 || frames > MAX_CLIP_FRAMES {
+            let error = AnalyseError::Input(format!(
+                "a clip has 1 to {MAX_CLIP_FRAMES} frames, not {frames}"
+            ));
+            return requests.iter().map(|_| Err(error.clone())).collect();
+        }
+        let started = Instant::now();
+        let images: Vec<&image::RgbImage> = clip.frames.iter().map(|frame| &*frame.image).collect();
+        let pixels = preprocess_clip(&images, &self.spec.image, self.threads);
+        let preprocess_ms = millis(started);
+        let offsets: Vec<f64> = clip.frames.iter().map(|frame| frame.offset_s).collect();
+        let prompts = requests
+            .iter()
+            .map(|request| {
+                self.prompter
+                    .video_ids(&question_text(request), &offsets, clip.duration_s)
+                    .map_err(prompt_error)
+            })
+            .collect();
+        self.answer_prompts(&pixels, preprocess_ms, &requests, prompts)
     }
 }
