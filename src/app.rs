@@ -33,6 +33,7 @@ use crate::config::remote::{self, Ack, Push};
 use crate::config::{
     self, Config, ConfigOrigin, Env, FieldError, Layers, RemoteConfig, RemoteLayer,
 };
+use crate::dataset;
 use crate::escalate::{self, Escalation};
 use crate::gate::{self, AskRouter, JobQueue};
 use crate::health;
@@ -219,6 +220,8 @@ struct Live {
     router: AskRouter,
     stats: Arc<Stats>,
     escalation: Arc<Escalation>,
+    /// The dataset stage's settings (it opens, moves or closes its folder when they change).
+    dataset: watch::Sender<dataset::Settings>,
     replacement: Replacement,
     topics: Topics,
     /// Home Assistant discovery topics announced now (and by the last run, until the first update).
@@ -275,6 +278,8 @@ impl Live {
             ..new.vision
         };
         running.escalation = new.escalation;
+        running.dataset = new.dataset;
+        self.dataset.send_replace(running.dataset_settings());
         running.cameras = new.cameras;
         running.tasks = new.tasks;
         running.device.shutdown_timeout_secs = new.device.shutdown_timeout_secs;
@@ -457,11 +462,14 @@ pub async fn run(
         home_assistant: config.home_assistant.clone(),
     };
     let topics = Topics::new(&config.mqtt.prefix, &config.device.id);
+    let (dataset_settings, dataset_settings_in) = watch::channel(config.dataset_settings());
+    let (captures_out, captures_in) = mpsc::channel(dataset::CAPTURE_CAPACITY);
     let escalation = Arc::new(Escalation::new(
         &config.escalation,
         env.clone(),
         stats.clone(),
         escalation_queue.clone(),
+        dataset::Sink::new(dataset_settings_in.clone(), captures_out, stats.clone()),
     ));
     let discovery_file = config.discovery_file();
     let mut live = Live {
@@ -473,6 +481,7 @@ pub async fn run(
         router: router.clone(),
         stats: stats.clone(),
         escalation: escalation.clone(),
+        dataset: dataset_settings,
         replacement: Replacement::default(),
         topics: topics.clone(),
         announced: discovery::load_announced(&discovery_file),
@@ -518,6 +527,14 @@ pub async fn run(
         escalation,
         outcomes_out,
         stop_escalations.clone(),
+    ));
+    // Stopped once nothing can offer it more: after the escalation stage and the replayer.
+    let stop_dataset = CancellationToken::new();
+    let dataset = tokio::spawn(dataset::run(
+        dataset_settings_in,
+        captures_in,
+        stats.clone(),
+        stop_dataset.clone(),
     ));
     let mut vision = {
         let (queue, stats, replacement) = (queue.clone(), stats.clone(), live.replacement.clone());
@@ -572,7 +589,7 @@ pub async fn run(
     stop_escalations.cancel();
     let mut late = live.front.stop(&router, deadline).await;
     queue.close();
-    let back = vec![
+    let producers = vec![
         Stage {
             name: "vision".to_owned(),
             handle: vision,
@@ -585,12 +602,20 @@ pub async fn run(
             name: "escalation queue".to_owned(),
             handle: replayer,
         },
+    ];
+    late.extend(join_all(producers, deadline).await);
+    stop_dataset.cancel();
+    let consumers = vec![
+        Stage {
+            name: "dataset".to_owned(),
+            handle: dataset,
+        },
         Stage {
             name: "publish".to_owned(),
             handle: publisher,
         },
     ];
-    late.extend(join_all(back, deadline).await);
+    late.extend(join_all(consumers, deadline).await);
     // The endpoint answers until the pipeline has stopped, so a scraper sees the shutdown.
     stop_http.cancel();
     let http = http.map(|handle| Stage {

@@ -11,7 +11,9 @@
 //!                                         escalate/  ◀──mpsc (blocks)─────────────────┘
 //!                                         policy, budgets; unsure answers go to the cloud
 //!                                         (one lane per task; unreachable: queued on disk)
-//!                                             │
+//!                                             │  ──mpsc (drops the newest)──▶  dataset/
+//!                                             │     opted-in cloud answers with their images,
+//!                                             │     saved as an imagefolder for fine-tuning
 //!                                         publish/  ◀──mpsc (blocks)
 //!                                         MQTT: answers, status, stats; asks come back in
 //!                                         answers wait in outbox/ (on disk) until acked
@@ -29,12 +31,14 @@
 //!
 //! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
 //! jobs keep the newest frame per camera with the union of its requests, outcomes block briefly between
-//! vision, escalation and the publisher (each escalation lane holds a few answers of its own task); the outbox (bounded by size and age, oldest dropped) is where answers
+//! vision, escalation and the publisher (each escalation lane holds a few answers of its own task), and
+//! escalations on their way to the dataset folder are dropped when it falls behind; the outbox (bounded by size and age, oldest dropped) is where answers
 //! wait for the broker, so a broker outage never holds up the pipeline or grows memory.
 
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod dataset;
 pub mod durable;
 pub mod errors;
 pub mod escalate;

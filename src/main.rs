@@ -1,6 +1,7 @@
 //! The `lookout` command: parse, load and validate the config, then hand over to the library.
 //! Exit codes: 0 done, 1 failed while running, 64 bad config or usage, 65 bad input data (an image that
-//! does not decode), 69 no usable model or runtime.
+//! does not decode), 66 no such input (no dataset folder), 69 no usable model or runtime, 73 cannot
+//! create the output (an export's destination is taken).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use lookout::config::{self, ConfigOrigin, Env, remote};
+use lookout::dataset::{self, DatasetError};
 use lookout::gate::{self, AnswerKind, Origin, Request};
 use lookout::service;
 use lookout::source::{self, Frame};
@@ -18,7 +20,9 @@ use lookout::vision::{self, fetch};
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
 const EXIT_DATA: u8 = 65;
+const EXIT_NO_INPUT: u8 = 66;
 const EXIT_UNAVAILABLE: u8 = 69;
+const EXIT_CANT_CREATE: u8 = 73;
 
 #[derive(Parser)]
 #[command(
@@ -55,7 +59,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
         /// text, yes_no, or one_of:label,label,...
-        #[arg(long, default_value = "text", value_parser = parse_kind)]
+        #[arg(long, default_value = "text", value_parser = str::parse::<AnswerKind>)]
         kind: AnswerKind,
         /// Cut the image into tiles (slower, more detail).
         #[arg(long, overrides_with = "no_split")]
@@ -109,6 +113,48 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// The escalations the cloud answered, kept as a fine-tuning dataset (`[dataset]` in the config).
+    Dataset {
+        #[command(subcommand)]
+        action: DatasetAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetAction {
+    /// What the dataset folder holds: rows, images, bytes, time span, rows per task and camera.
+    Stats {
+        #[command(flatten)]
+        folder: DatasetFolder,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the dataset, or the rows you choose, to a new folder that `datasets` loads as an
+    /// imagefolder; consistent even while the daemon is saving rows.
+    Export {
+        /// The new folder (it must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Only rows captured at or after this: a time (2026-11-01T08:00:00Z), a date (2026-11-01,
+        /// UTC) or an age (36h, 7d).
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<SystemTime>,
+        /// Only rows of this task.
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
+        #[command(flatten)]
+        folder: DatasetFolder,
+    },
+}
+
+/// Which dataset folder: `--dir`, else the config's `dataset.dir` (default `<state_dir>/dataset`).
+#[derive(clap::Args)]
+struct DatasetFolder {
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +256,24 @@ fn main() -> ExitCode {
                 },
         } => sign(&key, version, patch, &file),
         Command::Run { config } => run(ConfigOrigin::choose(config, &env), env),
+        Command::Dataset {
+            action: DatasetAction::Stats { folder, json },
+        } => match dataset_dir(folder, &env) {
+            Ok(dir) => dataset_stats(&dir, json),
+            Err(code) => code,
+        },
+        Command::Dataset {
+            action:
+                DatasetAction::Export {
+                    to,
+                    since,
+                    task,
+                    folder,
+                },
+        } => match dataset_dir(folder, &env) {
+            Ok(dir) => dataset_export(&dir, &to, &dataset::Filter { since, task }),
+            Err(code) => code,
+        },
         Command::Bench {
             model,
             variant,
@@ -326,7 +390,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `lookout bench`: loads the model, answers repeatedly, prints the per-stage medians.
 /// The bytes of the decoder graph of the configured variant (its weights, external data included).
 fn decoder_weight_bytes(vision: &vision::VisionConfig) -> u64 {
     let suffix = vision::variant_suffix(&vision.variant).unwrap_or_default();
@@ -338,6 +401,7 @@ fn decoder_weight_bytes(vision: &vision::VisionConfig) -> u64 {
     size(&graph) + size(&graph.with_extension("onnx_data"))
 }
 
+/// `lookout bench`: loads the model, answers repeatedly, prints the per-stage medians.
 fn bench(
     vision: &vision::VisionConfig,
     image: Option<&Path>,
@@ -506,23 +570,6 @@ fn fetch_model(
     }
 }
 
-fn parse_kind(text: &str) -> Result<AnswerKind, String> {
-    match text {
-        "text" => Ok(AnswerKind::Text),
-        "yes_no" => Ok(AnswerKind::YesNo),
-        other => match other.strip_prefix("one_of:") {
-            Some(labels) => Ok(AnswerKind::OneOf(
-                labels
-                    .split(',')
-                    .map(|label| label.trim().to_owned())
-                    .collect(),
-            )),
-            None => Err("expected text, yes_no or one_of:label,label,...".to_owned()),
-        },
-    }
-}
-
-/// `lookout ask`: one answer, printed as text or JSON.
 /// What `lookout ask` looks at.
 enum AskInput {
     Image(PathBuf),
@@ -631,6 +678,7 @@ fn read_visual(input: &AskInput) -> Result<Visual, (u8, String)> {
     }
 }
 
+/// `lookout ask`: one answer, printed as text or JSON.
 fn ask(
     origin: ConfigOrigin,
     env: &Env,
@@ -742,6 +790,109 @@ fn ask(
             ExitCode::from(EXIT_FAILED)
         }
         None => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+/// `--since`: a time, a date (midnight UTC) or an age.
+fn parse_since(text: &str) -> Result<SystemTime, String> {
+    let expected =
+        "expected a time (2026-11-01T08:00:00Z), a date (2026-11-01) or an age (36h, 7d)";
+    if text.starts_with(|c: char| c.is_ascii_digit())
+        && let Ok(age) = humantime::parse_duration(text)
+    {
+        return SystemTime::now()
+            .checked_sub(age)
+            .ok_or_else(|| expected.to_owned());
+    }
+    let time = if text.len() == "2026-11-01".len() {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    humantime::parse_rfc3339_weak(&time).map_err(|_| expected.to_owned())
+}
+
+/// The dataset folder a `lookout dataset` command works on.
+fn dataset_dir(folder: DatasetFolder, env: &Env) -> Result<PathBuf, ExitCode> {
+    if let Some(dir) = folder.dir {
+        return Ok(dir);
+    }
+    match ConfigOrigin::choose(folder.config, env).load_effective(env) {
+        Ok((config, _)) => Ok(config.dataset_settings().dir),
+        Err(error) => {
+            eprintln!("lookout: {error}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// The exit code for a dataset error.
+fn dataset_failure(error: &DatasetError) -> ExitCode {
+    eprintln!("lookout: {error}");
+    ExitCode::from(match error {
+        DatasetError::NotADataset { .. } => EXIT_NO_INPUT,
+        DatasetError::DestinationTaken { .. } => EXIT_CANT_CREATE,
+        DatasetError::Io { .. }
+        | DatasetError::InUse { .. }
+        | DatasetError::NothingToExport { .. } => EXIT_FAILED,
+    })
+}
+
+/// `lookout dataset stats`.
+fn dataset_stats(dir: &Path, json: bool) -> ExitCode {
+    let summary = match dataset::summary(dir) {
+        Ok(summary) => summary,
+        Err(error) => return dataset_failure(&error),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("summaries serialize")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let counts = |counts: &std::collections::BTreeMap<String, usize>| {
+        let listed: Vec<String> = counts
+            .iter()
+            .map(|(name, count)| format!("{name} {count}"))
+            .collect();
+        listed.join(", ")
+    };
+    println!(
+        "{}: {} rows, {} images, {:.1} MB",
+        summary.dir.display(),
+        summary.rows,
+        summary.images,
+        summary.bytes as f64 / 1e6
+    );
+    if let (Some(oldest), Some(newest)) = (&summary.oldest, &summary.newest) {
+        println!("  captured from {oldest} to {newest}");
+        println!("  rows by task: {}", counts(&summary.by_task));
+        println!("  rows by camera: {}", counts(&summary.by_camera));
+    }
+    if summary.unreadable_lines > 0 {
+        println!(
+            "  {} damaged line(s) in metadata.jsonl: the daemon sets them aside at its next start",
+            summary.unreadable_lines
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `lookout dataset export`.
+fn dataset_export(dir: &Path, to: &Path, filter: &dataset::Filter) -> ExitCode {
+    match dataset::export(dir, to, filter) {
+        Ok(report) => {
+            println!(
+                "{}: {} rows, {} images, {:.1} MB (load it with datasets.load_dataset(\"imagefolder\", data_dir=...))",
+                report.to.display(),
+                report.rows,
+                report.images,
+                report.bytes as f64 / 1e6
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => dataset_failure(&error),
     }
 }
 

@@ -240,6 +240,7 @@ pub struct Stats {
     pub breakers: Mutex<BTreeMap<String, &'static str>>,
     /// Each camera's clip buffer (cameras with clip tasks only).
     clip_buffers: Mutex<BTreeMap<String, ClipBufferState>>,
+    pub dataset: DatasetStats,
     pub published_answers: AnswerMetrics,
     /// `None` until the vision worker starts with its model.
     pub model: Mutex<Option<ModelState>>,
@@ -272,11 +273,72 @@ impl Default for Stats {
             cloud_last_ms: Gauge::default(),
             breakers: Mutex::default(),
             clip_buffers: Mutex::default(),
+            dataset: DatasetStats::default(),
             published_answers: AnswerMetrics::default(),
             model: Mutex::default(),
             progress: Progress::default(),
         }
     }
+}
+
+/// The escalation dataset: what its folder holds and what became of the escalations offered to it.
+#[derive(Debug, Default)]
+pub struct DatasetStats {
+    pub rows: Gauge,
+    pub bytes: Gauge,
+    pub saved: Counter,
+    /// Rows deleted for the folder's size or age limit.
+    pub pruned: Counter,
+    /// Damaged lines of `metadata.jsonl` left out at start-up.
+    pub skipped_lines: Counter,
+    /// Escalations not saved, by reason: `busy`, `write_failed`, `unavailable`, `duplicate`, `stopped`.
+    dropped: Mutex<BTreeMap<&'static str, u64>>,
+    /// Why the folder cannot be used now, if it cannot.
+    error: Mutex<Option<String>>,
+}
+
+impl DatasetStats {
+    pub fn count_dropped(&self, reason: &'static str) {
+        *self.dropped.lock().unwrap().entry(reason).or_default() += 1;
+    }
+
+    pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
+        self.dropped.lock().unwrap().clone()
+    }
+
+    pub fn set_error(&self, error: Option<String>) {
+        *self.error.lock().unwrap() = error;
+    }
+
+    pub fn set_size(&self, rows: usize, bytes: u64) {
+        self.rows.set(rows as u64);
+        self.bytes.set(bytes);
+    }
+
+    fn snapshot(&self) -> DatasetSnapshot {
+        DatasetSnapshot {
+            rows: self.rows.get(),
+            bytes: self.bytes.get(),
+            saved: self.saved.get(),
+            pruned: self.pruned.get(),
+            skipped_lines: self.skipped_lines.get(),
+            dropped: self.dropped(),
+            error: self.error.lock().unwrap().clone(),
+        }
+    }
+}
+
+/// The dataset's part of the stats message.
+#[derive(Debug, Serialize)]
+pub struct DatasetSnapshot {
+    pub rows: u64,
+    pub bytes: u64,
+    pub saved: u64,
+    pub pruned: u64,
+    pub skipped_lines: u64,
+    pub dropped: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What a camera's clip buffer holds.
@@ -303,6 +365,8 @@ pub struct Snapshot {
     /// Per camera with clip tasks: the frames its clip buffer holds and their bytes.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub clip_buffers: BTreeMap<String, ClipBufferState>,
+    /// The escalation dataset (`[dataset]`).
+    pub dataset: DatasetSnapshot,
 }
 
 #[derive(Debug, Serialize)]
@@ -429,6 +493,7 @@ impl Stats {
                 breakers: self.breakers.lock().unwrap().clone(),
             },
             clip_buffers: self.clip_buffers(),
+            dataset: self.dataset.snapshot(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub use env::Env;
 pub use remote::{RemoteConfig, RemoteLayer};
 pub use validate::{FieldError, Problems};
 
+use crate::dataset::{self, DatasetConfig};
 use crate::escalate::EscalationConfig;
 use crate::gate::TaskConfig;
 use crate::health::HttpConfig;
@@ -46,6 +47,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub vision: VisionConfig,
     pub escalation: EscalationConfig,
+    pub dataset: DatasetConfig,
     pub outbox: OutboxConfig,
     pub http: HttpConfig,
     pub home_assistant: HomeAssistantConfig,
@@ -300,6 +302,7 @@ impl Config {
             mqtt: MqttConfig::default(),
             vision: VisionConfig::default(),
             escalation: EscalationConfig::default(),
+            dataset: DatasetConfig::default(),
             outbox: OutboxConfig::default(),
             http: HttpConfig::default(),
             home_assistant: HomeAssistantConfig::default(),
@@ -313,6 +316,7 @@ impl Config {
                 "mqtt" => config.mqtt = section(value, "mqtt", &mut problems),
                 "vision" => config.vision = section(value, "vision", &mut problems),
                 "escalation" => config.escalation = section(value, "escalation", &mut problems),
+                "dataset" => config.dataset = section(value, "dataset", &mut problems),
                 "outbox" => config.outbox = section(value, "outbox", &mut problems),
                 "http" => config.http = section(value, "http", &mut problems),
                 "home_assistant" => {
@@ -321,7 +325,7 @@ impl Config {
                 "remote" => config.remote = section(value, "remote", &mut problems),
                 other => problems.push(
                     other,
-                    "unknown section; expected device, cameras, tasks, mqtt, vision, escalation, outbox, http, home_assistant or remote",
+                    "unknown section; expected device, cameras, tasks, mqtt, vision, escalation, dataset, outbox, http, home_assistant or remote",
                 ),
             }
         }
@@ -430,6 +434,12 @@ impl Config {
                 );
             }
         }
+        self.dataset.validate(
+            "dataset",
+            &|camera| camera_ids.contains(camera),
+            &|task| task_ids.contains(task),
+            problems,
+        );
         self.outbox.validate("outbox", problems);
         self.http.validate("http", problems);
         self.home_assistant.validate("home_assistant", problems);
@@ -449,6 +459,15 @@ impl Config {
     /// Where escalations wait while the cloud is unreachable.
     pub fn escalation_queue(&self) -> PathBuf {
         self.device.state_dir.join("escalations.outbox")
+    }
+
+    /// The escalation dataset's settings, its folder resolved (default `<state_dir>/dataset`).
+    pub fn dataset_settings(&self) -> dataset::Settings {
+        dataset::Settings {
+            config: self.dataset.clone(),
+            dir: (self.dataset.dir.clone())
+                .unwrap_or_else(|| self.device.state_dir.join("dataset")),
+        }
     }
 
     /// Which Home Assistant discovery topics the last run announced.

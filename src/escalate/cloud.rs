@@ -51,6 +51,11 @@ pub struct CloudAnswer {
     pub request_id: Option<String>,
     pub usage: Option<Usage>,
     pub latency: Duration,
+    /// Which of the question's images were sent (all, or the endpoint's `max_images` spread evenly),
+    /// in order.
+    pub sent: Vec<usize>,
+    /// The text sent with them.
+    pub prompt: String,
 }
 
 /// Why no endpoint answered; each string names an endpoint and what it did.
@@ -153,14 +158,13 @@ impl Cloud {
                 continue;
             }
             self.report_breakers();
-            let sent = evenly(&images, endpoint.config.max_images);
+            let sent = evenly(images.len(), endpoint.config.max_images);
+            let prompt = phrase(question.text, question.kind, sent.len());
             let mut content: Vec<serde_json::Value> = sent
                 .iter()
-                .map(|image| json!({"type": "image_url", "image_url": {"url": image}}))
+                .map(|index| json!({"type": "image_url", "image_url": {"url": images[*index]}}))
                 .collect();
-            content.push(
-                json!({"type": "text", "text": phrase(question.text, question.kind, sent.len())}),
-            );
+            content.push(json!({"type": "text", "text": prompt}));
             let body = json!({
                 "model": endpoint.config.model,
                 "messages": [{
@@ -203,6 +207,8 @@ impl Cloud {
                                 request_id: reply.request_id,
                                 usage: reply.usage,
                                 latency: started.elapsed(),
+                                sent,
+                                prompt,
                             });
                         }
                         Err(message) => {
@@ -476,18 +482,16 @@ pub fn phrase(question: &str, kind: &AnswerKind, images: usize) -> String {
     }
 }
 
-/// At most `cap` of `items`, spread evenly from the first to the last.
-fn evenly<T>(items: &[T], cap: usize) -> Vec<&T> {
-    if items.len() <= cap {
-        return items.iter().collect();
+/// The indices of at most `cap` of `count` items, spread evenly from the first to the last.
+fn evenly(count: usize, cap: usize) -> Vec<usize> {
+    if count <= cap {
+        return (0..count).collect();
     }
     if cap <= 1 {
-        return items.last().into_iter().collect();
+        return count.checked_sub(1).into_iter().collect();
     }
-    let last = items.len() - 1;
-    (0..cap)
-        .map(|index| &items[index * last / (cap - 1)])
-        .collect()
+    let last = count - 1;
+    (0..cap).map(|index| index * last / (cap - 1)).collect()
 }
 
 /// The reply's text as an answer of `kind`: `yes`/`no`, one of the labels, or the text itself.

@@ -19,6 +19,9 @@
 //! in bytes and age) and the replayer sends it again when an endpoint answers; the cloud answer is then
 //! published with the same `id`, tier `cloud`. At shutdown escalations in flight give up at once and go
 //! to the queue, so the shutdown deadline never costs an answer.
+//!
+//! Every answer the cloud gives, live or replayed, is offered to the dataset (`crate::dataset`) with
+//! the images and text exactly as sent, when its camera or task is opted in.
 
 mod breaker;
 pub mod cloud;
@@ -38,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Env;
+use crate::dataset::{self, Capture};
 use crate::outbox::Outbox;
 use crate::stats::Stats;
 use crate::vision::{Answer, LocalVerdict, Outcome, Output, Tier};
@@ -61,6 +65,7 @@ pub struct Escalation {
     cloud: Mutex<Arc<Cloud>>,
     policy: Mutex<Policy>,
     queue: Option<Arc<Outbox>>,
+    dataset: dataset::Sink,
     env: Env,
     stats: Arc<Stats>,
 }
@@ -97,18 +102,21 @@ impl Jpegs {
 }
 
 impl Escalation {
-    /// `queue` is the offline queue's outbox, when it is on.
+    /// `queue` is the offline queue's outbox, when it is on; `dataset` takes the cloud's answers to
+    /// keep.
     pub fn new(
         config: &EscalationConfig,
         env: Env,
         stats: Arc<Stats>,
         queue: Option<Arc<Outbox>>,
+        dataset: dataset::Sink,
     ) -> Escalation {
         Escalation {
             cloud: Mutex::new(Arc::new(Cloud::new(config, env.clone(), stats.clone()))),
             config: Mutex::new(Arc::new(config.clone())),
             policy: Mutex::new(Policy::default()),
             queue,
+            dataset,
             env,
             stats,
         }
@@ -193,7 +201,7 @@ impl Escalation {
         match result {
             Ok(reply) => {
                 self.stats.count_escalation("answered");
-                Outcome::Answered(Box::new(self.cloud_answer(*answer, reason, reply)))
+                Outcome::Answered(Box::new(self.cloud_answer(*answer, reason, reply, &jpegs)))
             }
             Err(error) => {
                 answer.escalation = Some(reason.as_str().to_owned());
@@ -238,14 +246,21 @@ impl Escalation {
         }
     }
 
-    /// The cloud's answer in place of the local one, which it keeps beside it.
-    fn cloud_answer(&self, local: Answer, reason: Reason, reply: CloudAnswer) -> Answer {
+    /// The cloud's answer in place of the local one, which it keeps beside it; offered to the dataset
+    /// with the images of `jpegs` that were sent.
+    fn cloud_answer(
+        &self,
+        local: Answer,
+        reason: Reason,
+        reply: CloudAnswer,
+        jpegs: &[Vec<u8>],
+    ) -> Answer {
         let latency_ms = reply.latency.as_secs_f64() * 1000.0;
         self.stats.cloud_total_ms.add(latency_ms as u64);
         self.stats.cloud_last_ms.set(latency_ms as u64);
         let mut timings_ms = local.timings_ms;
         timings_ms.cloud = Some(latency_ms);
-        Answer {
+        let answer = Answer {
             answer: reply.answer,
             confidence: None,
             confidence_min: None,
@@ -265,7 +280,19 @@ impl Escalation {
             timings_ms,
             tokens: Vec::new(),
             ..local
+        };
+        if self.dataset.wants(&answer.camera, &answer.task) {
+            self.dataset.offer(Capture {
+                answer: answer.clone(),
+                images: reply
+                    .sent
+                    .iter()
+                    .map(|index| jpegs[*index].clone())
+                    .collect(),
+                prompt: reply.prompt,
+            });
         }
+        answer
     }
 }
 
@@ -377,7 +404,7 @@ pub async fn replay(
                         .unwrap()
                         .charge_replay(Instant::now());
                     let reason = reason_escalated(&queued.answer);
-                    let answer = escalation.cloud_answer(queued.answer, reason, reply);
+                    let answer = escalation.cloud_answer(queued.answer, reason, reply, &jpegs);
                     if output
                         .send(Outcome::Answered(Box::new(answer)))
                         .await

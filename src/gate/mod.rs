@@ -76,6 +76,37 @@ pub enum AnswerKind {
     OneOf(Vec<String>),
 }
 
+/// The command line's spelling: `text`, `yes_no` or `one_of:label,label,...` (also the dataset's).
+impl std::fmt::Display for AnswerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnswerKind::Text => f.write_str("text"),
+            AnswerKind::YesNo => f.write_str("yes_no"),
+            AnswerKind::OneOf(labels) => write!(f, "one_of:{}", labels.join(",")),
+        }
+    }
+}
+
+impl std::str::FromStr for AnswerKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AnswerKind, String> {
+        match text {
+            "text" => Ok(AnswerKind::Text),
+            "yes_no" => Ok(AnswerKind::YesNo),
+            other => match other.strip_prefix("one_of:") {
+                Some(labels) => Ok(AnswerKind::OneOf(
+                    labels
+                        .split(',')
+                        .map(|label| label.trim().to_owned())
+                        .collect(),
+                )),
+                None => Err("expected text, yes_no or one_of:label,label,...".to_owned()),
+            },
+        }
+    }
+}
+
 /// When a task asks its question.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
