@@ -9,6 +9,7 @@ test-deps:
 	deploy/install-deps.sh --test
 	deploy/fetch-onnxruntime.sh
 	ORT_VERSION=1.22.0 deploy/fetch-onnxruntime.sh .ort/old  # a runtime too old, which must be refused
+	tests/dataset/python-env.sh  # Hugging Face datasets, which loads the dataset exports in the tests
 
 # The daemon on its embedded defaults (LOOKOUT_CONFIG or ARGS="--config FILE" to change that).
 run: deps

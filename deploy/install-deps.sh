@@ -2,15 +2,16 @@
 # Installs the system packages Lookout needs on Debian or Ubuntu, only those missing (safe to re-run).
 #   deploy/install-deps.sh          build dependencies (libclang for the camera bindings)
 #   deploy/install-deps.sh --test   also what the tests start: mosquitto, its clients, openssl, the
-#                                   kill command (procps; unshare comes with util-linux, always present)
-#                                   and systemd-analyze (systemd), which checks the unit
+#                                   kill command (procps; unshare comes with util-linux, always present),
+#                                   systemd-analyze (systemd), which checks the unit, and Python's venv
+#                                   (the dataset tests load exports with Hugging Face datasets)
 # Note: on a machine with systemd, installing mosquitto also starts it on 127.0.0.1:1883, the embedded
 # broker's default address; `lookout run` then says so and can use it through LOOKOUT_MQTT_URL.
 set -euo pipefail
 
 packages=(libclang-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(mosquitto mosquitto-clients openssl procps systemd)
+  packages+=(mosquitto mosquitto-clients openssl procps systemd python3-venv)
 fi
 
 # The ONNX Runtime library comes from its PyPI wheel (deploy/fetch-onnxruntime.sh).

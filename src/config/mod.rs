@@ -274,7 +274,34 @@ pub fn local_json(text: &str) -> Result<Value, ConfigError> {
             format!("not valid TOML: {}", error.message()),
         )])
     })?;
+    // JSON has no NaN or infinity (they would become null): each is reported where it is.
+    let mut problems = Problems::default();
+    for (key, value) in &table {
+        find_non_finite(value, key.clone(), &mut problems);
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems.into_vec()));
+    }
     Ok(serde_json::to_value(table).expect("TOML tables are JSON objects"))
+}
+
+fn find_non_finite(value: &toml::Value, path: String, problems: &mut Problems) {
+    match value {
+        toml::Value::Float(number) if !number.is_finite() => {
+            problems.push(path, format!("must be a finite number, not {number}"));
+        }
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                find_non_finite(value, format!("{path}.{key}"), problems);
+            }
+        }
+        toml::Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                find_non_finite(item, format!("{path}[{index}]"), problems);
+            }
+        }
+        _ => {}
+    }
 }
 
 impl Config {

@@ -7,6 +7,7 @@
 )]
 
 pub mod cloud;
+pub mod datasets;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
