@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use common::process::Run;
 use common::{Mosquitto, Subscriber};
 
 fn config(device: &str, broker: &Mosquitto, tasks: bool) -> String {
@@ -47,74 +46,20 @@ trigger = { kind = "interval", secs = 0.05 }
     config
 }
 
-/// A `lookout run` process logging stored answers to a file.
-struct Run {
-    child: Child,
-    log: PathBuf,
+/// The ids of the answers `run` has stored so far (its debug log names each).
+fn stored(run: &Run) -> Vec<String> {
+    run.log_text()
+        .lines()
+        .filter(|line| line.contains("Stored an answer in the outbox."))
+        .filter_map(|line| line.split("id=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+        .collect()
 }
 
-impl Run {
-    /// Starts `lookout run` on `config`, with its state in `state`, through `wrapper` (a command and
-    /// its arguments before the daemon's own; empty for none).
-    fn start(dir: &Path, name: &str, config: &str, state: &Path, wrapper: &[&str]) -> Run {
-        let config_path = dir.join(format!("{name}.toml"));
-        std::fs::write(&config_path, config).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let lookout = env!("CARGO_BIN_EXE_lookout");
-        let mut args: Vec<&str> = wrapper.to_vec();
-        args.extend([lookout, "run", "--config", config_path.to_str().unwrap()]);
-        let child = Command::new(args[0])
-            .args(&args[1..])
-            .env("LOOKOUT_STATE_DIR", state)
-            .env(
-                "LOOKOUT_LOG",
-                "warn,lookout::publish=debug,lookout::app=info",
-            )
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("start lookout");
-        Run { child, log }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The ids of the answers it has stored so far.
-    fn stored(&self) -> Vec<String> {
-        self.log_text()
-            .lines()
-            .filter(|line| line.contains("Stored an answer in the outbox."))
-            .filter_map(|line| line.split("id=").nth(1))
-            .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
-            .collect()
-    }
-
-    fn wait_for(&self, what: &str, done: impl Fn(&Run) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "no {what}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill_9(mut self) -> Vec<String> {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.stored()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Kills `run` with SIGKILL; returns the ids of the answers it had stored.
+fn kill_9(mut run: Run) -> Vec<String> {
+    run.kill_9();
+    stored(&run)
 }
 
 /// Collects answers until every id in `expected` has arrived; panics with the missing ones.
@@ -154,8 +99,8 @@ async fn every_answer_stored_before_a_kill_9_arrives_after_a_restart() {
         &state,
         &[],
     );
-    run.wait_for("ten stored answers", |run| run.stored().len() >= 10);
-    let mut stored: HashSet<String> = run.kill_9().into_iter().collect();
+    run.wait_for("ten stored answers", |run| stored(run).len() >= 10);
+    let mut all_stored: HashSet<String> = kill_9(run).into_iter().collect();
 
     // ...and while the broker is away (all of them waiting on disk).
     broker.stop_gracefully();
@@ -166,8 +111,8 @@ async fn every_answer_stored_before_a_kill_9_arrives_after_a_restart() {
         &state,
         &[],
     );
-    run.wait_for("ten stored answers", |run| run.stored().len() >= 10);
-    stored.extend(run.kill_9());
+    run.wait_for("ten stored answers", |run| stored(run).len() >= 10);
+    all_stored.extend(kill_9(run));
 
     broker.launch();
     let run = Run::start(
@@ -177,7 +122,7 @@ async fn every_answer_stored_before_a_kill_9_arrives_after_a_restart() {
         &state,
         &[],
     );
-    expect_all(&mut subscriber, &stored, Duration::from_secs(60)).await;
+    expect_all(&mut subscriber, &all_stored, Duration::from_secs(60)).await;
     assert!(
         run.log_text()
             .contains("Found answers from an earlier run still waiting."),
@@ -224,9 +169,13 @@ async fn a_full_disk_keeps_answers_in_memory_and_still_delivers_them() {
     std::thread::sleep(Duration::from_secs(1));
 
     broker.launch();
-    let stored: HashSet<String> = run.stored().into_iter().collect();
-    assert!(stored.len() >= 40, "only {} answers stored", stored.len());
-    expect_all(&mut subscriber, &stored, Duration::from_secs(60)).await;
+    let before_reconnect: HashSet<String> = stored(&run).into_iter().collect();
+    assert!(
+        before_reconnect.len() >= 40,
+        "only {} answers stored",
+        before_reconnect.len()
+    );
+    expect_all(&mut subscriber, &before_reconnect, Duration::from_secs(60)).await;
     let stats = subscriber
         .expect(Duration::from_secs(10), "stats", |m| {
             m.topic.ends_with("/stats")

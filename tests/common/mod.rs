@@ -8,6 +8,7 @@
 
 pub mod cloud;
 pub mod datasets;
+pub mod process;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,69 @@
+//! `lookout run` as a real process (for what only a process can show: SIGKILL, a disk of its own),
+//! logging to a file the test reads.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The log filter: what the process tests look for in the log.
+const LOG: &str = "warn,lookout::publish=debug,lookout::app=info,lookout::dataset=info";
+
+/// A running `lookout run`; killed when dropped.
+pub struct Run {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Run {
+    /// Starts `lookout run` on `config`, with its state in `state`, through `wrapper` (a command and
+    /// its arguments before the daemon's own; empty for none). `name` names its config and log files
+    /// in `dir`.
+    pub fn start(dir: &Path, name: &str, config: &str, state: &Path, wrapper: &[&str]) -> Run {
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let lookout = env!("CARGO_BIN_EXE_lookout");
+        let mut args: Vec<&str> = wrapper.to_vec();
+        args.extend([lookout, "run", "--config", config_path.to_str().unwrap()]);
+        let child = Command::new(args[0])
+            .args(&args[1..])
+            .env("LOOKOUT_STATE_DIR", state)
+            .env("LOOKOUT_LOG", LOG)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start lookout");
+        Run { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to a minute for `done`; panics with the log otherwise.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Run) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
