@@ -582,3 +582,61 @@ async fn the_dataset_commands_refuse_bad_input_clearly() {
     assert!(output.status.success(), "{output:?}");
     assert!(rows_of(&to).iter().all(|row| row.task == "door"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_and_the_opt_in_lists_apply_on_reload() {
+    let broker = Mosquitto::start();
+    let cloud = CloudServer::start(vec![], Reply::answer("yes")).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dataset");
+    let enabled = config(&broker, &cloud, &dir, free_port());
+    let off = enabled.replace("[dataset]\nenabled = true", "[dataset]\nenabled = false");
+    let daemon = Daemon::start(&off);
+    let mut subscriber = Subscriber::connect(broker.port, &["lookout/databox/+/door/answer"]).await;
+    for _ in 0..3 {
+        subscriber
+            .expect(Duration::from_secs(20), "a cloud answer", |_| true)
+            .await;
+    }
+    assert!(!dir.exists(), "off: no folder, nothing kept");
+
+    daemon.reload(&enabled).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dataset::summary(&dir).is_ok_and(|summary| summary.by_task.contains_key("door")) {
+        assert!(Instant::now() < deadline, "no rows after turning it on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Only the yard's gate task now: the porch's rows stop.
+    daemon
+        .reload(&enabled.replace(r#"cameras = ["porch"]"#, "cameras = []"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let porch_rows = |dir: &Path| {
+        rows_of(dir)
+            .iter()
+            .filter(|row| row.camera == "porch")
+            .count()
+    };
+    let before = porch_rows(&dir);
+    let gate_rows = rows_of(&dir)
+        .iter()
+        .filter(|row| row.task == "gate")
+        .count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(porch_rows(&dir), before, "the porch is no longer opted in");
+    assert!(
+        rows_of(&dir)
+            .iter()
+            .filter(|row| row.task == "gate")
+            .count()
+            > gate_rows
+    );
+
+    daemon.reload(&off).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = rows_of(&dir).len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rows_of(&dir).len(), rows, "off again: nothing more is kept");
+    daemon.shutdown().await;
+}
