@@ -460,12 +460,11 @@ fn append(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
         .map_err(io_error("append to", path))
 }
 
-/// Takes the folder's short lock for a consistent read (a snapshot) while the daemon may write.
+/// Takes the folder's short lock for a consistent read (a snapshot) while the daemon may write. Read
+/// access is enough: an export may run as a user who can read the folder but not write it.
 pub fn lock_for_reading(dir: &Path) -> Result<File, DatasetError> {
     let path = dir.join(LOCK);
-    let lock = OpenOptions::new()
-        .write(true)
-        .open(&path)
+    let lock = File::open(&path)
         .map_err(|error| match error.kind() {
             io::ErrorKind::NotFound => DatasetError::NotADataset {
                 dir: dir.to_owned(),
