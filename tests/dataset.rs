@@ -12,7 +12,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::cloud::{CloudServer, Reply};
 use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, datasets, free_port};
 use lookout::dataset::{self, Row};
@@ -104,22 +103,6 @@ fn rows_of(dir: &Path) -> Vec<Row> {
         .collect()
 }
 
-/// The images and text of a chat completions request, as the cloud received them.
-fn request_parts(body: &Value) -> (Vec<Vec<u8>>, String) {
-    let content = body["messages"][0]["content"].as_array().unwrap();
-    let images = content
-        .iter()
-        .filter_map(|part| part["image_url"]["url"].as_str())
-        .map(|url| {
-            base64::engine::general_purpose::STANDARD
-                .decode(url.strip_prefix("data:image/jpeg;base64,").unwrap())
-                .unwrap()
-        })
-        .collect();
-    let text = content.last().unwrap()["text"].as_str().unwrap().to_owned();
-    (images, text)
-}
-
 fn lookout(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lookout"))
         .args(args)
@@ -205,7 +188,7 @@ async fn opted_in_escalations_become_rows_that_datasets_loads() {
     let requests: Vec<(Vec<Vec<u8>>, String)> = cloud
         .received()
         .iter()
-        .map(|request| request_parts(&request.body))
+        .map(|request| (request.images(), request.text()))
         .collect();
     let tasks: HashSet<&str> = rows.iter().map(|row| row.task.as_str()).collect();
     assert_eq!(

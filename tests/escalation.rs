@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::cloud::{CloudServer, Reply};
 use common::{Daemon, Mosquitto, Subscriber, config_with};
 use lookout::config::Env;
@@ -84,26 +83,14 @@ async fn a_clip_goes_as_its_frames_in_order_at_most_the_endpoints_cap() {
         .await
         .unwrap();
     assert_eq!(answer.answer, "yes");
-    let received = server.received();
-    let content = received[0].body["messages"][0]["content"]
-        .as_array()
-        .unwrap()
-        .clone();
-    let sent: Vec<Vec<u8>> = content
-        .iter()
-        .filter_map(|part| part["image_url"]["url"].as_str())
-        .map(|url| {
-            base64::engine::general_purpose::STANDARD
-                .decode(url.strip_prefix("data:image/jpeg;base64,").unwrap())
-                .unwrap()
-        })
-        .collect();
+    let received = &server.received()[0];
+    let sent = received.images();
     // Spread from the first to the last: frames 0, 2 and 4.
     assert_eq!(
         sent,
         [frames[0].clone(), frames[2].clone(), frames[4].clone()]
     );
-    let text = content.last().unwrap()["text"].as_str().unwrap();
+    let text = received.text();
     assert!(
         text.starts_with("The 3 images are frames of a video, oldest first.\nDid anyone come in?"),
         "{text}"
@@ -137,16 +124,8 @@ async fn the_request_carries_frame_question_token_and_billing_and_the_answer_its
     assert_eq!(request.headers["authorization"], format!("Bearer {TOKEN}"));
     assert_eq!(request.headers["x-hf-bill-to"], "acme-org");
     assert_eq!(request.body["model"], "org/big-vlm:fastest");
-    let content = request.body["messages"][0]["content"].as_array().unwrap();
-    let url = content[0]["image_url"]["url"].as_str().unwrap();
-    let data = url.strip_prefix("data:image/jpeg;base64,").unwrap();
-    assert_eq!(
-        base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .unwrap(),
-        jpeg()
-    );
-    let text = content[1]["text"].as_str().unwrap();
+    assert_eq!(request.images(), [jpeg()]);
+    let text = request.text();
     assert!(
         text.starts_with("Is the door open?") && text.contains("yes or no"),
         "{text}"

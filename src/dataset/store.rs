@@ -464,13 +464,12 @@ fn append(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
 /// access is enough: an export may run as a user who can read the folder but not write it.
 pub fn lock_for_reading(dir: &Path) -> Result<File, DatasetError> {
     let path = dir.join(LOCK);
-    let lock = File::open(&path)
-        .map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => DatasetError::NotADataset {
-                dir: dir.to_owned(),
-            },
-            _ => io_error("open", &path)(error),
-        })?;
+    let lock = File::open(&path).map_err(|error| match error.kind() {
+        io::ErrorKind::NotFound => DatasetError::NotADataset {
+            dir: dir.to_owned(),
+        },
+        _ => io_error("open", &path)(error),
+    })?;
     lock.lock().map_err(io_error("lock", &path))?;
     Ok(lock)
 }

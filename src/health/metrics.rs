@@ -168,36 +168,40 @@ pub fn render(
     }
 
     let dataset = &stats.dataset;
-    out.single(
-        "lookout_dataset_rows",
-        "gauge",
-        "Rows (escalations the cloud answered) in the dataset folder.",
-        dataset.rows.get() as f64,
-    );
-    out.single(
-        "lookout_dataset_bytes",
-        "gauge",
-        "Bytes of the dataset folder's images and metadata.",
-        dataset.bytes.get() as f64,
-    );
-    out.single(
-        "lookout_dataset_saved_total",
-        "counter",
-        "Escalations saved to the dataset.",
-        dataset.saved.get() as f64,
-    );
-    out.single(
-        "lookout_dataset_pruned_total",
-        "counter",
-        "Dataset rows deleted for the folder's size or age limit.",
-        dataset.pruned.get() as f64,
-    );
-    out.single(
-        "lookout_dataset_skipped_lines_total",
-        "counter",
-        "Damaged lines of the dataset's metadata.jsonl left out at start-up.",
-        dataset.skipped_lines.get() as f64,
-    );
+    for (name, kind, help, value) in [
+        (
+            "lookout_dataset_rows",
+            "gauge",
+            "Rows (escalations the cloud answered) in the dataset folder.",
+            dataset.rows.get(),
+        ),
+        (
+            "lookout_dataset_bytes",
+            "gauge",
+            "Bytes of the dataset folder's images and metadata.",
+            dataset.bytes.get(),
+        ),
+        (
+            "lookout_dataset_saved_total",
+            "counter",
+            "Escalations saved to the dataset.",
+            dataset.saved.get(),
+        ),
+        (
+            "lookout_dataset_pruned_total",
+            "counter",
+            "Dataset rows deleted for the folder's size or age limit.",
+            dataset.pruned.get(),
+        ),
+        (
+            "lookout_dataset_skipped_lines_total",
+            "counter",
+            "Damaged lines of the dataset's metadata.jsonl left out at start-up.",
+            dataset.skipped_lines.get(),
+        ),
+    ] {
+        out.single(name, kind, help, value as f64);
+    }
     out.family(
         "lookout_dataset_dropped_total",
         "counter",

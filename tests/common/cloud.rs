@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -88,6 +89,34 @@ pub struct Received {
     /// Lower-case names.
     pub headers: HashMap<String, String>,
     pub body: Value,
+}
+
+impl Received {
+    /// The images of a chat completions request, decoded from their data URIs, in order.
+    pub fn images(&self) -> Vec<Vec<u8>> {
+        self.content()
+            .iter()
+            .filter_map(|part| part["image_url"]["url"].as_str())
+            .map(|url| {
+                let data = url.strip_prefix("data:image/jpeg;base64,").unwrap();
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// The text sent with the images (the last part of the message).
+    pub fn text(&self) -> String {
+        self.content().last().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn content(&self) -> &Vec<Value> {
+        self.body["messages"][0]["content"].as_array().unwrap()
+    }
 }
 
 struct State {
