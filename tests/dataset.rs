@@ -623,3 +623,43 @@ async fn the_switch_and_the_opt_in_lists_apply_on_reload() {
     assert_eq!(rows_of(&dir).len(), rows, "off again: nothing more is kept");
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalations_answered_after_an_outage_are_kept_too() {
+    let broker = Mosquitto::start();
+    let cloud = CloudServer::start(vec![], Reply::status(503)).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("dataset");
+    let config = config(&broker, &cloud, &dir, free_port()).replace(
+        "duplicate_distance = -1",
+        "duplicate_distance = -1\nretries = 0\nbreaker_cooldown_secs = 1.0",
+    );
+    let mut subscriber =
+        Subscriber::connect(broker.port, &["lookout/databox/porch/door/answer"]).await;
+    let daemon = Daemon::start(&config);
+
+    // The cloud is down: the door's escalations wait in the offline queue.
+    let mut queued = HashSet::new();
+    while queued.len() < 3 {
+        let answer = subscriber
+            .expect(Duration::from_secs(20), "a queued answer", |_| true)
+            .await
+            .json();
+        assert_eq!(answer["escalation"], "queued", "{answer}");
+        queued.insert(answer["id"].as_str().unwrap().to_owned());
+    }
+    assert!(dataset::summary(&dir).is_ok_and(|summary| summary.rows == 0));
+
+    // Back: the replayed escalations become rows under their answers' ids.
+    cloud.set_otherwise(Reply::answer("yes"));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let kept: HashSet<String> = rows_of(&dir).into_iter().map(|row| row.id).collect();
+        if queued.is_subset(&kept) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replayed escalations not kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon.shutdown().await;
+}
