@@ -281,7 +281,8 @@ impl Escalation {
             tokens: Vec::new(),
             ..local
         };
-        if self.dataset.wants(&answer.camera, &answer.task) {
+        // A queued escalation whose images were damaged on disk may have been answered without any.
+        if !reply.sent.is_empty() && self.dataset.wants(&answer.camera, &answer.task) {
             self.dataset.offer(Capture {
                 answer: answer.clone(),
                 images: reply
