@@ -190,7 +190,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 pub struct Capture {
     /// The cloud's answer, with the local one it replaced in `local`.
     pub answer: Answer,
-    /// The JPEGs as sent, oldest first.
+    /// The JPEGs as sent, oldest first: at least one.
     pub images: Vec<Vec<u8>>,
     /// The text sent with them.
     pub prompt: String,
