@@ -68,21 +68,7 @@ question = "Is the lamp on?"
 kind = "yes_no"
 trigger = {{ kind = "interval", secs = 0.3 }}
 
-[escalation]
-enabled = true
-mode = "always"
-min_interval_secs = 0.0
-duplicate_distance = -1
-[escalation.budget]
-per_minute = 100000
-per_hour = 100000
-per_day = 100000
-[[escalation.endpoints]]
-name = "loopback"
-url = "{}"
-model = "big-vlm"
-token_env = ""
-max_images = 2
+{}
 
 [dataset]
 enabled = true
@@ -91,7 +77,7 @@ tasks = ["gate"]
 dir = "{}"
 "#,
         broker.url(),
-        cloud.url,
+        cloud.escalate_everything(2),
         dataset_dir.display()
     )
 }

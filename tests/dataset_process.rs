@@ -44,29 +44,14 @@ question = "Did it get brighter?"
 kind = "yes_no"
 trigger = {{ kind = "interval", secs = 0.2 }}
 clip = {{ seconds = 1.0, frames = 4 }}
-[escalation]
-enabled = true
-mode = "always"
-min_interval_secs = 0.0
-duplicate_distance = -1
-[escalation.budget]
-per_minute = 100000
-per_hour = 100000
-per_day = 100000
-[[escalation.endpoints]]
-name = "loopback"
-url = "{}"
-model = "big-vlm"
-token_env = ""
-max_images = 4
-[dataset]
+{}[dataset]
 enabled = true
 cameras = ["cam"]
 dir = "{}"
 "#,
         broker.url(),
         fixture.display(),
-        cloud.url,
+        cloud.escalate_everything(4),
         dataset_dir.display()
     )
 }

@@ -156,6 +156,31 @@ impl CloudServer {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// An `[escalation]` section that sends every answer to this server (no budget, interval or
+    /// near-duplicate suppression in the way), at most `max_images` images per request.
+    pub fn escalate_everything(&self, max_images: usize) -> String {
+        format!(
+            r#"
+[escalation]
+enabled = true
+mode = "always"
+min_interval_secs = 0.0
+duplicate_distance = -1
+[escalation.budget]
+per_minute = 100000
+per_hour = 100000
+per_day = 100000
+[[escalation.endpoints]]
+name = "loopback"
+url = "{}"
+model = "big-vlm"
+token_env = ""
+max_images = {max_images}
+"#,
+            self.url
+        )
+    }
+
     /// From now on, every request gets `reply`.
     pub fn set_otherwise(&self, reply: Reply) {
         let mut state = self.state.lock().unwrap();
