@@ -1,18 +1,19 @@
 //! Wiring and supervision: the one place that knows every stage.
 //!
 //! The pipeline has two halves with different lifetimes. The back half (the vision worker that owns the
-//! model, the escalation stage with its cloud client and offline queue, and the publisher that owns
-//! the MQTT connection) lives as long as the process: reloading a model or reconnecting elsewhere is
-//! expensive and is not done on a config reload (the escalation policy and endpoints are re-read). The front half (one
-//! source and one gate per camera) is cheap and is rebuilt when cameras or tasks change. The job queue
-//! joins the two and outlives every front half.
+//! model, the escalation stage with its cloud client and offline queue, the dataset stage, and the
+//! publisher that owns the MQTT connection) lives as long as the process: reloading a model or
+//! reconnecting elsewhere is expensive and is not done on a config reload (the escalation policy and
+//! endpoints are re-read; the dataset stage follows its settings). The front half (one source and one
+//! gate per camera) is cheap and is rebuilt when cameras or tasks change. The job queue joins the two
+//! and outlives every front half.
 //!
 //! Shutdown follows the data: escalations in flight give up (their answers go out local, queued for
 //! the cloud); cancel the sources; their channels close, so the gates finish; then the job queue
 //! closes, the vision worker drains it and drops its sender, the escalation stage passes on what it
-//! holds, and the publisher drains the outcomes, says `offline` and disconnects; the health endpoint
-//! stops last. All of it runs under the configured deadline, and stages still running at the deadline
-//! are named.
+//! holds, the dataset stage saves the cloud answers still waiting for it, and the publisher drains the
+//! outcomes, says `offline` and disconnects; the health endpoint stops last. All of it runs under the
+//! configured deadline, and stages still running at the deadline are named.
 //!
 //! While running, the supervisor (`service::watchdog`) checks every second, or twice per systemd
 //! watchdog timeout, that no stage has a unit of work running past `device.stall_timeout_secs`, and
