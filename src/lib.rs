@@ -27,13 +27,16 @@
 //! fleet pushes over the local file (`config::remote`: signatures, versions, locked fields).
 //! `service` adapts the process to its host (signals, logging, systemd's notify protocol and
 //! watchdog); `health` serves `/healthz`, `/readyz` and `/metrics` from the counters. `stats` is the
-//! one leaf every stage counts into (and marks its units of work in, for the watchdog); `backoff` is the one retry delay every stage that reconnects uses.
+//! one leaf every stage counts into (and marks its units of work in, for the watchdog); `backoff` is
+//! the one retry delay every stage that reconnects uses. `dataset` keeps the cloud's answers to
+//! opted-in questions, with their images, as a fine-tuning dataset; `durable` writes files whole.
 //!
 //! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
 //! jobs keep the newest frame per camera with the union of its requests, outcomes block briefly between
 //! vision, escalation and the publisher (each escalation lane holds a few answers of its own task), and
-//! escalations on their way to the dataset folder are dropped when it falls behind; the outbox (bounded by size and age, oldest dropped) is where answers
-//! wait for the broker, so a broker outage never holds up the pipeline or grows memory.
+//! cloud answers on their way to the dataset folder are dropped when it falls behind; the outbox
+//! (bounded by size and age, oldest dropped) is where answers wait for the broker, so a broker outage
+//! never holds up the pipeline or grows memory.
 
 pub mod app;
 pub mod backoff;
