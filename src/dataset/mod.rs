@@ -168,7 +168,9 @@ pub enum DatasetError {
     },
     #[error("{dir} is written by another Lookout process")]
     InUse { dir: PathBuf },
-    #[error("{dir} is not a Lookout dataset (no .lock file: has the daemon saved anything yet?)")]
+    #[error(
+        "{dir} is not a Lookout dataset folder (is [dataset] enabled, and has the daemon opened it yet?)"
+    )]
     NotADataset { dir: PathBuf },
     #[error("{path} exists and is not an empty folder")]
     DestinationTaken { path: PathBuf },
