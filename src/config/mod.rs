@@ -442,31 +442,36 @@ impl Config {
         self.mqtt.validate("mqtt", problems);
         self.vision.validate("vision", problems);
         self.escalation.validate("escalation", problems);
-        for task in self.escalation.tasks.keys() {
-            if task != crate::gate::ASK_TASK && !task_ids.contains(task.as_str()) {
+        // Ids that other sections name must exist (`ask` stands for on-demand asks).
+        let task = |problems: &mut Problems, path: String, task: &str| {
+            if task != crate::gate::ASK_TASK && !task_ids.contains(task) {
                 problems.push(
-                    format!("escalation.tasks.{task}"),
+                    path,
                     format!(
                         "no task has id {task:?} (on-demand asks are {:?})",
                         crate::gate::ASK_TASK
                     ),
                 );
             }
-        }
-        for camera in self.escalation.cameras.keys() {
-            if !camera_ids.contains(camera.as_str()) {
-                problems.push(
-                    format!("escalation.cameras.{camera}"),
-                    format!("no camera has id {camera:?}"),
-                );
+        };
+        let camera = |problems: &mut Problems, path: String, camera: &str| {
+            if !camera_ids.contains(camera) {
+                problems.push(path, format!("no camera has id {camera:?}"));
             }
+        };
+        for id in self.escalation.tasks.keys() {
+            task(problems, format!("escalation.tasks.{id}"), id);
         }
-        self.dataset.validate(
-            "dataset",
-            &|camera| camera_ids.contains(camera),
-            &|task| task_ids.contains(task),
-            problems,
-        );
+        for id in self.escalation.cameras.keys() {
+            camera(problems, format!("escalation.cameras.{id}"), id);
+        }
+        self.dataset.validate("dataset", problems);
+        for (index, id) in self.dataset.tasks.iter().enumerate() {
+            task(problems, format!("dataset.tasks[{index}]"), id);
+        }
+        for (index, id) in self.dataset.cameras.iter().enumerate() {
+            camera(problems, format!("dataset.cameras[{index}]"), id);
+        }
         self.outbox.validate("outbox", problems);
         self.http.validate("http", problems);
         self.home_assistant.validate("home_assistant", problems);

@@ -75,14 +75,8 @@ impl Default for DatasetConfig {
 }
 
 impl DatasetConfig {
-    /// Checks the values; `camera_ids` and `task_ids` are the config's, which the lists must name.
-    pub fn validate(
-        &self,
-        path: &str,
-        camera_ids: &dyn Fn(&str) -> bool,
-        task_ids: &dyn Fn(&str) -> bool,
-        problems: &mut Problems,
-    ) {
+    /// Checks the values (the camera and task ids it lists are checked with the rest of the config).
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
         if !(self.max_mb.is_finite() && (1.0..=10_000_000.0).contains(&self.max_mb)) {
             problems.push(
                 format!("{path}.max_mb"),
@@ -100,25 +94,6 @@ impl DatasetConfig {
                     self.max_age_days
                 ),
             );
-        }
-        for (index, camera) in self.cameras.iter().enumerate() {
-            if !camera_ids(camera) {
-                problems.push(
-                    format!("{path}.cameras[{index}]"),
-                    format!("no camera has id {camera:?}"),
-                );
-            }
-        }
-        for (index, task) in self.tasks.iter().enumerate() {
-            if task != crate::gate::ASK_TASK && !task_ids(task) {
-                problems.push(
-                    format!("{path}.tasks[{index}]"),
-                    format!(
-                        "no task has id {task:?} (on-demand asks are {:?})",
-                        crate::gate::ASK_TASK
-                    ),
-                );
-            }
         }
         if self.enabled && self.cameras.is_empty() && self.tasks.is_empty() {
             problems.push(
@@ -290,8 +265,8 @@ pub async fn run(
         folder = open(&current, &stats).await;
     }
     let mut failing = false;
-    let mut prune = tokio::time::interval(PRUNE_EVERY);
-    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune_due = tokio::time::interval(PRUNE_EVERY);
+    prune_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             Some(capture) = captures.recv() => {
@@ -302,8 +277,8 @@ pub async fn run(
                 folder = reconfigure(folder, &current, &new, &stats).await;
                 current = new;
             }
-            _ = prune.tick() => {
-                folder = blocking(folder, &stats, |store| store.prune(SystemTime::now())).await;
+            _ = prune_due.tick() => {
+                folder = prune(folder, &stats, |store| store.prune(SystemTime::now())).await;
             }
             _ = cancel.cancelled() => break,
         }
@@ -366,7 +341,7 @@ async fn reconfigure(folder: Folder, old: &Settings, new: &Settings, stats: &Arc
     match folder {
         Folder::Open(store) if new.dir == old.dir => {
             let limits = new.config.limits();
-            blocking(Folder::Open(store), stats, move |store| {
+            prune(Folder::Open(store), stats, move |store| {
                 store.set_limits(limits)
             })
             .await
@@ -394,16 +369,11 @@ async fn save(
         }
         folder => folder,
     };
-    let Folder::Open(mut store) = folder else {
+    let Folder::Open(store) = folder else {
         stats.dataset.count_dropped("unavailable");
         return folder;
     };
-    let (store, saved) = tokio::task::spawn_blocking(move || {
-        let saved = store.add(&capture);
-        (store, saved)
-    })
-    .await
-    .expect("saving a row does not panic");
+    let (store, saved) = off_thread(store, move |store| store.add(&capture)).await;
     match saved {
         Ok((Added::Saved, pruned)) => {
             stats.dataset.saved.inc();
@@ -426,27 +396,36 @@ async fn save(
     Folder::Open(store)
 }
 
-/// Runs `work` on the open store off the async threads (nothing when the folder is not open).
-async fn blocking(
+/// Runs `work` (a prune, or new limits) on the open store and counts the rows it pruned (nothing
+/// when the folder is not open).
+async fn prune(
     folder: Folder,
     stats: &Arc<Stats>,
     work: impl FnOnce(&mut Store) -> Result<usize, DatasetError> + Send + 'static,
 ) -> Folder {
-    let Folder::Open(mut store) = folder else {
+    let Folder::Open(store) = folder else {
         return folder;
     };
-    let (store, pruned) = tokio::task::spawn_blocking(move || {
-        let pruned = work(&mut store);
-        (store, pruned)
-    })
-    .await
-    .expect("pruning does not panic");
+    let (store, pruned) = off_thread(store, work).await;
     match pruned {
         Ok(pruned) => stats.dataset.pruned.add(pruned as u64),
         Err(error) => warn!(error = %error, "Cannot prune the dataset folder."),
     }
     stats.dataset.set_size(store.rows(), store.bytes());
     Folder::Open(store)
+}
+
+/// Runs `work` on the store off the async threads (the store's I/O syncs) and hands the store back.
+async fn off_thread<T: Send + 'static>(
+    mut store: Box<Store>,
+    work: impl FnOnce(&mut Store) -> T + Send + 'static,
+) -> (Box<Store>, T) {
+    tokio::task::spawn_blocking(move || {
+        let result = work(&mut store);
+        (store, result)
+    })
+    .await
+    .expect("the dataset's file work does not panic")
 }
 
 #[cfg(test)]
