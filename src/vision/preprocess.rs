@@ -14,6 +14,13 @@
 //! Resampling is Lanczos (a = 3), separable, horizontal pass first, with 8-bit rounding between passes and
 //! fixed-point weights, as Pillow computes it (torchvision's CPU Lanczos follows the same scheme). The
 //! reference is matched within a tolerance measured by the conformance tests, not bit for bit.
+//!
+//! Speed: a 640x480 frame is upscaled to 2048x1536 and back down, about 150 million multiply-adds, on
+//! every frame. Both passes are one kernel, a weighted sum of byte vectors (`weighted_sum`): the vertical
+//! pass sums blocks of a row, the horizontal pass first interleaves 8 rows pixel by pixel so that a tap of
+//! all 8 is one vector too. The kernel is written for the compiler to vectorise, and `pulp` runs it
+//! compiled for AVX2 when the CPU has it (detected at run time: one binary for every x86-64 box). Its
+//! results are the plain per-byte definition's exactly; a unit test holds the two equal.
 
 use std::borrow::Cow;
 
@@ -308,6 +315,7 @@ fn taps(in_size: u32, out_size: u32) -> Taps {
     taps
 }
 
+#[inline(always)]
 fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
@@ -357,52 +365,180 @@ fn in_bands<T: Send>(
 
 fn resize_horizontal(image: &RgbImage, width: u32, threads: usize) -> RgbImage {
     let taps = taps(image.width(), width);
-    let source = image.as_raw();
     let in_len = image.width() as usize * 3;
     let out_len = width as usize * 3;
     let mut out = vec![0u8; out_len * image.height() as usize];
-    let half = 1i32 << (PRECISION_BITS - 1);
     in_bands(&mut out, out_len, threads, |first_row, band| {
-        let inputs = source[first_row * in_len..].chunks_exact(in_len);
-        for (out_row, input) in band.chunks_exact_mut(out_len).zip(inputs) {
-            for (pixel, (start, weights)) in out_row.chunks_exact_mut(3).zip(taps.iter()) {
-                let window = &input[start * 3..(start + taps.window) * 3];
-                let mut sums = [half; 3];
-                for (value, weight) in window.chunks_exact(3).zip(weights) {
-                    sums[0] += i32::from(value[0]) * weight;
-                    sums[1] += i32::from(value[1]) * weight;
-                    sums[2] += i32::from(value[2]) * weight;
-                }
-                pixel.copy_from_slice(&sums.map(clip8));
-            }
-        }
+        pulp::Arch::new().dispatch(HorizontalBand {
+            band,
+            inputs: &image.as_raw()[first_row * in_len..],
+            in_len,
+            taps: &taps,
+        });
     });
     RgbImage::from_raw(width, image.height(), out).expect("sized above")
 }
+
+/// Rows of the horizontal pass, written into `band` from `inputs`, which start at its first row.
+struct HorizontalBand<'a> {
+    band: &'a mut [u8],
+    inputs: &'a [u8],
+    in_len: usize,
+    taps: &'a Taps,
+}
+
+/// Rows the horizontal pass resamples together: their pixels interleaved, one tap's bytes of all of
+/// them are one contiguous vector with one weight, as in the vertical pass.
+const ROWS_TOGETHER: usize = 8;
+
+impl pulp::WithSimd for HorizontalBand<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let out_len = self.taps.starts.len() * 3;
+        let mut interleaved = Vec::new();
+        let out_groups = self.band.chunks_mut(ROWS_TOGETHER * out_len);
+        let input_groups = self.inputs.chunks(ROWS_TOGETHER * self.in_len);
+        for (out_rows, inputs) in out_groups.zip(input_groups) {
+            if out_rows.len() == ROWS_TOGETHER * out_len {
+                horizontal_rows::<{ ROWS_TOGETHER * 3 }>(
+                    out_rows,
+                    inputs,
+                    self.taps,
+                    &mut interleaved,
+                );
+            } else {
+                for (out_row, input) in out_rows
+                    .chunks_exact_mut(out_len)
+                    .zip(inputs.chunks(self.in_len))
+                {
+                    horizontal_rows::<3>(out_row, input, self.taps, &mut interleaved);
+                }
+            }
+        }
+    }
+}
+
+/// `LANES / 3` rows of the horizontal pass: their pixels are interleaved into `interleaved` (pixel by
+/// pixel, row by row), then each output pixel of all of them is one weighted sum of `LANES`-byte vectors.
+#[inline(always)]
+fn horizontal_rows<const LANES: usize>(
+    out_rows: &mut [u8],
+    inputs: &[u8],
+    taps: &Taps,
+    interleaved: &mut Vec<u8>,
+) {
+    let rows = LANES / 3;
+    let in_len = inputs.len() / rows;
+    let out_len = out_rows.len() / rows;
+    interleaved.resize(in_len / 3 * LANES, 0);
+    for (pixel, lanes) in interleaved.chunks_exact_mut(LANES).enumerate() {
+        for (row, lane) in lanes.chunks_exact_mut(3).enumerate() {
+            lane.copy_from_slice(&inputs[row * in_len + pixel * 3..][..3]);
+        }
+    }
+    for (x, (start, weights)) in taps.iter().enumerate() {
+        let values = weighted_sum::<LANES>(&interleaved[start * LANES..], LANES, weights);
+        for (row, pixel) in values.chunks_exact(3).enumerate() {
+            out_rows[row * out_len + x * 3..][..3].copy_from_slice(pixel);
+        }
+    }
+}
+
+/// Σ weights[k] x the `N` bytes at `k * stride` of `vectors`, rounded from fixed point to bytes: the one
+/// kernel of both passes.
+#[inline(always)]
+fn weighted_sum<const N: usize>(vectors: &[u8], stride: usize, weights: &[i32]) -> [u8; N] {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut high = [0i32; N];
+    let mut low = [0i32; N];
+    for (vector, weight) in vectors.chunks(stride).zip(weights) {
+        let (weight_high, weight_low) = split_weight(*weight);
+        let vector: &[u8; N] = vector[..N].try_into().expect("N bytes");
+        for ((high, low), value) in high.iter_mut().zip(low.iter_mut()).zip(vector) {
+            *high += i32::from(*value) * i32::from(weight_high);
+            *low += i32::from(*value) * i32::from(weight_low);
+        }
+    }
+    let mut out = [0u8; N];
+    for ((value, high), low) in out.iter_mut().zip(&high).zip(&low) {
+        *value = clip8(half + (high << LOW_BITS) + low);
+    }
+    out
+}
+
+/// Bytes of a row the vertical pass sums at once: their sums stay in registers across the window.
+const ROW_BLOCK: usize = 32;
 
 fn resize_vertical(image: &RgbImage, height: u32, threads: usize) -> RgbImage {
     let taps = taps(image.height(), height);
     let source = image.as_raw();
     let row_len = image.width() as usize * 3;
     let mut out = vec![0u8; row_len * height as usize];
-    let half = 1i32 << (PRECISION_BITS - 1);
     in_bands(&mut out, row_len, threads, |first_row, band| {
-        let mut sums = vec![0i32; row_len];
-        let rows = taps.iter().skip(first_row);
-        for (out_row, (start, weights)) in band.chunks_exact_mut(row_len).zip(rows) {
-            sums.fill(half);
-            let inputs = source[start * row_len..].chunks_exact(row_len);
-            for (input, weight) in inputs.zip(weights) {
-                for (sum, value) in sums.iter_mut().zip(input) {
-                    *sum += i32::from(*value) * weight;
-                }
-            }
-            for (value, sum) in out_row.iter_mut().zip(&sums) {
-                *value = clip8(*sum);
-            }
-        }
+        pulp::Arch::new().dispatch(VerticalBand {
+            band,
+            first_row,
+            source,
+            row_len,
+            taps: &taps,
+        });
     });
     RgbImage::from_raw(image.width(), height, out).expect("sized above")
+}
+
+/// Output rows `first_row..` of the vertical pass, written into `band`.
+struct VerticalBand<'a> {
+    band: &'a mut [u8],
+    first_row: usize,
+    source: &'a [u8],
+    row_len: usize,
+    taps: &'a Taps,
+}
+
+impl pulp::WithSimd for VerticalBand<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let row_len = self.row_len;
+        let rows = self.taps.iter().skip(self.first_row);
+        for (out_row, (start, weights)) in self.band.chunks_exact_mut(row_len).zip(rows) {
+            let window = &self.source[start * row_len..];
+            if row_len < ROW_BLOCK {
+                vertical_blocks::<1>(out_row, window, weights);
+            } else {
+                vertical_blocks::<ROW_BLOCK>(out_row, window, weights);
+            }
+        }
+    }
+}
+
+/// One output row of the vertical pass from the rows of its window (`window` starts at the first), `N`
+/// bytes at a time. The last block is aligned to the row's end and may overlap the one before it: it
+/// recomputes the same values.
+#[inline(always)]
+fn vertical_blocks<const N: usize>(out_row: &mut [u8], window: &[u8], weights: &[i32]) {
+    let row_len = out_row.len();
+    let offsets = (0..row_len - N).step_by(N).chain([row_len - N]);
+    for offset in offsets {
+        let values = weighted_sum::<N>(&window[offset..], row_len, weights);
+        out_row[offset..offset + N].copy_from_slice(&values);
+    }
+}
+
+/// Bits of a weight's low part. A byte times a weight is summed as byte x high part (shifted back) plus
+/// byte x low part: both parts fit in 16 bits, so the CPU multiplies them in 16-bit lanes (`pmaddwd`,
+/// baseline on x86-64) where a 32-bit multiply would not vectorise; the sum is exactly the same.
+const LOW_BITS: u32 = 11;
+
+#[inline(always)]
+fn split_weight(weight: i32) -> (i16, i16) {
+    (
+        (weight >> LOW_BITS) as i16,
+        (weight & ((1 << LOW_BITS) - 1)) as i16,
+    )
 }
 
 #[cfg(test)]
@@ -437,6 +573,58 @@ mod tests {
         assert_eq!(pixels.values.len(), 13 * 3 * 512 * 512);
         let single = preprocess(&RgbImage::new(640, 480), &settings(), false, 2);
         assert_eq!((single.rows, single.cols, single.images), (0, 0, 1));
+    }
+
+    /// Both passes as plainly defined: each output byte is its window's weighted sum, rounded.
+    fn plain_resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+        let half = 1i32 << (PRECISION_BITS - 1);
+        let horizontal = taps(image.width(), width);
+        let mut wide = RgbImage::new(width, image.height());
+        for (x, y, pixel) in wide.enumerate_pixels_mut() {
+            let (start, weights) = horizontal.iter().nth(x as usize).unwrap();
+            for channel in 0..3 {
+                let sum = weights.iter().enumerate().fold(half, |sum, (k, weight)| {
+                    sum + i32::from(image.get_pixel((start + k) as u32, y)[channel]) * weight
+                });
+                pixel[channel] = clip8(sum);
+            }
+        }
+        let vertical = taps(image.height(), height);
+        let mut out = RgbImage::new(width, height);
+        for (x, y, pixel) in out.enumerate_pixels_mut() {
+            let (start, weights) = vertical.iter().nth(y as usize).unwrap();
+            for channel in 0..3 {
+                let sum = weights.iter().enumerate().fold(half, |sum, (k, weight)| {
+                    sum + i32::from(wide.get_pixel(x, (start + k) as u32)[channel]) * weight
+                });
+                pixel[channel] = clip8(sum);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_vectorised_passes_equal_the_plain_definition() {
+        let sizes = [(1, 1), (3, 7), (37, 11), (640, 480), (1500, 90), (90, 1500)];
+        for (width, height) in sizes {
+            let image = RgbImage::from_fn(width, height, |x, y| {
+                image::Rgb([
+                    (x * 31 + y) as u8,
+                    (y * 17 + 3) as u8,
+                    ((x ^ y) % 251) as u8,
+                ])
+            });
+            for (to_width, to_height) in [(2048, 1536), (512, 512), (5, 3), (1, 1)] {
+                let plain = plain_resize(&image, to_width, to_height);
+                for threads in [1, 2] {
+                    let fast = resize(Cow::Borrowed(&image), to_width, to_height, threads);
+                    assert!(
+                        fast.as_raw() == plain.as_raw(),
+                        "{width}x{height} to {to_width}x{to_height} on {threads} threads"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
