@@ -49,7 +49,7 @@ for variant in fp32 int8 q4; do
     flag=""; [[ "$split" == 1 ]] && flag="--split"
     echo "== $variant split=$split" >&2
     python_json="$("$py" "$here/reference/peak_rss.py" "$here/reference/run_onnx.py" --model "$model" --suffix "$suffix" \
-      --split "$split" --image "$work/frame.png" --max-new "$tokens" --threads "$threads" 2>"$work/python.err")"
+      --split "$split" --image "$work/frame.png" --max-new "$tokens" --threads "$threads" --runs "$runs" 2>"$work/python.err")"
     python_rss="$(grep peak_rss_mb "$work/python.err" | tail -1 | cut -d' ' -f2)"
     lookout_json="$(LOOKOUT_LOG=warn "$lookout" bench --model "$model" --variant "$variant" --image "$work/frame.png" $flag \
       --threads "$threads" --runs "$runs" --max-new-tokens "$tokens" --json)"
@@ -78,7 +78,8 @@ rows = [json.loads(line) for line in open(sys.argv[1])]
 print(f"# Lookout vs the Python ONNX Runtime loop and transformers PyTorch\n")
 print(f"SmolVLM2-256M geometry, random weights; 640x480 frame; {sys.argv[2]} threads; up to {sys.argv[3]} new tokens; ")
 print(f"ONNX Runtime {sys.argv[4]} for both ONNX loops (Lookout loads the wheel's library). One run of `bench/compare.sh`")
-print("(ratios matter: the machine is shared). TTFT = vision encoder + prefill.\n")
+print("(ratios matter: the machine is shared). TTFT = vision encoder + prefill. Both ONNX loops report the median")
+print("of the same number of answers in one process (3 for one image, 1 for 13 tiles).\n")
 print("| variant | split | TTFT PyTorch ms | TTFT Lookout / PyTorch | decode PyTorch tok/s | answer PyTorch ms | answer Lookout ms | CPU PyTorch ms | CPU Python ms | CPU Lookout ms | RSS PyTorch MB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
