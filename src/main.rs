@@ -438,6 +438,10 @@ fn bench(
     let frame = vision::bench::frame(pixels);
     let setup = vision::bench::Setup {
         load_ms,
+        image: vision::model::ModelSpec::read(&vision.model_dir)
+            .map_or(vision::preprocess::ImageSettings::SMOLVLM2, |spec| {
+                spec.image
+            }),
         decoder_weight_bytes: decoder_weight_bytes(vision),
         threads: vision.threads,
     };
@@ -464,6 +468,11 @@ fn bench(
             );
             println!("  load           {:>9.1} ms", report.load_ms);
             println!("  preprocess     {:>9.1} ms", report.preprocess_ms);
+            println!(
+                "                 {:>9.1} ms alone, {} in a row",
+                report.preprocess_alone_ms,
+                vision::bench::PREPROCESS_ALONE_RUNS
+            );
             println!("  vision         {:>9.1} ms", report.vision_ms);
             println!("  prefill        {:>9.1} ms", report.prefill_ms);
             println!(
