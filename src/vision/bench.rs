@@ -3,7 +3,8 @@
 //! The analyser answers the same question about the same picture several times; the report gives the
 //! median of each stage, so one slow run on a shared machine does not skew it. Time to first token is the
 //! image encoding plus the prompt prefill (preprocessing is reported on its own, as the Python reference
-//! loop also does it outside its timer); decode speed counts the tokens after the first.
+//! loop also does it outside its timer); decode speed counts the tokens after the first. Preprocessing is
+//! also timed alone, several times in a row, the way the reference's processor is timed.
 //!
 //! It also measures what several questions about one frame cost against one (the image is encoded once
 //! and the prompt prefix it shares prefilled once): three `yes_no` questions, and three `text` questions
@@ -135,7 +136,7 @@ pub fn memory_read_bandwidth(threads: usize) -> f64 {
     (buffer.len() * std::mem::size_of::<u64>()) as f64 / best
 }
 
-/// How the model was set up: its load time, and what the bandwidth bound needs.
+/// How the model was set up: its load time, its processor settings, and what the bandwidth bound needs.
 pub struct Setup {
     pub load_ms: f64,
     /// The model's processor settings, for timing preprocessing alone.
