@@ -369,9 +369,10 @@ fn resize_horizontal(image: &RgbImage, width: u32, threads: usize) -> RgbImage {
     let out_len = width as usize * 3;
     let mut out = vec![0u8; out_len * image.height() as usize];
     in_bands(&mut out, out_len, threads, |first_row, band| {
+        let rows = band.len() / out_len;
         pulp::Arch::new().dispatch(HorizontalBand {
             band,
-            inputs: &image.as_raw()[first_row * in_len..],
+            inputs: &image.as_raw()[first_row * in_len..][..rows * in_len],
             in_len,
             taps: &taps,
         });
@@ -379,7 +380,7 @@ fn resize_horizontal(image: &RgbImage, width: u32, threads: usize) -> RgbImage {
     RgbImage::from_raw(width, image.height(), out).expect("sized above")
 }
 
-/// Rows of the horizontal pass, written into `band` from `inputs`, which start at its first row.
+/// Rows of the horizontal pass, written into `band` from `inputs`, the same rows of the source.
 struct HorizontalBand<'a> {
     band: &'a mut [u8],
     inputs: &'a [u8],
@@ -420,7 +421,7 @@ impl pulp::WithSimd for HorizontalBand<'_> {
     }
 }
 
-/// `LANES / 3` rows of the horizontal pass: their pixels are interleaved into `interleaved` (pixel by
+/// `LANES / 3` rows of the horizontal pass (`out_rows` and `inputs` hold that many): their pixels are interleaved into `interleaved` (pixel by
 /// pixel, row by row), then each output pixel of all of them is one weighted sum of `LANES`-byte vectors.
 #[inline(always)]
 fn horizontal_rows<const LANES: usize>(
