@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cloud::{CloudServer, Reply};
-use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, datasets, free_port};
+use common::{Daemon, Message, Mosquitto, PixelAnalyser, Subscriber, datasets, free_port};
 use lookout::dataset::{self, Row};
 use serde_json::Value;
 
@@ -89,6 +89,18 @@ fn rows_of(dir: &Path) -> Vec<Row> {
         .collect()
 }
 
+/// Files published answers by id and keeps the newest stats message.
+fn sort_out(messages: Vec<Message>, answers: &mut HashMap<String, Value>, stats: &mut Value) {
+    for message in messages {
+        let body = message.json();
+        if message.topic.ends_with("/stats") {
+            *stats = body;
+        } else {
+            answers.insert(body["id"].as_str().unwrap().to_owned(), body);
+        }
+    }
+}
+
 fn lookout(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lookout"))
         .args(args)
@@ -115,14 +127,8 @@ async fn opted_in_escalations_become_rows_that_datasets_loads() {
     let mut stats = Value::Null;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        for message in subscriber.collect_for(Duration::from_millis(500)).await {
-            let body = message.json();
-            if message.topic.ends_with("/stats") {
-                stats = body;
-            } else {
-                answers.insert(body["id"].as_str().unwrap().to_owned(), body);
-            }
-        }
+        let messages = subscriber.collect_for(Duration::from_millis(500)).await;
+        sort_out(messages, &mut answers, &mut stats);
         let summary = dataset::summary(&dir).ok();
         let clip_of_two = summary.is_some()
             && rows_of(&dir)
@@ -160,15 +166,21 @@ async fn opted_in_escalations_become_rows_that_datasets_loads() {
         .text()
         .await
         .unwrap();
-    daemon.shutdown().await;
-    for message in subscriber.collect_for(Duration::from_millis(700)).await {
-        let body = message.json();
-        if message.topic.ends_with("/stats") {
-            stats = body;
-        } else {
-            answers.insert(body["id"].as_str().unwrap().to_owned(), body);
-        }
+    // No more cloud answers, so no more rows; then every row's answer is published before the daemon
+    // stops (an answer still in the outbox at shutdown is published at the next start instead).
+    cloud.set_otherwise(Reply::status(503));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows_of(&dir)
+        .iter()
+        .any(|row| !answers.contains_key(&row.id))
+    {
+        assert!(Instant::now() < deadline, "a row's answer is not published");
+        let messages = subscriber.collect_for(Duration::from_millis(300)).await;
+        sort_out(messages, &mut answers, &mut stats);
     }
+    daemon.shutdown().await;
+    let messages = subscriber.collect_for(Duration::from_millis(700)).await;
+    sort_out(messages, &mut answers, &mut stats);
 
     let rows = rows_of(&dir);
     let requests: Vec<(Vec<Vec<u8>>, String)> = cloud
