@@ -64,7 +64,13 @@ fn prompt_ids_equal_the_reference_exactly() {
             &std::fs::read(fixture().join(case["image"].as_str().unwrap())).unwrap(),
         )
         .unwrap();
-        let pixels = preprocess(&image, &spec.image, case["split"].as_bool().unwrap(), 0);
+        let pixels = preprocess(
+            &image,
+            &spec.image,
+            case["split"].as_bool().unwrap(),
+            0,
+            Vec::new(),
+        );
         let ids = prompter
             .ids(case["question"].as_str().unwrap(), pixels.rows, pixels.cols)
             .unwrap();
@@ -85,7 +91,13 @@ fn pixel_values_agree_with_the_reference() {
             &std::fs::read(fixture().join(case["image"].as_str().unwrap())).unwrap(),
         )
         .unwrap();
-        let pixels = preprocess(&image, &spec.image, case["split"].as_bool().unwrap(), 0);
+        let pixels = preprocess(
+            &image,
+            &spec.image,
+            case["split"].as_bool().unwrap(),
+            0,
+            Vec::new(),
+        );
         let reference = &case["pixel_values"];
         let shape: Vec<usize> = serde_json::from_value(reference["shape"].clone()).unwrap();
         assert_eq!(
@@ -316,7 +328,7 @@ mod video {
         let longest = cases.last().unwrap();
         let clip = clip_of(longest);
         let images: Vec<&RgbImage> = clip.frames.iter().map(|frame| &*frame.image).collect();
-        let pixels = preprocess_clip(&images, &spec.image, 0);
+        let pixels = preprocess_clip(&images, &spec.image, 0, Vec::new());
         assert_eq!(pixels.images, 64);
         let plane = 512 * 512;
         let expected: Vec<[f64; 3]> =
