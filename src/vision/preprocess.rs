@@ -20,7 +20,10 @@
 //! pass sums blocks of a row, the horizontal pass first interleaves 16 rows pixel by pixel so that a tap of
 //! all 16 is one vector too. The kernel is written for the compiler to vectorise, and `pulp` runs it
 //! compiled for AVX2 when the CPU has it (detected at run time: one binary for every x86-64 box). Its
-//! results are the plain per-byte definition's exactly; a unit test holds the two equal.
+//! results are the plain per-byte definition's exactly; a unit test holds the two equal. Where one resize
+//! follows another and the image between them is not needed (an unsplit image, a clip frame), the first's
+//! vertical pass and the second's horizontal pass run together, so the 2048-pixel-wide image is never
+//! stored (`resize_through`). Preprocessing writes its values into a buffer the caller passes back in.
 
 use std::borrow::Cow;
 
@@ -80,33 +83,27 @@ pub fn preprocess(
     buffer: Vec<f32>,
 ) -> Pixels {
     let threads = worker_threads(threads);
-    let (width, height) = longest_edge_size(image.width(), image.height(), settings.longest_edge);
-    let resized = resize(Cow::Borrowed(image), width, height, threads);
+    let first = longest_edge_size(image.width(), image.height(), settings.longest_edge);
     let tile = settings.tile;
-    // The squares to normalise: tiles of the grid in row-major order, then the global image.
-    let (grid, rows, cols) = if split {
-        let (width, height) = multiple_of_tile_size(width, height, tile);
-        let grid = resize(resized, width, height, threads);
-        if width > tile || height > tile {
-            (grid, height.div_ceil(tile), width.div_ceil(tile))
-        } else {
-            (grid, 0, 0)
-        }
-    } else {
-        (resized, 0, 0)
-    };
+    if !split {
+        let global = resize_through(Cow::Borrowed(image), &[first, (tile, tile)], threads);
+        return normalised(&[(&global, (0, 0))], (0, 0), settings, threads, buffer);
+    }
+    let (width, height) = multiple_of_tile_size(first.0, first.1, tile);
+    let grid = resize_through(Cow::Borrowed(image), &[first, (width, height)], threads);
     let global = resize(Cow::Borrowed(grid.as_ref()), tile, tile, threads);
+    let (rows, cols) = if width > tile || height > tile {
+        (height.div_ceil(tile), width.div_ceil(tile))
+    } else {
+        (0, 0)
+    };
+    // Tiles of the grid in row-major order, then the global image.
     let tiles = (0..rows).flat_map(|row| (0..cols).map(move |col| (col * tile, row * tile)));
     let squares: Vec<(&RgbImage, (u32, u32))> = tiles
         .map(|origin| (grid.as_ref(), origin))
         .chain([(global.as_ref(), (0, 0))])
         .collect();
-    Pixels {
-        values: normalise(&squares, settings, threads, buffer),
-        images: squares.len(),
-        rows: rows as usize,
-        cols: cols as usize,
-    }
+    normalised(&squares, (rows, cols), settings, threads, buffer)
 }
 
 /// A frame as the video processor resizes it, which is how the image processor resizes an unsplit image:
@@ -114,9 +111,9 @@ pub fn preprocess(
 /// depend on the camera's resolution.
 pub fn clip_frame(image: &RgbImage, settings: &ImageSettings, threads: usize) -> RgbImage {
     let threads = worker_threads(threads);
-    let (width, height) = longest_edge_size(image.width(), image.height(), settings.longest_edge);
-    let resized = resize(Cow::Borrowed(image), width, height, threads);
-    resize(resized, settings.tile, settings.tile, threads).into_owned()
+    let first = longest_edge_size(image.width(), image.height(), settings.longest_edge);
+    let square = (settings.tile, settings.tile);
+    resize_through(Cow::Borrowed(image), &[first, square], threads).into_owned()
 }
 
 /// The encoder input for a clip: every frame one unsplit image, in order. Tile-sized frames are taken as
@@ -143,11 +140,22 @@ pub fn preprocess_clip(
         .iter()
         .map(|square| (square.as_ref(), (0, 0)))
         .collect();
+    normalised(&squares, (0, 0), settings, threads, buffer)
+}
+
+/// The encoder input of `squares`, the tiles of a `rows` x `cols` grid (none: 0 x 0) and the global image.
+fn normalised(
+    squares: &[(&RgbImage, (u32, u32))],
+    (rows, cols): (u32, u32),
+    settings: &ImageSettings,
+    threads: usize,
+    buffer: Vec<f32>,
+) -> Pixels {
     Pixels {
-        values: normalise(&squares, settings, threads, buffer),
+        values: normalise(squares, settings, threads, buffer),
         images: squares.len(),
-        rows: 0,
-        cols: 0,
+        rows: rows as usize,
+        cols: cols as usize,
     }
 }
 
@@ -334,15 +342,41 @@ fn clip8(sum: i32) -> u8 {
 /// Lanczos resize to `width` x `height`: horizontal pass, then vertical, each rounding to 8 bits. An
 /// image already that size is passed through without a copy.
 fn resize(image: Cow<'_, RgbImage>, width: u32, height: u32, threads: usize) -> Cow<'_, RgbImage> {
-    let image = if image.width() == width {
-        image
-    } else {
-        Cow::Owned(resize_horizontal(&image, width, threads))
-    };
-    if image.height() == height {
-        image
-    } else {
-        Cow::Owned(resize_vertical(&image, height, threads))
+    resize_through(image, &[(width, height)], threads)
+}
+
+/// `resize` to each size of `sizes` in turn. Where a vertical pass is followed by a horizontal one (a
+/// resize, then the next one's first pass), the two run together a group of rows at a time, so the
+/// image between them is never stored: for a 640x480 frame that image is 2048x1536 (9 MB), written and
+/// read back once per frame otherwise. The result is the same byte for byte.
+fn resize_through<'a>(
+    image: Cow<'a, RgbImage>,
+    sizes: &[(u32, u32)],
+    threads: usize,
+) -> Cow<'a, RgbImage> {
+    let mut image = image;
+    let mut width = image.width();
+    // The vertical pass not yet run: it waits to see whether a horizontal pass follows.
+    let mut pending_height = None;
+    for &(to_width, to_height) in sizes {
+        if to_width != width {
+            image = Cow::Owned(match pending_height.take() {
+                Some(height) => resize_vertical_then_horizontal(&image, height, to_width, threads),
+                None => resize_horizontal(&image, to_width, threads),
+            });
+            width = to_width;
+        }
+        if to_height != pending_height.unwrap_or(image.height()) {
+            // Two vertical passes in a row cannot run as one: the first runs now.
+            if let Some(height) = pending_height {
+                image = Cow::Owned(resize_vertical(&image, height, threads));
+            }
+            pending_height = Some(to_height);
+        }
+    }
+    match pending_height {
+        Some(height) => Cow::Owned(resize_vertical(&image, height, threads)),
+        None => image,
     }
 }
 
@@ -414,21 +448,29 @@ impl pulp::WithSimd for HorizontalBand<'_> {
         let out_groups = self.band.chunks_mut(ROWS_TOGETHER * out_len);
         let input_groups = self.inputs.chunks(ROWS_TOGETHER * self.in_len);
         for (out_rows, inputs) in out_groups.zip(input_groups) {
-            if out_rows.len() == ROWS_TOGETHER * out_len {
-                horizontal_rows::<{ ROWS_TOGETHER * 3 }>(
-                    out_rows,
-                    inputs,
-                    self.taps,
-                    &mut interleaved,
-                );
-            } else {
-                for (out_row, input) in out_rows
-                    .chunks_exact_mut(out_len)
-                    .zip(inputs.chunks(self.in_len))
-                {
-                    horizontal_rows::<3>(out_row, input, self.taps, &mut interleaved);
-                }
-            }
+            horizontal_group(out_rows, inputs, self.in_len, self.taps, &mut interleaved);
+        }
+    }
+}
+
+/// Up to `ROWS_TOGETHER` rows of the horizontal pass: `out_rows` from `inputs`, rows of `in_len` bytes.
+#[inline(always)]
+fn horizontal_group(
+    out_rows: &mut [u8],
+    inputs: &[u8],
+    in_len: usize,
+    taps: &Taps,
+    interleaved: &mut Vec<u8>,
+) {
+    let out_len = taps.starts.len() * 3;
+    if out_rows.len() == ROWS_TOGETHER * out_len {
+        horizontal_rows::<{ ROWS_TOGETHER * 3 }>(out_rows, inputs, taps, interleaved);
+    } else {
+        for (out_row, input) in out_rows
+            .chunks_exact_mut(out_len)
+            .zip(inputs.chunks(in_len))
+        {
+            horizontal_rows::<3>(out_row, input, taps, interleaved);
         }
     }
 }
@@ -515,15 +557,87 @@ impl pulp::WithSimd for VerticalBand<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let row_len = self.row_len;
-        let rows = self.taps.iter().skip(self.first_row);
-        for (out_row, (start, weights)) in self.band.chunks_exact_mut(row_len).zip(rows) {
-            let window = &self.source[start * row_len..];
-            if row_len < ROW_BLOCK {
-                vertical_blocks::<1>(out_row, window, weights);
-            } else {
-                vertical_blocks::<ROW_BLOCK>(out_row, window, weights);
-            }
+        vertical_rows(
+            self.band,
+            self.first_row,
+            self.source,
+            self.row_len,
+            self.taps,
+        );
+    }
+}
+
+/// Output rows `first_row..` of the vertical pass into `band`, from `source`, rows of `row_len` bytes.
+#[inline(always)]
+fn vertical_rows(band: &mut [u8], first_row: usize, source: &[u8], row_len: usize, taps: &Taps) {
+    for (out_row, (start, weights)) in band
+        .chunks_exact_mut(row_len)
+        .zip(taps.iter().skip(first_row))
+    {
+        let window = &source[start * row_len..];
+        if row_len < ROW_BLOCK {
+            vertical_blocks::<1>(out_row, window, weights);
+        } else {
+            vertical_blocks::<ROW_BLOCK>(out_row, window, weights);
+        }
+    }
+}
+
+/// The vertical pass to `height`, then the horizontal pass to `width`, `ROWS_TOGETHER` rows at a time:
+/// the vertical pass's rows of a group stay in cache for the horizontal pass and are never stored.
+fn resize_vertical_then_horizontal(
+    image: &RgbImage,
+    height: u32,
+    width: u32,
+    threads: usize,
+) -> RgbImage {
+    let vertical = taps(image.height(), height);
+    let horizontal = taps(image.width(), width);
+    let row_len = image.width() as usize * 3;
+    let out_len = width as usize * 3;
+    let mut out = vec![0u8; out_len * height as usize];
+    in_bands(&mut out, out_len, threads, |first_row, band| {
+        pulp::Arch::new().dispatch(VerticalThenHorizontalBand {
+            band,
+            first_row,
+            source: image.as_raw(),
+            row_len,
+            vertical: &vertical,
+            horizontal: &horizontal,
+        });
+    });
+    RgbImage::from_raw(width, height, out).expect("sized above")
+}
+
+/// Output rows `first_row..` of a vertical pass followed by a horizontal pass, written into `band`.
+struct VerticalThenHorizontalBand<'a> {
+    band: &'a mut [u8],
+    first_row: usize,
+    source: &'a [u8],
+    row_len: usize,
+    vertical: &'a Taps,
+    horizontal: &'a Taps,
+}
+
+impl pulp::WithSimd for VerticalThenHorizontalBand<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let out_len = self.horizontal.starts.len() * 3;
+        let mut rows = vec![0u8; ROWS_TOGETHER * self.row_len];
+        let mut interleaved = Vec::new();
+        for (group, out_rows) in self.band.chunks_mut(ROWS_TOGETHER * out_len).enumerate() {
+            let rows = &mut rows[..out_rows.len() / out_len * self.row_len];
+            let first_row = self.first_row + group * ROWS_TOGETHER;
+            vertical_rows(rows, first_row, self.source, self.row_len, self.vertical);
+            horizontal_group(
+                out_rows,
+                rows,
+                self.row_len,
+                self.horizontal,
+                &mut interleaved,
+            );
         }
     }
 }
@@ -636,6 +750,34 @@ mod tests {
                         "{width}x{height} to {to_width}x{to_height} on {threads} threads"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn resizing_through_several_sizes_equals_resizing_to_each_in_turn() {
+        let image = RgbImage::from_fn(640, 480, |x, y| {
+            image::Rgb([(x * 7 + y * 3) as u8, (x * y % 253) as u8, (y * 29) as u8])
+        });
+        // The frame's own two steps (a vertical pass runs with the next horizontal one), row counts
+        // that are no multiple of the rows resampled together, a 1-pixel passage, and two vertical
+        // passes in a row.
+        let chains: [&[(u32, u32)]; 4] = [
+            &[(2048, 1536), (512, 512)],
+            &[(90, 1500), (37, 11), (700, 301)],
+            &[(1, 1), (5, 3)],
+            &[(640, 300), (640, 200)],
+        ];
+        for chain in chains {
+            let plain = chain.iter().fold(image.clone(), |image, (width, height)| {
+                plain_resize(&image, *width, *height)
+            });
+            for threads in [1, 2] {
+                let fast = resize_through(Cow::Borrowed(&image), chain, threads);
+                assert!(
+                    fast.as_raw() == plain.as_raw(),
+                    "{chain:?} on {threads} threads"
+                );
             }
         }
     }
