@@ -80,8 +80,9 @@ print(f"SmolVLM2-256M geometry, random weights; 640x480 frame; {sys.argv[2]} thr
 print(f"ONNX Runtime {sys.argv[4]} for both ONNX loops (Lookout loads the wheel's library). One run of `bench/compare.sh`")
 print("(ratios matter: the machine is shared). TTFT = vision encoder + prefill. Both ONNX loops report the median")
 print("of the same number of answers in one process (3 for one image, 1 for 13 tiles). Preprocessing is timed")
-print("alone on both sides, 5 times in a row (median); inside an answer, just after the model has run,")
-print("Lookout's takes longer (the `preprocess` stage of `lookout bench`).\n")
+print("alone on both sides, 5 times in a row (median); Lookout writes into the buffer of the run before, as")
+print("it does from one answer to the next. Inside an answer, just after the model has run, Lookout's takes")
+print("longer (the `preprocess` stage of `lookout bench`).\n")
 print("| variant | split | TTFT PyTorch ms | TTFT Lookout / PyTorch | decode PyTorch tok/s | answer PyTorch ms | answer Lookout ms | CPU PyTorch ms | CPU Python ms | CPU Lookout ms | RSS PyTorch MB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
