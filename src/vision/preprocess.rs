@@ -361,7 +361,7 @@ fn resize_through<'a>(
     for &(to_width, to_height) in sizes {
         if to_width != width {
             image = Cow::Owned(match pending_height.take() {
-                Some(height) => resize_vertical_then_horizontal(&image, height, to_width, threads),
+                Some(height) => resize_vertical(&image, height, Some(to_width), threads),
                 None => resize_horizontal(&image, to_width, threads),
             });
             width = to_width;
@@ -369,13 +369,13 @@ fn resize_through<'a>(
         if to_height != pending_height.unwrap_or(image.height()) {
             // Two vertical passes in a row cannot run as one: the first runs now.
             if let Some(height) = pending_height {
-                image = Cow::Owned(resize_vertical(&image, height, threads));
+                image = Cow::Owned(resize_vertical(&image, height, None, threads));
             }
             pending_height = Some(to_height);
         }
     }
     match pending_height {
-        Some(height) => Cow::Owned(resize_vertical(&image, height, threads)),
+        Some(height) => Cow::Owned(resize_vertical(&image, height, None, threads)),
         None => image,
     }
 }
@@ -526,30 +526,42 @@ fn weighted_sum<const N: usize>(vectors: &[u8], stride: usize, weights: &[i32]) 
 /// Bytes of a row the vertical pass sums at once: their sums stay in registers across the window.
 const ROW_BLOCK: usize = 32;
 
-fn resize_vertical(image: &RgbImage, height: u32, threads: usize) -> RgbImage {
-    let taps = taps(image.height(), height);
-    let source = image.as_raw();
+/// The vertical pass to `height`. With `then_width`, each group of `ROWS_TOGETHER` rows it makes goes
+/// straight on through the horizontal pass to that width: the rows stay in cache and are never stored.
+fn resize_vertical(
+    image: &RgbImage,
+    height: u32,
+    then_width: Option<u32>,
+    threads: usize,
+) -> RgbImage {
+    let vertical = taps(image.height(), height);
+    let horizontal = then_width.map(|width| taps(image.width(), width));
     let row_len = image.width() as usize * 3;
-    let mut out = vec![0u8; row_len * height as usize];
-    in_bands(&mut out, row_len, threads, |first_row, band| {
+    let width = then_width.unwrap_or(image.width());
+    let out_len = width as usize * 3;
+    let mut out = vec![0u8; out_len * height as usize];
+    in_bands(&mut out, out_len, threads, |first_row, band| {
         pulp::Arch::new().dispatch(VerticalBand {
             band,
             first_row,
-            source,
+            source: image.as_raw(),
             row_len,
-            taps: &taps,
+            vertical: &vertical,
+            horizontal: horizontal.as_ref(),
         });
     });
-    RgbImage::from_raw(image.width(), height, out).expect("sized above")
+    RgbImage::from_raw(width, height, out).expect("sized above")
 }
 
-/// Output rows `first_row..` of the vertical pass, written into `band`.
+/// Output rows `first_row..` of the vertical pass, and of the horizontal pass after it if any, written
+/// into `band`.
 struct VerticalBand<'a> {
     band: &'a mut [u8],
     first_row: usize,
     source: &'a [u8],
     row_len: usize,
-    taps: &'a Taps,
+    vertical: &'a Taps,
+    horizontal: Option<&'a Taps>,
 }
 
 impl pulp::WithSimd for VerticalBand<'_> {
@@ -557,13 +569,25 @@ impl pulp::WithSimd for VerticalBand<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        vertical_rows(
-            self.band,
-            self.first_row,
-            self.source,
-            self.row_len,
-            self.taps,
-        );
+        let Some(horizontal) = self.horizontal else {
+            vertical_rows(
+                self.band,
+                self.first_row,
+                self.source,
+                self.row_len,
+                self.vertical,
+            );
+            return;
+        };
+        let out_len = horizontal.starts.len() * 3;
+        let mut rows = vec![0u8; ROWS_TOGETHER * self.row_len];
+        let mut interleaved = Vec::new();
+        for (group, out_rows) in self.band.chunks_mut(ROWS_TOGETHER * out_len).enumerate() {
+            let rows = &mut rows[..out_rows.len() / out_len * self.row_len];
+            let first_row = self.first_row + group * ROWS_TOGETHER;
+            vertical_rows(rows, first_row, self.source, self.row_len, self.vertical);
+            horizontal_group(out_rows, rows, self.row_len, horizontal, &mut interleaved);
+        }
     }
 }
 
@@ -579,65 +603,6 @@ fn vertical_rows(band: &mut [u8], first_row: usize, source: &[u8], row_len: usiz
             vertical_blocks::<1>(out_row, window, weights);
         } else {
             vertical_blocks::<ROW_BLOCK>(out_row, window, weights);
-        }
-    }
-}
-
-/// The vertical pass to `height`, then the horizontal pass to `width`, `ROWS_TOGETHER` rows at a time:
-/// the vertical pass's rows of a group stay in cache for the horizontal pass and are never stored.
-fn resize_vertical_then_horizontal(
-    image: &RgbImage,
-    height: u32,
-    width: u32,
-    threads: usize,
-) -> RgbImage {
-    let vertical = taps(image.height(), height);
-    let horizontal = taps(image.width(), width);
-    let row_len = image.width() as usize * 3;
-    let out_len = width as usize * 3;
-    let mut out = vec![0u8; out_len * height as usize];
-    in_bands(&mut out, out_len, threads, |first_row, band| {
-        pulp::Arch::new().dispatch(VerticalThenHorizontalBand {
-            band,
-            first_row,
-            source: image.as_raw(),
-            row_len,
-            vertical: &vertical,
-            horizontal: &horizontal,
-        });
-    });
-    RgbImage::from_raw(width, height, out).expect("sized above")
-}
-
-/// Output rows `first_row..` of a vertical pass followed by a horizontal pass, written into `band`.
-struct VerticalThenHorizontalBand<'a> {
-    band: &'a mut [u8],
-    first_row: usize,
-    source: &'a [u8],
-    row_len: usize,
-    vertical: &'a Taps,
-    horizontal: &'a Taps,
-}
-
-impl pulp::WithSimd for VerticalThenHorizontalBand<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
-        let out_len = self.horizontal.starts.len() * 3;
-        let mut rows = vec![0u8; ROWS_TOGETHER * self.row_len];
-        let mut interleaved = Vec::new();
-        for (group, out_rows) in self.band.chunks_mut(ROWS_TOGETHER * out_len).enumerate() {
-            let rows = &mut rows[..out_rows.len() / out_len * self.row_len];
-            let first_row = self.first_row + group * ROWS_TOGETHER;
-            vertical_rows(rows, first_row, self.source, self.row_len, self.vertical);
-            horizontal_group(
-                out_rows,
-                rows,
-                self.row_len,
-                self.horizontal,
-                &mut interleaved,
-            );
         }
     }
 }
