@@ -350,21 +350,18 @@ fn resize(image: Cow<'_, RgbImage>, width: u32, height: u32, threads: usize) -> 
 /// image between them is never stored: for a 640x480 frame that image is 2048x1536 (9 MB), written and
 /// read back once per frame otherwise. The result is the same byte for byte.
 fn resize_through<'a>(
-    image: Cow<'a, RgbImage>,
+    mut image: Cow<'a, RgbImage>,
     sizes: &[(u32, u32)],
     threads: usize,
 ) -> Cow<'a, RgbImage> {
-    let mut image = image;
-    let mut width = image.width();
     // The vertical pass not yet run: it waits to see whether a horizontal pass follows.
     let mut pending_height = None;
     for &(to_width, to_height) in sizes {
-        if to_width != width {
+        if to_width != image.width() {
             image = Cow::Owned(match pending_height.take() {
                 Some(height) => resize_vertical(&image, height, Some(to_width), threads),
                 None => resize_horizontal(&image, to_width, threads),
             });
-            width = to_width;
         }
         if to_height != pending_height.unwrap_or(image.height()) {
             // Two vertical passes in a row cannot run as one: the first runs now.

@@ -427,9 +427,7 @@ impl SmolVlm {
                     .map_err(prompt_error)
             })
             .collect();
-        let answers = self.answer_prompts(&pixels, preprocess_ms, requests, prompts);
-        self.keep_pixel_buffer(pixels.values);
-        answers
+        self.answer_prompts(pixels, preprocess_ms, requests, prompts)
     }
 
     /// Keeps `values` for the next answer if no larger than the largest still image needs (17 tiles of
@@ -445,16 +443,19 @@ impl SmolVlm {
     }
 
     /// Answers each request from its prompt ids, the pictures in `pixels` filling the prompts' `<image>`
-    /// rows: the pictures are encoded once, and the prefix the prompts share is prefilled once.
+    /// rows: the pictures are encoded once (their buffer is then kept for the next answer), and the prefix
+    /// the prompts share is prefilled once.
     fn answer_prompts(
         &mut self,
-        pixels: &Pixels,
+        pixels: Pixels,
         preprocess_ms: f64,
         requests: &[&Request],
         prompts: Vec<Result<Vec<u32>, AnalyseError>>,
     ) -> Vec<Result<LocalAnswer, AnalyseError>> {
         let started = Instant::now();
-        let features = match self.encode_image(pixels) {
+        let features = self.encode_image(&pixels);
+        self.keep_pixel_buffer(pixels.values);
+        let features = match features {
             Ok(features) => features,
             Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
         };
@@ -815,8 +816,6 @@ impl Analyser for SmolVlm {
                     .map_err(prompt_error)
             })
             .collect();
-        let answers = self.answer_prompts(&pixels, preprocess_ms, &requests, prompts);
-        self.keep_pixel_buffer(pixels.values);
-        answers
+        self.answer_prompts(pixels, preprocess_ms, &requests, prompts)
     }
 }
