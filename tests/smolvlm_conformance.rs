@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lookout::gate::{AnswerKind, Origin, Request};
+use lookout::gate::{AnswerKind, Job, JobQueue, Origin, Pushed, Request};
 use lookout::source::{Frame, decode};
+use lookout::stats::Stats;
 use lookout::vision::model::ModelSpec;
 use lookout::vision::preprocess::preprocess;
 use lookout::vision::prompt::Prompter;
-use lookout::vision::{Analyser, LoadOptions, Provider, SmolVlm, runtime};
+use lookout::vision::{
+    self, Analyser, LoadOptions, LocalAnswer, Outcome, Provider, Replacement, SmolVlm, runtime,
+};
 use serde_json::Value;
 
 fn fixture() -> PathBuf {
@@ -156,6 +159,7 @@ fn load_fixture() -> SmolVlm {
         library,
         providers: vec![Provider::Cpu],
         threads: 1,
+        batch: 4,
     })
     .unwrap_or_else(|error| panic!("{error}"))
 }
@@ -276,6 +280,132 @@ fn greedy_tokens_and_confidences_equal_transformers() {
             );
         }
     }
+}
+
+/// Text answers decoded together must be exactly the answers each gets alone, the reference's: every
+/// golden case is its own job (frames of different sizes and splitting modes, so prompts of different
+/// lengths share a batch and are padded), answered in one call, batches of 4; answers of different
+/// lengths (a shorter `max_new_tokens` in turn) leave the batch at different steps.
+#[test]
+fn text_answers_decoded_together_equal_the_reference() {
+    let mut model = load_fixture();
+    let max_new = golden()["meta"]["max_new_tokens"].as_u64().unwrap() as u32;
+    let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
+    let cases = cases();
+    let frames: Vec<Frame> = cases.iter().map(frame_of).collect();
+    let requests: Vec<Vec<Request>> = cases
+        .iter()
+        .enumerate()
+        .map(|(index, case)| {
+            let question = case["question"].as_str().unwrap();
+            let split = case["split"].as_bool().unwrap();
+            vec![request(
+                question,
+                AnswerKind::Text,
+                split,
+                max_new - (index % 3) as u32,
+            )]
+        })
+        .collect();
+    let jobs: Vec<(&Frame, &[Request])> = frames
+        .iter()
+        .zip(&requests)
+        .map(|(frame, requests)| (frame, requests.as_slice()))
+        .collect();
+    let answers = model.answer_jobs(&jobs);
+    assert_eq!(answers.len(), cases.len());
+    let mut left_early = 0;
+    for ((case, requests), answers) in cases.iter().zip(&requests).zip(answers) {
+        let text = answers[0]
+            .as_ref()
+            .unwrap_or_else(|error| panic!("{}: {error}", label(case)));
+        let golden: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        let wanted = requests[0].max_new_tokens as usize;
+        let expected = &golden[..golden.len().min(wanted)];
+        left_early += usize::from(expected.len() < max_new as usize);
+        assert_eq!(text.tokens, expected, "{}", label(case));
+        let probabilities: Vec<f64> = serde_json::from_value(case["token_probs"].clone()).unwrap();
+        let kept: Vec<f64> = expected
+            .iter()
+            .zip(&probabilities)
+            .filter(|(token, _)| !stops.contains(token))
+            .map(|(_, p)| *p)
+            .collect();
+        let geometric_mean = (kept.iter().map(|p| p.ln()).sum::<f64>() / kept.len() as f64).exp();
+        assert!(
+            (text.confidence - geometric_mean).abs() < 1e-4,
+            "{}: {} vs {geometric_mean}",
+            label(case),
+            text.confidence
+        );
+    }
+    assert!(left_early > 0, "no answer left its batch early");
+}
+
+/// The vision worker takes the jobs of several cameras that are waiting together and answers them in one
+/// call: every request must get its own answer, under its own camera and task, equal to the answer
+/// the same model gives the job alone.
+#[test]
+fn waiting_jobs_of_several_cameras_are_answered_together_as_each_alone() {
+    let cases = cases();
+    let jobs = || -> Vec<Job> {
+        cases
+            .iter()
+            .take(6)
+            .enumerate()
+            .map(|(index, case)| {
+                let frame = Frame {
+                    camera: Arc::from(format!("cam{index}")),
+                    ..frame_of(case)
+                };
+                let split = case["split"].as_bool().unwrap();
+                let question = case["question"].as_str().unwrap();
+                let mut text = request(question, AnswerKind::Text, split, 4 + index as u32);
+                text.origin = Origin::Task(Arc::from(format!("describe{index}")));
+                let mut yes_no = request("Is anything here?", AnswerKind::YesNo, split, 1);
+                yes_no.origin = Origin::Task(Arc::from(format!("check{index}")));
+                Job {
+                    frame: Arc::new(frame),
+                    requests: vec![text, yes_no],
+                }
+            })
+            .collect()
+    };
+    let mut alone = load_fixture();
+    let expected: Vec<Vec<LocalAnswer>> = jobs()
+        .iter()
+        .map(|job| {
+            alone
+                .answer(&job.frame, &job.requests)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect()
+        })
+        .collect();
+    let stats = Arc::new(Stats::default());
+    let queue = JobQueue::new(stats.clone());
+    for job in jobs() {
+        assert!(matches!(queue.push(job), Pushed::Queued));
+    }
+    queue.close();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
+    let model = Box::new(load_fixture());
+    assert_eq!(model.batch(), 4);
+    vision::run_blocking(model, queue, sender, stats, Replacement::default());
+    for (job, expected) in jobs().iter().zip(expected) {
+        for (request, expected) in job.requests.iter().zip(expected) {
+            let output = receiver.try_recv().expect("an output per request");
+            let Outcome::Answered(answer) = output.outcome else {
+                panic!("{}: not answered", job.frame.camera);
+            };
+            assert_eq!(answer.camera, job.frame.camera);
+            assert!(matches!(&request.origin, Origin::Task(task) if **task == *answer.task));
+            assert_eq!(answer.tokens, expected.tokens, "{}", answer.task);
+            assert_eq!(answer.answer, expected.text, "{}", answer.task);
+            assert!((answer.confidence.unwrap() - expected.confidence).abs() < 1e-6);
+        }
+    }
+    assert!(receiver.try_recv().is_err(), "one output per request");
 }
 
 /// Clips (SmolVLM2's video input): for clips of 1, 2, 8 and 64 frames taken at different times, the video

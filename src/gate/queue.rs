@@ -122,7 +122,6 @@ impl JobQueue {
     }
 
     /// The next job if one waits, without waiting.
-    #[cfg(test)]
     pub fn try_pop(&self) -> Option<Job> {
         let mut state = self.lock();
         let job = state.pending.pop_front();

@@ -46,6 +46,9 @@ pub struct VisionConfig {
     pub providers: Vec<Provider>,
     /// Threads per graph run; 0 lets ONNX Runtime choose (one per core).
     pub threads: usize,
+    /// The most text answers decoded together, one decoder run per token for all of them; also the
+    /// most waiting jobs (frames of different cameras) the worker takes at once. 1 turns batching off.
+    pub batch: usize,
 }
 
 impl Default for VisionConfig {
@@ -56,9 +59,14 @@ impl Default for VisionConfig {
             runtime_library: None,
             providers: vec![Provider::Cpu],
             threads: 0,
+            batch: 4,
         }
     }
 }
+
+/// The most answers decoded together: past a few, each step's cost grows with the batch and the wait
+/// for the slowest answer outweighs the saving.
+pub const MAX_BATCH: usize = 16;
 
 /// The variants the official exports publish.
 pub const VARIANTS: [&str; 8] = [
@@ -102,6 +110,12 @@ impl VisionConfig {
             problems.push(
                 format!("{path}.threads"),
                 format!("{} threads is more than any edge box has", self.threads),
+            );
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            problems.push(
+                format!("{path}.batch"),
+                format!("must be 1 to {MAX_BATCH}, not {}", self.batch),
             );
         }
     }
@@ -192,12 +206,30 @@ pub trait Analyser: Send {
     /// How long loading it took.
     fn load_time(&self) -> Duration;
 
+    /// How many jobs it answers well together (see `answer_jobs`); the worker takes up to this many
+    /// waiting jobs at once.
+    fn batch(&self) -> usize {
+        1
+    }
+
     /// One result per request, in the same order.
     fn answer(
         &mut self,
         frame: &Frame,
         requests: &[Request],
     ) -> Vec<Result<LocalAnswer, AnalyseError>>;
+
+    /// For each job (a frame and its requests), one result per request, in the same order. Answering
+    /// several jobs at once lets an implementation share work between them (SmolVLM2 decodes their
+    /// text answers together); by default they are answered in turn.
+    fn answer_jobs(
+        &mut self,
+        jobs: &[(&Frame, &[Request])],
+    ) -> Vec<Vec<Result<LocalAnswer, AnalyseError>>> {
+        jobs.iter()
+            .map(|(frame, requests)| self.answer(frame, requests))
+            .collect()
+    }
 
     /// One result per request, each about the whole clip (every frame unsplit), in the same order.
     fn answer_clip(
@@ -216,6 +248,7 @@ pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
         library: runtime::resolve_library(config.runtime_library.as_deref())?,
         providers: config.providers.clone(),
         threads: config.threads,
+        batch: config.batch,
     };
     Ok(Box::new(SmolVlm::load(&options)?))
 }
@@ -396,22 +429,28 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// `count` results from `answer`; a panicking analyser must not take the daemon down: its requests
-/// fail and the worker goes on.
+/// Results from `answer`, `counts[k]` of them for job `k`; a panicking analyser must not take the
+/// daemon down: its requests fail and the worker goes on.
 fn answer_guarded(
-    count: usize,
-    answer: impl FnOnce() -> Vec<Result<LocalAnswer, AnalyseError>>,
-) -> Vec<Result<LocalAnswer, AnalyseError>> {
-    if count == 0 {
-        return Vec::new();
+    counts: &[usize],
+    answer: impl FnOnce() -> Vec<Vec<Result<LocalAnswer, AnalyseError>>>,
+) -> Vec<Vec<Result<LocalAnswer, AnalyseError>>> {
+    if counts.iter().all(|count| *count == 0) {
+        return counts.iter().map(|_| Vec::new()).collect();
     }
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(answer)).unwrap_or_else(|_| {
-        vec![Err(AnalyseError::Model("the analyser panicked".to_owned())); count]
+        let panicked = AnalyseError::Model("the analyser panicked".to_owned());
+        counts
+            .iter()
+            .map(|count| vec![Err(panicked.clone()); *count])
+            .collect()
     })
 }
 
 /// Runs `analyser` on every job until the queue is closed and drained, or the next stage is gone.
-/// Blocking: run it with `spawn_blocking`.
+/// Jobs already waiting when one is taken (the newest frames of other cameras) are taken with it, up to
+/// the analyser's batch, and answered together; the worker never waits for more. Blocking: run it with
+/// `spawn_blocking`.
 pub fn run_blocking(
     mut analyser: Box<dyn Analyser>,
     jobs: JobQueue,
@@ -421,99 +460,133 @@ pub fn run_blocking(
 ) {
     let mut model = analyser.model().to_owned();
     stats.set_model(model_state(analyser.as_ref()));
-    while let Some(job) = jobs.pop_blocking() {
+    while let Some(first) = jobs.pop_blocking() {
         if let Some(new) = replacement.take() {
             analyser = new;
             model = analyser.model().to_owned();
             stats.set_model(model_state(analyser.as_ref()));
             info!(model = %model, "The new model is answering.");
         }
-        let frame = &job.frame;
+        let mut batch = vec![first];
+        while batch.len() < analyser.batch() {
+            match jobs.try_pop() {
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
         let working = stats.progress.working("vision");
-        // Questions about the frame are answered together (one encoding); each clip on its own.
-        let (clips, stills): (Vec<Request>, Vec<Request>) = job
-            .requests
-            .into_iter()
-            .partition(|request| request.clip.is_some());
-        let mut results = answer_guarded(stills.len(), || analyser.answer(frame, &stills));
-        for request in &clips {
-            if let Some(clip) = &request.clip {
-                results.extend(answer_guarded(1, || {
-                    analyser.answer_clip(&clip.clip, std::slice::from_ref(request))
-                }));
+        // Questions about a frame are answered together (one encoding), the stills of every job of the
+        // batch in one call; each clip on its own.
+        let parts: Vec<(Vec<Request>, Vec<Request>)> = batch
+            .iter_mut()
+            .map(|job| {
+                std::mem::take(&mut job.requests)
+                    .into_iter()
+                    .partition(|request| request.clip.is_none())
+            })
+            .collect();
+        let stills: Vec<(&Frame, &[Request])> = batch
+            .iter()
+            .zip(&parts)
+            .map(|(job, (stills, _))| (&*job.frame, stills.as_slice()))
+            .collect();
+        let counts: Vec<usize> = parts.iter().map(|(stills, _)| stills.len()).collect();
+        let mut results = answer_guarded(&counts, || analyser.answer_jobs(&stills));
+        for ((_, clips), results) in parts.iter().zip(&mut results) {
+            for request in clips {
+                if let Some(clip) = &request.clip {
+                    results.extend(
+                        answer_guarded(&[1], || {
+                            vec![analyser.answer_clip(&clip.clip, std::slice::from_ref(request))]
+                        })
+                        .into_iter()
+                        .flatten(),
+                    );
+                }
             }
         }
         drop(working);
-        for (request, result) in stills.iter().chain(&clips).zip(results) {
-            let (task, ask_id) = match &request.origin {
-                Origin::Task(id) => (id.to_string(), None),
-                Origin::Ask { id } => (ASK_TASK.to_owned(), Some(id.clone())),
-            };
-            let outcome = match result {
-                Ok(local) => {
-                    let total = SystemTime::now()
-                        .duration_since(frame.captured_at)
-                        .unwrap_or_default();
-                    stats.answers.inc();
-                    stats.answer_total_ms.add(total.as_millis() as u64);
-                    stats.answer_last_ms.set(total.as_millis() as u64);
-                    debug!(camera = %frame.camera, task = %task, confidence = local.confidence, "Answered.");
-                    Outcome::Answered(Box::new(Answer {
-                        id: Uuid::now_v7(),
-                        camera: frame.camera.clone(),
-                        task,
-                        ask_id,
-                        question: request.question.clone(),
-                        kind: request.kind.clone(),
-                        answer: local.text,
-                        confidence: Some(local.confidence),
-                        confidence_min: local.min_probability,
-                        tier: Tier::Local,
-                        model: model.clone(),
-                        escalated: false,
-                        escalation: None,
-                        endpoint: None,
-                        provider: None,
-                        request_id: None,
-                        usage: None,
-                        local: None,
-                        frame: FrameInfo {
-                            seq: frame.seq,
-                            captured_at: humantime::format_rfc3339_millis(frame.captured_at)
-                                .to_string(),
-                            width: frame.image.width(),
-                            height: frame.image.height(),
-                        },
-                        clip: request.clip.as_ref().map(|clip| clip.info.clone()),
-                        timings_ms: Timings {
-                            capture: millis(frame.capture_time),
-                            stages: local.timings,
-                            cloud: None,
-                            total: millis(total),
-                        },
-                        tokens: local.tokens,
-                    }))
+        for ((job, (stills, clips)), results) in batch.iter().zip(&parts).zip(results) {
+            for (request, result) in stills.iter().chain(clips).zip(results) {
+                let output_item = Output {
+                    outcome: outcome(&job.frame, request, result, &model, &stats),
+                    frame: job.frame.clone(),
+                    clip: request.clip.as_ref().map(|clip| clip.clip.clone()),
+                };
+                if output.blocking_send(output_item).is_err() {
+                    warn!("The escalation stage is gone; the vision worker stops.");
+                    return;
                 }
-                Err(error) => {
-                    stats.answer_failures.inc();
-                    warn!(camera = %frame.camera, task = %task, error = %error, "Could not answer.");
-                    Outcome::Failed(Failure {
-                        camera: frame.camera.clone(),
-                        task,
-                        ask_id,
-                        error: error.to_string(),
-                    })
-                }
-            };
-            let output_item = Output {
-                outcome,
-                frame: job.frame.clone(),
-                clip: request.clip.as_ref().map(|clip| clip.clip.clone()),
-            };
-            if output.blocking_send(output_item).is_err() {
-                warn!("The escalation stage is gone; the vision worker stops.");
-                return;
             }
+        }
+    }
+}
+
+/// What the analyser's `result` for `request` about `frame` becomes, counted in `stats`.
+fn outcome(
+    frame: &Frame,
+    request: &Request,
+    result: Result<LocalAnswer, AnalyseError>,
+    model: &str,
+    stats: &Stats,
+) -> Outcome {
+    let (task, ask_id) = match &request.origin {
+        Origin::Task(id) => (id.to_string(), None),
+        Origin::Ask { id } => (ASK_TASK.to_owned(), Some(id.clone())),
+    };
+    match result {
+        Ok(local) => {
+            let total = SystemTime::now()
+                .duration_since(frame.captured_at)
+                .unwrap_or_default();
+            stats.answers.inc();
+            stats.answer_total_ms.add(total.as_millis() as u64);
+            stats.answer_last_ms.set(total.as_millis() as u64);
+            debug!(camera = %frame.camera, task = %task, confidence = local.confidence, "Answered.");
+            Outcome::Answered(Box::new(Answer {
+                id: Uuid::now_v7(),
+                camera: frame.camera.clone(),
+                task,
+                ask_id,
+                question: request.question.clone(),
+                kind: request.kind.clone(),
+                answer: local.text,
+                confidence: Some(local.confidence),
+                confidence_min: local.min_probability,
+                tier: Tier::Local,
+                model: model.to_owned(),
+                escalated: false,
+                escalation: None,
+                endpoint: None,
+                provider: None,
+                request_id: None,
+                usage: None,
+                local: None,
+                frame: FrameInfo {
+                    seq: frame.seq,
+                    captured_at: humantime::format_rfc3339_millis(frame.captured_at).to_string(),
+                    width: frame.image.width(),
+                    height: frame.image.height(),
+                },
+                clip: request.clip.as_ref().map(|clip| clip.info.clone()),
+                timings_ms: Timings {
+                    capture: millis(frame.capture_time),
+                    stages: local.timings,
+                    cloud: None,
+                    total: millis(total),
+                },
+                tokens: local.tokens,
+            }))
+        }
+        Err(error) => {
+            stats.answer_failures.inc();
+            warn!(camera = %frame.camera, task = %task, error = %error, "Could not answer.");
+            Outcome::Failed(Failure {
+                camera: frame.camera.clone(),
+                task,
+                ask_id,
+                error: error.to_string(),
+            })
         }
     }
 }

@@ -11,6 +11,13 @@
 //! prompt prefix they have in common (the chat header and the whole image block) is prefilled once; each
 //! question then prefills only its own words on top of that shared cache, passed by reference.
 //!
+//! Text answers are then decoded together, those of one frame and those of other jobs answered in the
+//! same call (`answer_jobs`), up to `batch` at a time. A decoding step is bound by reading the weights
+//! and by ONNX Runtime's per-node overhead, not by arithmetic: a step for 4 sequences took 1.5x (int8)
+//! and 1.2x (fp32) one for a single sequence. The caches are stacked left-padded and the padding masked,
+//! which with fp32 weights gives exactly each answer alone; the int8 graphs quantize activations with
+//! one scale per tensor, so there an answer can shift slightly with its batch.
+//!
 //! A clip (SmolVLM2's video input) goes the same way: its frames, each one unsplit image, fill the
 //! `<image>` rows of the reference's video prompt (frame count, duration, a timestamp per frame).
 //!
@@ -62,6 +69,9 @@ pub struct LoadOptions {
     pub library: PathBuf,
     pub providers: Vec<Provider>,
     pub threads: usize,
+    /// The most text answers decoded together, one decoder run per token for all of them (1: one at a
+    /// time).
+    pub batch: usize,
 }
 
 /// What the decoder graph's key/value inputs look like, read from its metadata, with their names (built
@@ -85,6 +95,8 @@ pub struct SmolVlm {
     providers: Vec<&'static str>,
     /// The configured thread count, also used for resampling (0: one per core).
     threads: usize,
+    /// The most text answers decoded together.
+    batch: usize,
     load_time: Duration,
     /// The last answer's pixel values, reused by the next: a fresh buffer of 13 tiles costs about 30 ms
     /// of page faults. Kept only up to the largest still image's size (see `keep_pixel_buffer`).
@@ -244,6 +256,7 @@ impl SmolVlm {
             cache,
             providers,
             threads: options.threads,
+            batch: options.batch.max(1),
             load_time: started.elapsed(),
             pixel_buffer: Vec::new(),
         })
@@ -343,29 +356,52 @@ impl SmolVlm {
         past: Past<'_>,
         all_positions: bool,
     ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>), AnalyseError> {
-        let hidden = embeds.len() / count;
         let total = past_len + count;
+        let rows = Rows {
+            batch: 1,
+            count,
+            attention_mask: vec![1; total],
+            position_ids: (past_len as i64..total as i64).collect(),
+        };
+        self.run_decoder(embeds, rows, past, all_positions)
+    }
+
+    /// Runs the decoder on `embeds`, `rows.count` positions of each of `rows.batch` sequences, and
+    /// returns, sequence after sequence, the logits at each requested position (`all_positions`, else
+    /// only the last) and the new cache.
+    fn run_decoder(
+        &mut self,
+        embeds: Vec<f32>,
+        rows: Rows,
+        past: Past<'_>,
+        all_positions: bool,
+    ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>), AnalyseError> {
+        let Rows {
+            batch,
+            count,
+            attention_mask,
+            position_ids,
+        } = rows;
+        let hidden = embeds.len() / (batch * count);
+        let total = attention_mask.len() / batch;
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
             (
                 "inputs_embeds".into(),
-                Tensor::from_array(([1, count, hidden], embeds))
+                Tensor::from_array(([batch, count, hidden], embeds))
                     .map_err(ort_error)?
                     .into(),
             ),
             (
                 "attention_mask".into(),
-                Tensor::from_array(([1, total], vec![1i64; total]))
+                Tensor::from_array(([batch, total], attention_mask))
                     .map_err(ort_error)?
                     .into(),
             ),
             (
                 "position_ids".into(),
-                Tensor::from_array((
-                    [1, count],
-                    (past_len as i64..total as i64).collect::<Vec<_>>(),
-                ))
-                .map_err(ort_error)?
-                .into(),
+                Tensor::from_array(([batch, count], position_ids))
+                    .map_err(ort_error)?
+                    .into(),
             ),
         ];
         if self.cache.has_logits_to_keep {
@@ -392,10 +428,15 @@ impl SmolVlm {
             .try_extract_tensor::<f32>()
             .map_err(ort_error)?;
         let vocab = *shape.last().unwrap_or(&0) as usize;
-        let rows = logits.len() / vocab.max(1);
-        let wanted = if all_positions { rows.min(count) } else { 1 };
-        let rows_wanted = logits[(rows - wanted) * vocab..]
-            .chunks_exact(vocab)
+        let positions = logits.len() / (vocab.max(1) * batch);
+        let wanted = if all_positions {
+            positions.min(count)
+        } else {
+            1
+        };
+        let rows_wanted = logits
+            .chunks_exact(positions * vocab)
+            .flat_map(|sequence| sequence[(positions - wanted) * vocab..].chunks_exact(vocab))
             .map(<[f32]>::to_vec)
             .collect();
         let mut present = Vec::with_capacity(self.cache.present_names.len());
@@ -408,13 +449,37 @@ impl SmolVlm {
         Ok((rows_wanted, present))
     }
 
-    /// Answers every request of one splitting mode about `frame`.
-    fn answer_group(
-        &mut self,
-        frame: &Frame,
-        requests: &[&Request],
-        split: bool,
-    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+    /// Prepares the answer to every request about `frame`, grouped by splitting mode (each mode's
+    /// pixels are encoded once), in the requests' order.
+    fn prepare(&mut self, frame: &Frame, requests: &[Request]) -> Vec<Prepared> {
+        let mut prepared: Vec<Option<Prepared>> = requests.iter().map(|_| None).collect();
+        for split in [false, true] {
+            let indices: Vec<usize> = (0..requests.len())
+                .filter(|index| requests[*index].split == split)
+                .collect();
+            if indices.is_empty() {
+                continue;
+            }
+            let group: Vec<&Request> = indices.iter().map(|index| &requests[*index]).collect();
+            for (index, answer) in indices
+                .into_iter()
+                .zip(self.answer_group(frame, &group, split))
+            {
+                prepared[index] = Some(answer);
+            }
+        }
+        prepared
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Prepared::Finished(Err(AnalyseError::Model("request not answered".to_owned())))
+                })
+            })
+            .collect()
+    }
+
+    /// Prepares the answer to every request of one splitting mode about `frame`.
+    fn answer_group(&mut self, frame: &Frame, requests: &[&Request], split: bool) -> Vec<Prepared> {
         let started = Instant::now();
         let buffer = std::mem::take(&mut self.pixel_buffer);
         let pixels = preprocess(&frame.image, &self.spec.image, split, self.threads, buffer);
@@ -442,22 +507,28 @@ impl SmolVlm {
         }
     }
 
-    /// Answers each request from its prompt ids, the pictures in `pixels` filling the prompts' `<image>`
-    /// rows: the pictures are encoded once (their buffer is then kept for the next answer), and the prefix
-    /// the prompts share is prefilled once.
+    /// Prepares the answer to each request from its prompt ids, the pictures in `pixels` filling the
+    /// prompts' `<image>` rows: the pictures are encoded once (their buffer is then kept for the next
+    /// answer), and the prefix the prompts share is prefilled once. Choices are answered here; text
+    /// answers are left prefilled, to be decoded together (`finish`).
     fn answer_prompts(
         &mut self,
         pixels: Pixels,
         preprocess_ms: f64,
         requests: &[&Request],
         prompts: Vec<Result<Vec<u32>, AnalyseError>>,
-    ) -> Vec<Result<LocalAnswer, AnalyseError>> {
+    ) -> Vec<Prepared> {
         let started = Instant::now();
         let features = self.encode_image(&pixels);
         self.keep_pixel_buffer(pixels.values);
         let features = match features {
             Ok(features) => features,
-            Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
+            Err(error) => {
+                return requests
+                    .iter()
+                    .map(|_| Prepared::Finished(Err(error.clone())))
+                    .collect();
+            }
         };
         let vision_ms = millis(started);
 
@@ -482,25 +553,38 @@ impl SmolVlm {
             .iter()
             .zip(prompts)
             .map(|(request, ids)| {
-                let ids = ids?;
-                let prefix = prefix.as_ref().map_err(Clone::clone)?;
                 let mut timings = StageTimings {
                     preprocess: preprocess_ms,
                     vision: vision_ms,
                     prefill: prefix_ms,
                     decode: 0.0,
                 };
+                let prefilled = ids.and_then(|ids| {
+                    let prefix = prefix.as_ref().map_err(Clone::clone)?;
+                    let started = Instant::now();
+                    let rest = &ids[shared..];
+                    let embeds = self.embed(rest)?;
+                    let (logits, cache) =
+                        self.decode(embeds, rest.len(), shared, Past::Shared(prefix), false)?;
+                    timings.prefill += millis(started);
+                    let last = logits.into_iter().next_back().unwrap_or_default();
+                    Ok((ids, last, cache))
+                });
+                let (ids, last, cache) = match prefilled {
+                    Ok(prefilled) => prefilled,
+                    Err(error) => return Prepared::Finished(Err(error)),
+                };
+                let prefix = prefix.as_ref().expect("prefilled on top of it");
                 let started = Instant::now();
-                let rest = &ids[shared..];
-                let embeds = self.embed(rest)?;
-                let (logits, cache) =
-                    self.decode(embeds, rest.len(), shared, Past::Shared(prefix), false)?;
-                timings.prefill += millis(started);
-                let started = Instant::now();
-                let last = logits.into_iter().next_back().unwrap_or_default();
                 let answer = match &request.kind {
                     AnswerKind::Text => {
-                        self.generate(last, cache, ids.len(), request.max_new_tokens)
+                        return Prepared::ToDecode(Prefilled {
+                            logits: last,
+                            cache,
+                            prompt_len: ids.len(),
+                            max_new: request.max_new_tokens,
+                            timings,
+                        });
                     }
                     AnswerKind::YesNo => self.choose(
                         &last,
@@ -522,66 +606,243 @@ impl SmolVlm {
                     }
                 };
                 timings.decode = millis(started);
-                answer.map(|answer| LocalAnswer { timings, ..answer })
+                Prepared::Finished(answer.map(|answer| LocalAnswer { timings, ..answer }))
             })
             .collect()
     }
 
-    /// Greedy decoding from the logits after the prompt.
-    fn generate(
-        &mut self,
-        mut logits: Vec<f32>,
-        mut cache: Vec<DynValue>,
-        prompt_len: usize,
-        max_new: u32,
-    ) -> Result<LocalAnswer, AnalyseError> {
-        let mut tokens = Vec::new();
-        let mut chosen_log_probs = Vec::new();
-        // `cached` positions are in the cache when the next token is chosen.
-        for cached in prompt_len..prompt_len + max_new as usize {
-            let (next, logit) = argmax(&logits);
-            let log_prob = logit - log_sum_exp(&logits);
-            tokens.push(next as u32);
-            if self.prompter.stop_ids.contains(&(next as u32)) {
-                break;
+    /// Decodes the text answers `jobs` left prefilled, up to `batch` of them together, and returns every
+    /// result in the place of its request.
+    fn finish(&mut self, jobs: Vec<Vec<Prepared>>) -> Vec<Vec<Result<LocalAnswer, AnalyseError>>> {
+        let mut results: Vec<Vec<Option<Result<LocalAnswer, AnalyseError>>>> = Vec::new();
+        let mut waiting = Vec::new();
+        for (job, prepared) in jobs.into_iter().enumerate() {
+            let mut answers = Vec::with_capacity(prepared.len());
+            for (index, prepared) in prepared.into_iter().enumerate() {
+                answers.push(match prepared {
+                    Prepared::Finished(result) => Some(result),
+                    Prepared::ToDecode(prefilled) => {
+                        waiting.push(((job, index), prefilled));
+                        None
+                    }
+                });
             }
-            chosen_log_probs.push(log_prob);
-            if tokens.len() as u32 == max_new {
-                break;
-            }
-            let embeds = self.embed(&[next as u32])?;
-            let (mut step, present) = self.decode(embeds, 1, cached, Past::Owned(cache), false)?;
-            cache = present;
-            logits = step.pop().unwrap_or_default();
+            results.push(answers);
         }
-        let confidence = if chosen_log_probs.is_empty() {
+        while !waiting.is_empty() {
+            let later = waiting.split_off(waiting.len().min(self.batch));
+            let (places, batch): (Vec<_>, Vec<_>) =
+                std::mem::replace(&mut waiting, later).into_iter().unzip();
+            for ((job, index), answer) in places.into_iter().zip(self.generate(batch)) {
+                results[job][index] = Some(answer);
+            }
+        }
+        results
+            .into_iter()
+            .map(|answers| {
+                answers
+                    .into_iter()
+                    .map(|answer| {
+                        answer.unwrap_or_else(|| {
+                            Err(AnalyseError::Model("request not answered".to_owned()))
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Greedy decoding of several prefilled prompts at once: each step runs the decoder once for all of
+    /// them. Their caches are stacked into one, each right-aligned to the longest and masked where it
+    /// is padded, so that every row sees exactly its own prompt. A row whose answer is complete leaves
+    /// the batch, and the cache is rebuilt without it.
+    fn generate(&mut self, prefilled: Vec<Prefilled>) -> Vec<Result<LocalAnswer, AnalyseError>> {
+        let started = Instant::now();
+        let mut rows: Vec<Decoding> = Vec::with_capacity(prefilled.len());
+        let mut caches = Vec::with_capacity(prefilled.len());
+        for (place, prefilled) in prefilled.into_iter().enumerate() {
+            rows.push(Decoding {
+                place,
+                logits: prefilled.logits,
+                cached: prefilled.prompt_len,
+                max_new: prefilled.max_new,
+                tokens: Vec::new(),
+                log_probs: Vec::new(),
+                timings: prefilled.timings,
+            });
+            caches.push(prefilled.cache);
+        }
+        let mut answers: Vec<Option<Result<LocalAnswer, AnalyseError>>> =
+            rows.iter().map(|_| None).collect();
+        let mut cache = if caches.len() == 1 {
+            caches.pop().unwrap_or_default()
+        } else {
+            let parts: Vec<(&[DynValue], usize, usize)> = caches
+                .iter()
+                .zip(&rows)
+                .map(|(cache, row)| (cache.as_slice(), 0, row.cached))
+                .collect();
+            match self.stack_caches(&parts) {
+                Ok(stacked) => stacked,
+                Err(error) => return rows.iter().map(|_| Err(error.clone())).collect(),
+            }
+        };
+        drop(caches);
+        let failure = loop {
+            // Choose each row's next token; the rows that are complete leave.
+            let mut leaving = Vec::new();
+            for (index, row) in rows.iter_mut().enumerate() {
+                if row.max_new == 0 {
+                    leaving.push(index);
+                    continue;
+                }
+                let (next, logit) = argmax(&row.logits);
+                row.tokens.push(next as u32);
+                if self.prompter.stop_ids.contains(&(next as u32)) {
+                    leaving.push(index);
+                    continue;
+                }
+                row.log_probs.push(logit - log_sum_exp(&row.logits));
+                if row.tokens.len() as u32 >= row.max_new {
+                    leaving.push(index);
+                }
+            }
+            if !leaving.is_empty() {
+                for index in leaving.iter().rev() {
+                    let mut row = rows.remove(*index);
+                    row.timings.decode = millis(started);
+                    let place = row.place;
+                    answers[place] = Some(Ok(self.text_answer(row)));
+                }
+                if rows.is_empty() {
+                    break None;
+                }
+                let parts: Vec<(&[DynValue], usize, usize)> = (0..rows.len() + leaving.len())
+                    .filter(|index| !leaving.contains(index))
+                    .zip(&rows)
+                    .map(|(index, row)| (cache.as_slice(), index, row.cached))
+                    .collect();
+                match self.stack_caches(&parts) {
+                    Ok(stacked) => cache = stacked,
+                    Err(error) => break Some(error),
+                }
+            }
+            match self.step(&mut rows, cache) {
+                Ok(present) => cache = present,
+                Err(error) => break Some(error),
+            }
+        };
+        if let Some(error) = failure {
+            for row in &rows {
+                answers[row.place] = Some(Err(error.clone()));
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| Err(AnalyseError::Model("not decoded".to_owned())))
+            })
+            .collect()
+    }
+
+    /// One decoding step of every row: its last token in, its next logits out. `cache` holds the rows'
+    /// caches right-aligned; the new cache is returned.
+    fn step(
+        &mut self,
+        rows: &mut [Decoding],
+        cache: Vec<DynValue>,
+    ) -> Result<Vec<DynValue>, AnalyseError> {
+        let last: Vec<u32> = rows
+            .iter()
+            .map(|row| row.tokens.last().copied().unwrap_or_default())
+            .collect();
+        // One embedding row per sequence: [1, rows] and [rows, 1] ids give the same values.
+        let embeds = self.embed(&last)?;
+        let width = rows.iter().map(|row| row.cached).max().unwrap_or(0) + 1;
+        let attention_mask = rows
+            .iter()
+            .flat_map(|row| {
+                let padding = width - 1 - row.cached;
+                std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, width - padding))
+            })
+            .collect();
+        let batch = Rows {
+            batch: rows.len(),
+            count: 1,
+            attention_mask,
+            position_ids: rows.iter().map(|row| row.cached as i64).collect(),
+        };
+        let (logits, present) = self.run_decoder(embeds, batch, Past::Owned(cache), false)?;
+        for (row, logits) in rows.iter_mut().zip(logits) {
+            row.logits = logits;
+            row.cached += 1;
+        }
+        Ok(present)
+    }
+
+    /// One cache of `parts.len()` rows from rows of others: each part names a cache, a row of it, and
+    /// how many of that row's last positions are real. Each row is right-aligned to the longest and
+    /// zero before it (the attention mask hides those positions).
+    fn stack_caches(
+        &self,
+        parts: &[(&[DynValue], usize, usize)],
+    ) -> Result<Vec<DynValue>, AnalyseError> {
+        let heads = self.cache.kv_heads as usize;
+        let head_dim = self.cache.head_dim as usize;
+        let width = parts.iter().map(|(_, _, real)| *real).max().unwrap_or(0);
+        (0..self.cache.past_names.len())
+            .map(|tensor| {
+                let mut stacked = vec![0f32; parts.len() * heads * width * head_dim];
+                for (row, (cache, from, real)) in parts.iter().enumerate() {
+                    let (shape, values) = cache[tensor]
+                        .try_extract_tensor::<f32>()
+                        .map_err(ort_error)?;
+                    let from_width = shape[2] as usize;
+                    for head in 0..heads {
+                        let source =
+                            ((from * heads + head) * from_width + from_width - real) * head_dim;
+                        let target = ((row * heads + head) * width + width - real) * head_dim;
+                        stacked[target..target + real * head_dim]
+                            .copy_from_slice(&values[source..source + real * head_dim]);
+                    }
+                }
+                Tensor::from_array(([parts.len(), heads, width, head_dim], stacked))
+                    .map(|tensor| tensor.into_dyn())
+                    .map_err(ort_error)
+            })
+            .collect()
+    }
+
+    /// A complete text answer: its text and its confidence, the geometric mean of its chosen tokens'
+    /// probabilities (the stop token excluded), with the lowest of them.
+    fn text_answer(&self, row: Decoding) -> LocalAnswer {
+        let confidence = if row.log_probs.is_empty() {
             0.0
         } else {
-            (chosen_log_probs
-                .iter()
-                .map(|lp| f64::from(*lp))
-                .sum::<f64>()
-                / chosen_log_probs.len() as f64)
+            (row.log_probs.iter().map(|lp| f64::from(*lp)).sum::<f64>()
+                / row.log_probs.len() as f64)
                 .exp()
         };
-        let min_probability = chosen_log_probs
+        let min_probability = row
+            .log_probs
             .iter()
             .map(|lp| f64::from(*lp).exp())
             .fold(None, |min: Option<f64>, p| {
                 Some(min.map_or(p, |m| m.min(p)))
             });
-        let text_tokens: Vec<u32> = tokens
+        let text_tokens: Vec<u32> = row
+            .tokens
             .iter()
             .copied()
             .filter(|id| !self.prompter.stop_ids.contains(id))
             .collect();
-        Ok(LocalAnswer {
+        LocalAnswer {
             text: self.prompter.decode(&text_tokens).trim().to_owned(),
             confidence,
             min_probability,
-            tokens,
-            timings: StageTimings::default(),
-        })
+            tokens: row.tokens,
+            timings: row.timings,
+        }
     }
 
     /// Scores each option's continuation after the prompt and picks the most likely.
@@ -651,6 +912,46 @@ impl SmolVlm {
 enum Past<'a> {
     Owned(Vec<DynValue>),
     Shared(&'a [DynValue]),
+}
+
+/// The positions of one decoder run: `count` new positions of each of `batch` sequences, with the
+/// attention mask over all positions (past and new) and the new positions' ids, sequence after sequence.
+struct Rows {
+    batch: usize,
+    count: usize,
+    attention_mask: Vec<i64>,
+    position_ids: Vec<i64>,
+}
+
+/// An answer as the first pass over a job leaves it: complete (a choice, a failure), or a text answer
+/// whose prompt is prefilled, waiting to be decoded with others.
+enum Prepared {
+    Finished(Result<LocalAnswer, AnalyseError>),
+    ToDecode(Prefilled),
+}
+
+/// A prompt run through the decoder: the logits after it and its cache.
+struct Prefilled {
+    logits: Vec<f32>,
+    cache: Vec<DynValue>,
+    prompt_len: usize,
+    max_new: u32,
+    timings: StageTimings,
+}
+
+/// A text answer being decoded: one row of the batch.
+struct Decoding {
+    /// Its place among the answers decoded together.
+    place: usize,
+    /// The logits for its next token.
+    logits: Vec<f32>,
+    /// Positions in its cache (prompt and tokens fed back).
+    cached: usize,
+    max_new: u32,
+    tokens: Vec<u32>,
+    /// The log-probability of each chosen token but a stop token.
+    log_probs: Vec<f32>,
+    timings: StageTimings,
 }
 
 fn cache_layout(path: &Path, decoder: &Session, layers: usize) -> Result<CacheLayout, LoadError> {
@@ -757,35 +1058,31 @@ impl Analyser for SmolVlm {
         self.load_time
     }
 
+    fn batch(&self) -> usize {
+        self.batch
+    }
+
     fn answer(
         &mut self,
         frame: &Frame,
         requests: &[Request],
     ) -> Vec<Result<LocalAnswer, AnalyseError>> {
-        let mut results: Vec<Option<Result<LocalAnswer, AnalyseError>>> =
-            requests.iter().map(|_| None).collect();
-        for split in [false, true] {
-            let indices: Vec<usize> = (0..requests.len())
-                .filter(|index| requests[*index].split == split)
-                .collect();
-            if indices.is_empty() {
-                continue;
-            }
-            let group: Vec<&Request> = indices.iter().map(|index| &requests[*index]).collect();
-            for (index, result) in indices
-                .into_iter()
-                .zip(self.answer_group(frame, &group, split))
-            {
-                results[index] = Some(result);
-            }
-        }
-        results
-            .into_iter()
-            .map(|result| {
-                result
-                    .unwrap_or_else(|| Err(AnalyseError::Model("request not answered".to_owned())))
-            })
-            .collect()
+        self.answer_jobs(&[(frame, requests)])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Each job's frame is encoded once per splitting mode, its shared prefix prefilled once; then the
+    /// text answers of all the jobs are decoded together.
+    fn answer_jobs(
+        &mut self,
+        jobs: &[(&Frame, &[Request])],
+    ) -> Vec<Vec<Result<LocalAnswer, AnalyseError>>> {
+        let prepared = jobs
+            .iter()
+            .map(|(frame, requests)| self.prepare(frame, requests))
+            .collect();
+        self.finish(prepared)
     }
 
     /// Every request about `clip`, its frames unsplit, in the reference's video prompt.
@@ -816,6 +1113,7 @@ impl Analyser for SmolVlm {
                     .map_err(prompt_error)
             })
             .collect();
-        self.answer_prompts(pixels, preprocess_ms, &requests, prompts)
+        let prepared = self.answer_prompts(pixels, preprocess_ms, &requests, prompts);
+        self.finish(vec![prepared]).pop().unwrap_or_default()
     }
 }
