@@ -113,13 +113,15 @@ for r in rows:
     bound = l["memory_read_gb_per_s"] * 1e9 / max(l["decoder_weight_bytes"], 1)
     print(f"| {r['variant']} | {'13 tiles' if r['split'] else '1 image'} | {l['decoder_weight_bytes'] / 1e6:.0f} | {l['memory_read_gb_per_s']:.1f} | "
           f"{bound:.0f} | {l['decode_tokens_per_s']:.1f} | {l['decode_bandwidth_fraction']:.2f} |")
-print("\nSeveral questions about one frame in one job (Lookout alone; the image is encoded once and the")
-print("prompt prefix it shares prefilled once), as a multiple of one question's time in the same run:\n")
-print("| variant | split | 3 yes_no / 1 | 3 text of 32 tokens / 1 |")
-print("|---|---|---|---|")
+print("\nSeveral questions about one frame in one job (Lookout alone; the image is encoded once, the")
+print("prompt prefix it shares prefilled once, and text answers decoded together), as a multiple of one")
+print("question's time in the same run; and two cameras' jobs answered together against in turn:\n")
+print("| variant | split | 3 yes_no / 1 | 3 text of 32 tokens / 1 | 2 cameras' text answers, together / in turn |")
+print("|---|---|---|---|---|")
 for r in rows:
     l = r["lookout"]
-    print(f"| {r['variant']} | {'13 tiles' if r['split'] else '1 image'} | {l['three_yes_no_ratio']:.2f} | {l['three_text_ratio']:.2f} |")
+    print(f"| {r['variant']} | {'13 tiles' if r['split'] else '1 image'} | {l['three_yes_no_ratio']:.2f} | {l['three_text_ratio']:.2f} | "
+          f"{l['two_cameras_ratio']:.2f} |")
 PY
 
 "$py" - "$results" "$here/results.png" <<'PY'

@@ -502,6 +502,10 @@ fn bench(
                 "  3 text (32)    {:>9.2} x the time of one (same frame, one job)",
                 report.three_text_ratio
             );
+            println!(
+                "  2 cameras      {:>9.2} x the time of answering them in turn (a text question each)",
+                report.two_cameras_ratio
+            );
             println!("  peak RSS       {:>9.1} MB", report.peak_rss_mb);
             ExitCode::SUCCESS
         }

@@ -8,7 +8,9 @@
 //!
 //! It also measures what several questions about one frame cost against one (the image is encoded once
 //! and the prompt prefix it shares prefilled once): three `yes_no` questions, and three `text` questions
-//! of up to 32 tokens, each as a ratio to one such question, timed in the same run.
+//! of up to 32 tokens, each as a ratio to one such question, timed in the same run. And what two cameras'
+//! jobs, one 32-token text question each, cost answered together (their answers decoded as one batch)
+//! against answered one after the other.
 //!
 //! Decoding one token reads every decoder weight once, so memory bandwidth bounds its speed: the
 //! report measures this machine's read bandwidth (with the configured threads) and gives the decode
@@ -54,6 +56,8 @@ pub struct Report {
     pub three_yes_no_ratio: f64,
     /// Three different 32-token text questions about the frame in one job, against one.
     pub three_text_ratio: f64,
+    /// Two cameras' jobs of one 32-token text question each, answered together, against in turn.
+    pub two_cameras_ratio: f64,
     pub peak_rss_mb: f64,
 }
 
@@ -194,6 +198,7 @@ pub fn run(
     );
     let three_yes_no_ratio = three(AnswerKind::YesNo, 1, analyser)?;
     let three_text_ratio = three(AnswerKind::Text, 32, analyser)?;
+    let two_cameras_ratio = two_cameras_ratio(analyser, frame, split, runs)?;
     let decode_ms = stage(|answer| answer.timings.decode);
     let decode_tokens_per_s = if decode_ms > 0.0 {
         (tokens.saturating_sub(1)) as f64 / (decode_ms / 1000.0)
@@ -225,6 +230,7 @@ pub fn run(
             / bandwidth,
         three_yes_no_ratio,
         three_text_ratio,
+        two_cameras_ratio,
         peak_rss_mb,
     })
 }
@@ -262,6 +268,42 @@ fn cost_ratio(
         all.push(time(requests)?);
     }
     Ok(median(all) / median(one))
+}
+
+/// The median time of answering two cameras' jobs (the same picture, a text question each) together
+/// over that of answering them one after the other, alternating the two.
+fn two_cameras_ratio(
+    analyser: &mut dyn Analyser,
+    frame: &Frame,
+    split: bool,
+    runs: usize,
+) -> Result<f64, AnalyseError> {
+    let other = Frame {
+        camera: "bench-2".into(),
+        seq: frame.seq,
+        captured_at: frame.captured_at,
+        capture_time: frame.capture_time,
+        image: frame.image.clone(),
+    };
+    let first = [bench_request(QUESTIONS[0], AnswerKind::Text, split, 32)];
+    let second = [bench_request(QUESTIONS[1], AnswerKind::Text, split, 32)];
+    let jobs: [(&Frame, &[Request]); 2] = [(frame, &first), (&other, &second)];
+    let (mut apart, mut together) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        for (frame, requests) in jobs {
+            for answer in analyser.answer(frame, requests) {
+                answer?;
+            }
+        }
+        apart.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        for answer in analyser.answer_jobs(&jobs).into_iter().flatten() {
+            answer?;
+        }
+        together.push(started.elapsed().as_secs_f64());
+    }
+    Ok(median(together) / median(apart))
 }
 
 /// A frame for the benchmark from pixels.
