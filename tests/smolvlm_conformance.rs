@@ -187,6 +187,25 @@ fn request(question: &str, kind: AnswerKind, split: bool, max_new_tokens: u32) -
     }
 }
 
+/// The reference's greedy tokens for `case`, at most `limit` of them, and the probabilities of those
+/// that are not stop tokens (what a text answer's confidence is made of).
+fn reference_text(case: &Value, limit: usize, stops: &[u32]) -> (Vec<u32>, Vec<f64>) {
+    let mut tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+    tokens.truncate(limit);
+    let probabilities: Vec<f64> = serde_json::from_value(case["token_probs"].clone()).unwrap();
+    let kept = tokens
+        .iter()
+        .zip(&probabilities)
+        .filter(|(token, _)| !stops.contains(token))
+        .map(|(_, p)| *p)
+        .collect();
+    (tokens, kept)
+}
+
+fn geometric_mean(probabilities: &[f64]) -> f64 {
+    (probabilities.iter().map(|p| p.ln()).sum::<f64>() / probabilities.len() as f64).exp()
+}
+
 #[test]
 fn greedy_tokens_and_confidences_equal_transformers() {
     let mut model = load_fixture();
@@ -226,19 +245,12 @@ fn greedy_tokens_and_confidences_equal_transformers() {
         let text = answers[0]
             .as_ref()
             .unwrap_or_else(|error| panic!("{}: {error}", label(&case)));
-        let expected: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        let (expected, kept) = reference_text(&case, usize::MAX, &stops);
         assert_eq!(text.tokens, expected, "{}", label(&case));
-        let probabilities: Vec<f64> = serde_json::from_value(case["token_probs"].clone()).unwrap();
-        let kept: Vec<f64> = expected
-            .iter()
-            .zip(&probabilities)
-            .filter(|(token, _)| !stops.contains(token))
-            .map(|(_, p)| *p)
-            .collect();
-        let geometric_mean = (kept.iter().map(|p| p.ln()).sum::<f64>() / kept.len() as f64).exp();
+        let confidence = geometric_mean(&kept);
         assert!(
-            (text.confidence - geometric_mean).abs() < 1e-4,
-            "{}: {} vs {geometric_mean}",
+            (text.confidence - confidence).abs() < 1e-4,
+            "{}: {} vs {confidence}",
             label(&case),
             text.confidence
         );
@@ -319,22 +331,14 @@ fn text_answers_decoded_together_equal_the_reference() {
         let text = answers[0]
             .as_ref()
             .unwrap_or_else(|error| panic!("{}: {error}", label(case)));
-        let golden: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
         let wanted = requests[0].max_new_tokens as usize;
-        let expected = &golden[..golden.len().min(wanted)];
+        let (expected, kept) = reference_text(case, wanted, &stops);
         left_early += usize::from(expected.len() < max_new as usize);
         assert_eq!(text.tokens, expected, "{}", label(case));
-        let probabilities: Vec<f64> = serde_json::from_value(case["token_probs"].clone()).unwrap();
-        let kept: Vec<f64> = expected
-            .iter()
-            .zip(&probabilities)
-            .filter(|(token, _)| !stops.contains(token))
-            .map(|(_, p)| *p)
-            .collect();
-        let geometric_mean = (kept.iter().map(|p| p.ln()).sum::<f64>() / kept.len() as f64).exp();
+        let confidence = geometric_mean(&kept);
         assert!(
-            (text.confidence - geometric_mean).abs() < 1e-4,
-            "{}: {} vs {geometric_mean}",
+            (text.confidence - confidence).abs() < 1e-4,
+            "{}: {} vs {confidence}",
             label(case),
             text.confidence
         );
@@ -530,22 +534,13 @@ mod video {
                 .pop()
                 .unwrap()
                 .unwrap_or_else(|error| panic!("{}: {error}", label(case)));
-            let expected: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+            let (expected, kept) = reference_text(case, usize::MAX, &stops);
             assert_eq!(answer.tokens, expected, "{}", label(case));
             // Confidence is the geometric mean of the chosen tokens' probabilities, stop token excluded.
-            let probabilities: Vec<f64> =
-                serde_json::from_value(case["token_probs"].clone()).unwrap();
-            let kept: Vec<f64> = expected
-                .iter()
-                .zip(&probabilities)
-                .filter(|(token, _)| !stops.contains(token))
-                .map(|(_, p)| *p)
-                .collect();
-            let geometric_mean =
-                (kept.iter().map(|p| p.ln()).sum::<f64>() / kept.len() as f64).exp();
+            let confidence = geometric_mean(&kept);
             assert!(
-                (answer.confidence - geometric_mean).abs() < 1e-4,
-                "{}: {} vs {geometric_mean}",
+                (answer.confidence - confidence).abs() < 1e-4,
+                "{}: {} vs {confidence}",
                 label(case),
                 answer.confidence
             );

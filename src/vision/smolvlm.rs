@@ -568,13 +568,12 @@ impl SmolVlm {
                         self.decode(embeds, rest.len(), shared, Past::Shared(prefix), false)?;
                     timings.prefill += millis(started);
                     let last = logits.into_iter().next_back().unwrap_or_default();
-                    Ok((ids, last, cache))
+                    Ok((ids, prefix, last, cache))
                 });
-                let (ids, last, cache) = match prefilled {
+                let (ids, prefix, last, cache) = match prefilled {
                     Ok(prefilled) => prefilled,
                     Err(error) => return Prepared::Finished(Err(error)),
                 };
-                let prefix = prefix.as_ref().expect("prefilled on top of it");
                 let started = Instant::now();
                 let answer = match &request.kind {
                     AnswerKind::Text => {
