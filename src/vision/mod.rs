@@ -9,6 +9,7 @@
 //! newest frame per camera.
 
 pub mod bench;
+pub mod embedding;
 pub mod fetch;
 pub mod model;
 pub mod preprocess;

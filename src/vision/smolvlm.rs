@@ -5,7 +5,9 @@
 //! embeddings, and the rows of `<image>` placeholders are replaced by the image features in order;
 //! `decoder_model_merged` then runs the prompt once (prefill) and one token at a time after it, carrying
 //! its key/value cache. The cache a step returns (`present.*`) is moved into the next step as `past.*`:
-//! the tensors stay where ONNX Runtime put them, with no copy through our buffers.
+//! the tensors stay where ONNX Runtime put them, with no copy through our buffers. When `embed_tokens`
+//! is a plain table lookup, as in the official exports, its rows are read from the file instead of
+//! running it (`embedding`): the 113 MB table is then never held in memory.
 //!
 //! Several questions about one frame share work: the frame is encoded once per splitting mode, and the
 //! prompt prefix they have in common (the chat header and the whole image block) is prefilled once; each
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
+use super::embedding::EmbeddingTable;
 use super::model::{ModelError, ModelSpec};
 use super::preprocess::{Pixels, preprocess, preprocess_clip};
 use super::prompt::{PromptError, Prompter};
@@ -89,7 +92,7 @@ pub struct SmolVlm {
     spec: ModelSpec,
     prompter: Prompter,
     vision: Session,
-    embed: Session,
+    embed: Embedder,
     decoder: Session,
     cache: CacheLayout,
     providers: Vec<&'static str>,
@@ -101,6 +104,13 @@ pub struct SmolVlm {
     /// The last answer's pixel values, reused by the next: a fresh buffer of 13 tiles costs about 30 ms
     /// of page faults. Kept only up to the largest still image's size (see `keep_pixel_buffer`).
     pixel_buffer: Vec<f32>,
+}
+
+/// How prompt ids become embeddings: rows read from the `embed_tokens` file when that graph is a plain
+/// table lookup (see `embedding`: the table is then never held in memory), else the graph run as is.
+enum Embedder {
+    Table(EmbeddingTable),
+    Graph(Session),
 }
 
 /// An input or output a graph must declare: name, element type, rank.
@@ -216,13 +226,19 @@ impl SmolVlm {
             &[port("image_features", Float32, 3)],
         )?;
         let embed_path = graph("embed_tokens");
-        let (embed, _) = load(&embed_path)?;
-        check_ports(
-            &embed_path,
-            &embed,
-            &[port("input_ids", Int64, 2)],
-            &[port("inputs_embeds", Float32, 3)],
-        )?;
+        let embed = match EmbeddingTable::open(&embed_path) {
+            Some(table) => Embedder::Table(table),
+            None => {
+                let (embed, _) = load(&embed_path)?;
+                check_ports(
+                    &embed_path,
+                    &embed,
+                    &[port("input_ids", Int64, 2)],
+                    &[port("inputs_embeds", Float32, 3)],
+                )?;
+                Embedder::Graph(embed)
+            }
+        };
 
         let decoder_path = graph("decoder_model_merged");
         let (decoder, _) = load(&decoder_path)?;
@@ -288,10 +304,17 @@ impl SmolVlm {
     }
 
     fn embed(&mut self, ids: &[u32]) -> Result<Vec<f32>, AnalyseError> {
+        let session = match &mut self.embed {
+            Embedder::Table(table) => {
+                return table
+                    .lookup(ids)
+                    .map_err(|error| AnalyseError::Model(error.to_string()));
+            }
+            Embedder::Graph(session) => session,
+        };
         let ids: Vec<i64> = ids.iter().map(|id| i64::from(*id)).collect();
         let tensor = Tensor::from_array(([1, ids.len()], ids)).map_err(ort_error)?;
-        let outputs = self
-            .embed
+        let outputs = session
             .run(ort::inputs! {"input_ids" => tensor})
             .map_err(ort_error)?;
         let (_, embeds) = outputs["inputs_embeds"]
