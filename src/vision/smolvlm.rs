@@ -6,8 +6,8 @@
 //! `decoder_model_merged` then runs the prompt once (prefill) and one token at a time after it, carrying
 //! its key/value cache. The cache a step returns (`present.*`) is moved into the next step as `past.*`:
 //! the tensors stay where ONNX Runtime put them, with no copy through our buffers. When `embed_tokens`
-//! is a plain table lookup, as in the official exports, its rows are read from the file instead of
-//! running it (`embedding`): the 113 MB table is then never held in memory.
+//! is a plain table lookup (one `Gather` of a float table stored in the file), its rows are read from
+//! the file instead of running it (`embedding`): the 113 MB table is then never held in memory.
 //!
 //! Several questions about one frame share work: the frame is encoded once per splitting mode, and the
 //! prompt prefix they have in common (the chat header and the whole image block) is prefilled once; each
