@@ -222,7 +222,7 @@ fn is_other_axis(bytes: &[u8]) -> io::Result<bool> {
 
 /// A `TensorProto` from the reader's position to `end`: dims (1), data_type (2), name (8) and where
 /// raw_data (9) lies, skipped over.
-fn read_initializer<R: Read + Seek>(reader: &mut Fields<R>, end: u64) -> io::Result<Initializer> {
+fn read_initializer(reader: &mut Fields, end: u64) -> io::Result<Initializer> {
     let mut initializer = Initializer::default();
     while let Some((field, wire)) = reader.next_field(end)? {
         match (field, wire) {
