@@ -74,8 +74,6 @@ impl ModelSpec {
         let generation = read_json(dir, "generation_config.json")?;
         let preprocessor = read_json(dir, "preprocessor_config.json")?;
         let processor = read_json(dir, "processor_config.json")?;
-        let pre =
-            |pointer: &str| field::<f32>(dir, "preprocessor_config.json", &preprocessor, pointer);
         let triple = |pointer: &str| {
             field::<[f32; 3]>(dir, "preprocessor_config.json", &preprocessor, pointer)
         };
@@ -92,7 +90,12 @@ impl ModelSpec {
                 &preprocessor,
                 "/max_image_size/longest_edge",
             )?,
-            rescale_factor: pre("/rescale_factor")?,
+            rescale_factor: field(
+                dir,
+                "preprocessor_config.json",
+                &preprocessor,
+                "/rescale_factor",
+            )?,
             mean: triple("/image_mean")?,
             std: triple("/image_std")?,
         };

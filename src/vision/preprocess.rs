@@ -11,11 +11,14 @@
 //! A clip's frames (SmolVLM2's video input) are never split: the reference's video processor resizes
 //! each as an unsplit image (step 1, then squared to one tile), then step 3.
 //!
-//! Resampling is Lanczos (a = 3), separable, horizontal pass first, with 8-bit rounding between passes and
-//! fixed-point weights, as Pillow computes it (torchvision's CPU Lanczos follows the same scheme). The
-//! reference is matched within a tolerance measured by the conformance tests, not bit for bit.
+//! Resampling is Lanczos (a = 3), separable, horizontal pass first, rounded to bytes after each pass, in
+//! integers exactly as the reference computes it (PyTorch's CPU `interpolate` for 8-bit images, which
+//! torchvision's Lanczos runs): each pass's weights are 16-bit fixed point with as many fractional bits as
+//! keep its largest weight within 16 bits, and each output byte is its window's integer weighted sum,
+//! rounded and clamped. So the bytes, and after step 3 the values, are the reference's bit for bit; the
+//! conformance tests hold them equal.
 //!
-//! Speed: a 640x480 frame is upscaled to 2048x1536 and back down, about 150 million multiply-adds, on
+//! Speed: a 640x480 frame is upscaled to 2048x1536 and back down, about 165 million multiply-adds, on
 //! every frame. Both passes are one kernel, a weighted sum of byte vectors (`weighted_sum`): the vertical
 //! pass sums blocks of a row, the horizontal pass first interleaves 16 rows pixel by pixel so that a tap of
 //! all 16 is one vector too. The kernel is written for the compiler to vectorise, and `pulp` runs it
@@ -36,7 +39,7 @@ pub struct ImageSettings {
     pub longest_edge: u32,
     /// `max_image_size.longest_edge`: the side of a tile and of the global image.
     pub tile: u32,
-    pub rescale_factor: f32,
+    pub rescale_factor: f64,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
@@ -212,18 +215,22 @@ fn multiple_of_tile_size(width: u32, height: u32, tile: u32) -> (u32, u32) {
     }
 }
 
-/// Step 3 as a lookup: each channel's 256 possible bytes, rescaled and normalised once.
+/// Step 3 as a lookup: each channel's 256 possible bytes, rescaled and normalised once. The reference
+/// folds the rescale into the normalisation (mean and std divided by the rescale factor, in f32) and
+/// computes `(byte - mean) / std` in f32: so does the table, to give the same values bit for bit.
 struct Normaliser {
     tables: [[f32; 256]; 3],
 }
 
 impl Normaliser {
     fn new(settings: &ImageSettings) -> Normaliser {
+        let inverse = (1.0 / settings.rescale_factor) as f32;
         let mut tables = [[0.0; 256]; 3];
         for (channel, table) in tables.iter_mut().enumerate() {
+            let mean = settings.mean[channel] * inverse;
+            let std = settings.std[channel] * inverse;
             for (byte, value) in table.iter_mut().enumerate() {
-                *value = (byte as f32 * settings.rescale_factor - settings.mean[channel])
-                    / settings.std[channel];
+                *value = (byte as f32 - mean) / std;
             }
         }
         Normaliser { tables }
@@ -250,10 +257,6 @@ impl Normaliser {
     }
 }
 
-/// Weights are fixed point with this many fractional bits (Pillow's choice for 8-bit images): 255 times
-/// the weights' absolute sum (at most about 1.3 for Lanczos) stays within an i32 accumulator.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
 /// For each output position along one axis: the first input index of its window and the window's
 /// fixed-point weights. Every window has the same length (`window`), the longest any position needs,
 /// shifted to stay inside the input and padded with zero weights: the inner loops then have a fixed
@@ -261,11 +264,13 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 struct Taps {
     starts: Vec<usize>,
     window: usize,
-    weights: Vec<i32>,
+    weights: Vec<i16>,
+    /// Fractional bits of the weights, the same for the whole pass.
+    precision: u32,
 }
 
 impl Taps {
-    fn iter(&self) -> impl Iterator<Item = (usize, &[i32])> {
+    fn iter(&self) -> impl Iterator<Item = (usize, &[i16])> {
         self.starts
             .iter()
             .copied()
@@ -282,37 +287,64 @@ fn lanczos(x: f64) -> f64 {
             x.sin() / x
         }
     }
-    if (-3.0..3.0).contains(&x) {
+    let x = x.abs();
+    if x < 3.0 {
         sinc(x) * sinc(x / 3.0)
     } else {
         0.0
     }
 }
 
+/// The weights of one pass from `in_size` to `out_size` positions, computed as the reference computes
+/// them, step by step in f64: a window of `center ± support` (support 3, widened by the scale when
+/// shrinking), Lanczos weights normalised to sum 1, then the pass's precision (the most fractional bits,
+/// up to 22, that keep twice the largest weight below 2^15) and the weights rounded half away from zero.
 fn taps(in_size: u32, out_size: u32) -> Taps {
     let scale = f64::from(in_size) / f64::from(out_size);
-    let filter_scale = scale.max(1.0);
-    let support = 3.0 * filter_scale;
-    let unit = f64::from(1u32 << PRECISION_BITS);
-    let windows: Vec<(usize, Vec<i32>)> = (0..out_size)
+    let (support, inverse) = if scale >= 1.0 {
+        (3.0 * scale, 1.0 / scale)
+    } else {
+        (3.0, 1.0)
+    };
+    let longest = support.ceil() as usize * 2 + 1;
+    let mut largest: f64 = 0.0;
+    let windows: Vec<(usize, Vec<f64>)> = (0..out_size)
         .map(|out| {
-            let center = (f64::from(out) + 0.5) * scale;
+            let center = scale * (f64::from(out) + 0.5);
             // Truncation toward zero, then clamping, as the reference does.
             let first = ((center - support + 0.5) as i64).max(0) as usize;
             let last = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
-            let raw: Vec<f64> = (first..last)
-                .map(|x| lanczos((x as f64 - center + 0.5) / filter_scale))
+            let last = last.min(first + longest);
+            let mut weights: Vec<f64> = (first..last)
+                .map(|x| lanczos((x as f64 - center + 0.5) * inverse))
                 .collect();
-            let total: f64 = raw.iter().sum();
-            let fixed = raw
+            let total: f64 = weights.iter().sum();
+            if total != 0.0 {
+                for weight in &mut weights {
+                    *weight /= total;
+                    largest = largest.max(*weight);
+                }
+            }
+            (first, weights)
+        })
+        .collect();
+    let precision = (0..22)
+        .find(|bits| (0.5 + largest * f64::from(1u32 << (bits + 1))) as i32 >= 1 << 15)
+        .unwrap_or(22);
+    let unit = f64::from(1u32 << precision);
+    let windows: Vec<(usize, Vec<i16>)> = windows
+        .into_iter()
+        .map(|(first, weights)| {
+            let fixed = weights
                 .iter()
-                .map(|w| {
-                    let w = if total != 0.0 { w / total } else { *w };
-                    if w < 0.0 {
-                        (w * unit - 0.5) as i32
+                .map(|weight| {
+                    let scaled = weight * unit;
+                    let rounded = if scaled < 0.0 {
+                        scaled - 0.5
                     } else {
-                        (w * unit + 0.5) as i32
-                    }
+                        scaled + 0.5
+                    };
+                    rounded as i32 as i16
                 })
                 .collect();
             (first, fixed)
@@ -324,6 +356,7 @@ fn taps(in_size: u32, out_size: u32) -> Taps {
         starts: Vec::with_capacity(windows.len()),
         window,
         weights: vec![0; windows.len() * window],
+        precision,
     };
     for ((first, fixed), weights) in windows.iter().zip(taps.weights.chunks_exact_mut(window)) {
         let start = (*first).min(in_size as usize - window);
@@ -335,8 +368,8 @@ fn taps(in_size: u32, out_size: u32) -> Taps {
 }
 
 #[inline(always)]
-fn clip8(sum: i32) -> u8 {
-    (sum >> PRECISION_BITS).clamp(0, 255) as u8
+fn clip8(sum: i32, precision: u32) -> u8 {
+    (sum >> precision).clamp(0, 255) as u8
 }
 
 /// Lanczos resize to `width` x `height`: horizontal pass, then vertical, each rounding to 8 bits. An
@@ -491,33 +524,32 @@ fn horizontal_rows<const LANES: usize>(
         }
     }
     for (x, (start, weights)) in taps.iter().enumerate() {
-        let values = weighted_sum::<LANES>(&interleaved[start * LANES..], LANES, weights);
+        let values =
+            weighted_sum::<LANES>(&interleaved[start * LANES..], LANES, weights, taps.precision);
         for (row, pixel) in values.chunks_exact(3).enumerate() {
             out_rows[row * out_len + x * 3..][..3].copy_from_slice(pixel);
         }
     }
 }
 
-/// Σ weights[k] x the `N` bytes at `k * stride` of `vectors`, rounded from fixed point to bytes: the one
-/// kernel of both passes.
+/// Σ weights[k] x the `N` bytes at `k * stride` of `vectors`, rounded from fixed point with `precision`
+/// fractional bits to bytes: the one kernel of both passes. A byte and a weight both fit in 16 bits, so
+/// the compiler multiplies them in 16-bit lanes into 32-bit sums (`pmaddwd` on x86-64).
 #[inline(always)]
-fn weighted_sum<const N: usize>(vectors: &[u8], stride: usize, weights: &[i32]) -> [u8; N] {
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let mut high = [0i32; N];
-    let mut low = [0i32; N];
+fn weighted_sum<const N: usize>(
+    vectors: &[u8],
+    stride: usize,
+    weights: &[i16],
+    precision: u32,
+) -> [u8; N] {
+    let mut sums = [(1i32 << precision) >> 1; N];
     for (vector, weight) in vectors.chunks(stride).zip(weights) {
-        let (weight_high, weight_low) = split_weight(*weight);
         let vector: &[u8; N] = vector[..N].try_into().expect("N bytes");
-        for ((high, low), value) in high.iter_mut().zip(low.iter_mut()).zip(vector) {
-            *high += i32::from(*value) * i32::from(weight_high);
-            *low += i32::from(*value) * i32::from(weight_low);
+        for (sum, value) in sums.iter_mut().zip(vector) {
+            *sum += i32::from(*value) * i32::from(*weight);
         }
     }
-    let mut out = [0u8; N];
-    for ((value, high), low) in out.iter_mut().zip(&high).zip(&low) {
-        *value = clip8(half + (high << LOW_BITS) + low);
-    }
-    out
+    sums.map(|sum| clip8(sum, precision))
 }
 
 /// Bytes of a row the vertical pass sums at once: their sums stay in registers across the window.
@@ -597,9 +629,9 @@ fn vertical_rows(band: &mut [u8], first_row: usize, source: &[u8], row_len: usiz
     {
         let window = &source[start * row_len..];
         if row_len < ROW_BLOCK {
-            vertical_blocks::<1>(out_row, window, weights);
+            vertical_blocks::<1>(out_row, window, weights, taps.precision);
         } else {
-            vertical_blocks::<ROW_BLOCK>(out_row, window, weights);
+            vertical_blocks::<ROW_BLOCK>(out_row, window, weights, taps.precision);
         }
     }
 }
@@ -608,26 +640,18 @@ fn vertical_rows(band: &mut [u8], first_row: usize, source: &[u8], row_len: usiz
 /// bytes at a time. The last block is aligned to the row's end and may overlap the one before it: it
 /// recomputes the same values.
 #[inline(always)]
-fn vertical_blocks<const N: usize>(out_row: &mut [u8], window: &[u8], weights: &[i32]) {
+fn vertical_blocks<const N: usize>(
+    out_row: &mut [u8],
+    window: &[u8],
+    weights: &[i16],
+    precision: u32,
+) {
     let row_len = out_row.len();
     let offsets = (0..row_len - N).step_by(N).chain([row_len - N]);
     for offset in offsets {
-        let values = weighted_sum::<N>(&window[offset..], row_len, weights);
+        let values = weighted_sum::<N>(&window[offset..], row_len, weights, precision);
         out_row[offset..offset + N].copy_from_slice(&values);
     }
-}
-
-/// Bits of a weight's low part. A byte times a weight is summed as byte x high part (shifted back) plus
-/// byte x low part: both parts fit in 16 bits, so the CPU multiplies them in 16-bit lanes (`pmaddwd`,
-/// baseline on x86-64) where a 32-bit multiply would not vectorise; the sum is exactly the same.
-const LOW_BITS: u32 = 11;
-
-#[inline(always)]
-fn split_weight(weight: i32) -> (i16, i16) {
-    (
-        (weight >> LOW_BITS) as i16,
-        (weight & ((1 << LOW_BITS) - 1)) as i16,
-    )
 }
 
 #[cfg(test)]
@@ -666,30 +690,27 @@ mod tests {
 
     /// Both passes as plainly defined: each output byte is its window's weighted sum, rounded.
     fn plain_resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-        let half = 1i32 << (PRECISION_BITS - 1);
+        /// One output byte: its window's weighted sum, rounded and clamped.
+        fn plain_byte(taps: &Taps, index: u32, byte_at: impl Fn(u32) -> u8) -> u8 {
+            let (start, weights) = taps.iter().nth(index as usize).unwrap();
+            let half = (1i32 << taps.precision) >> 1;
+            let sum = weights.iter().zip(start as u32..).fold(half, |sum, (weight, at)| {
+                sum + i32::from(byte_at(at)) * i32::from(*weight)
+            });
+            clip8(sum, taps.precision)
+        }
         let horizontal = taps(image.width(), width);
-        let mut wide = RgbImage::new(width, image.height());
-        for (x, y, pixel) in wide.enumerate_pixels_mut() {
-            let (start, weights) = horizontal.iter().nth(x as usize).unwrap();
-            for channel in 0..3 {
-                let sum = weights.iter().enumerate().fold(half, |sum, (k, weight)| {
-                    sum + i32::from(image.get_pixel((start + k) as u32, y)[channel]) * weight
-                });
-                pixel[channel] = clip8(sum);
-            }
-        }
+        let wide = RgbImage::from_fn(width, image.height(), |x, y| {
+            image::Rgb(std::array::from_fn(|channel| {
+                plain_byte(&horizontal, x, |at| image.get_pixel(at, y)[channel])
+            }))
+        });
         let vertical = taps(image.height(), height);
-        let mut out = RgbImage::new(width, height);
-        for (x, y, pixel) in out.enumerate_pixels_mut() {
-            let (start, weights) = vertical.iter().nth(y as usize).unwrap();
-            for channel in 0..3 {
-                let sum = weights.iter().enumerate().fold(half, |sum, (k, weight)| {
-                    sum + i32::from(wide.get_pixel(x, (start + k) as u32)[channel]) * weight
-                });
-                pixel[channel] = clip8(sum);
-            }
-        }
-        out
+        RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb(std::array::from_fn(|channel| {
+                plain_byte(&vertical, y, |at| wide.get_pixel(x, at)[channel])
+            }))
+        })
     }
 
     #[test]
