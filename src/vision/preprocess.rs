@@ -21,14 +21,17 @@
 //! Speed: a 640x480 frame is upscaled to 2048x1536 and back down, about 165 million multiply-adds, on
 //! every frame. Both passes are one kernel, a weighted sum of byte vectors (`weighted_sum`): the vertical
 //! pass sums blocks of a row, the horizontal pass first interleaves 16 rows pixel by pixel so that a tap of
-//! all 16 is one vector too. The kernel is written for the compiler to vectorise, and `pulp` runs it
-//! compiled for AVX2 when the CPU has it (detected at run time: one binary for every x86-64 box). Its
-//! results are the plain per-byte definition's exactly; a unit test holds the two equal. Where one resize
-//! follows another and the image between them is not needed (an unsplit image, a clip frame), the first's
-//! vertical pass and the second's horizontal pass run together, so the 2048-pixel-wide image is never
-//! stored (`resize_through`). Preprocessing writes its values into a buffer the caller passes back in.
+//! all 16 is one vector too. The kernel is written for the compiler to vectorise, and `pulp` runs it, and
+//! step 3, compiled for AVX-512 or AVX2 when the CPU has them (detected at run time: one binary for every
+//! x86-64 box). Its results are the plain per-byte definition's exactly; a unit test holds the two equal.
+//! Where one resize follows another and the image between them is not needed (an unsplit image, a clip
+//! frame), the first's vertical pass and the second's horizontal pass run together, so the 2048-pixel-wide
+//! image is never stored (`resize_through`). Each pass's weights are computed once per pair of sizes
+//! (`kept_taps`). Preprocessing writes its values into a buffer the caller passes back in.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use image::RgbImage;
 
@@ -172,14 +175,18 @@ fn normalise(
     threads: usize,
     mut values: Vec<f32>,
 ) -> Vec<f32> {
-    let tile = settings.tile;
-    let square_len = 3 * (tile * tile) as usize;
-    values.resize(squares.len() * square_len, 0.0);
+    let side = settings.tile as usize;
+    values.resize(squares.len() * 3 * side * side, 0.0);
     let normaliser = Normaliser::new(settings);
-    in_bands(&mut values, square_len, threads, |first, band| {
-        for (out, (image, origin)) in band.chunks_exact_mut(square_len).zip(&squares[first..]) {
-            normaliser.fill(out, image, *origin, tile);
-        }
+    // A unit is one row of one channel's plane, so that even a single square spreads over the threads.
+    in_bands(&mut values, side, threads, |first_row, band| {
+        pulp::Arch::new().dispatch(NormaliseBand {
+            band,
+            first_row,
+            side,
+            squares,
+            normaliser: &normaliser,
+        });
     });
     values
 }
@@ -215,43 +222,51 @@ fn multiple_of_tile_size(width: u32, height: u32, tile: u32) -> (u32, u32) {
     }
 }
 
-/// Step 3 as a lookup: each channel's 256 possible bytes, rescaled and normalised once. The reference
-/// folds the rescale into the normalisation (mean and std divided by the rescale factor, in f32) and
-/// computes `(byte - mean) / std` in f32: so does the table, to give the same values bit for bit.
+/// Step 3 with the reference's arithmetic, so that the values are the reference's bit for bit: it folds
+/// the rescale into the normalisation (mean and std divided by the rescale factor, in f32) and computes
+/// `(byte - mean) / std` in f32.
 struct Normaliser {
-    tables: [[f32; 256]; 3],
+    mean: [f32; 3],
+    std: [f32; 3],
 }
 
 impl Normaliser {
     fn new(settings: &ImageSettings) -> Normaliser {
         let inverse = (1.0 / settings.rescale_factor) as f32;
-        let mut tables = [[0.0; 256]; 3];
-        for (channel, table) in tables.iter_mut().enumerate() {
-            let mean = settings.mean[channel] * inverse;
-            let std = settings.std[channel] * inverse;
-            for (byte, value) in table.iter_mut().enumerate() {
-                *value = (byte as f32 - mean) / std;
-            }
+        Normaliser {
+            mean: settings.mean.map(|mean| mean * inverse),
+            std: settings.std.map(|std| std * inverse),
         }
-        Normaliser { tables }
     }
+}
 
-    /// Writes the `side` x `side` square of `image` at `origin` into `out`, channels first.
-    fn fill(&self, out: &mut [f32], image: &RgbImage, origin: (u32, u32), side: u32) {
-        let side = side as usize;
-        let row_len = image.width() as usize * 3;
-        let first = origin.1 as usize * row_len + origin.0 as usize * 3;
-        let rows = image.as_raw()[first..]
-            .chunks(row_len)
-            .take(side)
-            .map(|row| &row[..side * 3]);
-        for ((plane, table), channel) in
-            out.chunks_exact_mut(side * side).zip(&self.tables).zip(0..)
-        {
-            for (out_row, row) in plane.chunks_exact_mut(side).zip(rows.clone()) {
-                for (value, pixel) in out_row.iter_mut().zip(row.chunks_exact(3)) {
-                    *value = table[usize::from(pixel[channel])];
-                }
+/// Plane rows `first_row..` of the encoder input (each `side` values: the rows of every channel plane of
+/// every square, in order), written into `band`.
+struct NormaliseBand<'a> {
+    band: &'a mut [f32],
+    first_row: usize,
+    side: usize,
+    squares: &'a [(&'a RgbImage, (u32, u32))],
+    normaliser: &'a Normaliser,
+}
+
+impl pulp::WithSimd for NormaliseBand<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let side = self.side;
+        let Normaliser { mean, std } = self.normaliser;
+        for (out, row) in self.band.chunks_exact_mut(side).zip(self.first_row..) {
+            let (plane, y) = (row / side, row % side);
+            let channel = plane % 3;
+            let (image, (left, top)) = self.squares[plane / 3];
+            let row_len = image.width() as usize * 3;
+            let first = (top as usize + y) * row_len + left as usize * 3;
+            let pixels = &image.as_raw()[first..][..side * 3];
+            let (mean, std) = (mean[channel], std[channel]);
+            for (value, pixel) in out.iter_mut().zip(pixels.chunks_exact(3)) {
+                *value = (f32::from(pixel[channel]) - mean) / std;
             }
         }
     }
@@ -367,6 +382,32 @@ fn taps(in_size: u32, out_size: u32) -> Taps {
     taps
 }
 
+/// A pass's input and output size along its axis.
+type PassSizes = (u32, u32);
+
+/// Taps computed before, by input and output size, newest last. A camera's frames are all one size, so
+/// each of its frames needs the same few passes; their weights (two sines per tap, for up to 25 taps of
+/// up to 2048 positions) took about a millisecond a frame, an eighth of preprocessing. A few cameras of
+/// different sizes need a handful of entries; beyond `TAPS_KEPT` the least recently used is dropped.
+static KEPT_TAPS: Mutex<VecDeque<(PassSizes, Arc<Taps>)>> = Mutex::new(VecDeque::new());
+const TAPS_KEPT: usize = 16;
+
+/// `taps(in_size, out_size)`, computed once.
+fn kept_taps(in_size: u32, out_size: u32) -> Arc<Taps> {
+    let key = (in_size, out_size);
+    let mut kept = KEPT_TAPS.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = match kept.iter().position(|(size, _)| *size == key) {
+        Some(index) => kept.remove(index).expect("found above"),
+        None => (key, Arc::new(taps(in_size, out_size))),
+    };
+    let taps = Arc::clone(&entry.1);
+    kept.push_back(entry);
+    if kept.len() > TAPS_KEPT {
+        kept.pop_front();
+    }
+    taps
+}
+
 #[inline(always)]
 fn clip8(sum: i32, precision: u32) -> u8 {
     (sum >> precision).clamp(0, 255) as u8
@@ -430,16 +471,19 @@ fn in_bands<T: Send>(
         return;
     }
     let band_units = units.div_ceil(threads);
+    let (first, rest) = out.split_at_mut(band_units * unit_len);
     std::thread::scope(|scope| {
-        for (band, chunk) in out.chunks_mut(band_units * unit_len).enumerate() {
+        for (band, chunk) in rest.chunks_mut(band_units * unit_len).enumerate() {
             let fill = &fill;
-            scope.spawn(move || fill(band * band_units, chunk));
+            scope.spawn(move || fill((band + 1) * band_units, chunk));
         }
+        // The calling thread computes the first band rather than wait idle.
+        fill(0, first);
     });
 }
 
 fn resize_horizontal(image: &RgbImage, width: u32, threads: usize) -> RgbImage {
-    let taps = taps(image.width(), width);
+    let taps = kept_taps(image.width(), width);
     let in_len = image.width() as usize * 3;
     let out_len = width as usize * 3;
     let mut out = vec![0u8; out_len * image.height() as usize];
@@ -524,8 +568,12 @@ fn horizontal_rows<const LANES: usize>(
         }
     }
     for (x, (start, weights)) in taps.iter().enumerate() {
-        let values =
-            weighted_sum::<LANES>(&interleaved[start * LANES..], LANES, weights, taps.precision);
+        let values = weighted_sum::<LANES>(
+            &interleaved[start * LANES..],
+            LANES,
+            weights,
+            taps.precision,
+        );
         for (row, pixel) in values.chunks_exact(3).enumerate() {
             out_rows[row * out_len + x * 3..][..3].copy_from_slice(pixel);
         }
@@ -549,7 +597,12 @@ fn weighted_sum<const N: usize>(
             *sum += i32::from(*value) * i32::from(*weight);
         }
     }
-    sums.map(|sum| clip8(sum, precision))
+    // A loop, not `sums.map`: the compiler left that as a call, with the sums stored and reloaded.
+    let mut out = [0u8; N];
+    for (value, sum) in out.iter_mut().zip(sums) {
+        *value = clip8(sum, precision);
+    }
+    out
 }
 
 /// Bytes of a row the vertical pass sums at once: their sums stay in registers across the window.
@@ -563,8 +616,8 @@ fn resize_vertical(
     then_width: Option<u32>,
     threads: usize,
 ) -> RgbImage {
-    let vertical = taps(image.height(), height);
-    let horizontal = then_width.map(|width| taps(image.width(), width));
+    let vertical = kept_taps(image.height(), height);
+    let horizontal = then_width.map(|width| kept_taps(image.width(), width));
     let row_len = image.width() as usize * 3;
     let width = then_width.unwrap_or(image.width());
     let out_len = width as usize * 3;
@@ -576,7 +629,7 @@ fn resize_vertical(
             source: image.as_raw(),
             row_len,
             vertical: &vertical,
-            horizontal: horizontal.as_ref(),
+            horizontal: horizontal.as_deref(),
         });
     });
     RgbImage::from_raw(width, height, out).expect("sized above")
@@ -694,9 +747,12 @@ mod tests {
         fn plain_byte(taps: &Taps, index: u32, byte_at: impl Fn(u32) -> u8) -> u8 {
             let (start, weights) = taps.iter().nth(index as usize).unwrap();
             let half = (1i32 << taps.precision) >> 1;
-            let sum = weights.iter().zip(start as u32..).fold(half, |sum, (weight, at)| {
-                sum + i32::from(byte_at(at)) * i32::from(*weight)
-            });
+            let sum = weights
+                .iter()
+                .zip(start as u32..)
+                .fold(half, |sum, (weight, at)| {
+                    sum + i32::from(byte_at(at)) * i32::from(*weight)
+                });
             clip8(sum, taps.precision)
         }
         let horizontal = taps(image.width(), width);
@@ -735,6 +791,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn taps_are_computed_once_per_pair_of_sizes_and_only_the_recent_kept() {
+        let first = kept_taps(640, 2048);
+        assert!(Arc::ptr_eq(&first, &kept_taps(640, 2048)));
+        for out_size in 1..=2 * TAPS_KEPT as u32 {
+            kept_taps(97, out_size);
+        }
+        assert!(KEPT_TAPS.lock().unwrap().len() <= TAPS_KEPT);
+        let again = kept_taps(640, 2048);
+        assert!(!Arc::ptr_eq(&first, &again), "dropped, then computed anew");
+        assert_eq!(
+            (&first.starts, &first.weights, first.precision),
+            (&again.starts, &again.weights, again.precision)
+        );
     }
 
     #[test]
