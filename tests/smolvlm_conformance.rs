@@ -133,9 +133,7 @@ fn pixel_values_agree_with_the_reference() {
             }
         }
     }
-    println!(
-        "worst sample difference {worst_sample:e}, worst tile-mean difference {worst_mean:e}"
-    );
+    println!("worst sample difference {worst_sample:e}, worst tile-mean difference {worst_mean:e}");
     assert!(
         worst_sample <= MAX_SAMPLE_DIFF,
         "a sample differs by {worst_sample}"
@@ -242,6 +240,15 @@ fn greedy_tokens_and_confidences_equal_transformers() {
             ));
         }
         let answers = model.answer(&frame, &requests);
+        // Each question alone too: a single prompt is prefilled whole, with no prefix shared.
+        let alone: Vec<_> = requests
+            .iter()
+            .map(|request| {
+                model
+                    .answer(&frame, std::slice::from_ref(request))
+                    .remove(0)
+            })
+            .collect();
 
         let text = answers[0]
             .as_ref()
@@ -262,7 +269,13 @@ fn greedy_tokens_and_confidences_equal_transformers() {
             label(&case)
         );
 
-        for (answer, options) in answers[1..].iter().zip(case["options"].as_array().unwrap()) {
+        let text_alone = alone[0].as_ref().unwrap();
+        assert_eq!(text_alone.tokens, expected, "{} alone", label(&case));
+        assert!((text_alone.confidence - confidence).abs() < 1e-4);
+
+        let option_answers = answers[1..].iter().chain(&alone[1..]);
+        let option_cases = case["options"].as_array().unwrap().iter().cycle();
+        for (answer, options) in option_answers.zip(option_cases) {
             let answer = answer
                 .as_ref()
                 .unwrap_or_else(|error| panic!("{}: {error}", label(&case)));

@@ -11,7 +11,8 @@
 //!
 //! Several questions about one frame share work: the frame is encoded once per splitting mode, and the
 //! prompt prefix they have in common (the chat header and the whole image block) is prefilled once; each
-//! question then prefills only its own words on top of that shared cache, passed by reference.
+//! question then prefills only its own words on top of that shared cache, passed by reference. A single
+//! question is its own prefix: its whole prompt is prefilled in one run.
 //!
 //! Text answers are then decoded together, those of one frame and those of other jobs answered in the
 //! same call (`answer_jobs`), up to `batch` at a time. A decoding step is bound by reading the weights
@@ -555,11 +556,12 @@ impl SmolVlm {
         };
         let vision_ms = millis(started);
 
-        // The prefix every prompt shares (at least the whole image block), prefilled once.
+        // The prefix every prompt shares (at least the whole image block), prefilled once: its cache,
+        // and the logits after it.
         let valid: Vec<&Vec<u32>> = prompts.iter().filter_map(|ids| ids.as_ref().ok()).collect();
         let shared = shared_prefix(&valid, self.spec.image_token_id);
         let started = Instant::now();
-        let prefix = match valid.first() {
+        let mut prefix = match valid.first() {
             Some(first) if shared > 0 => {
                 let ids = &first[..shared];
                 self.embed_with_image(ids, &features)
@@ -567,7 +569,9 @@ impl SmolVlm {
                     .and_then(|(embeds, cache)| {
                         self.decode(embeds, shared, 0, Past::Owned(cache), false)
                     })
-                    .map(|(_, cache)| cache)
+                    .map(|(logits, cache)| {
+                        (logits.into_iter().next_back().unwrap_or_default(), cache)
+                    })
             }
             _ => Err(AnalyseError::Input("no prompt could be built".to_owned())),
         };
@@ -582,24 +586,42 @@ impl SmolVlm {
                     prefill: prefix_ms,
                     decode: 0.0,
                 };
+                // The question's own ids on top of the prefix, if any: a single prompt is the prefix.
                 let prefilled = ids.and_then(|ids| {
-                    let prefix = prefix.as_ref().map_err(Clone::clone)?;
-                    let started = Instant::now();
+                    let (prefix_last, prefix_cache) = prefix.as_ref().map_err(Clone::clone)?;
                     let rest = &ids[shared..];
+                    if rest.is_empty() {
+                        return Ok((ids, prefix_last.clone(), None));
+                    }
+                    let started = Instant::now();
                     let embeds = self.embed(rest)?;
-                    let (logits, cache) =
-                        self.decode(embeds, rest.len(), shared, Past::Shared(prefix), false)?;
+                    let (logits, cache) = self.decode(
+                        embeds,
+                        rest.len(),
+                        shared,
+                        Past::Shared(prefix_cache),
+                        false,
+                    )?;
                     timings.prefill += millis(started);
                     let last = logits.into_iter().next_back().unwrap_or_default();
-                    Ok((ids, prefix, last, cache))
+                    Ok((ids, last, Some(cache)))
                 });
-                let (ids, prefix, last, cache) = match prefilled {
+                let (ids, last, own_cache) = match prefilled {
                     Ok(prefilled) => prefilled,
                     Err(error) => return Prepared::Finished(Err(error)),
                 };
-                let started = Instant::now();
-                let answer = match &request.kind {
+                // Each option: the label answered, and the text it is scored as.
+                let options: Vec<(&str, String)> = match &request.kind {
                     AnswerKind::Text => {
+                        // Decoding goes on from the question's own cache, or from the prefix's when
+                        // the prompt is the prefix (then no other prompt shares it).
+                        let cache = match own_cache {
+                            Some(cache) => cache,
+                            None => match std::mem::replace(&mut prefix, Err(prefix_taken())) {
+                                Ok((_, cache)) => cache,
+                                Err(error) => return Prepared::Finished(Err(error)),
+                            },
+                        };
                         return Prepared::ToDecode(Prefilled {
                             logits: last,
                             cache,
@@ -608,25 +630,22 @@ impl SmolVlm {
                             timings,
                         });
                     }
-                    AnswerKind::YesNo => self.choose(
-                        &last,
-                        prefix,
-                        shared,
-                        &ids,
-                        &[("yes", " Yes"), ("no", " No")],
-                    ),
-                    AnswerKind::OneOf(labels) => {
-                        let options: Vec<(&str, String)> = labels
-                            .iter()
-                            .map(|label| (label.as_str(), format!(" {label}")))
-                            .collect();
-                        let options: Vec<(&str, &str)> = options
-                            .iter()
-                            .map(|(label, text)| (*label, text.as_str()))
-                            .collect();
-                        self.choose(&last, prefix, shared, &ids, &options)
-                    }
+                    AnswerKind::YesNo => vec![("yes", " Yes".to_owned()), ("no", " No".to_owned())],
+                    AnswerKind::OneOf(labels) => labels
+                        .iter()
+                        .map(|label| (label.as_str(), format!(" {label}")))
+                        .collect(),
                 };
+                let options: Vec<(&str, &str)> = options
+                    .iter()
+                    .map(|(label, text)| (*label, text.as_str()))
+                    .collect();
+                let prefix = match &prefix {
+                    Ok((_, cache)) => cache,
+                    Err(error) => return Prepared::Finished(Err(error.clone())),
+                };
+                let started = Instant::now();
+                let answer = self.choose(&last, prefix, shared, &ids, &options);
                 timings.decode = millis(started);
                 Prepared::Finished(answer.map(|answer| LocalAnswer { timings, ..answer }))
             })
@@ -1015,16 +1034,26 @@ fn cache_layout(path: &Path, decoder: &Session, layers: usize) -> Result<CacheLa
 }
 
 /// The question as the model reads it (the answer kind does not change the prompt: options are scored).
+/// The error a prompt meets if the shared prefix's cache was already handed to another text answer: it
+/// is only handed over when a single prompt shares it, so this would be a bug.
+fn prefix_taken() -> AnalyseError {
+    AnalyseError::Model("the shared prefix's cache was already taken".to_owned())
+}
+
 fn question_text(request: &Request) -> String {
     request.question.trim().to_owned()
 }
 
-/// The length of the id prefix all prompts share, kept to at most one less than the shortest prompt (each
-/// needs one position of its own to produce logits) and covering every image token, else 0.
+/// The length of the id prefix all prompts share, covering every image token, else 0. A single prompt is
+/// its own prefix, prefilled in one run; of several, each keeps at least its last position out of it, to
+/// run on top of the shared cache and produce its own logits.
 fn shared_prefix(prompts: &[&Vec<u32>], image_token: u32) -> usize {
     let Some(first) = prompts.first() else {
         return 0;
     };
+    if prompts.len() == 1 {
+        return first.len();
+    }
     let mut length = prompts.iter().map(|ids| ids.len() - 1).min().unwrap_or(0);
     for ids in &prompts[1..] {
         length = length.min(
