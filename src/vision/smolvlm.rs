@@ -1033,13 +1033,13 @@ fn cache_layout(path: &Path, decoder: &Session, layers: usize) -> Result<CacheLa
     })
 }
 
-/// The question as the model reads it (the answer kind does not change the prompt: options are scored).
 /// The error a prompt meets if the shared prefix's cache was already handed to another text answer: it
 /// is only handed over when a single prompt shares it, so this would be a bug.
 fn prefix_taken() -> AnalyseError {
     AnalyseError::Model("the shared prefix's cache was already taken".to_owned())
 }
 
+/// The question as the model reads it (the answer kind does not change the prompt: options are scored).
 fn question_text(request: &Request) -> String {
     request.question.trim().to_owned()
 }
