@@ -12,12 +12,14 @@
 //! Session settings are chosen for a box that runs one model for months next to other work:
 //! - every graph optimisation ONNX Runtime has (`All`, its own default; `ort`'s `Level3` stops short of
 //!   some fusions);
-//! - no CPU memory arena and no memory pattern: the vision encoder's activations are large and short-lived
-//!   (hundreds of MB with image splitting), and an arena keeps its high-water mark for the life of the
-//!   process. Without them, peak RSS with the int8 256M model went from about 870 MB to 660-720 MB (one
-//!   image) and from 5.3 GB to 1.6 GB (13 tiles), at no measurable cost in speed (`lookout bench`,
-//!   interleaved runs). Fixing glibc's mmap threshold (`MALLOC_MMAP_THRESHOLD_`) would save another
-//!   50 MB but slowed decoding with a long prompt (13 tiles) by a third, so it is left alone;
+//! - ONNX Runtime's CPU memory arena, without the memory pattern. An arena keeps its high-water mark for
+//!   the life of the session, so the vision encoder sees one image per run and the mark is one image's
+//!   activations. Without the arena every run took its buffers fresh from the system: five million page
+//!   faults for a 13-tile answer, against under half a million with it. With it (`lookout bench`, int8,
+//!   13 tiles) TTFT went from 7.7 to 6.7 s and the bench's peak RSS from 1.53 to 1.15 GB; for one image
+//!   the encoder is 3-6% faster and `lookout ask --kind yes_no` peaks at 550 MB (565 without). A 13-tile
+//!   `ask` alone peaks at 910 MB (700 without); with the arena on the vision encoder only, 1.65 GB, so
+//!   both sessions have it. The memory pattern added 130-170 MB for one image and no speed;
 //! - thread-pool threads stop spinning when a run returns (`session.force_spinning_stop`). By default an
 //!   idle pool thread spins for tens of milliseconds after every run, on a core the next stage needs:
 //!   the vision encoder's pool spun through the prefill (each session has its own pool) and the
@@ -188,7 +190,7 @@ fn with_providers(
         };
     }
     used.push("cpu");
-    let cpu = ep::CPU::default().with_arena_allocator(false).build();
+    let cpu = ep::CPU::default().with_arena_allocator(true).build();
     match builder.with_execution_providers([cpu]) {
         Ok(builder) => (builder, used),
         Err(error) => {
