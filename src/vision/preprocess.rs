@@ -575,7 +575,7 @@ fn horizontal_rows<const LANES: usize>(
     }
     for (x, (start, weights)) in taps.iter().enumerate() {
         let mut values = [0u8; LANES];
-        if LANES % SUMMED_TOGETHER == 0 {
+        if LANES.is_multiple_of(SUMMED_TOGETHER) {
             for (part, block) in values.chunks_exact_mut(SUMMED_TOGETHER).enumerate() {
                 block.copy_from_slice(&weighted_sum::<SUMMED_TOGETHER>(
                     &interleaved[start * LANES + part * SUMMED_TOGETHER..],
