@@ -19,11 +19,12 @@
 //! conformance tests hold them equal.
 //!
 //! Speed: a 640x480 frame is upscaled to 2048x1536 and back down, about 165 million multiply-adds, on
-//! every frame. Both passes are one kernel, a weighted sum of byte vectors (`weighted_sum`): the vertical
-//! pass sums blocks of a row, the horizontal pass first interleaves 16 rows pixel by pixel so that a tap of
-//! all 16 is one vector too. The kernel is written for the compiler to vectorise, and `pulp` runs it, and
-//! step 3, compiled for AVX-512 or AVX2 when the CPU has them (detected at run time: one binary for every
-//! x86-64 box). Its results are the plain per-byte definition's exactly; a unit test holds the two equal.
+//! every frame. Both passes are one kernel, a weighted sum of byte vectors (`kernel`): the vertical
+//! pass sums blocks of a row, the horizontal pass first transposes groups of 16 rows so that a pixel's
+//! bytes of all 16 are one vector too. The kernel is written out for AVX-512 and AVX2 (detected at run
+//! time: one binary for every x86-64 box) and in plain Rust for other CPUs; `pulp` compiles step 3 for
+//! the CPU's instruction set. Every kernel's results are the plain per-byte definition's exactly; unit
+//! tests hold them equal.
 //! Where one resize follows another and the image between them is not needed (an unsplit image, a clip
 //! frame), the first's vertical pass and the second's horizontal pass run together, so the 2048-pixel-wide
 //! image is never stored (`resize_through`). Each pass's weights are computed once per pair of sizes
@@ -34,6 +35,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use image::RgbImage;
+
+use kernel::{Band, Kernel, WeightedSums, weighted_sum};
+
+mod kernel;
 
 /// The processor settings read from the model's `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,15 +94,26 @@ pub fn preprocess(
     buffer: Vec<f32>,
 ) -> Pixels {
     let threads = worker_threads(threads);
+    let kernel = Kernel::detect();
     let first = longest_edge_size(image.width(), image.height(), settings.longest_edge);
     let tile = settings.tile;
     if !split {
-        let global = resize_through(Cow::Borrowed(image), &[first, (tile, tile)], threads);
+        let global = resize_through(
+            Cow::Borrowed(image),
+            &[first, (tile, tile)],
+            threads,
+            kernel,
+        );
         return normalised(&[(&global, (0, 0))], (0, 0), settings, threads, buffer);
     }
     let (width, height) = multiple_of_tile_size(first.0, first.1, tile);
-    let grid = resize_through(Cow::Borrowed(image), &[first, (width, height)], threads);
-    let global = resize(Cow::Borrowed(grid.as_ref()), tile, tile, threads);
+    let grid = resize_through(
+        Cow::Borrowed(image),
+        &[first, (width, height)],
+        threads,
+        kernel,
+    );
+    let global = resize(Cow::Borrowed(grid.as_ref()), (tile, tile), threads, kernel);
     let (rows, cols) = if width > tile || height > tile {
         (height.div_ceil(tile), width.div_ceil(tile))
     } else {
@@ -119,7 +135,13 @@ pub fn clip_frame(image: &RgbImage, settings: &ImageSettings, threads: usize) ->
     let threads = worker_threads(threads);
     let first = longest_edge_size(image.width(), image.height(), settings.longest_edge);
     let square = (settings.tile, settings.tile);
-    resize_through(Cow::Borrowed(image), &[first, square], threads).into_owned()
+    resize_through(
+        Cow::Borrowed(image),
+        &[first, square],
+        threads,
+        Kernel::detect(),
+    )
+    .into_owned()
 }
 
 /// The encoder input for a clip: every frame one unsplit image, in order. Tile-sized frames are taken as
@@ -408,15 +430,15 @@ fn kept_taps(in_size: u32, out_size: u32) -> Arc<Taps> {
     taps
 }
 
-#[inline(always)]
-fn clip8(sum: i32, precision: u32) -> u8 {
-    (sum >> precision).clamp(0, 255) as u8
-}
-
 /// Lanczos resize to `width` x `height`: horizontal pass, then vertical, each rounding to 8 bits. An
 /// image already that size is passed through without a copy.
-fn resize(image: Cow<'_, RgbImage>, width: u32, height: u32, threads: usize) -> Cow<'_, RgbImage> {
-    resize_through(image, &[(width, height)], threads)
+fn resize(
+    image: Cow<'_, RgbImage>,
+    (width, height): (u32, u32),
+    threads: usize,
+    kernel: Kernel,
+) -> Cow<'_, RgbImage> {
+    resize_through(image, &[(width, height)], threads, kernel)
 }
 
 /// `resize` to each size of `sizes` in turn. Where a vertical pass is followed by a horizontal one (a
@@ -427,26 +449,27 @@ fn resize_through<'a>(
     mut image: Cow<'a, RgbImage>,
     sizes: &[(u32, u32)],
     threads: usize,
+    kernel: Kernel,
 ) -> Cow<'a, RgbImage> {
     // The vertical pass not yet run: it waits to see whether a horizontal pass follows.
     let mut pending_height = None;
     for &(to_width, to_height) in sizes {
         if to_width != image.width() {
             image = Cow::Owned(match pending_height.take() {
-                Some(height) => resize_vertical(&image, height, Some(to_width), threads),
-                None => resize_horizontal(&image, to_width, threads),
+                Some(height) => resize_vertical(&image, height, Some(to_width), threads, kernel),
+                None => resize_horizontal(&image, to_width, threads, kernel),
             });
         }
         if to_height != pending_height.unwrap_or(image.height()) {
             // Two vertical passes in a row cannot run as one: the first runs now.
             if let Some(height) = pending_height {
-                image = Cow::Owned(resize_vertical(&image, height, None, threads));
+                image = Cow::Owned(resize_vertical(&image, height, None, threads, kernel));
             }
             pending_height = Some(to_height);
         }
     }
     match pending_height {
-        Some(height) => Cow::Owned(resize_vertical(&image, height, None, threads)),
+        Some(height) => Cow::Owned(resize_vertical(&image, height, None, threads, kernel)),
         None => image,
     }
 }
@@ -482,14 +505,14 @@ fn in_bands<T: Send>(
     });
 }
 
-fn resize_horizontal(image: &RgbImage, width: u32, threads: usize) -> RgbImage {
+fn resize_horizontal(image: &RgbImage, width: u32, threads: usize, kernel: Kernel) -> RgbImage {
     let taps = kept_taps(image.width(), width);
     let in_len = image.width() as usize * 3;
     let out_len = width as usize * 3;
     let mut out = vec![0u8; out_len * image.height() as usize];
     in_bands(&mut out, out_len, threads, |first_row, band| {
         let rows = band.len() / out_len;
-        pulp::Arch::new().dispatch(HorizontalBand {
+        kernel.fill(HorizontalBand {
             band,
             inputs: &image.as_raw()[first_row * in_len..][..rows * in_len],
             in_len,
@@ -507,22 +530,22 @@ struct HorizontalBand<'a> {
     taps: &'a Taps,
 }
 
-/// Rows the horizontal pass resamples together: their pixels interleaved, one tap's bytes of all of
-/// them are one contiguous vector with one weight, as in the vertical pass. Of 8, 16 and 32, 16 was the
-/// fastest: both horizontal passes of a 640x480 frame took 18 ms at 8, 10 at 16 and 12 at 32 (2 threads).
+/// Rows the horizontal pass resamples together: transposed, one tap's bytes of all of them are one
+/// contiguous vector with one weight, as in the vertical pass. Of 8, 16 and 32, 16 was the fastest
+/// (with the portable kernel, when the rows were interleaved pixel by pixel: both horizontal passes of
+/// a 640x480 frame took 18 ms at 8, 10 at 16 and 12 at 32 on 2 threads).
 const ROWS_TOGETHER: usize = 16;
 
-impl pulp::WithSimd for HorizontalBand<'_> {
-    type Output = ();
-
+impl Band for HorizontalBand<'_> {
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn fill<K: WeightedSums>(self, kernel: K) {
         let out_len = self.taps.starts.len() * 3;
-        let mut interleaved = Vec::new();
+        let mut scratch = Scratch::default();
         let out_groups = self.band.chunks_mut(ROWS_TOGETHER * out_len);
         let input_groups = self.inputs.chunks(ROWS_TOGETHER * self.in_len);
         for (out_rows, inputs) in out_groups.zip(input_groups) {
-            horizontal_group(out_rows, inputs, self.in_len, self.taps, &mut interleaved);
+            let group = (out_rows, inputs, self.in_len);
+            horizontal_group(kernel, group, self.taps, &mut scratch);
         }
     }
 }
@@ -530,101 +553,117 @@ impl pulp::WithSimd for HorizontalBand<'_> {
 /// Up to `ROWS_TOGETHER` rows of the horizontal pass: `out_rows` from `inputs`, rows of `in_len` bytes.
 #[inline(always)]
 fn horizontal_group(
-    out_rows: &mut [u8],
-    inputs: &[u8],
-    in_len: usize,
+    kernel: impl WeightedSums,
+    (out_rows, inputs, in_len): (&mut [u8], &[u8], usize),
     taps: &Taps,
-    interleaved: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) {
     let out_len = taps.starts.len() * 3;
     if out_rows.len() == ROWS_TOGETHER * out_len {
-        horizontal_rows::<{ ROWS_TOGETHER * 3 }>(out_rows, inputs, taps, interleaved);
+        horizontal_rows::<{ ROWS_TOGETHER * 3 }>(kernel, out_rows, inputs, taps, scratch);
     } else {
         for (out_row, input) in out_rows
             .chunks_exact_mut(out_len)
             .zip(inputs.chunks(in_len))
         {
-            horizontal_rows::<3>(out_row, input, taps, interleaved);
+            horizontal_rows::<3>(kernel, out_row, input, taps, scratch);
         }
     }
 }
 
-/// Lanes of the horizontal pass summed at once: 16 32-bit sums, one AVX-512 register or two AVX2 ones.
-/// Summing all 48 lanes of its 16 rows at once, the compiler kept the sums on the stack, stored and
-/// reloaded at every tap: both horizontal passes ran at half the speed (a 640x480 frame unsplit, one
-/// thread: 20 ms against 11).
-const SUMMED_TOGETHER: usize = 16;
+/// The buffers of the horizontal pass, reused from group to group of rows.
+#[derive(Default)]
+struct Scratch {
+    /// The group's input rows, transposed.
+    interleaved: Vec<u8>,
+    /// The group's output rows, transposed.
+    sums: Vec<u8>,
+}
 
-/// `LANES / 3` rows of the horizontal pass (`out_rows` and `inputs` hold that many): their pixels are interleaved into `interleaved` (pixel by
-/// pixel, row by row), then each output pixel of all of them is one weighted sum of `LANES`-byte vectors.
+/// `LANES / 3` rows of the horizontal pass (`out_rows` and `inputs` hold that many), transposed so
+/// that byte `j` of row `r` is at `j * rows + r`: then a pixel's bytes of all the rows are one
+/// `LANES`-byte vector (channel by channel, row by row), and each output pixel of all of them is one
+/// weighted sum of such vectors, the kernel's 16-byte blocks when the rows are a full group, else the
+/// portable kernel's. The sums come out transposed the same way and are transposed back.
 #[inline(always)]
 fn horizontal_rows<const LANES: usize>(
+    kernel: impl WeightedSums,
     out_rows: &mut [u8],
     inputs: &[u8],
     taps: &Taps,
-    interleaved: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) {
     let rows = LANES / 3;
-    let in_len = inputs.len() / rows;
-    let out_len = out_rows.len() / rows;
-    interleaved.resize(in_len / 3 * LANES, 0);
-    for (pixel, lanes) in interleaved.chunks_exact_mut(LANES).enumerate() {
-        for (row, lane) in lanes.chunks_exact_mut(3).enumerate() {
-            lane.copy_from_slice(&inputs[row * in_len + pixel * 3..][..3]);
-        }
-    }
-    for (x, (start, weights)) in taps.iter().enumerate() {
-        let mut values = [0u8; LANES];
-        if LANES.is_multiple_of(SUMMED_TOGETHER) {
-            for (part, block) in values.chunks_exact_mut(SUMMED_TOGETHER).enumerate() {
-                block.copy_from_slice(&weighted_sum::<SUMMED_TOGETHER>(
-                    &interleaved[start * LANES + part * SUMMED_TOGETHER..],
-                    LANES,
-                    weights,
-                    taps.precision,
-                ));
-            }
-        } else {
-            values = weighted_sum::<LANES>(
-                &interleaved[start * LANES..],
+    let Scratch { interleaved, sums } = scratch;
+    interleaved.resize(inputs.len(), 0);
+    transpose(inputs, rows, interleaved);
+    sums.resize(out_rows.len(), 0);
+    for ((start, weights), values) in taps.iter().zip(sums.chunks_exact_mut(LANES)) {
+        let vectors = &interleaved[start * LANES..];
+        if LANES == ROWS_TOGETHER * 3 {
+            let blocks = kernel.weighted_sums::<{ ROWS_TOGETHER * 3 / 16 }>(
+                vectors,
                 LANES,
                 weights,
                 taps.precision,
             );
-        }
-        for (row, pixel) in values.chunks_exact(3).enumerate() {
-            out_rows[row * out_len + x * 3..][..3].copy_from_slice(pixel);
+            values.copy_from_slice(blocks.as_flattened());
+        } else {
+            let sum = weighted_sum::<LANES>(vectors, LANES, weights, taps.precision);
+            values.copy_from_slice(&sum);
         }
     }
+    transpose(sums, out_rows.len() / rows, out_rows);
 }
 
-/// Σ weights[k] x the `N` bytes at `k * stride` of `vectors`, rounded from fixed point with `precision`
-/// fractional bits to bytes: the one kernel of both passes. A byte and a weight both fit in 16 bits, so
-/// the compiler multiplies them in 16-bit lanes into 32-bit sums (`pmaddwd` on x86-64).
+/// `to[column * rows + row] = from[row * columns + column]`: the `rows` x `columns` matrix `from`
+/// transposed, 16 x 16 blocks at a time where both sides are at least 16 (the last block of a side is
+/// aligned to its end and may overlap the one before: it rewrites the same bytes).
 #[inline(always)]
-fn weighted_sum<const N: usize>(
-    vectors: &[u8],
-    stride: usize,
-    weights: &[i16],
-    precision: u32,
-) -> [u8; N] {
-    let mut sums = [(1i32 << precision) >> 1; N];
-    for (tap, weight) in weights.iter().enumerate() {
-        let vector: &[u8; N] = vectors[tap * stride..][..N].try_into().expect("N bytes");
-        for (sum, value) in sums.iter_mut().zip(vector) {
-            *sum += i32::from(*value) * i32::from(*weight);
+fn transpose(from: &[u8], rows: usize, to: &mut [u8]) {
+    let columns = from.len() / rows;
+    if rows < 16 || columns < 16 {
+        for (row, bytes) in from.chunks_exact(columns).enumerate() {
+            for (column, byte) in bytes.iter().enumerate() {
+                to[column * rows + row] = *byte;
+            }
+        }
+        return;
+    }
+    let offsets = |len: usize| (0..len - 16).step_by(16).chain([len - 16]);
+    for row in offsets(rows) {
+        for column in offsets(columns) {
+            let block = &from[row * columns + column..];
+            transpose_16(block, columns, &mut to[column * rows + row..], rows);
         }
     }
-    // A loop, not `sums.map`: the compiler left that as a call, with the sums stored and reloaded.
-    let mut out = [0u8; N];
-    for (value, sum) in out.iter_mut().zip(sums) {
-        *value = clip8(sum, precision);
-    }
-    out
 }
 
-/// Bytes of a row the vertical pass sums at once: their sums stay in registers across the window.
-const ROW_BLOCK: usize = 32;
+/// `to[column * to_stride + row] = from[row * from_stride + column]` for a 16 x 16 block: four rounds
+/// of interleaving rows `i` and `i + 8` byte by byte, which the compiler makes 64 byte-unpack
+/// instructions (`punpcklbw`, `punpckhbw`) rather than 256 byte moves.
+#[inline(always)]
+fn transpose_16(from: &[u8], from_stride: usize, to: &mut [u8], to_stride: usize) {
+    let mut block = [[0u8; 16]; 16];
+    for (row, bytes) in block.iter_mut().enumerate() {
+        bytes.copy_from_slice(&from[row * from_stride..][..16]);
+    }
+    for _ in 0..4 {
+        let mut next = [[0u8; 16]; 16];
+        for i in 0..8 {
+            for k in 0..8 {
+                next[2 * i][2 * k] = block[i][k];
+                next[2 * i][2 * k + 1] = block[i + 8][k];
+                next[2 * i + 1][2 * k] = block[i][k + 8];
+                next[2 * i + 1][2 * k + 1] = block[i + 8][k + 8];
+            }
+        }
+        block = next;
+    }
+    for (column, bytes) in block.iter().enumerate() {
+        to[column * to_stride..][..16].copy_from_slice(bytes);
+    }
+}
 
 /// The vertical pass to `height`. With `then_width`, each group of `ROWS_TOGETHER` rows it makes goes
 /// straight on through the horizontal pass to that width: the rows stay in cache and are never stored.
@@ -633,6 +672,7 @@ fn resize_vertical(
     height: u32,
     then_width: Option<u32>,
     threads: usize,
+    kernel: Kernel,
 ) -> RgbImage {
     let vertical = kept_taps(image.height(), height);
     let horizontal = then_width.map(|width| kept_taps(image.width(), width));
@@ -641,7 +681,7 @@ fn resize_vertical(
     let out_len = width as usize * 3;
     let mut out = vec![0u8; out_len * height as usize];
     in_bands(&mut out, out_len, threads, |first_row, band| {
-        pulp::Arch::new().dispatch(VerticalBand {
+        kernel.fill(VerticalBand {
             band,
             first_row,
             source: image.as_raw(),
@@ -664,13 +704,12 @@ struct VerticalBand<'a> {
     horizontal: Option<&'a Taps>,
 }
 
-impl pulp::WithSimd for VerticalBand<'_> {
-    type Output = ();
-
+impl Band for VerticalBand<'_> {
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn fill<K: WeightedSums>(self, kernel: K) {
         let Some(horizontal) = self.horizontal else {
             vertical_rows(
+                kernel,
                 self.band,
                 self.first_row,
                 self.source,
@@ -681,52 +720,94 @@ impl pulp::WithSimd for VerticalBand<'_> {
         };
         let out_len = horizontal.starts.len() * 3;
         let mut rows = vec![0u8; ROWS_TOGETHER * self.row_len];
-        let mut interleaved = Vec::new();
+        let mut scratch = Scratch::default();
         for (group, out_rows) in self.band.chunks_mut(ROWS_TOGETHER * out_len).enumerate() {
             let rows = &mut rows[..out_rows.len() / out_len * self.row_len];
             let first_row = self.first_row + group * ROWS_TOGETHER;
-            vertical_rows(rows, first_row, self.source, self.row_len, self.vertical);
-            horizontal_group(out_rows, rows, self.row_len, horizontal, &mut interleaved);
+            vertical_rows(
+                kernel,
+                rows,
+                first_row,
+                self.source,
+                self.row_len,
+                self.vertical,
+            );
+            let group = (out_rows, &*rows, self.row_len);
+            horizontal_group(kernel, group, horizontal, &mut scratch);
         }
     }
 }
 
+/// Blocks of 16 bytes the vertical pass sums at once, sharing each tap's weight and loop step.
+const ROW_BLOCKS: usize = 4;
+
 /// Output rows `first_row..` of the vertical pass into `band`, from `source`, rows of `row_len` bytes.
+/// Rows shorter than the kernel's 16 bytes (images under 6 pixels wide) are summed a byte at a time.
+/// Longer rows are summed `ROW_BLOCKS` blocks of 16 bytes at a time, or one.
 #[inline(always)]
-fn vertical_rows(band: &mut [u8], first_row: usize, source: &[u8], row_len: usize, taps: &Taps) {
+fn vertical_rows(
+    kernel: impl WeightedSums,
+    band: &mut [u8],
+    first_row: usize,
+    source: &[u8],
+    row_len: usize,
+    taps: &Taps,
+) {
+    let precision = taps.precision;
     for (out_row, (start, weights)) in band
         .chunks_exact_mut(row_len)
         .zip(taps.iter().skip(first_row))
     {
         let window = &source[start * row_len..];
-        if row_len < ROW_BLOCK {
-            vertical_blocks::<1>(out_row, window, weights, taps.precision);
+        if row_len < 16 {
+            vertical_blocks(
+                out_row,
+                #[inline(always)]
+                |offset| weighted_sum::<1>(&window[offset..], row_len, weights, precision),
+            );
+        } else if row_len < 16 * ROW_BLOCKS {
+            vertical_blocks(
+                out_row,
+                #[inline(always)]
+                |offset| {
+                    let [block] =
+                        kernel.weighted_sums::<1>(&window[offset..], row_len, weights, precision);
+                    block
+                },
+            );
         } else {
-            vertical_blocks::<ROW_BLOCK>(out_row, window, weights, taps.precision);
+            vertical_blocks::<{ 16 * ROW_BLOCKS }>(
+                out_row,
+                #[inline(always)]
+                |offset| {
+                    let blocks = kernel.weighted_sums::<ROW_BLOCKS>(
+                        &window[offset..],
+                        row_len,
+                        weights,
+                        precision,
+                    );
+                    blocks.as_flattened().try_into().expect("ROW_BLOCKS blocks")
+                },
+            );
         }
     }
 }
 
-/// One output row of the vertical pass from the rows of its window (`window` starts at the first), `N`
-/// bytes at a time. The last block is aligned to the row's end and may overlap the one before it: it
-/// recomputes the same values.
+/// One output row of the vertical pass, `N` bytes at a time: `block(offset)` sums the window's bytes
+/// at `offset..offset + N`. The last block is aligned to the row's end and may overlap the one before
+/// it: it recomputes the same values.
 #[inline(always)]
-fn vertical_blocks<const N: usize>(
-    out_row: &mut [u8],
-    window: &[u8],
-    weights: &[i16],
-    precision: u32,
-) {
+fn vertical_blocks<const N: usize>(out_row: &mut [u8], block: impl Fn(usize) -> [u8; N]) {
     let row_len = out_row.len();
     let offsets = (0..row_len - N).step_by(N).chain([row_len - N]);
     for offset in offsets {
-        let values = weighted_sum::<N>(&window[offset..], row_len, weights, precision);
-        out_row[offset..offset + N].copy_from_slice(&values);
+        out_row[offset..offset + N].copy_from_slice(&block(offset));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::kernel::clip8;
     use super::*;
 
     fn settings() -> ImageSettings {
@@ -787,6 +868,17 @@ mod tests {
         })
     }
 
+    /// One and two threads, with each kernel this CPU runs.
+    fn threads_and_kernels() -> impl Iterator<Item = (usize, Kernel)> {
+        let kernels = Kernel::available();
+        [1, 2].into_iter().flat_map(move |threads| {
+            kernels
+                .clone()
+                .into_iter()
+                .map(move |kernel| (threads, kernel))
+        })
+    }
+
     #[test]
     fn the_vectorised_passes_equal_the_plain_definition() {
         let sizes = [(1, 1), (3, 7), (37, 11), (640, 480), (1500, 90), (90, 1500)];
@@ -800,11 +892,16 @@ mod tests {
             });
             for (to_width, to_height) in [(2048, 1536), (512, 512), (5, 3), (1, 1)] {
                 let plain = plain_resize(&image, to_width, to_height);
-                for threads in [1, 2] {
-                    let fast = resize(Cow::Borrowed(&image), to_width, to_height, threads);
+                for (threads, kernel) in threads_and_kernels() {
+                    let fast = resize(
+                        Cow::Borrowed(&image),
+                        (to_width, to_height),
+                        threads,
+                        kernel,
+                    );
                     assert!(
                         fast.as_raw() == plain.as_raw(),
-                        "{width}x{height} to {to_width}x{to_height} on {threads} threads"
+                        "{width}x{height} to {to_width}x{to_height} on {threads} threads, {kernel:?}"
                     );
                 }
             }
@@ -845,11 +942,11 @@ mod tests {
             let plain = chain.iter().fold(image.clone(), |image, (width, height)| {
                 plain_resize(&image, *width, *height)
             });
-            for threads in [1, 2] {
-                let fast = resize_through(Cow::Borrowed(&image), chain, threads);
+            for (threads, kernel) in threads_and_kernels() {
+                let fast = resize_through(Cow::Borrowed(&image), chain, threads, kernel);
                 assert!(
                     fast.as_raw() == plain.as_raw(),
-                    "{chain:?} on {threads} threads"
+                    "{chain:?} on {threads} threads, {kernel:?}"
                 );
             }
         }

@@ -1,0 +1,283 @@
+//! The one kernel of both resampling passes: a weighted sum of byte vectors, rounded from fixed point
+//! to bytes, for each instruction set it runs on.
+//!
+//! The portable kernel is plain Rust that the compiler vectorises, one tap at a time: per tap it
+//! widens the bytes to 32 bits and multiplies them by the weight, 16 products per `pmaddwd` on
+//! AVX-512 with half of each lane's pair wasted on zeros. Written out with pulp's safe intrinsics,
+//! the x86-64 kernels take two taps per multiply-add instead (their bytes side by side in each lane,
+//! the two weights packed into one 32-bit word), which halves the multiplies and adds of both passes;
+//! no compiler finds that pairing on its own. The instruction set is detected at run time, so one
+//! binary serves every x86-64 box; other CPUs (aarch64) run the portable kernel. Every kernel's
+//! results are the portable one's exactly; the unit tests of the passes run each kernel the CPU has.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{__m128i, __m256i};
+
+/// A weighted sum of byte vectors at a stride: what a pass computes for `16 * BLOCKS` output bytes.
+pub(super) trait WeightedSums: Copy {
+    /// Σ weights[k] x the `16 * BLOCKS` bytes at `k * stride` of `vectors`, rounded from fixed point
+    /// with `precision` fractional bits to bytes, as `weighted_sum` computes it, in blocks of 16.
+    /// Several blocks at once share each tap's weight and loop step.
+    fn weighted_sums<const BLOCKS: usize>(
+        self,
+        vectors: &[u8],
+        stride: usize,
+        weights: &[i16],
+        precision: u32,
+    ) -> [[u8; 16]; BLOCKS];
+}
+
+/// A band of a pass, computed with whichever kernel the CPU runs best.
+pub(super) trait Band {
+    fn fill<K: WeightedSums>(self, kernel: K);
+}
+
+/// The kernels, best first; `detect` picks the best the CPU has.
+#[derive(Clone, Copy)]
+pub(super) enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(pulp::x86::V4),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(pulp::x86::V3),
+    Portable,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(_) => "AVX-512",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(_) => "AVX2",
+            Kernel::Portable => "portable",
+        })
+    }
+}
+
+impl Kernel {
+    pub(super) fn detect() -> Kernel {
+        Kernel::available()[0]
+    }
+
+    /// Every kernel this CPU can run, best first.
+    pub(super) fn available() -> Vec<Kernel> {
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            kernels.extend(pulp::x86::V4::try_new().map(Kernel::Avx512));
+            kernels.extend(pulp::x86::V3::try_new().map(Kernel::Avx2));
+        }
+        kernels.push(Kernel::Portable);
+        kernels
+    }
+
+    /// Computes `band` with this kernel, the x86-64 ones compiled for their instruction sets.
+    pub(super) fn fill(self, band: impl Band) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(simd) => {
+                pulp::Simd::vectorize(
+                    simd,
+                    #[inline(always)]
+                    || band.fill(simd),
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(simd) => {
+                pulp::Simd::vectorize(
+                    simd,
+                    #[inline(always)]
+                    || band.fill(simd),
+                );
+            }
+            Kernel::Portable => band.fill(Portable),
+        }
+    }
+}
+
+/// The kernel in plain Rust.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Portable;
+
+/// One block at a time: summing more at once, the compiler kept the sums on the stack, stored and
+/// reloaded at every tap, at half the speed.
+impl WeightedSums for Portable {
+    #[inline(always)]
+    fn weighted_sums<const BLOCKS: usize>(
+        self,
+        vectors: &[u8],
+        stride: usize,
+        weights: &[i16],
+        precision: u32,
+    ) -> [[u8; 16]; BLOCKS] {
+        let mut blocks = [[0; 16]; BLOCKS];
+        for (index, block) in blocks.iter_mut().enumerate() {
+            *block = weighted_sum(&vectors[16 * index..], stride, weights, precision);
+        }
+        blocks
+    }
+}
+
+/// Σ weights[k] x the `N` bytes at `k * stride` of `vectors`, rounded from fixed point with `precision`
+/// fractional bits to bytes. A byte and a weight both fit in 16 bits, so the compiler multiplies them
+/// in 16-bit lanes into 32-bit sums.
+#[inline(always)]
+pub(super) fn weighted_sum<const N: usize>(
+    vectors: &[u8],
+    stride: usize,
+    weights: &[i16],
+    precision: u32,
+) -> [u8; N] {
+    let mut sums = [(1i32 << precision) >> 1; N];
+    for (tap, weight) in weights.iter().enumerate() {
+        let vector: &[u8; N] = vectors[tap * stride..][..N].try_into().expect("N bytes");
+        for (sum, value) in sums.iter_mut().zip(vector) {
+            *sum += i32::from(*value) * i32::from(*weight);
+        }
+    }
+    // A loop, not `sums.map`: the compiler left that as a call, with the sums stored and reloaded.
+    let mut out = [0u8; N];
+    for (value, sum) in out.iter_mut().zip(sums) {
+        *value = clip8(sum, precision);
+    }
+    out
+}
+
+/// A fixed-point sum with `precision` fractional bits as a byte: truncated, then clamped.
+#[inline(always)]
+pub(super) fn clip8(sum: i32, precision: u32) -> u8 {
+    (sum >> precision).clamp(0, 255) as u8
+}
+
+/// Two taps' weights in one 32-bit word, as the pairwise multiply-add takes them: the first's in the
+/// low half.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn packed(first: i16, second: i16) -> i32 {
+    (u32::from(first as u16) | u32::from(second as u16) << 16) as i32
+}
+
+/// The 16 bytes at `at` of `vectors`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bytes_16(vectors: &[u8], at: usize) -> __m128i {
+    let bytes: [u8; 16] = vectors[at..][..16].try_into().expect("16 bytes");
+    pulp::bytemuck::cast(bytes)
+}
+
+/// AVX-512: each 32-bit lane holds one byte of both taps (the second shifted to the high half), and
+/// one `vpmaddwd` makes all 32 products of a pair for a block. An odd last tap is multiplied alone.
+#[cfg(target_arch = "x86_64")]
+impl WeightedSums for pulp::x86::V4 {
+    #[inline(always)]
+    fn weighted_sums<const BLOCKS: usize>(
+        self,
+        vectors: &[u8],
+        stride: usize,
+        weights: &[i16],
+        precision: u32,
+    ) -> [[u8; 16]; BLOCKS] {
+        let (f, bw) = (self.avx512f, self.avx512bw);
+        let mut sums = [f._mm512_set1_epi32((1 << precision) >> 1); BLOCKS];
+        let (pairs, last) = weights.as_chunks::<2>();
+        for (pair, [first_weight, second_weight]) in pairs.iter().enumerate() {
+            let rows = &vectors[2 * pair * stride..][..stride + 16 * BLOCKS];
+            let weight = f._mm512_set1_epi32(packed(*first_weight, *second_weight));
+            for (block, sum) in sums.iter_mut().enumerate() {
+                let first = f._mm512_cvtepu8_epi32(bytes_16(rows, 16 * block));
+                let second = f._mm512_cvtepu8_epi32(bytes_16(rows, stride + 16 * block));
+                let both = f._mm512_or_si512(first, f._mm512_slli_epi32::<16>(second));
+                *sum = f._mm512_add_epi32(*sum, bw._mm512_madd_epi16(both, weight));
+            }
+        }
+        if let [weight] = last {
+            let row = &vectors[2 * pairs.len() * stride..][..16 * BLOCKS];
+            let weight = f._mm512_set1_epi32(packed(*weight, 0));
+            for (block, sum) in sums.iter_mut().enumerate() {
+                let alone = f._mm512_cvtepu8_epi32(bytes_16(row, 16 * block));
+                *sum = f._mm512_add_epi32(*sum, bw._mm512_madd_epi16(alone, weight));
+            }
+        }
+        // Closures here would be compiled without AVX-512, and their intrinsics not inlined: loops.
+        let count = self.sse2._mm_cvtsi32_si128(precision as i32);
+        let mut blocks = [[0; 16]; BLOCKS];
+        for (block, sum) in blocks.iter_mut().zip(sums) {
+            // Negative sums to 0, then an unsigned narrowing that saturates at 255: `clip8`.
+            let shifted = f._mm512_sra_epi32(sum, count);
+            let positive = f._mm512_max_epi32(shifted, f._mm512_setzero_si512());
+            *block = pulp::bytemuck::cast(f._mm512_cvtusepi32_epi8(positive));
+        }
+        blocks
+    }
+}
+
+/// AVX2: both taps' bytes widened to 16 bits and interleaved, so that one `vpmaddwd` makes 16
+/// products of a pair. The interleave works within each 128-bit half, so a block's `low` sums bytes
+/// 0-3 and 8-11 and its `high` bytes 4-7 and 12-15; narrowing them together puts the bytes back in
+/// order. An odd last tap is interleaved with zeros.
+#[cfg(target_arch = "x86_64")]
+impl WeightedSums for pulp::x86::V3 {
+    #[inline(always)]
+    fn weighted_sums<const BLOCKS: usize>(
+        self,
+        vectors: &[u8],
+        stride: usize,
+        weights: &[i16],
+        precision: u32,
+    ) -> [[u8; 16]; BLOCKS] {
+        let (avx, avx2) = (self.avx, self.avx2);
+        let half = avx._mm256_set1_epi32((1 << precision) >> 1);
+        let mut sums = [(half, half); BLOCKS];
+        let (pairs, last) = weights.as_chunks::<2>();
+        for (pair, [first_weight, second_weight]) in pairs.iter().enumerate() {
+            let rows = &vectors[2 * pair * stride..][..stride + 16 * BLOCKS];
+            let weight = avx._mm256_set1_epi32(packed(*first_weight, *second_weight));
+            for (block, sums) in sums.iter_mut().enumerate() {
+                let first = avx2._mm256_cvtepu8_epi16(bytes_16(rows, 16 * block));
+                let second = avx2._mm256_cvtepu8_epi16(bytes_16(rows, stride + 16 * block));
+                add_pair(self, sums, (first, second), weight);
+            }
+        }
+        if let [weight] = last {
+            let row = &vectors[2 * pairs.len() * stride..][..16 * BLOCKS];
+            let weight = avx._mm256_set1_epi32(packed(*weight, 0));
+            for (block, sums) in sums.iter_mut().enumerate() {
+                let alone = avx2._mm256_cvtepu8_epi16(bytes_16(row, 16 * block));
+                let zero = avx._mm256_setzero_si256();
+                add_pair(self, sums, (alone, zero), weight);
+            }
+        }
+        // Closures here would be compiled without AVX2, and their intrinsics not inlined: loops.
+        let count = self.sse2._mm_cvtsi32_si128(precision as i32);
+        let mut blocks = [[0; 16]; BLOCKS];
+        for (block, (low, high)) in blocks.iter_mut().zip(sums) {
+            // Saturating to 16 bits, then to unsigned bytes, is `clip8`; the words come out as bytes
+            // 0-7 | 8-15, the bytes as 0-7, 0-7 | 8-15, 8-15, and the permute takes 0-7 and 8-15.
+            let (low, high) = (
+                avx2._mm256_sra_epi32(low, count),
+                avx2._mm256_sra_epi32(high, count),
+            );
+            let words = avx2._mm256_packs_epi32(low, high);
+            let bytes = avx2._mm256_packus_epi16(words, words);
+            let ordered = avx2._mm256_permute4x64_epi64::<0b1000>(bytes);
+            *block = pulp::bytemuck::cast(avx._mm256_castsi256_si128(ordered));
+        }
+        blocks
+    }
+}
+
+/// Adds a pair of taps' products to a block's `(low, high)` sums (see the AVX2 kernel).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn add_pair(
+    simd: pulp::x86::V3,
+    (low, high): &mut (__m256i, __m256i),
+    (first, second): (__m256i, __m256i),
+    weight: __m256i,
+) {
+    let avx2 = simd.avx2;
+    let products = avx2._mm256_madd_epi16(avx2._mm256_unpacklo_epi16(first, second), weight);
+    *low = avx2._mm256_add_epi32(*low, products);
+    let products = avx2._mm256_madd_epi16(avx2._mm256_unpackhi_epi16(first, second), weight);
+    *high = avx2._mm256_add_epi32(*high, products);
+}
