@@ -11,7 +11,7 @@
 //! results are the portable one's exactly; the unit tests of the passes run each kernel the CPU has.
 
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::{__m128i, __m256i};
+use std::arch::x86_64::{__m128i, __m256i, __m512i};
 
 /// A weighted sum of byte vectors at a stride: what a pass computes for `16 * BLOCKS` output bytes.
 pub(super) trait WeightedSums: Copy {
@@ -75,24 +75,21 @@ impl Kernel {
     pub(super) fn fill(self, band: impl Band) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(simd) => {
-                pulp::Simd::vectorize(
-                    simd,
-                    #[inline(always)]
-                    || band.fill(simd),
-                );
-            }
+            Kernel::Avx512(simd) => fill_compiled_for(simd, band),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2(simd) => {
-                pulp::Simd::vectorize(
-                    simd,
-                    #[inline(always)]
-                    || band.fill(simd),
-                );
-            }
+            Kernel::Avx2(simd) => fill_compiled_for(simd, band),
             Kernel::Portable => band.fill(Portable),
         }
     }
+}
+
+/// `band` computed with `simd`'s kernel, all of it compiled for `simd`'s instruction set.
+#[cfg(target_arch = "x86_64")]
+fn fill_compiled_for<S: pulp::Simd + WeightedSums>(simd: S, band: impl Band) {
+    simd.vectorize(
+        #[inline(always)]
+        || band.fill(simd),
+    );
 }
 
 /// The kernel in plain Rust.
@@ -165,10 +162,27 @@ fn bytes_16(vectors: &[u8], at: usize) -> __m128i {
     pulp::bytemuck::cast(bytes)
 }
 
-/// AVX-512: each 32-bit lane holds one byte of both taps (the second shifted to the high half), and
-/// one `vpmaddwd` makes all 32 products of a pair for a block. An odd last tap is multiplied alone.
+/// What the pairwise kernel needs of an x86-64 instruction set: the 32-bit sums of one 16-byte
+/// block, and the multiply-add of a pair of taps into them.
 #[cfg(target_arch = "x86_64")]
-impl WeightedSums for pulp::x86::V4 {
+trait PairwiseMultiplyAdd: pulp::Simd {
+    type Sums: Copy;
+
+    /// Every sum at `start`.
+    fn sums(self, start: i32) -> Self::Sums;
+
+    /// Adds both taps' 16 bytes, weighted by the `packed` pair, to `sums`.
+    fn add_pair(self, sums: &mut Self::Sums, taps: (__m128i, __m128i), weight: i32);
+
+    /// The sums shifted right by `precision` and clamped to bytes, as `clip8` does, in order.
+    fn narrowed(self, sums: Self::Sums, precision: u32) -> [u8; 16];
+}
+
+/// The x86-64 kernels: two taps per multiply-add. An odd last tap is paired with itself and a zero
+/// weight, so nothing past the window is read. (Closures here would be compiled without the
+/// instruction set, and the intrinsics in them not inlined: loops.)
+#[cfg(target_arch = "x86_64")]
+impl<S: PairwiseMultiplyAdd> WeightedSums for S {
     #[inline(always)]
     fn weighted_sums<const BLOCKS: usize>(
         self,
@@ -177,107 +191,113 @@ impl WeightedSums for pulp::x86::V4 {
         weights: &[i16],
         precision: u32,
     ) -> [[u8; 16]; BLOCKS] {
-        let (f, bw) = (self.avx512f, self.avx512bw);
-        let mut sums = [f._mm512_set1_epi32((1 << precision) >> 1); BLOCKS];
+        let mut sums = [self.sums((1 << precision) >> 1); BLOCKS];
         let (pairs, last) = weights.as_chunks::<2>();
         for (pair, [first_weight, second_weight]) in pairs.iter().enumerate() {
             let rows = &vectors[2 * pair * stride..][..stride + 16 * BLOCKS];
-            let weight = f._mm512_set1_epi32(packed(*first_weight, *second_weight));
-            for (block, sum) in sums.iter_mut().enumerate() {
-                let first = f._mm512_cvtepu8_epi32(bytes_16(rows, 16 * block));
-                let second = f._mm512_cvtepu8_epi32(bytes_16(rows, stride + 16 * block));
-                let both = f._mm512_or_si512(first, f._mm512_slli_epi32::<16>(second));
-                *sum = f._mm512_add_epi32(*sum, bw._mm512_madd_epi16(both, weight));
+            let weight = packed(*first_weight, *second_weight);
+            for (block, sums) in sums.iter_mut().enumerate() {
+                let first = bytes_16(rows, 16 * block);
+                let second = bytes_16(rows, stride + 16 * block);
+                self.add_pair(sums, (first, second), weight);
             }
         }
         if let [weight] = last {
             let row = &vectors[2 * pairs.len() * stride..][..16 * BLOCKS];
-            let weight = f._mm512_set1_epi32(packed(*weight, 0));
-            for (block, sum) in sums.iter_mut().enumerate() {
-                let alone = f._mm512_cvtepu8_epi32(bytes_16(row, 16 * block));
-                *sum = f._mm512_add_epi32(*sum, bw._mm512_madd_epi16(alone, weight));
+            for (block, sums) in sums.iter_mut().enumerate() {
+                let alone = bytes_16(row, 16 * block);
+                self.add_pair(sums, (alone, alone), packed(*weight, 0));
             }
         }
-        // Closures here would be compiled without AVX-512, and their intrinsics not inlined: loops.
-        let count = self.sse2._mm_cvtsi32_si128(precision as i32);
         let mut blocks = [[0; 16]; BLOCKS];
-        for (block, sum) in blocks.iter_mut().zip(sums) {
-            // Negative sums to 0, then an unsigned narrowing that saturates at 255: `clip8`.
-            let shifted = f._mm512_sra_epi32(sum, count);
-            let positive = f._mm512_max_epi32(shifted, f._mm512_setzero_si512());
-            *block = pulp::bytemuck::cast(f._mm512_cvtusepi32_epi8(positive));
+        for (block, sums) in blocks.iter_mut().zip(sums) {
+            *block = self.narrowed(sums, precision);
         }
         blocks
+    }
+}
+
+/// AVX-512: each 32-bit lane holds one byte of both taps (the second shifted to the high half), and
+/// one `vpmaddwd` makes all 32 products of a pair for a block.
+#[cfg(target_arch = "x86_64")]
+impl PairwiseMultiplyAdd for pulp::x86::V4 {
+    type Sums = __m512i;
+
+    #[inline(always)]
+    fn sums(self, start: i32) -> __m512i {
+        self.avx512f._mm512_set1_epi32(start)
+    }
+
+    #[inline(always)]
+    fn add_pair(self, sums: &mut __m512i, (first, second): (__m128i, __m128i), weight: i32) {
+        let f = self.avx512f;
+        let (first, second) = (
+            f._mm512_cvtepu8_epi32(first),
+            f._mm512_cvtepu8_epi32(second),
+        );
+        let both = f._mm512_or_si512(first, f._mm512_slli_epi32::<16>(second));
+        let products = self
+            .avx512bw
+            ._mm512_madd_epi16(both, f._mm512_set1_epi32(weight));
+        *sums = f._mm512_add_epi32(*sums, products);
+    }
+
+    #[inline(always)]
+    fn narrowed(self, sums: __m512i, precision: u32) -> [u8; 16] {
+        let f = self.avx512f;
+        let shifted = f._mm512_sra_epi32(sums, self.sse2._mm_cvtsi32_si128(precision as i32));
+        // Negative sums to 0, then an unsigned narrowing that saturates at 255.
+        let positive = f._mm512_max_epi32(shifted, f._mm512_setzero_si512());
+        pulp::bytemuck::cast(f._mm512_cvtusepi32_epi8(positive))
     }
 }
 
 /// AVX2: both taps' bytes widened to 16 bits and interleaved, so that one `vpmaddwd` makes 16
 /// products of a pair. The interleave works within each 128-bit half, so a block's `low` sums bytes
 /// 0-3 and 8-11 and its `high` bytes 4-7 and 12-15; narrowing them together puts the bytes back in
-/// order. An odd last tap is interleaved with zeros.
+/// order.
 #[cfg(target_arch = "x86_64")]
-impl WeightedSums for pulp::x86::V3 {
-    #[inline(always)]
-    fn weighted_sums<const BLOCKS: usize>(
-        self,
-        vectors: &[u8],
-        stride: usize,
-        weights: &[i16],
-        precision: u32,
-    ) -> [[u8; 16]; BLOCKS] {
-        let (avx, avx2) = (self.avx, self.avx2);
-        let half = avx._mm256_set1_epi32((1 << precision) >> 1);
-        let mut sums = [(half, half); BLOCKS];
-        let (pairs, last) = weights.as_chunks::<2>();
-        for (pair, [first_weight, second_weight]) in pairs.iter().enumerate() {
-            let rows = &vectors[2 * pair * stride..][..stride + 16 * BLOCKS];
-            let weight = avx._mm256_set1_epi32(packed(*first_weight, *second_weight));
-            for (block, sums) in sums.iter_mut().enumerate() {
-                let first = avx2._mm256_cvtepu8_epi16(bytes_16(rows, 16 * block));
-                let second = avx2._mm256_cvtepu8_epi16(bytes_16(rows, stride + 16 * block));
-                add_pair(self, sums, (first, second), weight);
-            }
-        }
-        if let [weight] = last {
-            let row = &vectors[2 * pairs.len() * stride..][..16 * BLOCKS];
-            let weight = avx._mm256_set1_epi32(packed(*weight, 0));
-            for (block, sums) in sums.iter_mut().enumerate() {
-                let alone = avx2._mm256_cvtepu8_epi16(bytes_16(row, 16 * block));
-                let zero = avx._mm256_setzero_si256();
-                add_pair(self, sums, (alone, zero), weight);
-            }
-        }
-        // Closures here would be compiled without AVX2, and their intrinsics not inlined: loops.
-        let count = self.sse2._mm_cvtsi32_si128(precision as i32);
-        let mut blocks = [[0; 16]; BLOCKS];
-        for (block, (low, high)) in blocks.iter_mut().zip(sums) {
-            // Saturating to 16 bits, then to unsigned bytes, is `clip8`; the words come out as bytes
-            // 0-7 | 8-15, the bytes as 0-7, 0-7 | 8-15, 8-15, and the permute takes 0-7 and 8-15.
-            let (low, high) = (
-                avx2._mm256_sra_epi32(low, count),
-                avx2._mm256_sra_epi32(high, count),
-            );
-            let words = avx2._mm256_packs_epi32(low, high);
-            let bytes = avx2._mm256_packus_epi16(words, words);
-            let ordered = avx2._mm256_permute4x64_epi64::<0b1000>(bytes);
-            *block = pulp::bytemuck::cast(avx._mm256_castsi256_si128(ordered));
-        }
-        blocks
-    }
-}
+impl PairwiseMultiplyAdd for pulp::x86::V3 {
+    type Sums = (__m256i, __m256i);
 
-/// Adds a pair of taps' products to a block's `(low, high)` sums (see the AVX2 kernel).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn add_pair(
-    simd: pulp::x86::V3,
-    (low, high): &mut (__m256i, __m256i),
-    (first, second): (__m256i, __m256i),
-    weight: __m256i,
-) {
-    let avx2 = simd.avx2;
-    let products = avx2._mm256_madd_epi16(avx2._mm256_unpacklo_epi16(first, second), weight);
-    *low = avx2._mm256_add_epi32(*low, products);
-    let products = avx2._mm256_madd_epi16(avx2._mm256_unpackhi_epi16(first, second), weight);
-    *high = avx2._mm256_add_epi32(*high, products);
+    #[inline(always)]
+    fn sums(self, start: i32) -> (__m256i, __m256i) {
+        let start = self.avx._mm256_set1_epi32(start);
+        (start, start)
+    }
+
+    #[inline(always)]
+    fn add_pair(
+        self,
+        (low, high): &mut (__m256i, __m256i),
+        (first, second): (__m128i, __m128i),
+        weight: i32,
+    ) {
+        let avx2 = self.avx2;
+        let (first, second) = (
+            avx2._mm256_cvtepu8_epi16(first),
+            avx2._mm256_cvtepu8_epi16(second),
+        );
+        let weight = self.avx._mm256_set1_epi32(weight);
+        let products = avx2._mm256_madd_epi16(avx2._mm256_unpacklo_epi16(first, second), weight);
+        *low = avx2._mm256_add_epi32(*low, products);
+        let products = avx2._mm256_madd_epi16(avx2._mm256_unpackhi_epi16(first, second), weight);
+        *high = avx2._mm256_add_epi32(*high, products);
+    }
+
+    #[inline(always)]
+    fn narrowed(self, (low, high): (__m256i, __m256i), precision: u32) -> [u8; 16] {
+        let avx2 = self.avx2;
+        let count = self.sse2._mm_cvtsi32_si128(precision as i32);
+        let (low, high) = (
+            avx2._mm256_sra_epi32(low, count),
+            avx2._mm256_sra_epi32(high, count),
+        );
+        // Saturating to 16 bits, then to unsigned bytes, clamps; the words come out as bytes
+        // 0-7 | 8-15, the bytes as 0-7, 0-7 | 8-15, 8-15, and the permute takes 0-7 and 8-15.
+        let words = avx2._mm256_packs_epi32(low, high);
+        let bytes = avx2._mm256_packus_epi16(words, words);
+        let ordered = avx2._mm256_permute4x64_epi64::<0b1000>(bytes);
+        pulp::bytemuck::cast(self.avx._mm256_castsi256_si128(ordered))
+    }
 }
