@@ -162,20 +162,39 @@ fn bytes_16(vectors: &[u8], at: usize) -> __m128i {
     pulp::bytemuck::cast(bytes)
 }
 
-/// What the pairwise kernel needs of an x86-64 instruction set: the 32-bit sums of one 16-byte
-/// block, and the multiply-add of a pair of taps into them.
+/// The 32 bytes at `at` of `vectors`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bytes_32(vectors: &[u8], at: usize) -> __m256i {
+    let bytes: [u8; 32] = vectors[at..][..32].try_into().expect("32 bytes");
+    pulp::bytemuck::cast(bytes)
+}
+
+/// What the pairwise kernel needs of an x86-64 instruction set: the 32-bit sums of 16-byte blocks,
+/// the multiply-add of a pair of taps into them, and their narrowing. Each instruction set lays out
+/// its sums as its widest multiply-add makes them.
 #[cfg(target_arch = "x86_64")]
 trait PairwiseMultiplyAdd: pulp::Simd {
+    /// The sums of one 16-byte block (with AVX-512, of two blocks together: see its implementation).
     type Sums: Copy;
 
     /// Every sum at `start`.
     fn sums(self, start: i32) -> Self::Sums;
 
-    /// Adds both taps' 16 bytes, weighted by the `packed` pair, to `sums`.
-    fn add_pair(self, sums: &mut Self::Sums, taps: (__m128i, __m128i), weight: i32);
+    /// Adds both taps' first `16 * BLOCKS` bytes, weighted by the `packed` pair, to `sums`.
+    fn add_pairs<const BLOCKS: usize>(
+        self,
+        sums: &mut [Self::Sums; BLOCKS],
+        taps: (&[u8], &[u8]),
+        weight: i32,
+    );
 
     /// The sums shifted right by `precision` and clamped to bytes, as `clip8` does, in order.
-    fn narrowed(self, sums: Self::Sums, precision: u32) -> [u8; 16];
+    fn narrowed<const BLOCKS: usize>(
+        self,
+        sums: [Self::Sums; BLOCKS],
+        precision: u32,
+    ) -> [[u8; 16]; BLOCKS];
 }
 
 /// The x86-64 kernels: two taps per multiply-add. An odd last tap is paired with itself and a zero
@@ -196,29 +215,23 @@ impl<S: PairwiseMultiplyAdd> WeightedSums for S {
         for (pair, [first_weight, second_weight]) in pairs.iter().enumerate() {
             let rows = &vectors[2 * pair * stride..][..stride + 16 * BLOCKS];
             let weight = packed(*first_weight, *second_weight);
-            for (block, sums) in sums.iter_mut().enumerate() {
-                let first = bytes_16(rows, 16 * block);
-                let second = bytes_16(rows, stride + 16 * block);
-                self.add_pair(sums, (first, second), weight);
-            }
+            self.add_pairs(&mut sums, (rows, &rows[stride..]), weight);
         }
         if let [weight] = last {
             let row = &vectors[2 * pairs.len() * stride..][..16 * BLOCKS];
-            for (block, sums) in sums.iter_mut().enumerate() {
-                let alone = bytes_16(row, 16 * block);
-                self.add_pair(sums, (alone, alone), packed(*weight, 0));
-            }
+            self.add_pairs(&mut sums, (row, row), packed(*weight, 0));
         }
-        let mut blocks = [[0; 16]; BLOCKS];
-        for (block, sums) in blocks.iter_mut().zip(sums) {
-            *block = self.narrowed(sums, precision);
-        }
-        blocks
+        self.narrowed(sums, precision)
     }
 }
 
-/// AVX-512: each 32-bit lane holds one byte of both taps (the second shifted to the high half), and
-/// one `vpmaddwd` makes all 32 products of a pair for a block.
+/// AVX-512: two blocks at a time, both taps' 32 bytes widened to 16 bits and interleaved, so that
+/// each `vpmaddwd` makes 32 products of a pair. The interleave works within each 128-bit quarter, so
+/// of a pair of blocks the first sums bytes 0-3, 8-11, 16-19 and 24-27 and the second the others;
+/// narrowing them together puts the bytes back in order. This takes two widenings and two
+/// interleaves per 32 bytes, where widening each tap's 16 bytes straight to 32 bits took two
+/// widenings, a shift and an or per 16 bytes (one thread, 640x480 unsplit, fastest of 100: 9.6-10.1
+/// -> 8.0-8.4 ms). A lone last block is summed that way, its bytes in order.
 #[cfg(target_arch = "x86_64")]
 impl PairwiseMultiplyAdd for pulp::x86::V4 {
     type Sums = __m512i;
@@ -229,26 +242,63 @@ impl PairwiseMultiplyAdd for pulp::x86::V4 {
     }
 
     #[inline(always)]
-    fn add_pair(self, sums: &mut __m512i, (first, second): (__m128i, __m128i), weight: i32) {
-        let f = self.avx512f;
-        let (first, second) = (
-            f._mm512_cvtepu8_epi32(first),
-            f._mm512_cvtepu8_epi32(second),
-        );
-        let both = f._mm512_or_si512(first, f._mm512_slli_epi32::<16>(second));
-        let products = self
-            .avx512bw
-            ._mm512_madd_epi16(both, f._mm512_set1_epi32(weight));
-        *sums = f._mm512_add_epi32(*sums, products);
+    fn add_pairs<const BLOCKS: usize>(
+        self,
+        sums: &mut [__m512i; BLOCKS],
+        (first, second): (&[u8], &[u8]),
+        weight: i32,
+    ) {
+        let (f, bw) = (self.avx512f, self.avx512bw);
+        let weight = f._mm512_set1_epi32(weight);
+        let (pairs, lone) = sums.as_chunks_mut::<2>();
+        for (index, [low, high]) in pairs.iter_mut().enumerate() {
+            let (first, second) = (
+                bw._mm512_cvtepu8_epi16(bytes_32(first, 32 * index)),
+                bw._mm512_cvtepu8_epi16(bytes_32(second, 32 * index)),
+            );
+            let products = bw._mm512_madd_epi16(bw._mm512_unpacklo_epi16(first, second), weight);
+            *low = f._mm512_add_epi32(*low, products);
+            let products = bw._mm512_madd_epi16(bw._mm512_unpackhi_epi16(first, second), weight);
+            *high = f._mm512_add_epi32(*high, products);
+        }
+        if let [sums] = lone {
+            let at = 32 * pairs.len();
+            let (first, second) = (
+                f._mm512_cvtepu8_epi32(bytes_16(first, at)),
+                f._mm512_cvtepu8_epi32(bytes_16(second, at)),
+            );
+            let both = f._mm512_or_si512(first, f._mm512_slli_epi32::<16>(second));
+            *sums = f._mm512_add_epi32(*sums, bw._mm512_madd_epi16(both, weight));
+        }
     }
 
     #[inline(always)]
-    fn narrowed(self, sums: __m512i, precision: u32) -> [u8; 16] {
-        let f = self.avx512f;
-        let shifted = f._mm512_sra_epi32(sums, self.sse2._mm_cvtsi32_si128(precision as i32));
-        // Negative sums to 0, then an unsigned narrowing that saturates at 255.
-        let positive = f._mm512_max_epi32(shifted, f._mm512_setzero_si512());
-        pulp::bytemuck::cast(f._mm512_cvtusepi32_epi8(positive))
+    fn narrowed<const BLOCKS: usize>(
+        self,
+        sums: [__m512i; BLOCKS],
+        precision: u32,
+    ) -> [[u8; 16]; BLOCKS] {
+        let (f, bw) = (self.avx512f, self.avx512bw);
+        let count = self.sse2._mm_cvtsi32_si128(precision as i32);
+        let mut blocks = [[0; 16]; BLOCKS];
+        let (pairs, lone) = sums.as_chunks::<2>();
+        let (block_pairs, lone_block) = blocks.as_chunks_mut::<2>();
+        for ([low, high], out) in pairs.iter().zip(block_pairs) {
+            // Saturating to 16 bits keeps each quarter's words in byte order; negative words go to
+            // 0, and the unsigned narrowing saturates at 255.
+            let words = bw._mm512_packs_epi32(
+                f._mm512_sra_epi32(*low, count),
+                f._mm512_sra_epi32(*high, count),
+            );
+            let positive = bw._mm512_max_epi16(words, f._mm512_setzero_si512());
+            *out = pulp::bytemuck::cast(bw._mm512_cvtusepi16_epi8(positive));
+        }
+        if let ([sums], [out]) = (lone, lone_block) {
+            let shifted = f._mm512_sra_epi32(*sums, count);
+            let positive = f._mm512_max_epi32(shifted, f._mm512_setzero_si512());
+            *out = pulp::bytemuck::cast(f._mm512_cvtusepi32_epi8(positive));
+        }
+        blocks
     }
 }
 
@@ -267,37 +317,49 @@ impl PairwiseMultiplyAdd for pulp::x86::V3 {
     }
 
     #[inline(always)]
-    fn add_pair(
+    fn add_pairs<const BLOCKS: usize>(
         self,
-        (low, high): &mut (__m256i, __m256i),
-        (first, second): (__m128i, __m128i),
+        sums: &mut [(__m256i, __m256i); BLOCKS],
+        (first, second): (&[u8], &[u8]),
         weight: i32,
     ) {
         let avx2 = self.avx2;
-        let (first, second) = (
-            avx2._mm256_cvtepu8_epi16(first),
-            avx2._mm256_cvtepu8_epi16(second),
-        );
         let weight = self.avx._mm256_set1_epi32(weight);
-        let products = avx2._mm256_madd_epi16(avx2._mm256_unpacklo_epi16(first, second), weight);
-        *low = avx2._mm256_add_epi32(*low, products);
-        let products = avx2._mm256_madd_epi16(avx2._mm256_unpackhi_epi16(first, second), weight);
-        *high = avx2._mm256_add_epi32(*high, products);
+        for (index, (low, high)) in sums.iter_mut().enumerate() {
+            let (first, second) = (
+                avx2._mm256_cvtepu8_epi16(bytes_16(first, 16 * index)),
+                avx2._mm256_cvtepu8_epi16(bytes_16(second, 16 * index)),
+            );
+            let products =
+                avx2._mm256_madd_epi16(avx2._mm256_unpacklo_epi16(first, second), weight);
+            *low = avx2._mm256_add_epi32(*low, products);
+            let products =
+                avx2._mm256_madd_epi16(avx2._mm256_unpackhi_epi16(first, second), weight);
+            *high = avx2._mm256_add_epi32(*high, products);
+        }
     }
 
     #[inline(always)]
-    fn narrowed(self, (low, high): (__m256i, __m256i), precision: u32) -> [u8; 16] {
+    fn narrowed<const BLOCKS: usize>(
+        self,
+        sums: [(__m256i, __m256i); BLOCKS],
+        precision: u32,
+    ) -> [[u8; 16]; BLOCKS] {
         let avx2 = self.avx2;
         let count = self.sse2._mm_cvtsi32_si128(precision as i32);
-        let (low, high) = (
-            avx2._mm256_sra_epi32(low, count),
-            avx2._mm256_sra_epi32(high, count),
-        );
-        // Saturating to 16 bits, then to unsigned bytes, clamps; the words come out as bytes
-        // 0-7 | 8-15, the bytes as 0-7, 0-7 | 8-15, 8-15, and the permute takes 0-7 and 8-15.
-        let words = avx2._mm256_packs_epi32(low, high);
-        let bytes = avx2._mm256_packus_epi16(words, words);
-        let ordered = avx2._mm256_permute4x64_epi64::<0b1000>(bytes);
-        pulp::bytemuck::cast(self.avx._mm256_castsi256_si128(ordered))
+        let mut blocks = [[0; 16]; BLOCKS];
+        for (out, (low, high)) in blocks.iter_mut().zip(sums) {
+            let (low, high) = (
+                avx2._mm256_sra_epi32(low, count),
+                avx2._mm256_sra_epi32(high, count),
+            );
+            // Saturating to 16 bits, then to unsigned bytes, clamps; the words come out as bytes
+            // 0-7 | 8-15, the bytes as 0-7, 0-7 | 8-15, 8-15, and the permute takes 0-7 and 8-15.
+            let words = avx2._mm256_packs_epi32(low, high);
+            let bytes = avx2._mm256_packus_epi16(words, words);
+            let ordered = avx2._mm256_permute4x64_epi64::<0b1000>(bytes);
+            *out = pulp::bytemuck::cast(self.avx._mm256_castsi256_si128(ordered));
+        }
+        blocks
     }
 }
