@@ -469,9 +469,10 @@ fn bench(
             println!("  load           {:>9.1} ms", report.load_ms);
             println!("  preprocess     {:>9.1} ms", report.preprocess_ms);
             println!(
-                "                 {:>9.1} ms alone, {} in a row",
+                "                 {:>9.1} ms alone, {} in a row ({} resampling)",
                 report.preprocess_alone_ms,
-                vision::bench::PREPROCESS_ALONE_RUNS
+                vision::bench::PREPROCESS_ALONE_RUNS,
+                report.resampling_kernel
             );
             println!("  vision         {:>9.1} ms", report.vision_ms);
             println!("  prefill        {:>9.1} ms", report.prefill_ms);

@@ -295,6 +295,11 @@ fn bench_reports_every_stage_and_the_cost_of_several_questions() {
     for field in fields {
         assert!(report[field].as_f64().unwrap() > 0.0, "{field}: {report}");
     }
+    let kernel = report["resampling_kernel"].as_str().unwrap_or_default();
+    assert!(
+        ["AVX-512", "AVX2", "portable"].contains(&kernel),
+        "resampling_kernel: {report}"
+    );
     // The figures themselves are for bench/compare.sh to judge; here they must exist and be sane.
     for ratio in ["three_yes_no_ratio", "three_text_ratio"] {
         let value = report[ratio].as_f64().unwrap();

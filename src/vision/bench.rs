@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::preprocess::{ImageSettings, preprocess};
+use super::preprocess::{ImageSettings, preprocess, resampling_kernel};
 use super::{AnalyseError, Analyser, LocalAnswer};
 use crate::gate::{AnswerKind, Origin, Request};
 use crate::source::Frame;
@@ -38,6 +38,8 @@ pub struct Report {
     /// Preprocessing alone, `PREPROCESS_ALONE_RUNS` times in a row (median): how the reference's processor
     /// is timed. Inside an answer it takes longer: the model has just pushed its buffers out of cache.
     pub preprocess_alone_ms: f64,
+    /// The instruction set preprocessing resamples with ("AVX-512", "AVX2" or "portable").
+    pub resampling_kernel: &'static str,
     pub vision_ms: f64,
     pub prefill_ms: f64,
     pub ttft_ms: f64,
@@ -217,6 +219,7 @@ pub fn run(
         load_ms: setup.load_ms,
         preprocess_ms: stage(|answer| answer.timings.preprocess),
         preprocess_alone_ms,
+        resampling_kernel: resampling_kernel(),
         vision_ms: stage(|answer| answer.timings.vision),
         prefill_ms: stage(|answer| answer.timings.prefill),
         ttft_ms: stage(|answer| answer.timings.vision + answer.timings.prefill),

@@ -44,17 +44,22 @@ pub(super) enum Kernel {
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self {
+        formatter.write_str(self.name())
+    }
+}
+
+impl Kernel {
+    /// The instruction set's name, as `lookout bench` reports it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(_) => "AVX-512",
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(_) => "AVX2",
             Kernel::Portable => "portable",
-        })
+        }
     }
-}
 
-impl Kernel {
     pub(super) fn detect() -> Kernel {
         Kernel::available()[0]
     }

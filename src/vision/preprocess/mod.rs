@@ -128,6 +128,11 @@ pub fn preprocess(
     normalised(&squares, (rows, cols), settings, threads, buffer)
 }
 
+/// The instruction set preprocessing resamples with on this CPU: "AVX-512", "AVX2" or "portable".
+pub fn resampling_kernel() -> &'static str {
+    Kernel::detect().name()
+}
+
 /// A frame as the video processor resizes it, which is how the image processor resizes an unsplit image:
 /// step 1, then squared to one tile. This is what a clip keeps of each frame, so that its memory does not
 /// depend on the camera's resolution.
