@@ -180,7 +180,8 @@ fn bytes_32(vectors: &[u8], at: usize) -> __m256i {
 /// its sums as its widest multiply-add makes them.
 #[cfg(target_arch = "x86_64")]
 trait PairwiseMultiplyAdd: pulp::Simd {
-    /// The sums of one 16-byte block (with AVX-512, of two blocks together: see its implementation).
+    /// Sixteen sums, a 16-byte block's worth. With AVX-512 two adjacent blocks share their two `Sums`
+    /// out between them: see its implementation.
     type Sums: Copy;
 
     /// Every sum at `start`.
