@@ -5,7 +5,8 @@
 #   bench/compare.sh            -> bench/results.md and bench/results.png
 # A one-image answer takes seconds, and the machine's speed drifts from one minute to the next: those
 # rows are timed in BENCH_ROUNDS rounds (default 3), the Python loop and Lookout in turn, and report the
-# median of the rounds' ratios with their range. A 13-tile answer takes minutes: once.
+# median of the rounds' ratios with their range. A 13-tile answer takes minutes: those rows run in
+# BENCH_SPLIT_ROUNDS rounds (default 1).
 # Builds (once) a full-size random-weight SmolVLM2-256M export with its int8 and q4 variants in bench/.work
 # (about 1.5 GB, a few minutes, Python packages from PyPI); speed does not depend on the weights' values.
 set -euo pipefail
@@ -15,6 +16,7 @@ work="${BENCH_WORK:-$here/.work}"
 threads="${BENCH_THREADS:-2}"
 tokens="${BENCH_TOKENS:-64}"
 rounds="${BENCH_ROUNDS:-3}"
+split_rounds="${BENCH_SPLIT_ROUNDS:-1}"
 mkdir -p "$work"
 
 if [[ ! -x "$work/venv/bin/python" ]]; then
@@ -51,9 +53,9 @@ for variant in fp32 int8 q4; do
   for split in 0 1; do
     runs=3; [[ "$split" == 1 ]] && runs=1
     flag=""; [[ "$split" == 1 ]] && flag="--split"
-    split_rounds="$rounds"; [[ "$split" == 1 ]] && split_rounds=1
-    for round in $(seq "$split_rounds"); do
-      echo "== $variant split=$split round $round/$split_rounds" >&2
+    these_rounds="$rounds"; [[ "$split" == 1 ]] && these_rounds="$split_rounds"
+    for round in $(seq "$these_rounds"); do
+      echo "== $variant split=$split round $round/$these_rounds" >&2
       python_json="$("$py" "$here/reference/peak_rss.py" "$here/reference/run_onnx.py" --model "$model" --suffix "$suffix" \
         --split "$split" --image "$work/frame.png" --max-new "$tokens" --threads "$threads" --runs "$runs" 2>"$work/python.err")"
       python_rss="$(grep peak_rss_mb "$work/python.err" | tail -1 | cut -d' ' -f2)"
@@ -89,6 +91,7 @@ lines = [json.loads(line) for line in open(sys.argv[1])]
 groups = [list(rounds) for _, rounds in groupby(lines, key=lambda r: (r["variant"], r["split"]))]
 name = lambda g: f"| {g[0]['variant']} | {'13 tiles' if g[0]['split'] else '1 image'} |"
 median = lambda g, pick: statistics.median(pick(r) for r in g)
+rounds = lambda split: next(len(g) for g in groups if g[0]["split"] == split)
 
 
 def ratio(g, pick, form="{:.2f}"):
@@ -103,11 +106,11 @@ print(f"SmolVLM2-256M geometry, random weights; 640x480 frame; {sys.argv[2]} thr
 print(f"ONNX Runtime {sys.argv[4]} for both ONNX loops (Lookout loads the wheel's library). One run of `bench/compare.sh`")
 print("(ratios matter: the machine is shared). TTFT = vision encoder + prefill. Both ONNX loops report the median")
 print("of the same number of answers in one process (3 for one image, 1 for 13 tiles). One-image rows ran in")
-print(f"{len(groups[0])} rounds, the Python loop and Lookout in turn: the figures are the rounds' medians, each ratio the")
-print("median of the rounds' ratios (their range in brackets). Preprocessing is timed alone on both sides, 5")
-print("times in a row (median); Lookout writes into the buffer of the run before, as it does from one answer")
-print("to the next. Inside an answer, just after the model has run, Lookout's takes longer (the `preprocess`")
-print("stage of `lookout bench`).\n")
+print(f"{rounds(False)} rounds and 13-tile rows in {rounds(True)}, the Python loop and Lookout in turn: the figures are the")
+print("rounds' medians, each ratio the median of the rounds' ratios (their range in brackets). Preprocessing")
+print("is timed alone on both sides, 5 times in a row (median); Lookout writes into the buffer of the run")
+print("before, as it does from one answer to the next. Inside an answer, just after the model has run,")
+print("Lookout's takes longer (the `preprocess` stage of `lookout bench`).\n")
 print("| variant | split | TTFT PyTorch ms | TTFT Lookout / PyTorch | decode PyTorch tok/s | answer PyTorch ms | answer Lookout ms | CPU PyTorch ms | CPU Python ms | CPU Lookout ms | RSS PyTorch MB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for g in groups:
