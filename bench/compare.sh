@@ -91,7 +91,7 @@ lines = [json.loads(line) for line in open(sys.argv[1])]
 groups = [list(rounds) for _, rounds in groupby(lines, key=lambda r: (r["variant"], r["split"]))]
 name = lambda g: f"| {g[0]['variant']} | {'13 tiles' if g[0]['split'] else '1 image'} |"
 median = lambda g, pick: statistics.median(pick(r) for r in g)
-rounds = lambda split: next(len(g) for g in groups if g[0]["split"] == split)
+round_count = lambda split: next(len(g) for g in groups if g[0]["split"] == split)
 
 
 def ratio(g, pick, form="{:.2f}"):
@@ -106,7 +106,7 @@ print(f"SmolVLM2-256M geometry, random weights; 640x480 frame; {sys.argv[2]} thr
 print(f"ONNX Runtime {sys.argv[4]} for both ONNX loops (Lookout loads the wheel's library). One run of `bench/compare.sh`")
 print("(ratios matter: the machine is shared). TTFT = vision encoder + prefill. Both ONNX loops report the median")
 print("of the same number of answers in one process (3 for one image, 1 for 13 tiles). One-image rows ran in")
-print(f"{rounds(False)} rounds and 13-tile rows in {rounds(True)}, the Python loop and Lookout in turn: the figures are the")
+print(f"{round_count(False)} rounds and 13-tile rows in {round_count(True)}, the Python loop and Lookout in turn: the figures are the")
 print("rounds' medians, each ratio the median of the rounds' ratios (their range in brackets). Preprocessing")
 print("is timed alone on both sides, 5 times in a row (median); Lookout writes into the buffer of the run")
 print("before, as it does from one answer to the next. Inside an answer, just after the model has run,")
