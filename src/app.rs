@@ -35,6 +35,7 @@ use crate::config::{
     self, Config, ConfigOrigin, Env, FieldError, Layers, RemoteConfig, RemoteLayer,
 };
 use crate::dataset;
+use crate::errors;
 use crate::escalate::{self, Escalation};
 use crate::gate::{self, AskRouter, JobQueue};
 use crate::health;
@@ -232,11 +233,13 @@ struct Live {
 }
 
 impl Live {
-    /// Applies a validated config: cameras and tasks (the front half is rebuilt), the escalation
-    /// policy and endpoints, and a new model, which loads and answers a warm-up frame in the
-    /// background before it replaces the running one. Returns the changed fields that wait for a
-    /// restart, or why the new model cannot be used (then nothing is applied).
-    async fn apply(&mut self, new: Config) -> Result<Vec<&'static str>, FieldError> {
+    /// Applies a validated config: its secrets are held for redaction first (a new token or password
+    /// is never logged, even by the stages it starts), then cameras and tasks (the front half is
+    /// rebuilt), the escalation policy and endpoints, and a new model, which loads and answers a
+    /// warm-up frame in the background before it replaces the running one. Returns the changed fields
+    /// that wait for a restart, or why the new model cannot be used (then nothing is applied).
+    async fn apply(&mut self, new: Config, env: &Env) -> Result<Vec<&'static str>, FieldError> {
+        errors::hold(&config::secrets(&new, env));
         // The runtime library is loaded once per process; every other vision field can change live.
         let live_vision = |vision: &VisionConfig| VisionConfig {
             runtime_library: None,
@@ -313,7 +316,7 @@ impl Live {
                 return;
             }
         };
-        match self.apply(new).await {
+        match self.apply(new, env).await {
             Ok(later) => {
                 self.layers = layers;
                 self.restart_needed = later;
@@ -364,7 +367,7 @@ impl Live {
                 format!("cannot persist the config: {error}"),
             )]);
         }
-        match self.apply(new).await {
+        match self.apply(new, env).await {
             Ok(later) => {
                 info!(version = push.version, restart_needed = ?later, "Applied a config push.");
                 self.layers = layers;
@@ -444,6 +447,7 @@ pub async fn run(
     analyser: Box<dyn Analyser>,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), AppError> {
+    errors::hold(&config::secrets(&config, &env));
     let stats = Arc::new(Stats::default());
     let outbox = open_outbox(&config).await?;
     let escalation_queue = open_escalation_queue(&config).await?;

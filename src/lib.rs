@@ -30,6 +30,8 @@
 //! one leaf every stage counts into (and marks its units of work in, for the watchdog); `backoff` is
 //! the one retry delay every stage that reconnects uses. `dataset` keeps the cloud's answers to
 //! opted-in questions, with their images, as a fine-tuning dataset; `durable` writes files whole.
+//! `errors` renders error chains and holds the secrets the process knows: every log line, MQTT payload
+//! and record on disk passes it on the way out and leaves without them.
 //!
 //! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
 //! jobs keep the newest frame per camera with the union of its requests, outcomes block briefly between

@@ -13,6 +13,7 @@
 
 mod env;
 pub mod remote;
+mod secrets;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use serde_json::Value;
 
 pub use env::Env;
 pub use remote::{RemoteConfig, RemoteLayer};
+pub use secrets::secrets;
 pub use validate::{FieldError, Problems};
 
 use crate::dataset::{self, DatasetConfig};

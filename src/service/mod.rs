@@ -6,19 +6,24 @@
 //! through the same control channel, so everything but the signal wiring itself is tested in-process.
 //!
 //! Logs go to stderr, one line per event with fields as `key=value`; colour only at a terminal, and no
-//! timestamp under journald (`JOURNAL_STREAM` set), which stamps every line itself.
+//! timestamp under journald (`JOURNAL_STREAM` set), which stamps every line itself. Every line passes
+//! one writer that replaces the secrets the process holds (`errors::redact_bytes`), whichever crate
+//! logged it and at whatever level: it sees the event's whole text at once, so a secret the formatter
+//! writes in two pieces is still found.
 
 pub mod notify;
 pub mod watchdog;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::app::{self, AppError, Control};
 use crate::config::{Config, ConfigOrigin, Env, Layers};
+use crate::errors;
 use crate::vision::Analyser;
 
 /// The default log filter: our info, the model runtime's and the embedded broker's warnings only.
@@ -38,7 +43,7 @@ pub fn init_logging(env: &Env) {
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(RedactedStderr)
         // Colour codes only for a person at a terminal, never into journald or a log file.
         .with_ansi(std::io::stderr().is_terminal());
     if env.get("JOURNAL_STREAM").is_some() {
@@ -48,6 +53,50 @@ pub fn init_logging(env: &Env) {
     }
     if let Some((directives, Err(error))) = requested {
         warn!(filter = %directives, error = %error, "LOOKOUT_LOG is not a valid filter; using the default.");
+    }
+}
+
+/// Makes one `Redacted` writer per event, onto stderr.
+struct RedactedStderr;
+
+impl<'a> MakeWriter<'a> for RedactedStderr {
+    type Writer = Redacted<std::io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Redacted::new(std::io::stderr())
+    }
+}
+
+/// Collects one event's text and writes it to `out` redacted, in one write, when dropped.
+struct Redacted<W: Write> {
+    text: Vec<u8>,
+    out: W,
+}
+
+impl<W: Write> Redacted<W> {
+    fn new(out: W) -> Redacted<W> {
+        Redacted {
+            text: Vec::new(),
+            out,
+        }
+    }
+}
+
+impl<W: Write> Write for Redacted<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write> Drop for Redacted<W> {
+    fn drop(&mut self) {
+        // A log line that cannot be written has nowhere to be reported.
+        let _ = self.out.write_all(&errors::redact_bytes(&self.text));
     }
 }
 
@@ -91,5 +140,26 @@ async fn forward_signals(control: mpsc::Sender<Control>) {
         if control.send(request).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_written_in_pieces_is_redacted_from_the_line() {
+        errors::hold_secret("log-secret-for-the-writer-test");
+        let mut out = Vec::new();
+        {
+            let mut line = Redacted::new(&mut out);
+            line.write_all(b"level=WARN error=\"key log-secret-")
+                .unwrap();
+            line.write_all(b"for-the-writer-test refused\"\n").unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "level=WARN error=\"key REDACTED refused\"\n"
+        );
     }
 }

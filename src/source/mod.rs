@@ -31,6 +31,7 @@ use crate::config::{Problems, validate};
 use crate::stats::Stats;
 
 pub use decode::DecodeError;
+pub use http::HttpAuth;
 
 /// One picture from one camera, as it travels down the pipeline.
 #[derive(Debug)]
