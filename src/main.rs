@@ -1023,7 +1023,8 @@ fn run(origin: ConfigOrigin, env: Env) -> ExitCode {
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("lookout: {:#}", anyhow::Error::from(error));
+            let error = format!("{:#}", anyhow::Error::from(error));
+            eprintln!("lookout: {}", lookout::errors::redact(&error));
             ExitCode::from(EXIT_FAILED)
         }
     }

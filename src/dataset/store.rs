@@ -296,7 +296,10 @@ impl Store {
                 .collect(),
         };
         let row = capture.row(&names);
-        let mut line = serde_json::to_vec(&row).expect("rows serialize");
+        // The row holds text from the cloud, which may echo a secret back.
+        let mut line =
+            crate::errors::redact_bytes(&serde_json::to_vec(&row).expect("rows serialize"))
+                .into_owned();
         line.push(b'\n');
         let time = humantime::parse_rfc3339_weak(&row.time).unwrap_or_else(|_| SystemTime::now());
 

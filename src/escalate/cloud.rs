@@ -360,6 +360,8 @@ impl Cloud {
         let read = |path: &Path| {
             std::fs::read_to_string(path)
                 .map(|token| token.trim().to_owned())
+                // A file replaced since the config was loaded holds a token the process must hide too.
+                .inspect(|token| crate::errors::hold_secret(token))
                 .map_err(|error| format!("cannot read the token file {}: {error}", path.display()))
         };
         if let Some(file) = &endpoint.token_file {
@@ -456,6 +458,8 @@ fn error_text(bytes: &[u8]) -> String {
         Some(message) => message.to_owned(),
         None => String::from_utf8_lossy(bytes).into_owned(),
     };
+    // Redacted before it is cut: a cut through an echoed secret would leave its start behind.
+    let text = crate::errors::redact(&text);
     let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
     if text.is_empty() {
         "(no message)".to_owned()
@@ -501,7 +505,12 @@ pub fn parse_answer(text: &str, kind: &AnswerKind) -> Result<String, String> {
             .filter(|word| !word.is_empty())
             .map(str::to_lowercase)
     };
-    let quoted = || text.chars().take(80).collect::<String>();
+    let quoted = || {
+        crate::errors::redact(text)
+            .chars()
+            .take(80)
+            .collect::<String>()
+    };
     match kind {
         AnswerKind::Text => Ok(text.trim().to_owned()),
         AnswerKind::YesNo => match words().next().as_deref() {

@@ -346,8 +346,10 @@ impl Outbox {
     }
 
     /// Stores a message durably (see the module doc for when the disk refuses) and returns its sequence
-    /// number. Older messages are dropped first if the new one would not fit.
+    /// number. Older messages are dropped first if the new one would not fit. The payload is stored,
+    /// and later sent, without the secrets the process holds (`errors::redact_bytes`).
     pub fn push(&self, key: &str, payload: &[u8]) -> u64 {
+        let payload = &*crate::errors::redact_bytes(payload);
         let mut state = self.lock();
         let created_ms = now_ms();
         self.drop_expired(&mut state, created_ms);

@@ -478,6 +478,7 @@ fn publish_stats(
         escalation_queue: escalation_queue.map(Outbox::status),
     };
     let payload = serde_json::to_vec(&message).expect("stats serialize");
+    let payload = crate::errors::redact_bytes(&payload).into_owned();
     if client
         .try_publish(topics.stats(), QoS::AtMostOnce, true, payload)
         .is_err()
@@ -655,8 +656,10 @@ impl InFlight {
     }
 }
 
-/// A QoS 1 publish with the driver's packet id, for the event loop's queue.
+/// A QoS 1 publish with the driver's packet id, for the event loop's queue. Every QoS 1 payload
+/// passes here, and leaves without the secrets the process holds (`errors::redact_bytes`).
 fn qos1(topic: String, payload: Vec<u8>, pkid: u16, retain: bool) -> Request {
+    let payload = crate::errors::redact_bytes(&payload).into_owned();
     let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
     publish.pkid = pkid;
     publish.retain = retain;
