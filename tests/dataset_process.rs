@@ -81,26 +81,18 @@ fn inspect(dir: &Path) -> (Vec<Row>, Vec<String>) {
     (rows, stray)
 }
 
-fn signal(run: &Run, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{name}"), run.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name}");
-}
-
 /// Freezes `run` (SIGSTOP) at random moments until it is caught between saving a row's images and
 /// its line, then kills it there with SIGKILL. Returns how many moments it took.
 fn kill_mid_row(mut run: Run, dir: &Path) -> usize {
     let mut rng = rand::rng();
     let deadline = Instant::now() + Duration::from_secs(60);
     for tries in 1.. {
-        signal(&run, "STOP");
+        run.signal("STOP");
         if !inspect(dir).1.is_empty() {
             run.kill_9();
             return tries;
         }
-        signal(&run, "CONT");
+        run.signal("CONT");
         assert!(
             Instant::now() < deadline,
             "never caught mid-row in {tries} tries"
@@ -142,7 +134,7 @@ async fn killed_mid_row_the_folder_still_loads_and_the_next_start_tidies_it() {
     run.wait_for("the folder opened", |run| {
         run.log_text().contains("Dataset folder open.")
     });
-    signal(&run, "STOP");
+    run.signal("STOP");
     let (rows, stray) = inspect(&dir);
     assert!(rows.len() >= saved);
     // Only files of the row being saved now, if any: the kill's leftovers are gone.

@@ -8,6 +8,7 @@
 
 pub mod cloud;
 pub mod datasets;
+pub mod echo;
 pub mod process;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -20,6 +20,18 @@ impl Run {
     /// its arguments before the daemon's own; empty for none). `name` names its config and log files
     /// in `dir`.
     pub fn start(dir: &Path, name: &str, config: &str, state: &Path, wrapper: &[&str]) -> Run {
+        Run::start_with_env(dir, name, config, state, wrapper, &[])
+    }
+
+    /// As `start`, with `env` set after the defaults (so it may set `LOOKOUT_LOG` too).
+    pub fn start_with_env(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        state: &Path,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -30,6 +42,7 @@ impl Run {
             .args(&args[1..])
             .env("LOOKOUT_STATE_DIR", state)
             .env("LOOKOUT_LOG", LOG)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -52,6 +65,15 @@ impl Run {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sends the process `signal` (`HUP`, `TERM`...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
     }
 
     /// SIGKILL, and waits for the process to be gone.
