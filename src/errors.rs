@@ -20,7 +20,8 @@
 //! `user:password` that a server may echo from the `Authorization` header. Overlapping matches become
 //! one marker. A form shorter than `MIN_SECRET_BYTES` is not matched: replacing every `1234` or
 //! `admin` in every line and payload would mangle numbers and words (and break JSON) while hiding
-//! little, so `config` warns about such a secret by name instead.
+//! little, so `config` warns about such a secret by name instead. Text from outside that is cut short
+//! for a message goes through `excerpt`, which redacts before it cuts.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -100,6 +101,14 @@ impl Secrets {
         self.forms = forms;
     }
 
+    /// Whether every form `other` holds is held here.
+    fn contains(&self, other: &Secrets) -> bool {
+        other
+            .forms
+            .iter()
+            .all(|form| self.forms.binary_search(form).is_ok())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.forms.is_empty()
     }
@@ -141,7 +150,12 @@ impl Secrets {
 
 /// Adds `secrets` to those every output of this process is cleaned of.
 pub fn hold(secrets: &Secrets) {
-    if !secrets.is_empty() {
+    // The cloud client holds its token at every request: most calls add nothing new.
+    let known = HELD
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(secrets);
+    if !known {
         HELD.write()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(secrets);
@@ -162,6 +176,12 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         // Whole UTF-8 sequences were replaced by ASCII, so the text is still UTF-8.
         Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).expect("redacted text is UTF-8")),
     }
+}
+
+/// At most `max_chars` of text from outside (a server's reply) for a message: redacted before it is
+/// cut, since a cut through a secret would leave its start where no redaction can recognise it.
+pub fn excerpt(text: &str, max_chars: usize) -> String {
+    redact(text).chars().take(max_chars).collect()
 }
 
 /// `bytes` (a log line, a payload, a record) with every secret held replaced by `REDACTED`.
@@ -287,6 +307,15 @@ mod tests {
     fn debug_output_shows_no_secret() {
         let secrets = of(&["do-not-print-me"]);
         assert!(!format!("{secrets:?}").contains("do-not-print-me"));
+    }
+
+    #[test]
+    fn an_excerpt_is_cut_after_redaction() {
+        hold_secret("excerpt-secret-for-the-errors-test");
+        let text = "Incorrect API key provided: excerpt-secret-for-the-errors-test";
+        // A cut at 40 characters would keep "excerpt-secr" of the secret.
+        assert_eq!(excerpt(text, 40), "Incorrect API key provided: REDACTED");
+        assert_eq!(excerpt(text, 31), "Incorrect API key provided: RED");
     }
 
     #[test]

@@ -458,9 +458,8 @@ fn error_text(bytes: &[u8]) -> String {
         Some(message) => message.to_owned(),
         None => String::from_utf8_lossy(bytes).into_owned(),
     };
-    // Redacted before it is cut: a cut through an echoed secret would leave its start behind.
-    let text = crate::errors::redact(&text);
-    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    let text = crate::errors::excerpt(&text, 200);
     if text.is_empty() {
         "(no message)".to_owned()
     } else {
@@ -505,12 +504,7 @@ pub fn parse_answer(text: &str, kind: &AnswerKind) -> Result<String, String> {
             .filter(|word| !word.is_empty())
             .map(str::to_lowercase)
     };
-    let quoted = || {
-        crate::errors::redact(text)
-            .chars()
-            .take(80)
-            .collect::<String>()
-    };
+    let quoted = || crate::errors::excerpt(text, 80);
     match kind {
         AnswerKind::Text => Ok(text.trim().to_owned()),
         AnswerKind::YesNo => match words().next().as_deref() {
