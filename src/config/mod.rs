@@ -24,7 +24,7 @@ use serde_json::Value;
 
 pub use env::Env;
 pub use remote::{RemoteConfig, RemoteLayer};
-pub use secrets::secrets;
+pub use secrets::{environment_secrets, secrets};
 pub use validate::{FieldError, Problems};
 
 use crate::dataset::{self, DatasetConfig};

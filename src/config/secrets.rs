@@ -36,20 +36,7 @@ pub fn secrets(config: &Config, env: &Env) -> Secrets {
     variables.sort();
     variables.dedup();
     for variable in variables {
-        if let Some(token) = env.get(&variable) {
-            found.plain(&variable, token.trim());
-        }
-        let file_variable = format!("{variable}_FILE");
-        if let Some(file) = env.get(&file_variable) {
-            found.file(&file_variable, Path::new(file));
-        }
-        if let Some(credentials) = env.get("CREDENTIALS_DIRECTORY") {
-            let name = variable.to_ascii_lowercase();
-            found.file(
-                &format!("the systemd credential {name}"),
-                &Path::new(credentials).join(&name),
-            );
-        }
+        found.variable(&variable, env);
     }
     if let Some(url) = &config.mqtt.url {
         found.url("mqtt.url", url);
@@ -71,6 +58,14 @@ pub fn secrets(config: &Config, env: &Env) -> Secrets {
     found.secrets
 }
 
+/// The secrets of the environment alone (`HF_TOKEN`, the file `HF_TOKEN_FILE` names, the systemd
+/// credential), held from the first log line on, before a config is read.
+pub fn environment_secrets(env: &Env) -> Secrets {
+    let mut found = Found::default();
+    found.variable("HF_TOKEN", env);
+    found.secrets
+}
+
 #[derive(Default)]
 struct Found {
     secrets: Secrets,
@@ -80,6 +75,25 @@ impl Found {
     fn plain(&mut self, origin: &str, secret: &str) {
         warn_if_short(origin, secret);
         self.secrets.add(secret);
+    }
+
+    /// A token's variable, the file `<VAR>_FILE` names and the systemd credential named like the
+    /// variable in lower case.
+    fn variable(&mut self, variable: &str, env: &Env) {
+        if let Some(token) = env.get(variable) {
+            self.plain(variable, token.trim());
+        }
+        let file_variable = format!("{variable}_FILE");
+        if let Some(file) = env.get(&file_variable) {
+            self.file(&file_variable, Path::new(file));
+        }
+        if let Some(credentials) = env.get("CREDENTIALS_DIRECTORY") {
+            let name = variable.to_ascii_lowercase();
+            self.file(
+                &format!("the systemd credential {name}"),
+                &Path::new(credentials).join(&name),
+            );
+        }
     }
 
     /// A file's content, trimmed as the cloud client trims it. An unreadable file is skipped: the
@@ -206,6 +220,38 @@ mod tests {
         for text in ["viewer", "lookout", "127.0.0.1", "large-image", "/snap"] {
             assert!(!leaks(&secrets, text), "{text}");
         }
+    }
+
+    #[test]
+    fn a_short_secret_is_warned_about_by_where_it_comes_from() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let logs = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let lines = lines.clone();
+                move || lines.clone()
+            })
+            .finish();
+        let env = Env::from_pairs([("HF_TOKEN", "hf_1234")]);
+        let held = tracing::subscriber::with_default(logs, || environment_secrets(&env));
+        assert!(held.is_empty());
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("secret=HF_TOKEN") && text.contains("shorter than 8 bytes"),
+            "{text}"
+        );
+        assert!(!text.contains("hf_1234"), "{text}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::app::{self, AppError, Control};
-use crate::config::{Config, ConfigOrigin, Env, Layers};
+use crate::config::{self, Config, ConfigOrigin, Env, Layers};
 use crate::errors;
 use crate::vision::Analyser;
 
@@ -32,8 +32,10 @@ pub const DEFAULT_LOG_FILTER: &str = "info,ort=warn,rumqttd=warn";
 /// Exit status after a second shutdown signal.
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// Logs to stderr (journald picks it up under systemd), filtered by `LOOKOUT_LOG`.
+/// Logs to stderr (journald picks it up under systemd), filtered by `LOOKOUT_LOG`, without the
+/// secrets the process holds; the environment's are held from the first line on.
 pub fn init_logging(env: &Env) {
+    errors::hold(&config::environment_secrets(env));
     let requested = env
         .get("LOOKOUT_LOG")
         .map(|directives| (directives, EnvFilter::try_new(directives)));
