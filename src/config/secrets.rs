@@ -55,11 +55,15 @@ pub fn secrets(config: &Config, env: &Env) -> Secrets {
             None => {}
         }
     }
+    for origin in &found.too_short {
+        tracing::warn!(secret = %origin, "This secret is shorter than {MIN_SECRET_BYTES} bytes, too short to be told apart from ordinary text, so it is not redacted from logs, payloads and files; use a longer one.");
+    }
     found.secrets
 }
 
 /// The secrets of the environment alone (`HF_TOKEN`, the file `HF_TOKEN_FILE` names, the systemd
-/// credential), held from the first log line on, before a config is read.
+/// credential), held from the first log line on, before a config is read. Silent: `secrets` warns
+/// about these too, once the config is read.
 pub fn environment_secrets(env: &Env) -> Secrets {
     let mut found = Found::default();
     found.variable("HF_TOKEN", env);
@@ -69,12 +73,20 @@ pub fn environment_secrets(env: &Env) -> Secrets {
 #[derive(Default)]
 struct Found {
     secrets: Secrets,
+    /// Where each secret too short to be redacted comes from.
+    too_short: Vec<String>,
 }
 
 impl Found {
     fn plain(&mut self, origin: &str, secret: &str) {
-        warn_if_short(origin, secret);
+        self.check_length(origin, secret);
         self.secrets.add(secret);
+    }
+
+    fn check_length(&mut self, origin: &str, secret: &str) {
+        if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
+            self.too_short.push(origin.to_owned());
+        }
     }
 
     /// A token's variable, the file `<VAR>_FILE` names and the systemd credential named like the
@@ -105,7 +117,7 @@ impl Found {
     }
 
     fn basic(&mut self, origin: &str, user: &str, password: &str) {
-        warn_if_short(origin, password);
+        self.check_length(origin, password);
         self.secrets.add_basic(user, password);
     }
 
@@ -122,8 +134,12 @@ impl Found {
                     .map(|(_, value)| value.into_owned())
                     .unwrap_or_default()
             };
-            let percent_decoded = decode(&password.replace('+', "%2B"));
-            self.basic(origin, &decode(parsed.username()), &percent_decoded);
+            let percent_decoded = |text: &str| decode(&text.replace('+', "%2B"));
+            self.basic(
+                origin,
+                &percent_decoded(parsed.username()),
+                &percent_decoded(password),
+            );
             self.secrets.add(password);
             self.secrets.add(&decode(password));
         }
@@ -136,12 +152,6 @@ impl Found {
                 self.plain(&format!("{origin} (query {name})"), &value);
             }
         }
-    }
-}
-
-fn warn_if_short(origin: &str, secret: &str) {
-    if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
-        tracing::warn!(secret = %origin, "This secret is shorter than {MIN_SECRET_BYTES} bytes, too short to be told apart from ordinary text, so it is not redacted from logs, payloads and files; use a longer one.");
     }
 }
 
@@ -244,7 +254,8 @@ mod tests {
             })
             .finish();
         let env = Env::from_pairs([("HF_TOKEN", "hf_1234")]);
-        let held = tracing::subscriber::with_default(logs, || environment_secrets(&env));
+        let config = config(super::super::DEFAULT_TOML);
+        let held = tracing::subscriber::with_default(logs, || secrets(&config, &env));
         assert!(held.is_empty());
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         assert!(
