@@ -1,9 +1,9 @@
 //! Which values of a config and of the environment are secrets, so that the process keeps them out of
 //! everything it writes (see `errors`): the router tokens (for `HF_TOKEN`, which `models fetch` sends
 //! too, and each endpoint's variable: the variable, the file `<VAR>_FILE` names and the systemd
-//! credential; and each endpoint's `token_file`), the broker password, and the HTTP snapshot
-//! credentials (a Basic password, a bearer token, a URL's password and query values named like a
-//! credential). Token files are read at every load; the cloud client also holds each token file it
+//! credential; and each endpoint's `token_file`), the broker password, the HTTP snapshot credentials
+//! (a Basic password, a bearer token), and in every URL (snapshots, endpoints, the broker, the Hub) a
+//! password and query values named like a credential. Token files are read at every load; the cloud client also holds each token file it
 //! reads, so a file replaced between two reloads is covered.
 //!
 //! The daemon holds no signing key, only its public half; `lookout config sign` reads one and
@@ -24,12 +24,15 @@ const CREDENTIAL_QUERY_NAMES: [&str; 6] = ["pass", "pwd", "token", "secret", "ke
 /// comes from.
 pub fn secrets(config: &Config, env: &Env) -> Secrets {
     let mut found = Found::default();
-    let mut variables = vec!["HF_TOKEN".to_owned()];
+    found.environment(env);
+    let mut variables = Vec::new();
     for (index, endpoint) in config.escalation.endpoints.iter().enumerate() {
+        found.url(&format!("escalation.endpoints[{index}].url"), &endpoint.url);
         if let Some(file) = &endpoint.token_file {
             found.file(&format!("escalation.endpoints[{index}].token_file"), file);
         }
-        if !endpoint.token_env.is_empty() {
+        // HF_TOKEN is the environment's already.
+        if !["", "HF_TOKEN"].contains(&endpoint.token_env.as_str()) {
             variables.push(endpoint.token_env.clone());
         }
     }
@@ -61,12 +64,11 @@ pub fn secrets(config: &Config, env: &Env) -> Secrets {
     found.secrets
 }
 
-/// The secrets of the environment alone (`HF_TOKEN`, the file `HF_TOKEN_FILE` names, the systemd
-/// credential), held from the first log line on, before a config is read. Silent: `secrets` warns
-/// about these too, once the config is read.
+/// The secrets of the environment alone (see `Found::environment`), held from the first log line on,
+/// before a config is read. Silent: `secrets` warns about these too, once the config is read.
 pub fn environment_secrets(env: &Env) -> Secrets {
     let mut found = Found::default();
-    found.variable("HF_TOKEN", env);
+    found.environment(env);
     found.secrets
 }
 
@@ -86,6 +88,14 @@ impl Found {
     fn check_length(&mut self, origin: &str, secret: &str) {
         if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
             self.too_short.push(origin.to_owned());
+        }
+    }
+
+    /// `HF_TOKEN` (which `models fetch` sends too), and a password in the Hub's URL (`HF_ENDPOINT`).
+    fn environment(&mut self, env: &Env) {
+        self.variable("HF_TOKEN", env);
+        if let Some(url) = env.get("HF_ENDPOINT") {
+            self.url("HF_ENDPOINT", url);
         }
     }
 
@@ -196,13 +206,14 @@ mod tests {
             [escalation]
             endpoints = [
                 {{ name = "a", url = "http://127.0.0.1/v1", model = "m", token_file = "{endpoint_file}" }},
-                {{ name = "b", url = "http://127.0.0.1/v1", model = "m", token_env = "ROUTER_B" }},
+                {{ name = "b", url = "http://proxy:endpoint-password@127.0.0.1/v1", model = "m", token_env = "ROUTER_B" }},
             ]
             "#
         );
         let env = Env::from_pairs([
             ("HF_TOKEN_FILE", hf_file.as_str()),
             ("ROUTER_B", " token-from-router-b-variable \n"),
+            ("HF_ENDPOINT", "https://mirror:hub-mirror-password@hub.lan"),
             (
                 "CREDENTIALS_DIRECTORY",
                 &dir.path().join("credentials").display().to_string(),
@@ -223,6 +234,8 @@ mod tests {
             "basic-password".to_owned(),
             basic("viewer:basic-password"),
             "bearer-token-value".to_owned(),
+            "endpoint-password".to_owned(),
+            "hub-mirror-password".to_owned(),
         ] {
             assert!(leaks(&secrets, &format!("echo: {secret}")), "{secret}");
         }
