@@ -1,7 +1,8 @@
 //! The `lookout` command: parse, load and validate the config, then hand over to the library.
 //! Exit codes: 0 done, 1 failed while running, 64 bad config or usage, 65 bad input data (an image that
-//! does not decode), 66 no such input (no dataset folder), 69 no usable model or runtime, 73 cannot
-//! create the output (an export's destination is taken).
+//! does not decode), 66 nothing to read (no dataset folder, or no row an export's filter matches: a
+//! script can tell "nothing yet" from a failure), 69 no usable model or runtime, 73 cannot create the
+//! output (an export's destination is taken).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -844,11 +845,9 @@ fn dataset_dir(folder: DatasetFolder, env: &Env) -> Result<PathBuf, ExitCode> {
 fn dataset_failure(error: &DatasetError) -> ExitCode {
     eprintln!("lookout: {error}");
     ExitCode::from(match error {
-        DatasetError::NotADataset { .. } => EXIT_NO_INPUT,
+        DatasetError::NotADataset { .. } | DatasetError::NothingToExport { .. } => EXIT_NO_INPUT,
         DatasetError::DestinationTaken { .. } => EXIT_CANT_CREATE,
-        DatasetError::Io { .. }
-        | DatasetError::InUse { .. }
-        | DatasetError::NothingToExport { .. } => EXIT_FAILED,
+        DatasetError::Io { .. } | DatasetError::InUse { .. } => EXIT_FAILED,
     })
 }
 
