@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The log filter: what the process tests look for in the log.
@@ -20,6 +20,18 @@ impl Run {
     /// its arguments before the daemon's own; empty for none). `name` names its config and log files
     /// in `dir`.
     pub fn start(dir: &Path, name: &str, config: &str, state: &Path, wrapper: &[&str]) -> Run {
+        Run::start_with_env(dir, name, config, state, wrapper, &[])
+    }
+
+    /// As `start`, with more environment variables (`LOOKOUT_LOG` among them replaces the filter).
+    pub fn start_with_env(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        state: &Path,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -30,6 +42,7 @@ impl Run {
             .args(&args[1..])
             .env("LOOKOUT_STATE_DIR", state)
             .env("LOOKOUT_LOG", LOG)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -52,6 +65,16 @@ impl Run {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM (a graceful stop), and waits for the process to end.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        self.child.wait().unwrap()
     }
 
     /// SIGKILL, and waits for the process to be gone.
