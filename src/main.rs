@@ -42,6 +42,9 @@ enum Command {
     Run {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The model variant (default: vision.variant, `auto`); kept across reloads.
+        #[arg(long)]
+        variant: Option<String>,
     },
     /// Answer one question about one image, or about a clip of images, with the local model, with its
     /// confidence and timings.
@@ -59,6 +62,9 @@ enum Command {
         /// A model folder (default: vision.model_dir of the config, or LOOKOUT_MODEL_DIR).
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
+        /// The model variant (default: vision.variant, `auto`: the fastest the folder holds).
+        #[arg(long)]
+        variant: Option<String>,
         /// text, yes_no, or one_of:label,label,...
         #[arg(long, default_value = "text", value_parser = str::parse::<AnswerKind>)]
         kind: AnswerKind,
@@ -221,7 +227,24 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env = Env::from_process();
+    let mut env = Env::from_process();
+    // `--variant` overrides vision.variant as LOOKOUT_VARIANT does, so that it is validated with the
+    // config and a reload keeps it.
+    if let Command::Run {
+        variant: Some(variant),
+        ..
+    }
+    | Command::Ask {
+        variant: Some(variant),
+        ..
+    }
+    | Command::Bench {
+        variant: Some(variant),
+        ..
+    } = &cli.command
+    {
+        env = env.with("LOOKOUT_VARIANT", variant);
+    }
     match cli.command {
         Command::Config {
             action: ConfigAction::Example,
@@ -256,7 +279,7 @@ fn main() -> ExitCode {
                     file,
                 },
         } => sign(&key, version, patch, &file),
-        Command::Run { config } => run(ConfigOrigin::choose(config, &env), env),
+        Command::Run { config, .. } => run(ConfigOrigin::choose(config, &env), env),
         Command::Dataset {
             action: DatasetAction::Stats { folder, json },
         } => match dataset_dir(folder, &env) {
@@ -277,7 +300,7 @@ fn main() -> ExitCode {
         },
         Command::Bench {
             model,
-            variant,
+            variant: _,
             image,
             split,
             runs,
@@ -297,9 +320,6 @@ fn main() -> ExitCode {
             let vision = &mut loaded.vision;
             if let Some(model) = model {
                 vision.model_dir = model;
-            }
-            if let Some(variant) = variant {
-                vision.variant = variant;
             }
             if let Some(threads) = threads {
                 vision.threads = threads;
@@ -346,6 +366,7 @@ fn main() -> ExitCode {
             video_frames,
             frame_interval,
             model,
+            variant: _,
             kind,
             split,
             no_split: _,
@@ -393,7 +414,11 @@ fn main() -> ExitCode {
 
 /// The bytes of the decoder graph of the configured variant (its weights, external data included).
 fn decoder_weight_bytes(vision: &vision::VisionConfig) -> u64 {
-    let suffix = vision::variant_suffix(&vision.variant).unwrap_or_default();
+    let suffix = vision
+        .resolve_variant()
+        .ok()
+        .and_then(vision::variant_suffix)
+        .unwrap_or_default();
     let graph = vision
         .model_dir
         .join("onnx")
