@@ -560,16 +560,39 @@ fn fetch_model(
     };
     let dir = dir
         .unwrap_or_else(|| PathBuf::from("models").join(name.rsplit('/').next().unwrap_or(&name)));
+    match download(env, name, &suffix, revision, &dir) {
+        Ok(files) => {
+            println!("{files} files in {}, checksums verified", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("lookout: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// The Hub `models fetch` and `run` download from: HF_ENDPOINT, else huggingface.co.
+fn hub_endpoint(env: &Env) -> &str {
+    env.get("HF_ENDPOINT").unwrap_or("https://huggingface.co")
+}
+
+/// Downloads every file of one variant (graph suffix `suffix`) of `repo` into `dir`, resuming and
+/// verifying each, with progress on stderr; the number of files.
+fn download(
+    env: &Env,
+    repo: String,
+    suffix: &str,
+    revision: String,
+    dir: &Path,
+) -> anyhow::Result<usize> {
     let fetch = fetch::Fetch {
-        endpoint: env
-            .get("HF_ENDPOINT")
-            .unwrap_or("https://huggingface.co")
-            .to_owned(),
-        repo: name,
+        endpoint: hub_endpoint(env).to_owned(),
+        repo,
         revision,
         token: env.get("HF_TOKEN").map(str::to_owned),
     };
-    let files = fetch::variant_files(&suffix);
+    let files = fetch::variant_files(suffix);
     let mut shown = (String::new(), u64::MAX);
     let mut progress = |path: &str, done: u64, total: Option<u64>| {
         let percent = total
@@ -586,26 +609,70 @@ fn fetch_model(
             shown = (path.to_owned(), percent);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("lookout: cannot start the async runtime: {error}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))?;
+    let fetched = runtime.block_on(fetch.run(&files, dir, &mut progress));
+    if fetched.is_err() && !shown.0.is_empty() {
+        // Ends the progress line the failure interrupted.
+        eprintln!();
+    }
+    Ok(fetched?.len())
+}
+
+/// `lookout run` with the default model configured and its folder missing (or holding no complete
+/// variant, as after an interrupted fetch): fetches it as `models fetch` does, then the daemon runs.
+/// Not under a service manager (systemd sets INVOCATION_ID): a box there must not download 350 MB
+/// unasked, or retry it at every restart, so it says how to fetch and stops. Offline, it says what is
+/// missing and how to run without it. Either way the exit is 69, which the unit does not restart.
+fn fetch_missing_default_model(vision: &vision::VisionConfig, env: &Env) -> Result<(), ExitCode> {
+    let dir = &vision.model_dir;
+    if *dir != vision::VisionConfig::default().model_dir
+        || vision::model::variants_present(dir).is_ok_and(|present| !present.is_empty())
+    {
+        return Ok(());
+    }
+    let variant = if vision.variant == vision::AUTO_VARIANT {
+        vision::preferred_variants(&vision.providers)[0]
+    } else {
+        vision.variant.as_str()
     };
-    match runtime.block_on(fetch.run(&files, &dir, &mut progress)) {
-        Ok(entries) => {
-            println!(
-                "{} files in {}, checksums verified",
-                entries.len(),
-                dir.display()
-            );
-            ExitCode::SUCCESS
+    let shown = std::env::current_dir().map_or_else(|_| dir.clone(), |cwd| cwd.join(dir));
+    if env.get("INVOCATION_ID").is_some() {
+        eprintln!(
+            "lookout: the model is missing: {} holds no SmolVLM2 export. Started by a service manager, \
+             Lookout does not download it by itself (about 350 MB): fetch it once as the service's user, \
+             `sudo -u lookout lookout models fetch --variant {variant} --dir {}` (or `deploy/install.sh \
+             --with-model`), then start the service again.",
+            shown.display(),
+            shown.display()
+        );
+        return Err(ExitCode::from(EXIT_UNAVAILABLE));
+    }
+    tracing::info!(dir = %shown.display(), variant = %variant, hub = hub_endpoint(env), "The model folder is missing; fetching the default model first.");
+    let suffix = vision::variant_suffix(variant).unwrap_or_default();
+    match download(
+        env,
+        DEFAULT_MODEL.to_owned(),
+        &suffix,
+        "main".to_owned(),
+        dir,
+    ) {
+        Ok(files) => {
+            tracing::info!(dir = %shown.display(), files, "Model fetched, checksums verified.");
+            Ok(())
         }
         Err(error) => {
-            eprintln!();
-            eprintln!("lookout: {error}");
-            ExitCode::from(EXIT_FAILED)
+            eprintln!(
+                "lookout: the model is missing: {} holds no SmolVLM2 export, and fetching it from the \
+                 Hugging Face Hub ({}) failed: {error:#}. `lookout models fetch` needs the Hub (about 350 MB); \
+                 run `lookout run` again where it is reachable (the download resumes), or copy a fetched \
+                 folder there. To try Lookout without it, run on the small test model in the source tree: \
+                 `LOOKOUT_MODEL_DIR=models/fixtures/smolvlm-micro lookout run` (its answers are noise, by \
+                 construction).",
+                shown.display(),
+                hub_endpoint(env)
+            );
+            Err(ExitCode::from(EXIT_UNAVAILABLE))
         }
     }
 }
@@ -1023,6 +1090,9 @@ fn run(origin: ConfigOrigin, env: Env) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(code) = fetch_missing_default_model(&config.vision, &env) {
+        return code;
+    }
     // Until READY=1, `systemctl status` says what start-up is doing.
     service::notify::Notifier::from_env(&env).status("Loading the model");
     let analyser = match vision::load(&config.vision) {
