@@ -507,7 +507,11 @@ fn an_absent_variant_names_the_variants_present() {
     assert_unavailable(&output, "has no int8 variant; it holds: fp32");
     let (_, output) = chosen_variant(fp32_only.path(), &["--variant", "int3"]);
     assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
-    assert!(stderr(&output).contains("vision.variant"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("vision.variant"),
+        "{}",
+        stderr(&output)
+    );
     let empty = model_with_variants(&[]);
     let (_, output) = chosen_variant(empty.path(), &[]);
     assert_unavailable(&output, "has no complete variant; it holds: nothing");

@@ -119,9 +119,14 @@ trigger = {{ kind = "interval", secs = 0.2 }}
         &config,
         &dir.path().join("state"),
         &[],
-        &[("LOOKOUT_LOG", "info"), ("LOOKOUT_HTTP_ADDR", "127.0.0.1:0")],
+        &[
+            ("LOOKOUT_LOG", "info"),
+            ("LOOKOUT_HTTP_ADDR", "127.0.0.1:0"),
+        ],
     );
-    daemon.wait_for("start", |run| run.log_text().contains("Lookout is running."));
+    daemon.wait_for("start", |run| {
+        run.log_text().contains("Lookout is running.")
+    });
     // A client comes and goes, as Home Assistant or mosquitto_sub would.
     let mut client = Subscriber::connect(port, &["lookout/quiet/cam/bright/answer"]).await;
     client
@@ -134,6 +139,12 @@ trigger = {{ kind = "interval", secs = 0.2 }}
     assert!(status.success(), "{status:?}");
     let log = daemon.log_text();
     assert!(log.contains("Embedded MQTT broker started."), "{log}");
-    let errors: Vec<&str> = log.lines().filter(|line| line.contains(" ERROR ")).collect();
-    assert!(errors.is_empty(), "ERROR lines on a clean start and stop:\n{log}");
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" ERROR "))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a clean start and stop:\n{log}"
+    );
 }

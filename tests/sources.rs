@@ -66,9 +66,8 @@ fn jpeg() -> Vec<u8> {
 
 /// An animated GIF of two 24x18 frames (red, then blue): the first is the picture.
 fn animated_gif() -> Vec<u8> {
-    let frame = |rgba: [u8; 4]| {
-        image::Frame::new(image::RgbaImage::from_pixel(24, 18, image::Rgba(rgba)))
-    };
+    let frame =
+        |rgba: [u8; 4]| image::Frame::new(image::RgbaImage::from_pixel(24, 18, image::Rgba(rgba)));
     let mut gif = Vec::new();
     image::codecs::gif::GifEncoder::new(&mut gif)
         .encode_frames([frame([200, 0, 0, 255]), frame([0, 0, 200, 255])])

@@ -378,7 +378,10 @@ impl Config {
         if let Some(dir) = env.get("LOOKOUT_MODEL_DIR") {
             self.vision.model_dir = PathBuf::from(dir);
         }
-        if let Some(variant) = env.get("LOOKOUT_VARIANT").filter(|variant| !variant.is_empty()) {
+        if let Some(variant) = env
+            .get("LOOKOUT_VARIANT")
+            .filter(|variant| !variant.is_empty())
+        {
             self.vision.variant = variant.to_owned();
         }
         if let Some(library) = env.get("ORT_DYLIB_PATH").filter(|path| !path.is_empty()) {

@@ -190,10 +190,7 @@ mod tests {
         let damaged = [&jpeg[..2], &[0xff, 0xe0, 0x00, 0x01], &jpeg[2..]].concat();
         let error = decode(&damaged).unwrap_err().to_string();
         assert!(error.starts_with("corrupt image: "), "{error}");
-        assert!(
-            !error.contains('\n') && !error.contains("\\n"),
-            "{error:?}"
-        );
+        assert!(!error.contains('\n') && !error.contains("\\n"), "{error:?}");
     }
 
     #[test]

@@ -55,7 +55,11 @@ pub fn variants_present(dir: &Path) -> Result<Vec<&'static str>, ModelError> {
             let suffix = super::variant_suffix(variant).unwrap_or_default();
             ["vision_encoder", "embed_tokens", "decoder_model_merged"]
                 .iter()
-                .all(|graph| dir.join("onnx").join(format!("{graph}{suffix}.onnx")).is_file())
+                .all(|graph| {
+                    dir.join("onnx")
+                        .join(format!("{graph}{suffix}.onnx"))
+                        .is_file()
+                })
         })
         .collect())
 }
