@@ -11,7 +11,8 @@ test-deps:
 	ORT_VERSION=1.22.0 deploy/fetch-onnxruntime.sh .ort/old  # a runtime too old, which must be refused
 	tests/dataset/python-env.sh  # Hugging Face datasets, which loads the dataset exports in the tests
 
-# The daemon on its embedded defaults (LOOKOUT_CONFIG or ARGS="--config FILE" to change that).
+# The daemon on its embedded defaults (LOOKOUT_CONFIG or ARGS="--config FILE" to change that); its first
+# start fetches the default model from the Hugging Face Hub when models/ has none.
 run: deps
 	cargo run --release -- run $(ARGS)
 

@@ -1,7 +1,8 @@
 //! The `lookout` command: parse, load and validate the config, then hand over to the library.
 //! Exit codes: 0 done, 1 failed while running, 64 bad config or usage, 65 bad input data (an image that
-//! does not decode), 66 no such input (no dataset folder), 69 no usable model or runtime, 73 cannot
-//! create the output (an export's destination is taken).
+//! does not decode), 66 nothing to read (no dataset folder, or no row an export's filter matches: a
+//! script can tell "nothing yet" from a failure), 69 no usable model or runtime, 73 cannot create the
+//! output (an export's destination is taken).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,9 @@ enum Command {
     Run {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The model variant (default: vision.variant, `auto`); kept across reloads.
+        #[arg(long)]
+        variant: Option<String>,
     },
     /// Answer one question about one image, or about a clip of images, with the local model, with its
     /// confidence and timings.
@@ -58,6 +62,9 @@ enum Command {
         /// A model folder (default: vision.model_dir of the config, or LOOKOUT_MODEL_DIR).
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
+        /// The model variant (default: vision.variant, `auto`: the fastest the folder holds).
+        #[arg(long)]
+        variant: Option<String>,
         /// text, yes_no, or one_of:label,label,...
         #[arg(long, default_value = "text", value_parser = str::parse::<AnswerKind>)]
         kind: AnswerKind,
@@ -220,7 +227,24 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env = Env::from_process();
+    let mut env = Env::from_process();
+    // `--variant` overrides vision.variant as LOOKOUT_VARIANT does, so that it is validated with the
+    // config and a reload keeps it.
+    if let Command::Run {
+        variant: Some(variant),
+        ..
+    }
+    | Command::Ask {
+        variant: Some(variant),
+        ..
+    }
+    | Command::Bench {
+        variant: Some(variant),
+        ..
+    } = &cli.command
+    {
+        env = env.with("LOOKOUT_VARIANT", variant);
+    }
     match cli.command {
         Command::Config {
             action: ConfigAction::Example,
@@ -255,7 +279,7 @@ fn main() -> ExitCode {
                     file,
                 },
         } => sign(&key, version, patch, &file),
-        Command::Run { config } => run(ConfigOrigin::choose(config, &env), env),
+        Command::Run { config, .. } => run(ConfigOrigin::choose(config, &env), env),
         Command::Dataset {
             action: DatasetAction::Stats { folder, json },
         } => match dataset_dir(folder, &env) {
@@ -276,7 +300,7 @@ fn main() -> ExitCode {
         },
         Command::Bench {
             model,
-            variant,
+            variant: _,
             image,
             split,
             runs,
@@ -296,9 +320,6 @@ fn main() -> ExitCode {
             let vision = &mut loaded.vision;
             if let Some(model) = model {
                 vision.model_dir = model;
-            }
-            if let Some(variant) = variant {
-                vision.variant = variant;
             }
             if let Some(threads) = threads {
                 vision.threads = threads;
@@ -345,6 +366,7 @@ fn main() -> ExitCode {
             video_frames,
             frame_interval,
             model,
+            variant: _,
             kind,
             split,
             no_split: _,
@@ -392,7 +414,11 @@ fn main() -> ExitCode {
 
 /// The bytes of the decoder graph of the configured variant (its weights, external data included).
 fn decoder_weight_bytes(vision: &vision::VisionConfig) -> u64 {
-    let suffix = vision::variant_suffix(&vision.variant).unwrap_or_default();
+    let suffix = vision
+        .resolve_variant()
+        .ok()
+        .and_then(vision::variant_suffix)
+        .unwrap_or_default();
     let graph = vision
         .model_dir
         .join("onnx")
@@ -534,16 +560,39 @@ fn fetch_model(
     };
     let dir = dir
         .unwrap_or_else(|| PathBuf::from("models").join(name.rsplit('/').next().unwrap_or(&name)));
+    match download(env, name, &suffix, revision, &dir) {
+        Ok(files) => {
+            println!("{files} files in {}, checksums verified", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("lookout: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// The Hub `models fetch` and `run` download from: HF_ENDPOINT, else huggingface.co.
+fn hub_endpoint(env: &Env) -> &str {
+    env.get("HF_ENDPOINT").unwrap_or("https://huggingface.co")
+}
+
+/// Downloads every file of one variant (graph suffix `suffix`) of `repo` into `dir`, resuming and
+/// verifying each, with progress on stderr; the number of files.
+fn download(
+    env: &Env,
+    repo: String,
+    suffix: &str,
+    revision: String,
+    dir: &Path,
+) -> anyhow::Result<usize> {
     let fetch = fetch::Fetch {
-        endpoint: env
-            .get("HF_ENDPOINT")
-            .unwrap_or("https://huggingface.co")
-            .to_owned(),
-        repo: name,
+        endpoint: hub_endpoint(env).to_owned(),
+        repo,
         revision,
         token: env.get("HF_TOKEN").map(str::to_owned),
     };
-    let files = fetch::variant_files(&suffix);
+    let files = fetch::variant_files(suffix);
     let mut shown = (String::new(), u64::MAX);
     let mut progress = |path: &str, done: u64, total: Option<u64>| {
         let percent = total
@@ -560,26 +609,70 @@ fn fetch_model(
             shown = (path.to_owned(), percent);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("lookout: cannot start the async runtime: {error}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))?;
+    let fetched = runtime.block_on(fetch.run(&files, dir, &mut progress));
+    if fetched.is_err() && !shown.0.is_empty() {
+        // Ends the progress line the failure interrupted.
+        eprintln!();
+    }
+    Ok(fetched?.len())
+}
+
+/// `lookout run` with the default model configured and its folder missing (or holding no complete
+/// variant, as after an interrupted fetch): fetches it as `models fetch` does, then the daemon runs.
+/// Not under a service manager (systemd sets INVOCATION_ID): a box there must not download 350 MB
+/// unasked, or retry it at every restart, so it says how to fetch and stops. Offline, it says what is
+/// missing and how to run without it. Either way the exit is 69, which the unit does not restart.
+fn fetch_missing_default_model(vision: &vision::VisionConfig, env: &Env) -> Result<(), ExitCode> {
+    let dir = &vision.model_dir;
+    if *dir != vision::VisionConfig::default().model_dir
+        || vision::model::variants_present(dir).is_ok_and(|present| !present.is_empty())
+    {
+        return Ok(());
+    }
+    let variant = if vision.variant == vision::AUTO_VARIANT {
+        vision::preferred_variants(&vision.providers)[0]
+    } else {
+        vision.variant.as_str()
     };
-    match runtime.block_on(fetch.run(&files, &dir, &mut progress)) {
-        Ok(entries) => {
-            println!(
-                "{} files in {}, checksums verified",
-                entries.len(),
-                dir.display()
-            );
-            ExitCode::SUCCESS
+    let shown = std::env::current_dir().map_or_else(|_| dir.clone(), |cwd| cwd.join(dir));
+    if env.get("INVOCATION_ID").is_some() {
+        eprintln!(
+            "lookout: the model is missing: {} holds no SmolVLM2 export. Started by a service manager, \
+             Lookout does not download it by itself (about 350 MB): fetch it once as the service's user, \
+             `sudo -u lookout lookout models fetch --variant {variant} --dir {}` (or `deploy/install.sh \
+             --with-model`), then start the service again.",
+            shown.display(),
+            shown.display()
+        );
+        return Err(ExitCode::from(EXIT_UNAVAILABLE));
+    }
+    tracing::info!(dir = %shown.display(), variant = %variant, hub = hub_endpoint(env), "The model folder is missing; fetching the default model first.");
+    let suffix = vision::variant_suffix(variant).unwrap_or_default();
+    match download(
+        env,
+        DEFAULT_MODEL.to_owned(),
+        &suffix,
+        "main".to_owned(),
+        dir,
+    ) {
+        Ok(files) => {
+            tracing::info!(dir = %shown.display(), files, "Model fetched, checksums verified.");
+            Ok(())
         }
         Err(error) => {
-            eprintln!();
-            eprintln!("lookout: {error}");
-            ExitCode::from(EXIT_FAILED)
+            eprintln!(
+                "lookout: the model is missing: {} holds no SmolVLM2 export, and fetching it from the \
+                 Hugging Face Hub ({}) failed: {error:#}. `lookout models fetch` needs the Hub (about 350 MB); \
+                 run `lookout run` again where it is reachable (the download resumes), or copy a fetched \
+                 folder there. To try Lookout without it, run on the small test model in the source tree: \
+                 `LOOKOUT_MODEL_DIR=models/fixtures/smolvlm-micro lookout run` (its answers are noise, by \
+                 construction).",
+                shown.display(),
+                hub_endpoint(env)
+            );
+            Err(ExitCode::from(EXIT_UNAVAILABLE))
         }
     }
 }
@@ -844,11 +937,9 @@ fn dataset_dir(folder: DatasetFolder, env: &Env) -> Result<PathBuf, ExitCode> {
 fn dataset_failure(error: &DatasetError) -> ExitCode {
     eprintln!("lookout: {error}");
     ExitCode::from(match error {
-        DatasetError::NotADataset { .. } => EXIT_NO_INPUT,
+        DatasetError::NotADataset { .. } | DatasetError::NothingToExport { .. } => EXIT_NO_INPUT,
         DatasetError::DestinationTaken { .. } => EXIT_CANT_CREATE,
-        DatasetError::Io { .. }
-        | DatasetError::InUse { .. }
-        | DatasetError::NothingToExport { .. } => EXIT_FAILED,
+        DatasetError::Io { .. } | DatasetError::InUse { .. } => EXIT_FAILED,
     })
 }
 
@@ -999,6 +1090,9 @@ fn run(origin: ConfigOrigin, env: Env) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(code) = fetch_missing_default_model(&config.vision, &env) {
+        return code;
+    }
     // Until READY=1, `systemctl status` says what start-up is doing.
     service::notify::Notifier::from_env(&env).status("Loading the model");
     let analyser = match vision::load(&config.vision) {

@@ -193,7 +193,7 @@ fn assert_unavailable(output: &Output, needle: &str) {
 
 #[test]
 fn a_broken_model_folder_is_named_in_the_error() {
-    // `ask` loads the default variant, int8.
+    // `ask` loads the fastest variant the folder holds, int8 (the folder has int8 and fp32).
     let missing_graph = model_copy();
     std::fs::remove_file(
         missing_graph
@@ -202,8 +202,8 @@ fn a_broken_model_folder_is_named_in_the_error() {
     )
     .unwrap();
     assert_unavailable(
-        &ask_model(missing_graph.path(), &[]),
-        "decoder_model_merged_int8.onnx",
+        &ask_model(missing_graph.path(), &[("LOOKOUT_VARIANT", "int8")]),
+        "has no int8 variant; it holds: fp32",
     );
 
     let truncated = model_copy();
@@ -436,4 +436,83 @@ fn bad_clips_are_refused_clearly() {
         &[],
     );
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+}
+
+/// A folder holding the fixture's config files and the graphs of `variants` only.
+fn model_with_variants(variants: &[&str]) -> tempfile::TempDir {
+    let dir = model_copy();
+    for entry in std::fs::read_dir(dir.path().join("onnx")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let variant = ["vision_encoder", "embed_tokens", "decoder_model_merged"]
+            .iter()
+            .find_map(|graph| name.strip_prefix(graph))
+            .map(|rest| rest.trim_start_matches('_'))
+            .map(|rest| if rest.is_empty() { "fp32" } else { rest })
+            .unwrap();
+        if !variants.contains(&variant) {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    dir
+}
+
+/// The variant the log says `auto` chose, and the exit status.
+fn chosen_variant(model: &Path, extra: &[&str]) -> (Option<String>, Output) {
+    let image = image("square_300.png");
+    let mut args = vec![
+        "--image",
+        image.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    args.push("What?");
+    let output = ask(&args, &[("LOOKOUT_LOG", "lookout::vision=info")]);
+    let variant = stderr(&output)
+        .lines()
+        .filter(|line| line.contains("Chose the fastest model variant"))
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("variant="))
+                .map(str::to_owned)
+        });
+    (variant, output)
+}
+
+#[test]
+fn variant_auto_takes_the_fastest_the_folder_holds() {
+    let fp32_only = model_with_variants(&["fp32"]);
+    let (variant, output) = chosen_variant(fp32_only.path(), &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(variant.as_deref(), Some("fp32"), "{}", stderr(&output));
+
+    let both = model_with_variants(&["fp32", "int8"]);
+    let (variant, output) = chosen_variant(both.path(), &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(variant.as_deref(), Some("int8"), "{}", stderr(&output));
+
+    // An explicit variant is used as given, and is not announced as a choice.
+    let (variant, output) = chosen_variant(both.path(), &["--variant", "fp32"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(variant, None);
+}
+
+#[test]
+fn an_absent_variant_names_the_variants_present() {
+    let fp32_only = model_with_variants(&["fp32"]);
+    let (_, output) = chosen_variant(fp32_only.path(), &["--variant", "int8"]);
+    assert_unavailable(&output, "has no int8 variant; it holds: fp32");
+    let (_, output) = chosen_variant(fp32_only.path(), &["--variant", "int3"]);
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("vision.variant"),
+        "{}",
+        stderr(&output)
+    );
+    let empty = model_with_variants(&[]);
+    let (_, output) = chosen_variant(empty.path(), &[]);
+    assert_unavailable(&output, "has no complete variant; it holds: nothing");
 }

@@ -1,8 +1,11 @@
 //! The `lookout` binary as a user runs it: exit codes, every config error at once, the example config,
-//! and a clear refusal to run without a model.
+//! a clear refusal to run without a model, and what its log says about the addresses it serves.
 
-use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn lookout(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lookout"));
@@ -123,4 +126,60 @@ fn a_config_named_by_the_environment_is_used() {
     let output = lookout(&["run"], &[("LOOKOUT_CONFIG", file.to_str().unwrap())]);
     assert_eq!(output.status.code(), Some(64));
     assert!(stderr(&output).contains("device.id"), "{}", stderr(&output));
+}
+
+#[test]
+fn the_log_names_the_health_address_actually_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
+    let mqtt_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("health.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[mqtt]\nembedded_listen = \"127.0.0.1:{mqtt_port}\"\n[vision]\nmodel_dir = \"{}\"\nthreads = 1\n[[cameras]]\nid = \"cam\"\nsource = {{ kind = \"synthetic\", width = 32, height = 32 }}\n",
+            fixture.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("health.log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env_remove("LOOKOUT_CONFIG")
+        .env_remove("LOOKOUT_MQTT_URL")
+        .env("LOOKOUT_STATE_DIR", dir.path().join("state"))
+        .env("LOOKOUT_HTTP_ADDR", "127.0.0.1:0")
+        .env("LOOKOUT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|line| line.contains("Serving /healthz")) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no health endpoint in:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let addr = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr field: {line}"));
+    assert_ne!(addr, "127.0.0.1:0", "{line}");
+    // The address logged is the one that answers.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: lookout\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }

@@ -1,10 +1,13 @@
 //! With no broker URL the daemon starts its own broker, so a fresh box works with no other software.
-//! A real client connects to it and sees the same contract as with mosquitto.
+//! A real client connects to it and sees the same contract as with mosquitto, and a clean start and
+//! stop of a real `lookout run` logs nothing at ERROR.
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
+use common::process::Run;
 use common::{Daemon, Subscriber, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,5 +84,67 @@ async fn a_taken_port_is_a_clear_error() {
     assert!(
         text.contains(&port.to_string()) && text.contains("mqtt.url"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_and_stop_logs_nothing_at_error() {
+    let port = free_port();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
+    let config = format!(
+        r#"
+[device]
+id = "quiet"
+[mqtt]
+embedded_listen = "127.0.0.1:{port}"
+[vision]
+model_dir = "{}"
+threads = 1
+[[cameras]]
+id = "cam"
+source = {{ kind = "synthetic", width = 64, height = 48, fps = 5.0 }}
+[[tasks]]
+id = "bright"
+camera = "cam"
+question = "Is it bright?"
+kind = "yes_no"
+trigger = {{ kind = "interval", secs = 0.2 }}
+"#,
+        fixture.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Run::start_with_env(
+        dir.path(),
+        "quiet",
+        &config,
+        &dir.path().join("state"),
+        &[],
+        &[
+            ("LOOKOUT_LOG", "info"),
+            ("LOOKOUT_HTTP_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    daemon.wait_for("start", |run| {
+        run.log_text().contains("Lookout is running.")
+    });
+    // A client comes and goes, as Home Assistant or mosquitto_sub would.
+    let mut client = Subscriber::connect(port, &["lookout/quiet/cam/bright/answer"]).await;
+    client
+        .expect(Duration::from_secs(30), "an answer", |m| {
+            m.topic == "lookout/quiet/cam/bright/answer"
+        })
+        .await;
+    drop(client);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = daemon.log_text();
+    assert!(log.contains("Embedded MQTT broker started."), "{log}");
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" ERROR "))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a clean start and stop:\n{log}"
     );
 }

@@ -2,7 +2,11 @@
 //! Hub's resolve endpoint: small files answered directly with their git blob SHA-1 as ETag, large (LFS)
 //! files redirected to a CDN path with their SHA-256 in X-Linked-Etag, byte ranges honoured. Faults are
 //! injected: a transfer cut in the middle (the next run resumes it), and a file whose bytes do not match
-//! its checksum (refused and not kept). The fetched folder then answers a question.
+//! its checksum (refused and not kept). The fetched folder then answers a question. `lookout run` in a
+//! fresh folder fetches the default model the same way and runs; offline, or under a service manager,
+//! it says what to do and exits 69.
+
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -294,4 +298,129 @@ fn an_unknown_repository_or_variant_is_a_clear_error() {
         "{}",
         stderr(&unreachable)
     );
+}
+
+/// `lookout run` in `cwd` (a fresh folder: no `models/`) with the default model configured, its broker
+/// embedded on `mqtt_port`; stdout and stderr to files in `cwd`.
+fn run_fresh(
+    cwd: &Path,
+    endpoint: &str,
+    mqtt_port: u16,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
+    let config = cwd.join("lookout.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[device]\nid = \"fresh\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{mqtt_port}\"\n[vision]\nthreads = 1\n[[cameras]]\nid = \"cam\"\nsource = {{ kind = \"synthetic\", width = 64, height = 48, fps = 5.0 }}\n[[tasks]]\nid = \"bright\"\ncamera = \"cam\"\nquestion = \"Is it bright?\"\nkind = \"yes_no\"\ntrigger = {{ kind = \"interval\", secs = 0.5 }}\n"
+        ),
+    )
+    .unwrap();
+    let library = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/lib/libonnxruntime.so");
+    Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(cwd)
+        .env_remove("INVOCATION_ID")
+        .env_remove("LOOKOUT_MODEL_DIR")
+        .env_remove("LOOKOUT_VARIANT")
+        .env_remove("LOOKOUT_MQTT_URL")
+        .env("HF_ENDPOINT", endpoint)
+        .env("ORT_DYLIB_PATH", library)
+        .env("LOOKOUT_STATE_DIR", cwd.join("state"))
+        .env("LOOKOUT_HTTP_ADDR", "127.0.0.1:0")
+        .env("LOOKOUT_LOG", "info")
+        .envs(extra.iter().copied())
+        .stdout(std::fs::File::create(cwd.join("stdout")).unwrap())
+        .stderr(std::fs::File::create(cwd.join("stderr")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_fresh_run_offline_says_what_is_missing_and_exits_69() {
+    let closed = common::free_port();
+    let cwd = tempfile::tempdir().unwrap();
+    let status = run_fresh(
+        cwd.path(),
+        &format!("http://127.0.0.1:{closed}"),
+        common::free_port(),
+        &[],
+    )
+    .wait()
+    .unwrap();
+    let text = std::fs::read_to_string(cwd.path().join("stderr")).unwrap();
+    assert_eq!(status.code(), Some(69), "{text}");
+    for needle in [
+        "models/SmolVLM2-256M-Video-Instruct holds no SmolVLM2 export",
+        &format!("127.0.0.1:{closed}"),
+        "`lookout models fetch` needs the Hub",
+        "LOOKOUT_MODEL_DIR=models/fixtures/smolvlm-micro lookout run",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_run_fetches_the_default_model_then_answers() {
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    let endpoint = hub(fixture_files(), faults).await;
+    let cwd = tempfile::tempdir().unwrap();
+
+    // Under a service manager nothing is downloaded unasked: the fetch command is named instead.
+    let port = common::free_port();
+    let status = run_fresh(cwd.path(), &endpoint, port, &[("INVOCATION_ID", "1")])
+        .wait()
+        .unwrap();
+    let text = std::fs::read_to_string(cwd.path().join("stderr")).unwrap();
+    assert_eq!(status.code(), Some(69), "{text}");
+    assert!(
+        text.contains("lookout models fetch --variant int8 --dir"),
+        "{text}"
+    );
+    assert!(
+        !cwd.path().join("models").exists(),
+        "downloaded under a service manager"
+    );
+
+    let mut daemon = run_fresh(cwd.path(), &endpoint, port, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(cwd.path().join("stderr"))
+        .unwrap_or_default()
+        .contains("Lookout is running.")
+    {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            panic!(
+                "exited {status}:\n{}",
+                std::fs::read_to_string(cwd.path().join("stderr")).unwrap()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not running after a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut client = common::Subscriber::connect(port, &["lookout/fresh/cam/bright/answer"]).await;
+    let answer = client
+        .expect(std::time::Duration::from_secs(30), "an answer", |m| {
+            m.topic == "lookout/fresh/cam/bright/answer"
+        })
+        .await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(answer.json()["device"], "fresh");
+    let model = cwd.path().join("models/SmolVLM2-256M-Video-Instruct");
+    for name in lookout::vision::fetch::variant_files("_int8") {
+        assert_eq!(
+            std::fs::read(model.join(&name)).unwrap(),
+            std::fs::read(fixture().join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    let text = std::fs::read_to_string(cwd.path().join("stderr")).unwrap();
+    assert!(
+        text.contains("Model fetched, checksums verified."),
+        "{text}"
+    );
+    assert!(text.contains("100%"), "progress is shown: {text}");
 }

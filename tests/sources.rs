@@ -64,6 +64,17 @@ fn jpeg() -> Vec<u8> {
     bytes.into_inner()
 }
 
+/// An animated GIF of two 24x18 frames (red, then blue): the first is the picture.
+fn animated_gif() -> Vec<u8> {
+    let frame =
+        |rgba: [u8; 4]| image::Frame::new(image::RgbaImage::from_pixel(24, 18, image::Rgba(rgba)));
+    let mut gif = Vec::new();
+    image::codecs::gif::GifEncoder::new(&mut gif)
+        .encode_frames([frame([200, 0, 0, 255]), frame([0, 0, 200, 255])])
+        .unwrap();
+    gif
+}
+
 /// A PNG whose header claims 60000x60000 pixels (about 10 GB decoded), in 60 bytes.
 fn png_bomb() -> Vec<u8> {
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
@@ -110,6 +121,7 @@ async fn a_folder_of_broken_files_yields_the_good_frames_and_counts_the_rest() {
             b"this is a text file, not a picture".to_vec(),
         ),
         ("06-good.jpg", good),
+        ("07-animated.gif", animated_gif()),
     ];
     for (name, bytes) in &files {
         std::fs::write(dir.path().join(name), bytes).unwrap();
@@ -120,15 +132,20 @@ async fn a_folder_of_broken_files_yields_the_good_frames_and_counts_the_rest() {
         looping: false,
     });
     let mut sizes = Vec::new();
+    let mut last_pixel = None;
     while running.frames.changed().await.is_ok() {
         if let Some(frame) = running.frames.borrow_and_update().clone() {
             sizes.push((frame.seq, frame.image.dimensions()));
+            last_pixel = Some(frame.image.get_pixel(5, 5).0);
         }
     }
-    // The source ran out (no looping) and closed its channel; every bad file was skipped and counted.
-    assert_eq!(sizes.last(), Some(&(2, (40, 30))), "{sizes:?}");
+    // The source ran out (no looping) and closed its channel; every bad file was skipped and counted,
+    // and the animated GIF gave its first frame.
+    assert_eq!(sizes.last(), Some(&(3, (24, 18))), "{sizes:?}");
+    let [r, g, b] = last_pixel.unwrap();
+    assert!(r > 150 && g < 50 && b < 50, "{:?}", [r, g, b]);
     let stats = running.stop().await;
-    assert_eq!(stats.frames_captured.get(), 2);
+    assert_eq!(stats.frames_captured.get(), 3);
     assert_eq!(stats.frames_bad.get(), 4);
 }
 

@@ -32,6 +32,13 @@ impl Env {
         }
     }
 
+    /// The same environment with `key` set (a command-line option that overrides a field, such as
+    /// `--variant`, goes through here, so that a reload keeps it).
+    pub fn with(mut self, key: &str, value: &str) -> Env {
+        self.vars.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.vars.get(key).map(String::as_str)
     }

@@ -191,10 +191,11 @@ impl Layers {
 }
 
 /// The environment variables that override fields, and the fields they override.
-const ENV_OVERRIDES: [(&str, &str); 6] = [
+const ENV_OVERRIDES: [(&str, &str); 7] = [
     ("LOOKOUT_MQTT_URL", "mqtt.url"),
     ("LOOKOUT_DEVICE_ID", "device.id"),
     ("LOOKOUT_MODEL_DIR", "vision.model_dir"),
+    ("LOOKOUT_VARIANT", "vision.variant"),
     ("ORT_DYLIB_PATH", "vision.runtime_library"),
     ("LOOKOUT_STATE_DIR", "device.state_dir"),
     ("LOOKOUT_HTTP_ADDR", "http.addr"),
@@ -378,6 +379,12 @@ impl Config {
         }
         if let Some(dir) = env.get("LOOKOUT_MODEL_DIR") {
             self.vision.model_dir = PathBuf::from(dir);
+        }
+        if let Some(variant) = env
+            .get("LOOKOUT_VARIANT")
+            .filter(|variant| !variant.is_empty())
+        {
+            self.vision.variant = variant.to_owned();
         }
         if let Some(library) = env.get("ORT_DYLIB_PATH").filter(|path| !path.is_empty()) {
             self.vision.runtime_library = Some(PathBuf::from(library));

@@ -93,7 +93,11 @@ pub async fn serve(
             return None;
         }
     };
-    info!(addr = %config.addr, "Serving /healthz, /readyz and /metrics.");
+    // The address bound, not the one asked for: with port 0 only the listener knows the port.
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| config.addr.clone(), |addr| addr.to_string());
+    info!(addr = %addr, "Serving /healthz, /readyz and /metrics.");
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

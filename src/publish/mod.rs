@@ -44,7 +44,7 @@ use crate::stats::{Snapshot, Stats};
 use crate::vision::{Answer, Outcome, Tier};
 use discovery::HomeAssistantConfig;
 
-pub use broker::BrokerError;
+pub use broker::{BrokerError, OrdinaryBrokerEvents};
 pub use topics::Topics;
 
 /// Requests the client may queue (subscriptions and stats; answers do not pass through it).

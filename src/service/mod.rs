@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::app::{self, AppError, Control};
 use crate::config::{self, Config, ConfigOrigin, Env, Layers};
@@ -48,10 +50,12 @@ pub fn init_logging(env: &Env) {
         .with_writer(RedactedStderr)
         // Colour codes only for a person at a terminal, never into journald or a log file.
         .with_ansi(std::io::stderr().is_terminal());
+    // The embedded broker's ordinary events logged at ERROR are dropped (see `publish::broker`).
+    let quiet = crate::publish::OrdinaryBrokerEvents;
     if env.get("JOURNAL_STREAM").is_some() {
-        logs.without_time().init();
+        logs.without_time().finish().with(quiet).init();
     } else {
-        logs.init();
+        logs.finish().with(quiet).init();
     }
     if let Some((directives, Err(error))) = requested {
         warn!(filter = %directives, error = %error, "LOOKOUT_LOG is not a valid filter; using the default.");

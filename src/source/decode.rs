@@ -1,9 +1,13 @@
-//! Turning encoded bytes (JPEG, PNG) into RGB pixels without trusting them.
+//! Turning encoded bytes (JPEG, PNG, GIF) into RGB pixels without trusting them.
 //!
 //! A file of a few hundred bytes can claim to be 60000x60000 pixels and ask for gigabytes when decoded
 //! (a decompression bomb). The decoder's limits reject such images from their header, before any pixel
 //! buffer exists. Transparent pixels are composited onto white, as the model's reference preprocessing
-//! does, so every stage downstream can assume plain RGB.
+//! does, so every stage downstream can assume plain RGB. An animated GIF gives its first frame: a camera
+//! snapshot endpoint that serves GIFs serves a picture, and the first frame is that picture.
+//!
+//! Errors tell a format this build does not read (WebP, BMP...) apart from a damaged file, and are one
+//! line each: some JPEG decoder messages end in a newline, which split a log line in two.
 
 use std::io::Cursor;
 
@@ -19,8 +23,10 @@ pub const MAX_ALLOC_BYTES: u64 = 256 * 1024 * 1024;
 pub enum DecodeError {
     #[error("empty image data")]
     Empty,
-    #[error("not a supported image format (JPEG or PNG)")]
+    #[error("not a supported image format (JPEG, PNG or GIF)")]
     UnknownFormat,
+    #[error("the image format {0} is not supported (JPEG, PNG or GIF)")]
+    Unsupported(String),
     #[error(
         "image is {width}x{height}, over the limit of {MAX_SIDE} pixels a side or {MAX_ALLOC_BYTES} bytes"
     )]
@@ -36,16 +42,19 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|error| DecodeError::Corrupt(error.to_string()))?;
+        .map_err(|error| DecodeError::Corrupt(one_line(&error.to_string())))?;
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat);
     }
     // The header is read without limits, so that an oversized image is reported with the size it claims;
     // the limits then apply to the pixel decode itself.
     reader.no_limits();
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|error| DecodeError::Corrupt(error.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(|error| match error {
+        image::ImageError::Unsupported(unsupported) => {
+            DecodeError::Unsupported(unsupported.format_hint().to_string())
+        }
+        other => DecodeError::Corrupt(one_line(&other.to_string())),
+    })?;
     let (width, height) = decoder.dimensions();
     if width > MAX_SIDE || height > MAX_SIDE || decoder.total_bytes() > MAX_ALLOC_BYTES {
         return Err(DecodeError::TooLarge { width, height });
@@ -59,10 +68,25 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
         .map_err(|_| DecodeError::TooLarge { width, height })?;
     let image = DynamicImage::from_decoder(decoder).map_err(|error| match error {
         image::ImageError::Limits(_) => DecodeError::TooLarge { width, height },
-        image::ImageError::Unsupported(_) => DecodeError::UnknownFormat,
-        other => DecodeError::Corrupt(other.to_string()),
+        image::ImageError::Unsupported(unsupported) => {
+            DecodeError::Unsupported(unsupported.format_hint().to_string())
+        }
+        other => DecodeError::Corrupt(one_line(&other.to_string())),
     })?;
     Ok(to_rgb_on_white(image))
+}
+
+/// A decoder's message on one line: the JPEG decoder ends some of its messages in a newline, shown
+/// escaped (`\n`) inside its quoted text or raw.
+fn one_line(message: &str) -> String {
+    message
+        .replace("\\n\"", "\"")
+        .replace("\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// RGB pixels; transparency is composited onto white.
@@ -126,6 +150,47 @@ mod tests {
             decode(&jpeg[..jpeg.len() / 2]),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn an_animated_gif_gives_its_first_frame() {
+        let frame = |rgba: [u8; 4]| {
+            image::Frame::new(image::RgbaImage::from_pixel(8, 6, image::Rgba(rgba)))
+        };
+        let mut gif = Vec::new();
+        {
+            let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
+            encoder
+                .encode_frames([frame([200, 0, 0, 255]), frame([0, 0, 200, 255])])
+                .unwrap();
+        }
+        let decoded = decode(&gif).unwrap();
+        assert_eq!(decoded.dimensions(), (8, 6));
+        let [r, g, b] = decoded.get_pixel(3, 3).0;
+        assert!(r > 150 && g < 50 && b < 50, "{:?}", [r, g, b]);
+    }
+
+    #[test]
+    fn a_format_this_build_does_not_read_is_unsupported_not_corrupt() {
+        let webp = b"RIFF\x24\0\0\0WEBPVP8 \x18\0\0\0\x30\x01\0\x9d\x01\x2a\x01\0\x01\0";
+        let error = decode(webp).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the image format WebP is not supported (JPEG, PNG or GIF)"
+        );
+    }
+
+    #[test]
+    fn a_jpeg_error_is_one_line() {
+        let jpeg = encode(
+            DynamicImage::ImageRgb8(RgbImage::new(16, 16)),
+            ImageFormat::Jpeg,
+        );
+        // An APP0 segment claiming a length of 1, which the decoder reports with a trailing newline.
+        let damaged = [&jpeg[..2], &[0xff, 0xe0, 0x00, 0x01], &jpeg[2..]].concat();
+        let error = decode(&damaged).unwrap_err().to_string();
+        assert!(error.starts_with("corrupt image: "), "{error}");
+        assert!(!error.contains('\n') && !error.contains("\\n"), "{error:?}");
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub use smolvlm::{LoadError, LoadOptions, SmolVlm};
 pub struct VisionConfig {
     /// A folder in the official SmolVLM2 ONNX export layout.
     pub model_dir: PathBuf,
-    /// Which weights of the export: fp32, fp16, int8, uint8, quantized, q4, q4f16, bnb4.
+    /// Which weights of the export: `auto` (the fastest the folder holds for the providers, see
+    /// `preferred_variants`), or one of fp32, fp16, int8, uint8, quantized, q4, q4f16, bnb4.
     pub variant: String,
     /// The ONNX Runtime library; default: ORT_DYLIB_PATH, else the first of `runtime::DEFAULT_LIBRARY_PATHS`.
     pub runtime_library: Option<PathBuf>,
@@ -56,7 +57,7 @@ impl Default for VisionConfig {
     fn default() -> Self {
         VisionConfig {
             model_dir: PathBuf::from("models/SmolVLM2-256M-Video-Instruct"),
-            variant: "int8".to_owned(),
+            variant: AUTO_VARIANT.to_owned(),
             runtime_library: None,
             providers: vec![Provider::Cpu],
             threads: 0,
@@ -81,6 +82,26 @@ pub const VARIANTS: [&str; 8] = [
     "bnb4",
 ];
 
+/// `variant = "auto"`: the fastest variant the model folder holds.
+pub const AUTO_VARIANT: &str = "auto";
+
+/// The variants in order of preference on `providers`, fastest first. On CPUs the 8-bit exports are the
+/// fastest (bench/results.md: int8 against fp32), then fp32; the 4-bit ones unpack their weights on
+/// every run, and half precision has few CPU kernels, so fp16 comes last. The choice for GPUs (fp16
+/// first) belongs here when it is measured.
+pub fn preferred_variants(_providers: &[Provider]) -> [&'static str; 8] {
+    [
+        "int8",
+        "uint8",
+        "quantized",
+        "fp32",
+        "q4",
+        "bnb4",
+        "q4f16",
+        "fp16",
+    ]
+}
+
 /// The graph file suffix of a variant ("" for fp32, "_int8"...), or `None` for an unknown variant.
 pub fn variant_suffix(variant: &str) -> Option<String> {
     match variant {
@@ -91,14 +112,47 @@ pub fn variant_suffix(variant: &str) -> Option<String> {
 }
 
 impl VisionConfig {
+    /// The variant to load: the configured one if the folder holds it, or for `auto` the first of
+    /// `preferred_variants` that it holds. The error names the variants the folder does hold.
+    pub fn resolve_variant(&self) -> Result<&'static str, model::ModelError> {
+        let present = model::variants_present(&self.model_dir)?;
+        let chosen = if self.variant == AUTO_VARIANT {
+            preferred_variants(&self.providers)
+                .into_iter()
+                .find(|variant| present.contains(variant))
+        } else {
+            present
+                .iter()
+                .copied()
+                .find(|variant| *variant == self.variant)
+        };
+        chosen.ok_or_else(|| model::ModelError::VariantAbsent {
+            dir: self.model_dir.clone(),
+            variant: if self.variant == AUTO_VARIANT {
+                "complete".to_owned()
+            } else {
+                self.variant.clone()
+            },
+            present: if present.is_empty() {
+                "nothing (no onnx/ graph set of any variant)".to_owned()
+            } else {
+                present.join(", ")
+            },
+        })
+    }
+
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         if self.model_dir.as_os_str().is_empty() {
             problems.push(format!("{path}.model_dir"), "must name a folder");
         }
-        if variant_suffix(&self.variant).is_none() {
+        if self.variant != AUTO_VARIANT && variant_suffix(&self.variant).is_none() {
             problems.push(
                 format!("{path}.variant"),
-                format!("{:?} is not one of {}", self.variant, VARIANTS.join(", ")),
+                format!(
+                    "{:?} is not auto or one of {}",
+                    self.variant,
+                    VARIANTS.join(", ")
+                ),
             );
         }
         if self.providers.is_empty() {
@@ -242,10 +296,16 @@ pub trait Analyser: Send {
 
 /// Loads the SmolVLM2 analyser `config` names.
 pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
+    if config.variant != AUTO_VARIANT && variant_suffix(&config.variant).is_none() {
+        return Err(LoadError::Variant(config.variant.clone()));
+    }
+    let variant = config.resolve_variant()?;
+    if config.variant == AUTO_VARIANT {
+        info!(model_dir = %config.model_dir.display(), variant = %variant, "Chose the fastest model variant this folder holds for the configured providers.");
+    }
     let options = LoadOptions {
         model_dir: config.model_dir.clone(),
-        suffix: variant_suffix(&config.variant)
-            .ok_or_else(|| LoadError::Variant(config.variant.clone()))?,
+        suffix: variant_suffix(variant).unwrap_or_default(),
         library: runtime::resolve_library(config.runtime_library.as_deref())?,
         providers: config.providers.clone(),
         threads: config.threads,

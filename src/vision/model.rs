@@ -33,6 +33,35 @@ pub enum ModelError {
     Missing(PathBuf),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error(
+        "{dir} has no {variant} variant; it holds: {present} (set vision.variant or --variant to one of them, or fetch it with `lookout models fetch --variant`)"
+    )]
+    VariantAbsent {
+        dir: PathBuf,
+        variant: String,
+        present: String,
+    },
+}
+
+/// The variants whose three graphs (`vision_encoder`, `embed_tokens`, `decoder_model_merged`) are all
+/// in the folder's `onnx/`, in `VARIANTS` order.
+pub fn variants_present(dir: &Path) -> Result<Vec<&'static str>, ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError::Missing(dir.to_owned()));
+    }
+    Ok(super::VARIANTS
+        .into_iter()
+        .filter(|variant| {
+            let suffix = super::variant_suffix(variant).unwrap_or_default();
+            ["vision_encoder", "embed_tokens", "decoder_model_merged"]
+                .iter()
+                .all(|graph| {
+                    dir.join("onnx")
+                        .join(format!("{graph}{suffix}.onnx"))
+                        .is_file()
+                })
+        })
+        .collect())
 }
 
 fn read_json(dir: &Path, name: &str) -> Result<Value, ModelError> {

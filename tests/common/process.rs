@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The log filter: what the process tests look for in the log.
@@ -74,6 +74,12 @@ impl Run {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal}");
+    }
+
+    /// SIGTERM (a graceful stop), and waits for the process to end.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.child.wait().unwrap()
     }
 
     /// SIGKILL, and waits for the process to be gone.
