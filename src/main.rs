@@ -370,6 +370,7 @@ fn main() -> ExitCode {
             let request = Request {
                 origin: Origin::Ask {
                     id: "cli".to_owned(),
+                    task: None,
                 },
                 question,
                 kind,

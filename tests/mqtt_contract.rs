@@ -264,3 +264,117 @@ trigger = {{ kind = "on_change", threshold = 0.2, min_interval_secs = 0.01 }}
     );
     daemon.shutdown().await;
 }
+
+/// Issue 26: an ask refused for what it says (empty or over-long question, `one_of` with one label,
+/// an unknown field or kind, an unknown task) is answered with its `ask_id` whenever the id can be
+/// read; an ask may name a configured task, whose answer goes to that task's topic; the stats count
+/// every ask received, refused ones included, and `published` every message the broker acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_asks_carry_their_id_tasks_can_be_asked_and_stats_count_what_they_say() {
+    let broker = Mosquitto::start();
+    let config = config_with(
+        "box3",
+        &broker.url(),
+        r#"
+[[tasks]]
+id = "manual"
+camera = "cam"
+question = "Is the light on?"
+kind = "yes_no"
+trigger = { kind = "on_demand" }
+"#,
+    );
+    let mut answers = Subscriber::connect(
+        broker.port,
+        &["lookout/box3/+/+/answer", "lookout/box3/stats"],
+    )
+    .await;
+    let daemon = Daemon::start(&config);
+    answers
+        .expect(WAIT, "the first stats", |m| m.topic == "lookout/box3/stats")
+        .await;
+
+    let long = "x".repeat(lookout::gate::MAX_QUESTION_CHARS + 1);
+    let refused = [
+        (
+            "empty",
+            r#"{"id":"empty","question":"  "}"#.to_owned(),
+            "empty",
+        ),
+        (
+            "long",
+            format!(r#"{{"id":"long","question":"{long}"}}"#),
+            "characters",
+        ),
+        (
+            "one-label",
+            r#"{"id":"one-label","question":"q","kind":{"one_of":["a"]}}"#.to_owned(),
+            "two labels",
+        ),
+        (
+            "extra-field",
+            r#"{"id":"extra-field","question":"q","colour":"red"}"#.to_owned(),
+            "colour",
+        ),
+        (
+            "bad-kind",
+            r#"{"id":"bad-kind","question":"q","kind":"maybe"}"#.to_owned(),
+            "maybe",
+        ),
+        (
+            "no-task",
+            r#"{"id":"no-task","task":"nope"}"#.to_owned(),
+            "nope",
+        ),
+    ];
+    for (id, payload, reason) in &refused {
+        answers
+            .publish("lookout/box3/cam/ask", payload.as_str())
+            .await;
+        let reply = answers
+            .expect(WAIT, &format!("the error reply to {id}"), |m| {
+                m.topic == "lookout/box3/cam/ask/answer"
+            })
+            .await
+            .json();
+        assert_eq!(reply["ask_id"], *id, "{reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{id}: {error}");
+    }
+    // Without a readable id there is none to give.
+    answers.publish("lookout/box3/cam/ask", "not json").await;
+    let reply = answers
+        .expect(WAIT, "the error reply to not json", |m| {
+            m.topic == "lookout/box3/cam/ask/answer"
+        })
+        .await
+        .json();
+    assert!(reply["ask_id"].is_null(), "{reply}");
+
+    // A configured task, asked by name: answered on its own topic, with the ask's id.
+    answers
+        .publish("lookout/box3/cam/ask", r#"{"id":"t-1","task":"manual"}"#)
+        .await;
+    let answer = answers
+        .expect(WAIT, "the task's answer", |m| {
+            m.topic == "lookout/box3/cam/manual/answer"
+        })
+        .await
+        .json();
+    assert_eq!(answer["ask_id"], "t-1", "{answer}");
+    assert_eq!(answer["task"], "manual");
+    assert_eq!(answer["question"], "Is the light on?");
+    assert!(["yes", "no"].contains(&answer["answer"].as_str().unwrap()));
+
+    // 8 asks received, 7 refused; 8 messages acknowledged (7 error replies and 1 answer).
+    let stats = answers
+        .expect(WAIT, "stats counting every ask", |m| {
+            m.topic == "lookout/box3/stats" && m.json()["published"].as_u64() >= Some(8)
+        })
+        .await
+        .json();
+    assert_eq!(stats["asks"]["received"], 8, "{stats}");
+    assert_eq!(stats["asks"]["rejected"], 7, "{stats}");
+    assert_eq!(stats["published"], 8, "{stats}");
+    daemon.shutdown().await;
+}
