@@ -1,6 +1,7 @@
 //! The MQTT contract against a real mosquitto: answers (QoS 1, not retained, full JSON), retained
-//! `online` status, retained stats, asks (good, malformed, unknown camera, failing), and a graceful
-//! shutdown that leaves a retained `offline` within the deadline.
+//! `online` status, retained stats, asks (good, malformed, unknown camera, failing, refused with their
+//! id, naming a task), the stats' ask and publish counts, a graceful shutdown that leaves a retained
+//! `offline` within the deadline, and the log line per answer of a real `lookout run`.
 
 mod common;
 
@@ -377,4 +378,111 @@ trigger = { kind = "on_demand" }
     assert_eq!(stats["asks"]["rejected"], 7, "{stats}");
     assert_eq!(stats["published"], 8, "{stats}");
     daemon.shutdown().await;
+}
+
+/// Issue 26: a real `lookout run` under the default log filter logs each answer it publishes as one
+/// INFO line of fields; `mqtt.log_answers = false` turns the lines off on reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_daemon_logs_each_answer_until_a_reload_turns_it_off() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |log_answers: bool| {
+        format!(
+            "{}\n[mqtt]\nurl = \"{}\"\nlog_answers = {log_answers}\n{}",
+            "[device]\nid = \"logged\"\nshutdown_timeout_secs = 5.0",
+            broker.url(),
+            r#"
+[[cameras]]
+id = "cam"
+source = { kind = "synthetic", width = 64, height = 48, fps = 10.0 }
+
+[[tasks]]
+id = "describe"
+camera = "cam"
+question = "Describe what you see."
+trigger = { kind = "interval", secs = 0.2 }
+max_new_tokens = 4
+"#
+        )
+    };
+    let path = dir.path().join("lookout.toml");
+    std::fs::write(&path, config(true)).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
+    let mut answers = Subscriber::connect(
+        broker.port,
+        &[
+            "lookout/logged/cam/describe/answer",
+            "lookout/logged/config/reported",
+        ],
+    )
+    .await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("LOOKOUT_STATE_DIR", dir.path().join("state"))
+        .env("LOOKOUT_MODEL_DIR", &fixture)
+        .env_remove("LOOKOUT_LOG")
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let answered_lines = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains("Answered."))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..2 {
+        answers
+            .expect(WAIT, "an answer", |m| m.topic.ends_with("/answer"))
+            .await;
+    }
+    // The publisher logs before storing, so the line is there once the answer arrived.
+    let lines = answered_lines();
+    let line = lines.first().expect("a line per answer");
+    for field in [
+        "INFO",
+        "camera=cam",
+        "task=describe",
+        "answer=",
+        "confidence=",
+        "tier=local",
+        "total_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+
+    std::fs::write(&path, config(false)).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    answers
+        .expect(WAIT, "the reloaded config reported", |m| {
+            m.topic.ends_with("/config/reported") && m.text().contains("\"log_answers\":false")
+        })
+        .await;
+    let before = answered_lines().len();
+    for _ in 0..3 {
+        answers
+            .expect(WAIT, "an answer after the reload", |m| {
+                m.topic.ends_with("/answer")
+            })
+            .await;
+    }
+    assert_eq!(
+        answered_lines().len(),
+        before,
+        "answers are still logged after log_answers = false"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
 }

@@ -571,9 +571,9 @@ fn log_answer(answer: &Answer) {
     info!(
         camera = %answer.camera,
         task = %answer.task,
-        answer = %format!("{text}{cut}"),
-        confidence = ?answer.confidence,
-        tier,
+        answer = ?format!("{text}{cut}"),
+        confidence = answer.confidence,
+        tier = %tier,
         total_ms = answer.timings_ms.total.round() as u64,
         "Answered."
     );
