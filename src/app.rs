@@ -110,14 +110,14 @@ impl Front {
         for camera in &config.cameras {
             // Capacity one, newest wins: capture never waits for the gate.
             let (frames_out, frames_in) = watch::channel(None);
-            let (route, asks) = AskRouter::channel();
-            routes.insert(camera.id.clone(), route);
-            let tasks = config
+            let tasks: Vec<_> = config
                 .tasks
                 .iter()
                 .filter(|task| task.camera == camera.id)
                 .cloned()
                 .collect();
+            let (route, asks) = AskRouter::channel(&tasks);
+            routes.insert(camera.id.clone(), route);
             stages.push(Stage {
                 name: format!("source {}", camera.id),
                 handle: tokio::spawn(source::run(
@@ -181,7 +181,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.outbox != new.outbox {
         names.push("outbox");
     }
-    if old.mqtt != new.mqtt {
+    if old.mqtt.needs_restart_against(&new.mqtt) {
         names.push("mqtt");
     }
     if old.vision.runtime_library != new.vision.runtime_library {
@@ -224,6 +224,8 @@ struct Live {
     escalation: Arc<Escalation>,
     /// The dataset stage's settings (it opens, moves or closes its folder when they change).
     dataset: watch::Sender<dataset::Settings>,
+    /// Whether the publisher logs each answer (`mqtt.log_answers`, live).
+    log_answers: watch::Sender<bool>,
     replacement: Replacement,
     topics: Topics,
     /// Home Assistant discovery topics announced now (and by the last run, until the first update).
@@ -290,6 +292,8 @@ impl Live {
         running.device.stall_timeout_secs = new.device.stall_timeout_secs;
         self.stats.progress.set_limit(running.stall_timeout());
         running.home_assistant.discovery = new.home_assistant.discovery;
+        running.mqtt.log_answers = new.mqtt.log_answers;
+        self.log_answers.send_replace(new.mqtt.log_answers);
         running.remote = RemoteConfig {
             enabled: running.remote.enabled,
             ..new.remote
@@ -477,6 +481,7 @@ pub async fn run(
         dataset::Sink::new(dataset_settings_in.clone(), captures_out, stats.clone()),
     ));
     let discovery_file = config.discovery_file();
+    let (log_answers, log_answers_out) = watch::channel(config.mqtt.log_answers);
     let mut live = Live {
         front: Front::start(&config, &queue, &router, &stats),
         config,
@@ -487,6 +492,7 @@ pub async fn run(
         stats: stats.clone(),
         escalation: escalation.clone(),
         dataset: dataset_settings,
+        log_answers,
         replacement: Replacement::default(),
         topics: topics.clone(),
         announced: discovery::load_announced(&discovery_file),
@@ -497,6 +503,7 @@ pub async fn run(
     let config_channel = ConfigChannel {
         pushes: live.config.remote.enabled.then_some(pushes_out),
         retained: retained_out,
+        log_answers: log_answers_out,
     };
     let stop_http = CancellationToken::new();
     let http = health::serve(

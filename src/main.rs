@@ -392,6 +392,7 @@ fn main() -> ExitCode {
             let request = Request {
                 origin: Origin::Ask {
                     id: "cli".to_owned(),
+                    task: None,
                 },
                 question,
                 kind,

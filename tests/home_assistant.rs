@@ -9,12 +9,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with};
+use rumqttc::QoS;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
-const PERSON: &str = "homeassistant/binary_sensor/lookout_ha1/cam_person/config";
-const DESCRIBE: &str = "homeassistant/sensor/lookout_ha1/cam_describe/config";
-const WEATHER: &str = "homeassistant/sensor/lookout_ha1/cam_weather/config";
+const PERSON: &str = "homeassistant/binary_sensor/lookout_ha1/cam__person/config";
+const DESCRIBE: &str = "homeassistant/sensor/lookout_ha1/cam__describe/config";
+const WEATHER: &str = "homeassistant/sensor/lookout_ha1/cam__weather/config";
+const ASK_DESCRIBE: &str = "homeassistant/button/lookout_ha1/cam__describe/config";
+const ASK_WEATHER: &str = "homeassistant/button/lookout_ha1/cam__weather/config";
 
 const PERSON_TASK: &str = r#"
 [[tasks]]
@@ -83,7 +86,7 @@ fn check_discovery(topic: &str, payload: &Value, schema: &Value) {
     let component = &schema["components"][parts[1]];
     assert!(
         component.is_object(),
-        "{topic}: not a sensor or binary_sensor"
+        "{topic}: not a sensor, binary_sensor or button"
     );
     let fields = payload.as_object().expect("a JSON object");
     for required in component["required"].as_array().unwrap() {
@@ -123,7 +126,7 @@ fn check_discovery(topic: &str, payload: &Value, schema: &Value) {
                 .contains(&Value::from(class)),
             "{class} is not a binary_sensor device class"
         ),
-        ("binary_sensor", None) => {}
+        ("binary_sensor" | "button", None) => {}
         (component, class) => panic!("{component} with device class {class:?}"),
     }
 }
@@ -172,13 +175,13 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
 
     let mut home_assistant = Subscriber::connect(
         broker.port,
-        &["homeassistant/#", "lookout/ha1/cam/person/answer"],
+        &["homeassistant/#", "lookout/ha1/cam/person/state"],
     )
     .await;
-    let announced = expect_discovery(&mut home_assistant, 3).await;
+    let announced = expect_discovery(&mut home_assistant, 5).await;
     assert_eq!(
         announced.keys().map(String::as_str).collect::<Vec<_>>(),
-        [PERSON, DESCRIBE, WEATHER]
+        [PERSON, ASK_DESCRIBE, ASK_WEATHER, DESCRIBE, WEATHER]
     );
     for (topic, payload) in &announced {
         let payload: Value = serde_json::from_slice(payload).unwrap();
@@ -237,7 +240,7 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
     home_assistant
         .publish("homeassistant/status", "online")
         .await;
-    let again = expect_discovery(&mut home_assistant, 3).await;
+    let again = expect_discovery(&mut home_assistant, 5).await;
     assert_eq!(again, announced);
 
     // A task goes away: its entity is withdrawn, the others stay.
@@ -257,7 +260,7 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
     let retained = discovery_within(&mut fresh, Duration::from_secs(1)).await;
     assert_eq!(
         retained.keys().map(String::as_str).collect::<Vec<_>>(),
-        [PERSON, DESCRIBE]
+        [PERSON, ASK_DESCRIBE, DESCRIBE]
     );
     daemon.shutdown().await;
 
@@ -290,6 +293,145 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
             message.topic == PERSON && message.payload.is_empty()
         })
         .await;
+    daemon.shutdown().await;
+}
+
+/// Issue 26, read as Home Assistant reads it: ids that join alike (camera `a` + task `b_c`, camera
+/// `a_b` + task `c`) get distinct topics and unique ids; the entity a previous version announced
+/// under the old joined ids is withdrawn at start; a subscriber that arrives after an answer gets the
+/// entity's latest state (retained); an interval task's state expires; an on-demand task's button
+/// press asks that task and its answer updates the entity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_are_distinct_keep_their_latest_state_and_buttons_ask_their_task() {
+    let broker = Mosquitto::start();
+    let schema = schema();
+    let state = tempfile::tempdir().unwrap();
+    // What the previous version announced: the entity under `a_b_c`, on disk and retained.
+    const OLD: &str = "homeassistant/binary_sensor/lookout_ha3/a_b_c/config";
+    std::fs::write(
+        state.path().join("home-assistant-discovery.json"),
+        serde_json::to_vec(&[OLD]).unwrap(),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[device]
+id = "ha3"
+shutdown_timeout_secs = 5.0
+
+[mqtt]
+url = "{}"
+keep_alive_secs = 5
+
+[[cameras]]
+id = "a"
+source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
+
+[[cameras]]
+id = "a_b"
+source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
+
+[[tasks]]
+id = "b_c"
+camera = "a"
+question = "Is anyone there?"
+kind = "yes_no"
+trigger = {{ kind = "interval", secs = 0.3 }}
+
+[[tasks]]
+id = "c"
+camera = "a_b"
+question = "What is the weather?"
+kind = {{ one_of = ["sun", "rain", "snow"] }}
+trigger = {{ kind = "on_demand" }}
+"#,
+        broker.url()
+    );
+    let mut home_assistant = Subscriber::connect(broker.port, &["homeassistant/#"]).await;
+    home_assistant
+        .client
+        .publish(OLD, QoS::AtLeastOnce, true, r#"{"state_topic":"x"}"#)
+        .await
+        .unwrap();
+    home_assistant
+        .expect(WAIT, "the old entity", |message| message.topic == OLD)
+        .await;
+    let daemon = Daemon::start_in(
+        state.path(),
+        &config,
+        PixelAnalyser::boxed(),
+        tempfile::tempdir().unwrap(),
+    );
+    // Three entities and the old one's withdrawal.
+    let seen = expect_discovery(&mut home_assistant, 4).await;
+    assert_eq!(seen[OLD], b"", "the old entity is withdrawn");
+    let announced: BTreeMap<String, Value> = seen
+        .into_iter()
+        .filter(|(_, payload)| !payload.is_empty())
+        .map(|(topic, payload)| (topic, serde_json::from_slice(&payload).unwrap()))
+        .collect();
+    let entity = |component: &str| {
+        announced
+            .iter()
+            .find(|(topic, _)| topic.split('/').nth(1) == Some(component))
+            .unwrap_or_else(|| panic!("no {component} in {announced:?}"))
+            .1
+    };
+    let (person, weather, button) = (entity("binary_sensor"), entity("sensor"), entity("button"));
+    for (topic, payload) in &announced {
+        check_discovery(topic, payload, &schema);
+    }
+    let topics: std::collections::BTreeSet<_> = announced
+        .keys()
+        .map(|topic| topic.split('/').nth(3).unwrap())
+        .collect();
+    assert!(topics.len() >= 2, "object ids collide: {announced:?}");
+    assert_ne!(person["unique_id"], weather["unique_id"]);
+    assert_ne!(weather["unique_id"], button["unique_id"]);
+    assert_eq!(
+        person["expire_after"], 60,
+        "an interval task's state expires"
+    );
+    assert!(weather.get("expire_after").is_none(), "{weather}");
+
+    // Home Assistant comes late: the entity's latest answer is waiting for it, retained.
+    let mut answers = Subscriber::connect(broker.port, &["lookout/ha3/a/b_c/answer"]).await;
+    answers.expect(WAIT, "an answer of a/b_c", |_| true).await;
+    let mut late =
+        Subscriber::connect(broker.port, &[person["state_topic"].as_str().unwrap()]).await;
+    let latest = late
+        .expect(WAIT, "the retained state", |message| message.retain)
+        .await
+        .json();
+    assert_eq!(latest["camera"], "a");
+    assert_eq!(latest["task"], "b_c");
+    assert!(
+        [&person["payload_on"], &person["payload_off"]].contains(&&latest["answer"]),
+        "{latest}"
+    );
+
+    // The button asks its on-demand task; the answer updates the entity.
+    let mut weather_state =
+        Subscriber::connect(broker.port, &[weather["state_topic"].as_str().unwrap()]).await;
+    home_assistant
+        .publish(
+            button["command_topic"].as_str().unwrap(),
+            button["payload_press"].as_str().unwrap(),
+        )
+        .await;
+    let pressed = weather_state
+        .expect(WAIT, "the weather entity's state", |_| true)
+        .await
+        .json();
+    assert_eq!(pressed["camera"], "a_b");
+    assert_eq!(pressed["task"], "c");
+    assert!(
+        weather["options"]
+            .as_array()
+            .unwrap()
+            .contains(&pressed["answer"]),
+        "{pressed}"
+    );
     daemon.shutdown().await;
 }
 

@@ -1,6 +1,7 @@
 //! The MQTT contract against a real mosquitto: answers (QoS 1, not retained, full JSON), retained
-//! `online` status, retained stats, asks (good, malformed, unknown camera, failing), and a graceful
-//! shutdown that leaves a retained `offline` within the deadline.
+//! `online` status, retained stats, asks (good, malformed, unknown camera, failing, refused with their
+//! id, naming a task), the stats' ask and publish counts, a graceful shutdown that leaves a retained
+//! `offline` within the deadline, and the log line per answer of a real `lookout run`.
 
 mod common;
 
@@ -263,4 +264,225 @@ trigger = {{ kind = "on_change", threshold = 0.2, min_interval_secs = 0.01 }}
         "one look at the start, one at the change"
     );
     daemon.shutdown().await;
+}
+
+/// Issue 26: an ask refused for what it says (empty or over-long question, `one_of` with one label,
+/// an unknown field or kind, an unknown task) is answered with its `ask_id` whenever the id can be
+/// read; an ask may name a configured task, whose answer goes to that task's topic; the stats count
+/// every ask received, refused ones included, and `published` every message the broker acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_asks_carry_their_id_tasks_can_be_asked_and_stats_count_what_they_say() {
+    let broker = Mosquitto::start();
+    let config = config_with(
+        "box3",
+        &broker.url(),
+        r#"
+[[tasks]]
+id = "manual"
+camera = "cam"
+question = "Is the light on?"
+kind = "yes_no"
+trigger = { kind = "on_demand" }
+"#,
+    );
+    let mut answers = Subscriber::connect(
+        broker.port,
+        &["lookout/box3/+/+/answer", "lookout/box3/stats"],
+    )
+    .await;
+    let daemon = Daemon::start(&config);
+    answers
+        .expect(WAIT, "the first stats", |m| m.topic == "lookout/box3/stats")
+        .await;
+
+    let long = "x".repeat(lookout::gate::MAX_QUESTION_CHARS + 1);
+    let refused = [
+        (
+            "empty",
+            r#"{"id":"empty","question":"  "}"#.to_owned(),
+            "empty",
+        ),
+        (
+            "long",
+            format!(r#"{{"id":"long","question":"{long}"}}"#),
+            "characters",
+        ),
+        (
+            "one-label",
+            r#"{"id":"one-label","question":"q","kind":{"one_of":["a"]}}"#.to_owned(),
+            "two labels",
+        ),
+        (
+            "extra-field",
+            r#"{"id":"extra-field","question":"q","colour":"red"}"#.to_owned(),
+            "colour",
+        ),
+        (
+            "bad-kind",
+            r#"{"id":"bad-kind","question":"q","kind":"maybe"}"#.to_owned(),
+            "maybe",
+        ),
+        (
+            "no-task",
+            r#"{"id":"no-task","task":"nope"}"#.to_owned(),
+            "nope",
+        ),
+    ];
+    for (id, payload, reason) in &refused {
+        answers
+            .publish("lookout/box3/cam/ask", payload.as_str())
+            .await;
+        let reply = answers
+            .expect(WAIT, &format!("the error reply to {id}"), |m| {
+                m.topic == "lookout/box3/cam/ask/answer"
+            })
+            .await
+            .json();
+        assert_eq!(reply["ask_id"], *id, "{reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{id}: {error}");
+    }
+    // Without a readable id there is none to give.
+    answers.publish("lookout/box3/cam/ask", "not json").await;
+    let reply = answers
+        .expect(WAIT, "the error reply to not json", |m| {
+            m.topic == "lookout/box3/cam/ask/answer"
+        })
+        .await
+        .json();
+    assert!(reply["ask_id"].is_null(), "{reply}");
+
+    // A configured task, asked by name: answered on its own topic, with the ask's id.
+    answers
+        .publish("lookout/box3/cam/ask", r#"{"id":"t-1","task":"manual"}"#)
+        .await;
+    let answer = answers
+        .expect(WAIT, "the task's answer", |m| {
+            m.topic == "lookout/box3/cam/manual/answer"
+        })
+        .await
+        .json();
+    assert_eq!(answer["ask_id"], "t-1", "{answer}");
+    assert_eq!(answer["task"], "manual");
+    assert_eq!(answer["question"], "Is the light on?");
+    assert!(["yes", "no"].contains(&answer["answer"].as_str().unwrap()));
+
+    // 8 asks received, 7 refused; 8 messages acknowledged (7 error replies and 1 answer).
+    let stats = answers
+        .expect(WAIT, "stats counting every ask", |m| {
+            m.topic == "lookout/box3/stats" && m.json()["published"].as_u64() >= Some(8)
+        })
+        .await
+        .json();
+    assert_eq!(stats["asks"]["received"], 8, "{stats}");
+    assert_eq!(stats["asks"]["rejected"], 7, "{stats}");
+    assert_eq!(stats["published"], 8, "{stats}");
+    daemon.shutdown().await;
+}
+
+/// Issue 26: a real `lookout run` under the default log filter logs each answer it publishes as one
+/// INFO line of fields; `mqtt.log_answers = false` turns the lines off on reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_daemon_logs_each_answer_until_a_reload_turns_it_off() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |log_answers: bool| {
+        format!(
+            "{}\n[mqtt]\nurl = \"{}\"\nlog_answers = {log_answers}\n{}",
+            "[device]\nid = \"logged\"\nshutdown_timeout_secs = 5.0",
+            broker.url(),
+            r#"
+[[cameras]]
+id = "cam"
+source = { kind = "synthetic", width = 64, height = 48, fps = 10.0 }
+
+[[tasks]]
+id = "describe"
+camera = "cam"
+question = "Describe what you see."
+trigger = { kind = "interval", secs = 0.2 }
+max_new_tokens = 4
+"#
+        )
+    };
+    let path = dir.path().join("lookout.toml");
+    std::fs::write(&path, config(true)).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
+    let mut answers = Subscriber::connect(
+        broker.port,
+        &[
+            "lookout/logged/cam/describe/answer",
+            "lookout/logged/config/reported",
+        ],
+    )
+    .await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("LOOKOUT_STATE_DIR", dir.path().join("state"))
+        .env("LOOKOUT_MODEL_DIR", &fixture)
+        .env_remove("LOOKOUT_LOG")
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let answered_lines = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains("Answered."))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..2 {
+        answers
+            .expect(WAIT, "an answer", |m| m.topic.ends_with("/answer"))
+            .await;
+    }
+    // The publisher logs before storing, so the line is there once the answer arrived.
+    let lines = answered_lines();
+    let line = lines.first().expect("a line per answer");
+    for field in [
+        "INFO",
+        "camera=cam",
+        "task=describe",
+        "answer=",
+        "confidence=",
+        "tier=local",
+        "total_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+
+    std::fs::write(&path, config(false)).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    answers
+        .expect(WAIT, "the reloaded config reported", |m| {
+            m.topic.ends_with("/config/reported") && m.text().contains("\"log_answers\":false")
+        })
+        .await;
+    let before = answered_lines().len();
+    for _ in 0..3 {
+        answers
+            .expect(WAIT, "an answer after the reload", |m| {
+                m.topic.ends_with("/answer")
+            })
+            .await;
+    }
+    assert_eq!(
+        answered_lines().len(),
+        before,
+        "answers are still logged after log_answers = false"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
 }

@@ -224,27 +224,50 @@ pub fn check_question(question: &str) -> Result<(), String> {
 /// The task name on the answer topic of on-demand asks: `<prefix>/<dev>/<camera>/ask/answer`.
 pub const ASK_TASK: &str = "ask";
 
-/// An on-demand question from `<prefix>/<dev>/<camera>/ask`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An on-demand question from `<prefix>/<dev>/<camera>/ask`: a question of its own, or a configured
+/// task of that camera asked now (`{"task": "<id>"}`), whose answer goes to the task's answer topic.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ask {
     /// The asker's correlation id, echoed in the answer; generated when absent.
-    #[serde(default)]
     pub id: String,
-    pub question: String,
+    pub what: Asked,
+}
+
+/// What an ask asks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Asked {
+    Question {
+        question: String,
+        kind: AnswerKind,
+    },
+    /// A configured task, by id: its question, kind and settings.
+    Task(String),
+}
+
+/// An ask payload as sent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AskPayload {
     #[serde(default)]
-    pub kind: AnswerKind,
+    id: String,
+    question: Option<String>,
+    kind: Option<AnswerKind>,
+    task: Option<String>,
 }
 
 /// Why an ask was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
-    #[error("the ask is not valid JSON of the form {{\"id\", \"question\", \"kind\"}}: {0}")]
+    #[error(
+        "the ask is not valid JSON of the form {{\"id\", \"question\", \"kind\"}} or {{\"id\", \"task\"}}: {0}"
+    )]
     Malformed(String),
     #[error("{0}")]
     Invalid(String),
     #[error("no camera has id {0:?}")]
     UnknownCamera(String),
+    #[error("camera {camera:?} has no task {task:?}")]
+    UnknownTask { camera: String, task: String },
     #[error("camera {0:?} already has {MAX_ASKS_IN_FLIGHT} asks waiting; try again later")]
     Busy(String),
     #[error("camera {0:?} is not running")]
@@ -254,19 +277,45 @@ pub enum AskError {
 impl Ask {
     /// Parses and checks an ask payload.
     pub fn parse(payload: &[u8]) -> Result<Ask, AskError> {
-        let mut ask: Ask = serde_json::from_slice(payload)
+        let payload: AskPayload = serde_json::from_slice(payload)
             .map_err(|error| AskError::Malformed(error.to_string()))?;
-        check_question(&ask.question).map_err(AskError::Invalid)?;
-        ask.kind.check().map_err(AskError::Invalid)?;
-        if ask.id.chars().count() > MAX_ASK_ID_CHARS {
+        let what = match (payload.task, payload.question, payload.kind) {
+            (Some(task), None, None) => Asked::Task(task),
+            (Some(_), _, _) => {
+                return Err(AskError::Invalid(
+                    "an ask names a task, or gives a question and kind, not both".to_owned(),
+                ));
+            }
+            (None, Some(question), kind) => {
+                check_question(&question).map_err(AskError::Invalid)?;
+                let kind = kind.unwrap_or_default();
+                kind.check().map_err(AskError::Invalid)?;
+                Asked::Question { question, kind }
+            }
+            (None, None, _) => {
+                return Err(AskError::Invalid(
+                    "an ask needs a question, or the task to ask".to_owned(),
+                ));
+            }
+        };
+        if payload.id.chars().count() > MAX_ASK_ID_CHARS {
             return Err(AskError::Invalid(format!(
                 "the id is longer than {MAX_ASK_ID_CHARS} characters"
             )));
         }
-        if ask.id.is_empty() {
-            ask.id = uuid::Uuid::now_v7().to_string();
-        }
-        Ok(ask)
+        let id = match payload.id {
+            id if id.is_empty() => uuid::Uuid::now_v7().to_string(),
+            id => id,
+        };
+        Ok(Ask { id, what })
+    }
+
+    /// The id of an ask that `parse` refused, when it can be read (a JSON object whose `id` is a
+    /// string of at most the accepted length), so that the error reply names the ask it answers.
+    pub fn readable_id(payload: &[u8]) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        let id = value.get("id")?.as_str()?;
+        (!id.is_empty() && id.chars().count() <= MAX_ASK_ID_CHARS).then(|| id.to_owned())
     }
 }
 
@@ -287,15 +336,26 @@ pub struct AskRouter {
 pub struct CameraAsks {
     sender: mpsc::Sender<PermittedAsk>,
     permits: Arc<Semaphore>,
+    /// The camera's tasks, which an ask may name.
+    tasks: Arc<[String]>,
 }
 
 impl AskRouter {
-    /// A channel for one camera's gate; install the returned `CameraAsks` with `set_routes`.
-    pub fn channel() -> (CameraAsks, mpsc::Receiver<PermittedAsk>) {
+    /// A channel for the gate of a camera with `tasks`; install the returned `CameraAsks` with
+    /// `set_routes`.
+    pub fn channel(tasks: &[TaskConfig]) -> (CameraAsks, mpsc::Receiver<PermittedAsk>) {
         // Capacity equals the permit pool, so a permitted ask always fits.
         let (sender, receiver) = mpsc::channel(MAX_ASKS_IN_FLIGHT);
         let permits = Arc::new(Semaphore::new(MAX_ASKS_IN_FLIGHT));
-        (CameraAsks { sender, permits }, receiver)
+        let tasks = tasks.iter().map(|task| task.id.clone()).collect();
+        (
+            CameraAsks {
+                sender,
+                permits,
+                tasks,
+            },
+            receiver,
+        )
     }
 
     pub fn set_routes(&self, routes: HashMap<String, CameraAsks>) {
@@ -314,6 +374,14 @@ impl AskRouter {
         let route = routes
             .get(camera)
             .ok_or_else(|| AskError::UnknownCamera(camera.to_owned()))?;
+        if let Asked::Task(task) = &ask.what
+            && !route.tasks.contains(task)
+        {
+            return Err(AskError::UnknownTask {
+                camera: camera.to_owned(),
+                task: task.clone(),
+            });
+        }
         let permit = route
             .permits
             .clone()
@@ -330,7 +398,22 @@ impl AskRouter {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
     Task(Arc<str>),
-    Ask { id: String },
+    /// An ask, of its own question or of a configured task (`task`), whose answer then goes to
+    /// that task's topic.
+    Ask {
+        id: String,
+        task: Option<Arc<str>>,
+    },
+}
+
+impl Origin {
+    /// The task an answer is published under, and the ask it answers, if any.
+    pub fn task_and_ask_id(&self) -> (&str, Option<&str>) {
+        match self {
+            Origin::Task(task) => (task, None),
+            Origin::Ask { id, task } => (task.as_deref().unwrap_or(ASK_TASK), Some(id)),
+        }
+    }
 }
 
 /// One question to answer about a job's frame.
@@ -468,17 +551,14 @@ pub async fn run(
                         }
                     }
                 }
-                requests.extend(waiting.drain(..).map(ask_request));
+                waiting = take_asks(waiting, &scheduled, buffer.as_ref(), now, &mut requests);
             }
             ask = asks.recv(), if asks_open => match ask {
-                Some(ask) => {
-                    stats.asks_received.inc();
-                    if frames.borrow().is_some() {
-                        requests.push(ask_request(ask));
-                    } else {
-                        waiting.push(ask);
-                    }
+                Some(ask) if frames.borrow().is_some() => {
+                    let now = Instant::now();
+                    waiting.extend(take_asks(vec![ask], &scheduled, buffer.as_ref(), now, &mut requests));
                 }
+                Some(ask) => waiting.push(ask),
                 None => asks_open = false,
             },
         }
@@ -516,18 +596,57 @@ async fn keep_for_clips(
     }
 }
 
-fn ask_request(permitted: PermittedAsk) -> Request {
-    Request {
-        origin: Origin::Ask {
-            id: permitted.ask.id,
-        },
-        question: permitted.ask.question,
-        kind: permitted.ask.kind,
-        split: false,
-        max_new_tokens: ASK_MAX_NEW_TOKENS,
-        permit: Some(permitted.permit),
-        clip: None,
+/// Turns asks into requests on a frame seen at `now`, returning those that must wait for a later
+/// frame: an ask of a clip task whose buffer has no frame of its window yet.
+fn take_asks(
+    asks: Vec<PermittedAsk>,
+    scheduled: &[Scheduled],
+    buffer: Option<&ClipBuffer>,
+    now: Instant,
+    requests: &mut Vec<Request>,
+) -> Vec<PermittedAsk> {
+    let mut later = Vec::new();
+    for PermittedAsk { ask, permit } in asks {
+        let request = match ask.what {
+            Asked::Question { question, kind } => Request {
+                origin: Origin::Ask {
+                    id: ask.id,
+                    task: None,
+                },
+                question,
+                kind,
+                split: false,
+                max_new_tokens: ASK_MAX_NEW_TOKENS,
+                permit: Some(permit),
+                clip: None,
+            },
+            Asked::Task(task_id) => {
+                // The router checked the id against this gate's tasks.
+                let Some(task) = scheduled.iter().find(|task| task.task.id == task_id) else {
+                    warn!(task = %task_id, ask_id = %ask.id, "An ask named a task this gate does not have; dropped.");
+                    continue;
+                };
+                let Some(mut request) = task.request(buffer, now) else {
+                    later.push(PermittedAsk {
+                        ask: Ask {
+                            id: ask.id,
+                            what: Asked::Task(task_id),
+                        },
+                        permit,
+                    });
+                    continue;
+                };
+                request.origin = Origin::Ask {
+                    id: ask.id,
+                    task: Some(Arc::from(task_id.as_str())),
+                };
+                request.permit = Some(permit);
+                request
+            }
+        };
+        requests.push(request);
     }
+    later
 }
 
 #[cfg(test)]
@@ -564,13 +683,13 @@ mod tests {
     async fn gate_over(
         tasks: Vec<TaskConfig>,
         frames_at: &[(u64, u8)],
-        ask_before_first_frame: bool,
+        asks_before_first_frame: &[&str],
     ) -> Vec<Vec<String>> {
         let stats = Arc::new(Stats::default());
         let queue = JobQueue::new(stats.clone());
         let (sender, receiver) = tokio::sync::watch::channel(None);
         let router = AskRouter::default();
-        let (route, asks) = AskRouter::channel();
+        let (route, asks) = AskRouter::channel(&tasks);
         router.set_routes(HashMap::from([("cam".to_owned(), route)]));
         let gate = tokio::spawn(run(
             Arc::from("cam"),
@@ -581,9 +700,10 @@ mod tests {
             stats,
             ImageSettings::SMOLVLM2,
         ));
-        if ask_before_first_frame {
-            let ask = Ask::parse(br#"{"id":"a1","question":"Is it on?","kind":"yes_no"}"#).unwrap();
-            router.route("cam", ask).unwrap();
+        for ask in asks_before_first_frame {
+            router
+                .route("cam", Ask::parse(ask.as_bytes()).unwrap())
+                .unwrap();
         }
         let started = Instant::now();
         let mut jobs = Vec::new();
@@ -598,7 +718,11 @@ mod tests {
                     .iter()
                     .map(|r| match &r.origin {
                         Origin::Task(id) => id.to_string(),
-                        Origin::Ask { id } => format!("ask:{id}"),
+                        Origin::Ask { id, task: None } => format!("ask:{id}"),
+                        Origin::Ask {
+                            id,
+                            task: Some(task),
+                        } => format!("ask:{id}:{task}"),
                     })
                     .collect()
             }));
@@ -613,7 +737,7 @@ mod tests {
         let jobs = gate_over(
             vec![task("every2", Trigger::Interval { secs: 2.0 })],
             &[(0, 0), (500, 0), (1999, 0), (2100, 0), (3000, 0), (4200, 0)],
-            false,
+            &[],
         )
         .await;
         assert_eq!(jobs, vec![vec!["every2"], vec!["every2"], vec!["every2"]]);
@@ -629,7 +753,7 @@ mod tests {
             vec![task("moved", trigger)],
             // first look; small change; big change too soon; big change later; same again
             &[(0, 0), (1500, 10), (1800, 200), (3000, 200), (5000, 200)],
-            false,
+            &[],
         )
         .await;
         assert_eq!(jobs, vec![vec!["moved"], vec!["moved"]]);
@@ -640,10 +764,13 @@ mod tests {
         let jobs = gate_over(
             vec![task("manual", Trigger::OnDemand)],
             &[(0, 0), (100, 0)],
-            true,
+            &[
+                r#"{"id":"a1","question":"Is it on?","kind":"yes_no"}"#,
+                r#"{"id":"a2","task":"manual"}"#,
+            ],
         )
         .await;
-        assert_eq!(jobs, vec![vec!["ask:a1"]]);
+        assert_eq!(jobs, vec![vec!["ask:a1", "ask:a2:manual"]]);
     }
 
     #[test]
@@ -669,6 +796,20 @@ mod tests {
             Ask::parse(long.as_bytes()),
             Err(AskError::Invalid(_))
         ));
+        for both in [
+            r#"{"task":"t","question":"q"}"#,
+            r#"{"task":"t","kind":"yes_no"}"#,
+            r#"{"id":"x"}"#,
+        ] {
+            assert!(
+                matches!(Ask::parse(both.as_bytes()), Err(AskError::Invalid(_))),
+                "{both}"
+            );
+        }
+        assert_eq!(
+            Ask::parse(br#"{"id":"x","task":"t"}"#).unwrap().what,
+            Asked::Task("t".to_owned())
+        );
         let ask = Ask::parse(br#"{"question":"What is here?"}"#).unwrap();
         assert!(
             !ask.id.is_empty(),
@@ -679,7 +820,7 @@ mod tests {
     #[test]
     fn asks_beyond_the_in_flight_limit_are_busy_and_unknown_cameras_are_named() {
         let router = AskRouter::default();
-        let (route, _receiver) = AskRouter::channel();
+        let (route, _receiver) = AskRouter::channel(&[]);
         router.set_routes(HashMap::from([("cam".to_owned(), route)]));
         let ask = || Ask::parse(br#"{"question":"q"}"#).unwrap();
         for _ in 0..MAX_ASKS_IN_FLIGHT {
@@ -688,6 +829,10 @@ mod tests {
         assert!(matches!(router.route("cam", ask()), Err(AskError::Busy(_))));
         assert!(
             matches!(router.route("nope", ask()), Err(AskError::UnknownCamera(name)) if name == "nope")
+        );
+        let named = Ask::parse(br#"{"id":"t","task":"nope"}"#).unwrap();
+        assert!(
+            matches!(router.route("cam", named), Err(AskError::UnknownTask { task, .. }) if task == "nope")
         );
     }
 }

@@ -176,7 +176,10 @@ mod tests {
     #[test]
     fn a_newer_frame_replaces_the_waiting_one_and_keeps_every_request() {
         let queue = JobQueue::new(Arc::default());
-        let ask = |id: &str| Origin::Ask { id: id.into() };
+        let ask = |id: &str| Origin::Ask {
+            id: id.into(),
+            task: None,
+        };
         assert_eq!(
             queue.push(Job {
                 frame: frame("a", 1),
@@ -213,6 +216,37 @@ mod tests {
         assert_eq!(origins.len(), 4, "t1 once, q1, t2, q2: {origins:?}");
         let second = queue.pop_blocking().unwrap();
         assert_eq!(&*second.frame.camera, "b");
+    }
+
+    /// Issue 26: cameras are served in the order their jobs first arrived, so however often a busy
+    /// camera pushes, a quiet camera's job is next after the busy one's waiting job.
+    #[test]
+    fn a_busy_camera_cannot_starve_a_quiet_one() {
+        let queue = JobQueue::new(Arc::default());
+        let push = |camera: &str, seq: u64| {
+            queue.push(Job {
+                frame: frame(camera, seq),
+                requests: vec![request(task("t"))],
+            })
+        };
+        assert_eq!(push("busy", 1), Pushed::Queued);
+        assert_eq!(push("quiet", 1), Pushed::Queued);
+        let mut served = Vec::new();
+        for round in 0..3 {
+            for seq in 2..20 {
+                push("busy", round * 100 + seq);
+            }
+            let job = queue.try_pop().unwrap();
+            served.push(job.frame.camera.to_string());
+            // The busy camera's next job queues behind the quiet one's, wherever it stands.
+            push("busy", round * 100 + 99);
+            if round < 2 {
+                let job = queue.try_pop().unwrap();
+                served.push(job.frame.camera.to_string());
+                push("quiet", round + 2);
+            }
+        }
+        assert_eq!(served, ["busy", "quiet", "busy", "quiet", "busy"]);
     }
 
     #[test]

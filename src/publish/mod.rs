@@ -75,6 +75,8 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// One INFO line per published answer; fleets turn it off (applied on reload).
+    pub log_answers: bool,
 }
 
 impl Default for MqttConfig {
@@ -90,7 +92,20 @@ impl Default for MqttConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            log_answers: true,
         }
+    }
+}
+
+impl MqttConfig {
+    /// Whether `other` differs in a field that takes effect only at the next start (all but
+    /// `log_answers`, which the publisher follows live).
+    pub fn needs_restart_against(&self, other: &MqttConfig) -> bool {
+        let live = |config: &MqttConfig| MqttConfig {
+            log_answers: true,
+            ..config.clone()
+        };
+        live(self) != live(other)
     }
 }
 
@@ -108,6 +123,7 @@ impl fmt::Debug for MqttConfig {
             .field("ca_file", &self.ca_file)
             .field("client_cert_file", &self.client_cert_file)
             .field("client_key_file", &self.client_key_file)
+            .field("log_answers", &self.log_answers)
             .finish()
     }
 }
@@ -333,9 +349,11 @@ pub type Retained = BTreeMap<String, Vec<u8>>;
 /// The publisher's part in remote configuration: pushes received on `config/desired` go to `pushes`
 /// (when remote config is on); each of the latest `retained` messages is published on every connect
 /// and whenever its payload changes. Acks are answers like any other: they go through the outbox.
+/// `log_answers` follows `mqtt.log_answers` across reloads.
 pub struct ConfigChannel {
     pub pushes: Option<mpsc::Sender<Vec<u8>>>,
     pub retained: watch::Receiver<Retained>,
+    pub log_answers: watch::Receiver<bool>,
 }
 
 /// The error reply to an ask that could not be taken or answered.
@@ -372,6 +390,7 @@ pub struct Publisher {
     eventloop: EventLoop,
     replies: Replies,
     retained: watch::Receiver<Retained>,
+    log_answers: watch::Receiver<bool>,
     stats_interval: Duration,
     window: u16,
 }
@@ -404,6 +423,7 @@ impl Publisher {
                 home_assistant: settings.home_assistant.clone(),
             },
             retained: config_channel.retained,
+            log_answers: config_channel.log_answers,
             client,
             eventloop,
             stats_interval: Duration::from_secs_f64(settings.mqtt.stats_interval_secs),
@@ -419,6 +439,7 @@ impl Publisher {
             eventloop,
             replies,
             retained,
+            log_answers,
             stats_interval,
             window,
         } = self;
@@ -445,7 +466,12 @@ impl Publisher {
         loop {
             tokio::select! {
                 outcome = outcomes.recv() => match outcome {
-                    Some(outcome) => store_outcome(&outbox, &stats, &topics, &device, outcome).await,
+                    Some(outcome) => {
+                        if let Outcome::Answered(answer) = &outcome && *log_answers.borrow() {
+                            log_answer(answer);
+                        }
+                        store_outcome(&outbox, &stats, &topics, &device, outcome).await;
+                    }
                     None => break,
                 },
                 _ = stats_ticks.tick() => {
@@ -526,6 +552,32 @@ async fn store_outcome(
         },
         Err(failure) => warn!(error = %failure, "Storing an answer in the outbox failed."),
     }
+}
+
+/// Answers are cut to this many characters in the log line: enough to see what was answered.
+const LOGGED_ANSWER_CHARS: usize = 80;
+
+/// The one line per published answer, so that a running daemon is seen working.
+fn log_answer(answer: &Answer) {
+    let text: String = answer.answer.chars().take(LOGGED_ANSWER_CHARS).collect();
+    let cut = if text.len() < answer.answer.len() {
+        "…"
+    } else {
+        ""
+    };
+    let tier = match answer.tier {
+        Tier::Local => "local",
+        Tier::Cloud => "cloud",
+    };
+    info!(
+        camera = %answer.camera,
+        task = %answer.task,
+        answer = ?format!("{text}{cut}"),
+        confidence = answer.confidence,
+        tier = %tier,
+        total_ms = answer.timings_ms.total.round() as u64,
+        "Answered."
+    );
 }
 
 /// Counts an answer for metrics: its tier, its confidence and its time in each stage.
@@ -666,12 +718,22 @@ fn qos1(topic: String, payload: Vec<u8>, pkid: u16, retain: bool) -> Request {
     Request::Publish(publish)
 }
 
-/// Hands the event loop the next answers from the outbox while the window has room.
-fn send_waiting(eventloop: &mut EventLoop, outbox: &Outbox, in_flight: &mut InFlight) {
+/// Hands the event loop the next answers from the outbox while the window has room; each task's
+/// answer also becomes that task's retained state.
+fn send_waiting(
+    eventloop: &mut EventLoop,
+    outbox: &Outbox,
+    in_flight: &mut InFlight,
+    topics: &Topics,
+    states: &mut RetainedState,
+) {
     while in_flight.has_room_for_answers() {
         let Some(item) = outbox.next_unsent() else {
             return;
         };
+        if let Some(state) = topics.state_of_answer(&item.key) {
+            states.set(state, item.payload.clone());
+        }
         let pkid = in_flight
             .assign(Carried::Answer(item.seq))
             .expect("the window has room");
@@ -722,6 +784,14 @@ impl RetainedState {
             }
         }
         self.current = new;
+    }
+
+    /// Sets one message, due when its payload changed.
+    fn set(&mut self, topic: String, payload: Vec<u8>) {
+        if self.current.get(&topic) != Some(&payload) {
+            self.due.insert(topic.clone());
+            self.current.insert(topic, payload);
+        }
     }
 
     /// Every message under `prefix` becomes due again.
@@ -806,9 +876,10 @@ impl Replies {
         let Some(camera) = self.topics.ask_camera(topic) else {
             return;
         };
+        self.stats.asks_received.inc();
         let (ask_id, result) = match Ask::parse(payload) {
             Ok(ask) => (Some(ask.id.clone()), self.asks.route(camera, ask)),
-            Err(error) => (None, Err(error)),
+            Err(error) => (Ask::readable_id(payload), Err(error)),
         };
         let Err(error) = result else { return };
         self.stats.asks_rejected.inc();
@@ -857,6 +928,8 @@ async fn drive(
 ) {
     let (stats, outbox) = (replies.stats.clone(), replies.outbox.clone());
     let mut describing = RetainedState::new(retained.borrow_and_update().clone());
+    // Each task's latest answer, retained on its state topic (see `Topics::state`).
+    let mut states = RetainedState::new(Retained::new());
     let mut backoff = Backoff::new();
     let mut in_flight = InFlight::new(window);
     // Connected, and the subscription's packet id is known: the driver may choose its own.
@@ -865,7 +938,14 @@ async fn drive(
     loop {
         if ready && !stopping {
             describing.send_due(&mut eventloop, &mut in_flight);
-            send_waiting(&mut eventloop, &outbox, &mut in_flight);
+            states.send_due(&mut eventloop, &mut in_flight);
+            send_waiting(
+                &mut eventloop,
+                &outbox,
+                &mut in_flight,
+                &replies.topics,
+                &mut states,
+            );
         }
         let room = in_flight.has_room_for_answers();
         let event = tokio::select! {
@@ -904,6 +984,7 @@ async fn drive(
                 in_flight.clear();
                 outbox.resend_all();
                 describing.all_due();
+                states.all_due();
                 replies.on_connected(&mut eventloop);
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
@@ -924,7 +1005,10 @@ async fn drive(
                 if replies.home_assistant_restarted(&publish.topic, &publish.payload) {
                     let prefix = format!("{}/", replies.home_assistant.prefix);
                     describing.due_under(&prefix);
-                    info!("Home Assistant started: sending the discovery messages again.");
+                    states.all_due();
+                    info!(
+                        "Home Assistant started: sending the discovery messages and states again."
+                    );
                 } else {
                     replies.on_publish(&publish.topic, &publish.payload);
                 }

@@ -1,5 +1,7 @@
 //! The MQTT topic layout, in one place: `<prefix>/<device>/...` (see the README's MQTT contract).
 
+use crate::gate::ASK_TASK;
+
 /// Topic names for one device.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -25,6 +27,25 @@ impl Topics {
 
     pub fn answer(&self, camera: &str, task: &str) -> String {
         format!("{}/{camera}/{task}/answer", self.base)
+    }
+
+    /// Retained: a task's latest answer, for whoever subscribes later (Home Assistant's entities).
+    pub fn state(&self, camera: &str, task: &str) -> String {
+        format!("{}/{camera}/{task}/state", self.base)
+    }
+
+    /// The state topic of a configured task's answer topic; `None` for any other topic (asks' own
+    /// answers included: they describe no entity).
+    pub fn state_of_answer(&self, topic: &str) -> Option<String> {
+        let rest = topic.strip_prefix(self.base.as_str())?.strip_prefix('/')?;
+        let (camera, task) = rest.strip_suffix("/answer")?.split_once('/')?;
+        let valid = |part: &str| !part.is_empty() && !part.contains('/');
+        (valid(camera) && valid(task) && task != ASK_TASK).then(|| self.state(camera, task))
+    }
+
+    /// Where asks to `camera` arrive.
+    pub fn ask(&self, camera: &str) -> String {
+        format!("{}/{camera}/ask", self.base)
     }
 
     /// The subscription for on-demand asks to any camera.
@@ -73,5 +94,17 @@ mod tests {
             topics.answer("porch", "ask"),
             "lookout/box1/porch/ask/answer"
         );
+        assert_eq!(
+            topics.state_of_answer("lookout/box1/porch/person/answer"),
+            Some("lookout/box1/porch/person/state".to_owned())
+        );
+        for other in [
+            "lookout/box1/porch/ask/answer",
+            "lookout/box1/config/ack",
+            "lookout/box2/porch/person/answer",
+            "lookout/box1/a/b/c/answer",
+        ] {
+            assert_eq!(topics.state_of_answer(other), None, "{other}");
+        }
     }
 }

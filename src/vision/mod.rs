@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::Problems;
-use crate::gate::{ASK_TASK, AnswerKind, JobQueue, Origin, Request};
+use crate::gate::{AnswerKind, JobQueue, Origin, Request};
 use crate::source::Frame;
 use crate::stats::{ModelState, Stats};
 pub use runtime::Provider;
@@ -591,10 +591,8 @@ fn outcome(
     model: &str,
     stats: &Stats,
 ) -> Outcome {
-    let (task, ask_id) = match &request.origin {
-        Origin::Task(id) => (id.to_string(), None),
-        Origin::Ask { id } => (ASK_TASK.to_owned(), Some(id.clone())),
-    };
+    let (task, ask_id) = request.origin.task_and_ask_id();
+    let (task, ask_id) = (task.to_owned(), ask_id.map(str::to_owned));
     match result {
         Ok(local) => {
             let total = SystemTime::now()
