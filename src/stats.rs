@@ -238,6 +238,8 @@ pub struct Stats {
     pub cloud_last_ms: Gauge,
     /// Each cloud endpoint's breaker: `closed`, `open` or `half_open`.
     pub breakers: Mutex<BTreeMap<String, &'static str>>,
+    /// Requests each cloud endpoint refused (401, 403, 404, 422...), by HTTP status.
+    refusals: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     /// Each camera's clip buffer (cameras with clip tasks only).
     clip_buffers: Mutex<BTreeMap<String, ClipBufferState>>,
     pub dataset: DatasetStats,
@@ -272,6 +274,7 @@ impl Default for Stats {
             cloud_total_ms: Counter::default(),
             cloud_last_ms: Gauge::default(),
             breakers: Mutex::default(),
+            refusals: Mutex::default(),
             clip_buffers: Mutex::default(),
             dataset: DatasetStats::default(),
             published_answers: AnswerMetrics::default(),
@@ -405,6 +408,8 @@ pub struct EscalationCounts {
     pub cloud_last_ms: u64,
     pub cloud_mean_ms: u64,
     pub breakers: BTreeMap<String, &'static str>,
+    /// Per endpoint, the requests it refused by HTTP status.
+    pub refusals: BTreeMap<String, BTreeMap<u16, u64>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -431,6 +436,23 @@ impl Stats {
     /// Counts an answer the escalation stage reviewed, by what became of it.
     pub fn count_escalation(&self, outcome: &'static str) {
         *self.escalations.lock().unwrap().entry(outcome).or_default() += 1;
+    }
+
+    /// Counts a request `endpoint` refused with `status`.
+    pub fn count_refusal(&self, endpoint: &str, status: u16) {
+        *self
+            .refusals
+            .lock()
+            .unwrap()
+            .entry(endpoint.to_owned())
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// The refusals counted so far, per endpoint and status.
+    pub fn refusals(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
+        self.refusals.lock().unwrap().clone()
     }
 
     /// The model now answering.
@@ -491,6 +513,7 @@ impl Stats {
                     .checked_div(cloud_answers)
                     .unwrap_or(0),
                 breakers: self.breakers.lock().unwrap().clone(),
+                refusals: self.refusals(),
             },
             clip_buffers: self.clip_buffers(),
             dataset: self.dataset.snapshot(),

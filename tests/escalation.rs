@@ -58,11 +58,14 @@ fn jpeg() -> Vec<u8> {
 
 async fn ask_yes_no(cloud: &Cloud) -> Result<lookout::escalate::CloudAnswer, CloudError> {
     cloud
-        .ask(Question {
-            text: "Is the door open?",
-            kind: &AnswerKind::YesNo,
-            jpegs: &[jpeg()],
-        })
+        .ask(
+            Question {
+                text: "Is the door open?",
+                kind: &AnswerKind::YesNo,
+                jpegs: &[jpeg()],
+            },
+            || {},
+        )
         .await
 }
 
@@ -75,11 +78,14 @@ async fn a_clip_goes_as_its_frames_in_order_at_most_the_endpoints_cap() {
     // Five distinct frames, oldest first.
     let frames: Vec<Vec<u8>> = (0..5u8).map(|index| vec![index; 16]).collect();
     let answer = cloud
-        .ask(Question {
-            text: "Did anyone come in?",
-            kind: &AnswerKind::YesNo,
-            jpegs: &frames,
-        })
+        .ask(
+            Question {
+                text: "Did anyone come in?",
+                kind: &AnswerKind::YesNo,
+                jpegs: &frames,
+            },
+            || {},
+        )
         .await
         .unwrap();
     assert_eq!(answer.answer, "yes");
@@ -158,6 +164,78 @@ async fn rate_limits_and_server_errors_are_retried_as_the_server_asks() {
         gap(&server, 1) >= Duration::from_millis(1500),
         "Retry-After as a date honoured"
     );
+}
+
+#[tokio::test]
+async fn a_retry_after_holds_every_caller_off_the_endpoint_until_it_passes() {
+    for (status, secs) in [(503, 2), (429, 1)] {
+        let server = CloudServer::start(
+            vec![Reply::status(status).header("retry-after", &secs.to_string())],
+            Reply::answer("yes"),
+        )
+        .await;
+        let mut config = settings(vec![endpoint("router", &server.url)]);
+        config.retries = 0;
+        let (cloud, _) = client(&config);
+        assert!(matches!(
+            ask_yes_no(&cloud).await,
+            Err(CloudError::Unreachable(_))
+        ));
+        // Other callers inside the window (other lanes, the replayer) send nothing.
+        let (first, second) = tokio::join!(ask_yes_no(&cloud), ask_yes_no(&cloud));
+        for error in [first.unwrap_err(), second.unwrap_err()] {
+            assert!(matches!(error, CloudError::Unreachable(_)), "{error}");
+            assert!(error.to_string().contains("(Retry-After)"), "{error}");
+        }
+        assert_eq!(server.received().len(), 1, "HTTP {status}");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        assert_eq!(ask_yes_no(&cloud).await.unwrap().answer, "yes");
+        assert!(
+            gap(&server, 0) >= Duration::from_secs(secs),
+            "HTTP {status}: {:?}",
+            gap(&server, 0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_shut_by_refusals_fails_escalations_instead_of_queueing_them() {
+    let server = CloudServer::start(vec![], Reply::status(401)).await;
+    let mut config = settings(vec![endpoint("router", &server.url)]);
+    config.breaker_failures = 2;
+    let (cloud, stats) = client(&config);
+    for _ in 0..2 {
+        let error = ask_yes_no(&cloud).await.unwrap_err();
+        assert!(matches!(error, CloudError::Failed(_)), "{error}");
+    }
+    // The breaker is open: nothing is sent, and the escalation is a failure, not an outage.
+    let error = ask_yes_no(&cloud).await.unwrap_err();
+    assert_eq!(
+        error,
+        CloudError::Failed(vec![
+            "router: left alone after refusals (last: HTTP 401)".to_owned()
+        ])
+    );
+    assert_eq!(server.received().len(), 2);
+    assert_eq!(stats.refusals()["router"][&401], 2);
+    assert_eq!(stats.snapshot().escalations.refusals["router"][&401], 2);
+}
+
+#[tokio::test]
+async fn the_request_id_falls_back_to_other_headers_and_the_completion_id() {
+    let server = CloudServer::start(
+        vec![
+            Reply::completion("yes"),
+            Reply::completion("yes").header("x-litellm-call-id", "call-7"),
+        ],
+        Reply::answer("yes"),
+    )
+    .await;
+    let (cloud, _) = client(&settings(vec![endpoint("router", &server.url)]));
+    for expected in ["chatcmpl-1", "call-7", "req-42"] {
+        let answer = ask_yes_no(&cloud).await.unwrap();
+        assert_eq!(answer.request_id.as_deref(), Some(expected));
+    }
 }
 
 #[tokio::test]
@@ -463,9 +541,11 @@ async fn unsure_answers_are_replaced_by_the_cloud_until_the_budget_runs_out() {
         assert_eq!(answer["confidence"], Value::Null);
         assert_eq!(answer["local"]["confidence"], 0.75);
         assert_eq!(answer["local"]["model"], "test-pixel-analyser");
+        let cloud = answer["timings_ms"]["cloud"].as_f64().unwrap();
+        assert!(cloud > 0.0, "{answer}");
         assert!(
-            answer["timings_ms"]["cloud"].as_f64().unwrap() > 0.0,
-            "{answer}"
+            answer["timings_ms"]["total"].as_f64().unwrap() >= cloud,
+            "the total covers the cloud: {answer}"
         );
     }
     // ...then the budget is spent and local answers keep coming, saying so.
@@ -703,5 +783,137 @@ mode = "never"
     );
     let ids: Vec<&str> = door.iter().map(|a| a["id"].as_str().unwrap()).collect();
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    daemon.shutdown().await;
+}
+
+/// Waits until the server has received `count` requests.
+async fn received_at_least(server: &CloudServer, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.received().len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{} requests",
+            server.received().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for the first request after the `wait` that followed request `index`, answered with a
+/// `Retry-After` of that length, and asserts that none came in between. Requests that arrived within
+/// `IN_FLIGHT` of it had left before any lane could read the reply.
+async fn assert_kept(server: &CloudServer, index: usize, wait: Duration) {
+    const IN_FLIGHT: Duration = Duration::from_millis(100);
+    let asked = server.received()[index].at;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.received().last().unwrap().at - asked < wait {
+        assert!(
+            Instant::now() < deadline,
+            "no request after the Retry-After"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inside: Vec<Duration> = server
+        .received()
+        .iter()
+        .map(|request| request.at.saturating_duration_since(asked))
+        .filter(|after| *after > IN_FLIGHT && *after < wait)
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "requests {inside:?} after a Retry-After of {wait:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_is_kept_by_the_replayer_and_every_live_lane() {
+    let broker = Mosquitto::start();
+    // Two tasks escalating every answer: two live lanes, and the replayer for what they queue.
+    let second = DOOR_ALWAYS
+        .replace("id = \"door\"", "id = \"gate\"")
+        .replace("tasks.door", "tasks.gate");
+    let server = CloudServer::start(
+        vec![Reply::status(503).header("retry-after", "2")],
+        Reply::answer("yes"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = daemon_config(
+        "promise",
+        &broker.url(),
+        &server.url,
+        &token_file(&dir),
+        "budget = { per_minute = 1000 }",
+        &format!("{DOOR_ALWAYS}{second}"),
+    );
+    let daemon = Daemon::start(&config);
+    received_at_least(&server, 1).await;
+    assert_kept(&server, 0, Duration::from_secs(2)).await;
+
+    // The same for a 429 with Retry-After: 1 in the middle of the traffic.
+    let index = server.then(vec![Reply::status(429).header("retry-after", "1")]);
+    received_at_least(&server, index + 1).await;
+    assert_kept(&server, index, Duration::from_secs(1)).await;
+    daemon.shutdown().await;
+}
+
+/// Bound on how long after the cloud returns every escalation queued in a short outage is answered,
+/// with the default budget (10 a minute) and live escalations going on.
+const REPLAY_BOUND: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_queue_is_replayed_with_the_default_budget_and_live_traffic() {
+    let broker = Mosquitto::start();
+    let server = CloudServer::start(vec![], Reply::status(503)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut subscriber = Subscriber::connect(broker.port, &["lookout/starve/cam/+/answer"]).await;
+    // No budget in the config: the default. An answer every 0.5 s, every one escalated.
+    let task = DOOR_ALWAYS.replace("secs = 0.3", "secs = 0.5");
+    let config = daemon_config(
+        "starve",
+        &broker.url(),
+        &server.url,
+        &token_file(&dir),
+        "",
+        &task,
+    );
+    let daemon = Daemon::start(&config);
+    let mut queued = Vec::new();
+    while queued.len() < 4 {
+        let answer = subscriber
+            .expect(Duration::from_secs(15), "a queued answer", |m| {
+                m.topic.ends_with("/answer")
+            })
+            .await
+            .json();
+        if answer["escalation"] == "queued" {
+            queued.push(answer["id"].as_str().unwrap().to_owned());
+        }
+    }
+    // The cloud is back; the task goes on escalating live.
+    server.set_otherwise(Reply::answer("yes"));
+    let back = Instant::now();
+    let mut replayed = std::collections::HashSet::new();
+    let mut live = 0;
+    while !queued.iter().all(|id| replayed.contains(id)) {
+        assert!(
+            back.elapsed() < REPLAY_BOUND,
+            "after {REPLAY_BOUND:?} replayed {} of {} ({live} live cloud answers)",
+            replayed.len(),
+            queued.len()
+        );
+        for message in subscriber.collect_for(Duration::from_millis(250)).await {
+            let answer = message.json();
+            if answer["tier"] != "cloud" {
+                continue;
+            }
+            let id = answer["id"].as_str().unwrap().to_owned();
+            if queued.contains(&id) {
+                replayed.insert(id);
+            } else {
+                live += 1;
+            }
+        }
+    }
     daemon.shutdown().await;
 }

@@ -4,7 +4,9 @@
 //! Failures are classified as Vector's HTTP sinks do: 408, 429, 5xx except 501, network errors and
 //! timeouts may pass, so they are retried with full-jitter backoff (or after the server's
 //! `Retry-After`, seconds or HTTP-date); anything else (400, 401, 403, 404, 422, a reply that is not
-//! an answer) will not pass by retrying and moves on to the next endpoint at once. Every escalation
+//! an answer) will not pass by retrying and moves on to the next endpoint at once. A `Retry-After` is
+//! kept by the endpoint (`breaker.rs`), not by the call that read it: no caller sends to it before it
+//! has passed, and every request, retries included, looks at the breaker again first. Every escalation
 //! has an overall deadline, retries and failover included. Replies are read up to a byte limit, so a
 //! misbehaving server cannot make the daemon buffer without bound.
 //!
@@ -23,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, warn};
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Shut};
 use super::config::{EndpointConfig, EscalationConfig, ImageConfig};
 use crate::backoff::Backoff;
 use crate::config::Env;
@@ -76,7 +78,11 @@ enum Attempt {
         message: String,
         retry_after: Option<Duration>,
     },
-    Permanent(String),
+    /// Will not pass by retrying; `status` when the server refused with one.
+    Permanent {
+        message: String,
+        status: Option<StatusCode>,
+    },
 }
 
 struct Endpoint {
@@ -127,8 +133,18 @@ impl Cloud {
         cloud
     }
 
-    /// Asks each endpoint in order until one answers, within the overall deadline.
-    pub async fn ask(&self, question: Question<'_>) -> Result<CloudAnswer, CloudError> {
+    /// Asks each endpoint in order until one answers, within the overall deadline. Before every
+    /// request, retries included, the endpoint's breaker and `Retry-After` are looked at again: an
+    /// endpoint that is shut is skipped, except that a retry waits out a `Retry-After` that ends
+    /// within the deadline. `on_billed` is called once, when the first request that may have been
+    /// billed ends: one the server answered with success (an answer or not), or one given up after
+    /// it was sent (a timeout). A request that never reached a server, or that the server turned
+    /// away with an error status (429, 503, 401...), served nothing and is not billed.
+    pub async fn ask(
+        &self,
+        question: Question<'_>,
+        on_billed: impl FnOnce() + Send,
+    ) -> Result<CloudAnswer, CloudError> {
         let deadline = tokio::time::Instant::now() + self.deadline;
         let images: Vec<String> = question
             .jpegs
@@ -140,6 +156,12 @@ impl Cloud {
                 )
             })
             .collect();
+        let mut on_billed = Some(on_billed);
+        let mut billed = || {
+            if let Some(on_billed) = on_billed.take() {
+                on_billed();
+            }
+        };
         let mut failures = Vec::new();
         let mut transient = false;
         for endpoint in &self.endpoints {
@@ -152,12 +174,6 @@ impl Cloud {
                     continue;
                 }
             };
-            if !endpoint.breaker.lock().unwrap().allow(Instant::now()) {
-                failures.push(format!("{name}: cooling down after repeated failures"));
-                transient = true;
-                continue;
-            }
-            self.report_breakers();
             let sent = evenly(images.len(), endpoint.config.max_images);
             let prompt = phrase(question.text, question.kind, sent.len());
             let mut content: Vec<serde_json::Value> = sent
@@ -177,6 +193,11 @@ impl Cloud {
             });
             let mut backoff = Backoff::new();
             for attempt in 0..=self.retries {
+                if let Err(shut) = self.wait_turn(endpoint, attempt > 0, deadline).await {
+                    transient |= !matches!(shut, Shut::Refusing(_));
+                    failures.push(format!("{name}: {}", shut_reason(&shut)));
+                    break;
+                }
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
                     failures.push(format!("{name}: out of time"));
@@ -186,14 +207,19 @@ impl Cloud {
                 let started = Instant::now();
                 let limit = self.request_timeout.min(deadline - now);
                 let request = self.request(endpoint, token.as_deref(), &body);
-                let result = tokio::time::timeout(limit, request)
-                    .await
-                    .unwrap_or_else(|_| {
+                let result = match tokio::time::timeout(limit, request).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        billed();
                         Err(Attempt::Retryable {
                             message: format!("no reply within {:.1} s", limit.as_secs_f64()),
                             retry_after: None,
                         })
-                    });
+                    }
+                };
+                if matches!(result, Ok(_) | Err(Attempt::Permanent { status: None, .. })) {
+                    billed();
+                }
                 match result {
                     Ok(reply) => match parse_answer(&reply.text, question.kind) {
                         Ok(answer) => {
@@ -212,13 +238,20 @@ impl Cloud {
                             });
                         }
                         Err(message) => {
-                            self.failed(endpoint);
+                            self.failed(endpoint, Some("unusable replies".to_owned()));
                             failures.push(format!("{name}: {message}"));
                             break;
                         }
                     },
-                    Err(Attempt::Permanent(message)) => {
-                        self.failed(endpoint);
+                    Err(Attempt::Permanent { message, status }) => {
+                        let refusal = match status {
+                            Some(status) => {
+                                self.stats.count_refusal(name, status.as_u16());
+                                format!("HTTP {}", status.as_u16())
+                            }
+                            None => "unusable replies".to_owned(),
+                        };
+                        self.failed(endpoint, Some(refusal));
                         warn!(endpoint = %name, error = %message, "The cloud refused an escalation.");
                         failures.push(format!("{name}: {message}"));
                         break;
@@ -227,7 +260,15 @@ impl Cloud {
                         message,
                         retry_after,
                     }) => {
-                        let opened = self.failed(endpoint);
+                        if let Some(wait) = retry_after {
+                            // A promise to the endpoint, kept by every lane and the replayer.
+                            endpoint
+                                .breaker
+                                .lock()
+                                .unwrap()
+                                .retry_after(Instant::now() + wait);
+                        }
+                        let opened = self.failed(endpoint, None);
                         debug!(endpoint = %name, attempt, error = %message, "Cloud request failed.");
                         transient = true;
                         let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
@@ -248,9 +289,39 @@ impl Cloud {
         })
     }
 
-    /// Counts a failure against the endpoint's breaker; true when it opened.
-    fn failed(&self, endpoint: &Endpoint) -> bool {
-        let opened = endpoint.breaker.lock().unwrap().failed(Instant::now());
+    /// Waits until a request may go to `endpoint`: at once, or, for a retry, after a `Retry-After`
+    /// that ends before the deadline. Otherwise says why the endpoint is shut.
+    async fn wait_turn(
+        &self,
+        endpoint: &Endpoint,
+        retrying: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Shut> {
+        loop {
+            let allowed = endpoint.breaker.lock().unwrap().allow(Instant::now());
+            match allowed {
+                Ok(()) => {
+                    self.report_breakers();
+                    return Ok(());
+                }
+                Err(Shut::RetryAfter(until))
+                    if retrying && tokio::time::Instant::from_std(until) < deadline =>
+                {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+                }
+                Err(shut) => return Err(shut),
+            }
+        }
+    }
+
+    /// Counts a failure against the endpoint's breaker, with the refusal when it was one; true when
+    /// it opened.
+    fn failed(&self, endpoint: &Endpoint, refusal: Option<String>) -> bool {
+        let opened = endpoint
+            .breaker
+            .lock()
+            .unwrap()
+            .failed(Instant::now(), refusal);
         if opened {
             warn!(endpoint = %endpoint.config.name, "Cloud endpoint failing; leaving it alone for a while.");
         }
@@ -302,11 +373,14 @@ impl Cloud {
             retry_after: None,
         })? {
             if (bytes.len() + chunk.len()) as u64 > self.max_reply_bytes {
-                return Err(Attempt::Permanent(format!(
-                    "HTTP {}: reply larger than {} bytes",
-                    status.as_u16(),
-                    self.max_reply_bytes
-                )));
+                return Err(Attempt::Permanent {
+                    message: format!(
+                        "HTTP {}: reply larger than {} bytes",
+                        status.as_u16(),
+                        self.max_reply_bytes
+                    ),
+                    status: None,
+                });
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -318,11 +392,18 @@ impl Cloud {
                     retry_after: retry_after(&headers, SystemTime::now()),
                 }
             } else {
-                Attempt::Permanent(message)
+                Attempt::Permanent {
+                    message,
+                    status: Some(status),
+                }
             });
         }
+        let unusable = |message: String| Attempt::Permanent {
+            message,
+            status: None,
+        };
         let completion: Completion = serde_json::from_slice(&bytes).map_err(|error| {
-            Attempt::Permanent(format!("the reply is not a chat completion: {}", {
+            unusable(format!("the reply is not a chat completion: {}", {
                 if looks_like_html(&bytes) {
                     "an HTML page".to_owned()
                 } else {
@@ -334,22 +415,26 @@ impl Cloud {
             .choices
             .into_iter()
             .next()
-            .ok_or_else(|| Attempt::Permanent("the reply has no choices".to_owned()))?
+            .ok_or_else(|| unusable("the reply has no choices".to_owned()))?
             .message
             .content
             .filter(|text| !text.trim().is_empty())
-            .ok_or_else(|| Attempt::Permanent("the reply's message is empty".to_owned()))?;
+            .ok_or_else(|| unusable("the reply's message is empty".to_owned()))?;
         let header = |name: &str| {
             headers
                 .get(name)
                 .and_then(|value| value.to_str().ok())
+                .filter(|value| !value.is_empty())
                 .map(str::to_owned)
         };
         Ok(Reply {
             text,
             model: completion.model,
             provider: header("x-inference-provider"),
-            request_id: header("x-request-id"),
+            request_id: REQUEST_ID_HEADERS
+                .iter()
+                .find_map(|name| header(name))
+                .or(completion.id),
             usage: completion.usage,
         })
     }
@@ -405,6 +490,8 @@ struct Reply {
 
 #[derive(Deserialize)]
 struct Completion {
+    /// The completion's id (`chatcmpl-...`): the request id of servers that send no header for it.
+    id: Option<String>,
     #[serde(default)]
     choices: Vec<Choice>,
     model: Option<String>,
@@ -419,6 +506,26 @@ struct Choice {
 #[derive(Deserialize)]
 struct Message {
     content: Option<String>,
+}
+
+/// Headers that name a request, in order of preference: the router's and OpenAI's, Anthropic-style
+/// servers', LiteLLM's call id. Without any, the completion's `id` names it.
+const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "request-id", "x-litellm-call-id"];
+
+/// Why a shut endpoint was skipped, for the escalation's error.
+fn shut_reason(shut: &Shut) -> String {
+    match shut {
+        Shut::RetryAfter(until) => format!(
+            "asked for no request for another {:.1} s (Retry-After)",
+            until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+        ),
+        Shut::CoolingDown => "cooling down after repeated failures".to_owned(),
+        Shut::Refusing(refusal) => {
+            format!("left alone after refusals (last: {refusal})")
+        }
+    }
 }
 
 fn is_retryable(status: StatusCode) -> bool {

@@ -26,9 +26,9 @@ pub struct EscalationConfig {
     /// Frames whose perceptual hashes differ in at most this many of 64 bits from the task's last
     /// escalated frame are near-duplicates and not escalated again; a negative value turns it off.
     pub duplicate_distance: i32,
-    /// Escalations of all tasks together.
+    /// Escalations of all tasks together; fields left out keep `TOTAL_BUDGET`'s.
     pub budget: Budget,
-    /// Each task's own budget, unless its entry in `tasks` gives one.
+    /// Each task's own budget (no limit by default); a task's entry in `tasks` may set any field.
     pub task_budget: Budget,
     /// Per-task overrides, by task id (`ask` for on-demand asks).
     pub tasks: BTreeMap<String, TaskPolicy>,
@@ -60,11 +60,7 @@ impl Default for EscalationConfig {
             threshold: 0.5,
             min_interval_secs: 10.0,
             duplicate_distance: 4,
-            budget: Budget {
-                per_minute: Some(10),
-                per_hour: Some(200),
-                per_day: Some(1000),
-            },
+            budget: Budget::default(),
             task_budget: Budget::default(),
             tasks: BTreeMap::new(),
             longest_side: 1024,
@@ -105,13 +101,97 @@ pub struct TaskPolicy {
     pub budget: Option<Budget>,
 }
 
-/// Escalations allowed per sliding minute, hour and day; absent means no limit.
+/// Escalations allowed per sliding minute, hour and day, as written: a field left out keeps its
+/// default (the total budget's `TOTAL_BUDGET`, a task's `task_budget`), so a table that sets one
+/// limit never lifts the others; `"unlimited"` lifts one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Budget {
+    pub per_minute: Option<Limit>,
+    pub per_hour: Option<Limit>,
+    pub per_day: Option<Limit>,
+}
+
+/// One field of a budget: a count, or `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    At(u32),
+    Unlimited,
+}
+
+/// A budget with every default filled in; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
     pub per_minute: Option<u32>,
     pub per_hour: Option<u32>,
     pub per_day: Option<u32>,
+}
+
+/// The total budget's defaults.
+pub const TOTAL_BUDGET: Limits = Limits {
+    per_minute: Some(10),
+    per_hour: Some(200),
+    per_day: Some(1000),
+};
+
+impl Budget {
+    /// The limits this budget sets, `defaults` where it sets none.
+    pub fn over(&self, defaults: Limits) -> Limits {
+        let pick = |field: Option<Limit>, default: Option<u32>| match field {
+            Some(Limit::At(count)) => Some(count),
+            Some(Limit::Unlimited) => None,
+            None => default,
+        };
+        Limits {
+            per_minute: pick(self.per_minute, defaults.per_minute),
+            per_hour: pick(self.per_hour, defaults.per_hour),
+            per_day: pick(self.per_day, defaults.per_day),
+        }
+    }
+}
+
+impl Limits {
+    /// Half of each limit, rounded down.
+    pub fn halved(&self) -> Limits {
+        Limits {
+            per_minute: self.per_minute.map(|count| count / 2),
+            per_hour: self.per_hour.map(|count| count / 2),
+            per_day: self.per_day.map(|count| count / 2),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Limit, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Limit;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a count of escalations or \"unlimited\"")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Limit, E> {
+                u32::try_from(value)
+                    .map(Limit::At)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Limit, E> {
+                u64::try_from(value)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(value), &self))
+                    .and_then(|value| self.visit_u64(value))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Limit, E> {
+                match value {
+                    "unlimited" => Ok(Limit::Unlimited),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(value), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// How a camera's frames are sent: downscaled so the longest side is at most `longest_side`, as JPEG.
@@ -295,8 +375,16 @@ impl EscalationConfig {
             threshold: own.threshold.unwrap_or(self.threshold),
             min_interval_secs: own.min_interval_secs.unwrap_or(self.min_interval_secs),
             duplicate_distance: own.duplicate_distance.unwrap_or(self.duplicate_distance),
-            budget: own.budget.unwrap_or(self.task_budget),
+            budget: own
+                .budget
+                .unwrap_or_default()
+                .over(self.task_budget.over(Limits::default())),
         }
+    }
+
+    /// The total budget, every default filled in.
+    pub fn total_budget(&self) -> Limits {
+        self.budget.over(TOTAL_BUDGET)
     }
 
     /// Whether a camera's frames may leave the box, and how.
@@ -316,7 +404,7 @@ pub struct EffectivePolicy {
     pub threshold: f64,
     pub min_interval_secs: f64,
     pub duplicate_distance: i32,
-    pub budget: Budget,
+    pub budget: Limits,
 }
 
 impl TaskPolicy {
@@ -343,10 +431,12 @@ impl Budget {
             ("per_hour", self.per_hour),
             ("per_day", self.per_day),
         ] {
-            if value.is_some_and(|value| value > 1_000_000) {
+            if let Some(Limit::At(count)) = value
+                && count > 1_000_000
+            {
                 problems.push(
                     format!("{path}.{field}"),
-                    format!("must be at most 1000000, not {}", value.unwrap_or_default()),
+                    format!("must be at most 1000000 (or \"unlimited\"), not {count}"),
                 );
             }
         }
@@ -429,5 +519,55 @@ fn longest_side(problems: &mut Problems, path: &str, value: u32) {
 fn jpeg_quality(problems: &mut Problems, path: &str, value: u8) {
     if !(10..=100).contains(&value) {
         problems.push(path, format!("must be 10 to 100, not {value}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> EscalationConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_budget_table_keeps_the_defaults_of_the_fields_it_leaves_out() {
+        let config = section("[budget]\nper_minute = 3\n");
+        assert_eq!(
+            config.total_budget(),
+            Limits {
+                per_minute: Some(3),
+                ..TOTAL_BUDGET
+            }
+        );
+        assert_eq!(section("").total_budget(), TOTAL_BUDGET);
+        let lifted = section("[budget]\nper_day = \"unlimited\"\n");
+        assert_eq!(lifted.total_budget().per_day, None);
+        assert_eq!(lifted.total_budget().per_hour, Some(200));
+
+        // A task's budget keeps what `task_budget` says of the fields it leaves out.
+        let config = section(
+            "[task_budget]\nper_minute = 2\nper_day = 50\n[tasks.door]\nbudget = { per_hour = 20, per_day = \"unlimited\" }\n",
+        );
+        assert_eq!(
+            config.policy_for("door").budget,
+            Limits {
+                per_minute: Some(2),
+                per_hour: Some(20),
+                per_day: None,
+            }
+        );
+        assert_eq!(
+            config.policy_for("other").budget,
+            Limits {
+                per_minute: Some(2),
+                per_hour: None,
+                per_day: Some(50),
+            }
+        );
+        let error = toml::from_str::<EscalationConfig>("[budget]\nper_hour = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"unlimited\""), "{error}");
     }
 }

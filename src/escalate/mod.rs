@@ -18,7 +18,12 @@
 //! on, the escalation (answer and JPEG) is stored in an outbox file in the state directory (bounded
 //! in bytes and age) and the replayer sends it again when an endpoint answers; the cloud answer is then
 //! published with the same `id`, tier `cloud`. At shutdown escalations in flight give up at once and go
-//! to the queue, so the shutdown deadline never costs an answer.
+//! to the queue, so the shutdown deadline never costs an answer. An endpoint that refuses (401, 403,
+//! 404, 422) is no outage: escalations it turns away are `cloud_failed`, never queued.
+//!
+//! Budgets are charged only for escalations that sent a request the provider may bill (`policy.rs`),
+//! so an outage spends none, and the replayer, which shares the total budget with the live lanes, never waits longer
+//! than until a slot frees. It also wakes when a live escalation is answered: the cloud is back.
 //!
 //! Every answer the cloud gives, live or replayed, is offered to the dataset (`crate::dataset`) with
 //! the images and text exactly as sent, when its camera or task is opted in.
@@ -30,11 +35,11 @@ pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -47,8 +52,8 @@ use crate::stats::Stats;
 use crate::vision::{Answer, LocalVerdict, Outcome, Output, Tier};
 pub use cloud::{Cloud, CloudAnswer, CloudError, Question};
 pub use config::{
-    Budget, CameraPrivacy, EndpointConfig, EscalationConfig, HF_ROUTER, ImageConfig, Mode,
-    QueueConfig, TaskPolicy,
+    Budget, CameraPrivacy, EndpointConfig, EscalationConfig, HF_ROUTER, ImageConfig, Limit, Limits,
+    Mode, QueueConfig, TOTAL_BUDGET, TaskPolicy,
 };
 use policy::{Decision, Policy, Reason};
 
@@ -56,8 +61,6 @@ use policy::{Decision, Policy, Reason};
 const LANE_CAPACITY: usize = 32;
 /// Answers waiting in a lane from which its next answers go out without escalation.
 const BUSY_BACKLOG: usize = 2;
-/// How long the replayer waits when the total budget allows no replay.
-const BUDGET_PAUSE: Duration = Duration::from_secs(60);
 
 /// What the stage and the replayer share: the running config, the policy's history, the client.
 pub struct Escalation {
@@ -68,6 +71,8 @@ pub struct Escalation {
     dataset: dataset::Sink,
     env: Env,
     stats: Arc<Stats>,
+    /// Wakes the replayer: the cloud answered, or the config changed.
+    wake: Notify,
 }
 
 /// An escalation waiting in the offline queue.
@@ -119,6 +124,7 @@ impl Escalation {
             dataset,
             env,
             stats,
+            wake: Notify::new(),
         }
     }
 
@@ -143,6 +149,7 @@ impl Escalation {
             );
         }
         *self.config.lock().unwrap() = Arc::new(new.clone());
+        self.wake.notify_one();
     }
 
     fn config(&self) -> Arc<EscalationConfig> {
@@ -161,6 +168,12 @@ impl Escalation {
         };
         let config = self.config();
         let frame = output.frame;
+        let captured_at = frame.captured_at;
+        let replays_waiting = self
+            .queue
+            .as_ref()
+            .is_some_and(|queue| queue.status().depth > 0);
+        let decided_at = Instant::now();
         let decision = self.policy.lock().unwrap().decide(
             &config,
             &answer.camera,
@@ -168,7 +181,8 @@ impl Escalation {
             answer.confidence.unwrap_or(0.0),
             || policy::difference_hash(&frame.image),
             busy,
-            Instant::now(),
+            replays_waiting,
+            decided_at,
         );
         let reason = match decision {
             Decision::Keep(reason) => return self.keep(answer, reason),
@@ -194,14 +208,20 @@ impl Escalation {
             kind: &answer.kind,
             jpegs: &jpegs,
         };
+        let mut billed = false;
         let result = tokio::select! {
-            result = cloud.ask(question) => result,
+            result = cloud.ask(question, || billed = true) => result,
             _ = cancel.cancelled() => Err(CloudError::Unreachable(vec!["shutting down".to_owned()])),
         };
+        if !billed {
+            self.policy.lock().unwrap().refund(&answer.task, decided_at);
+        }
         match result {
             Ok(reply) => {
                 self.stats.count_escalation("answered");
-                Outcome::Answered(Box::new(self.cloud_answer(*answer, reason, reply, &jpegs)))
+                self.wake.notify_one();
+                let answer = self.cloud_answer(*answer, reason, reply, &jpegs, Some(captured_at));
+                Outcome::Answered(Box::new(answer))
             }
             Err(error) => {
                 answer.escalation = Some(reason.as_str().to_owned());
@@ -247,19 +267,29 @@ impl Escalation {
     }
 
     /// The cloud's answer in place of the local one, which it keeps beside it; offered to the dataset
-    /// with the images of `jpegs` that were sent.
+    /// with the images of `jpegs` that were sent. Its `total` runs from `captured_at` to now (a live
+    /// escalation); a replay's, whose wait in the queue is an outage and not the answer's, is the
+    /// local answer's total plus the cloud's.
     fn cloud_answer(
         &self,
         local: Answer,
         reason: Reason,
         reply: CloudAnswer,
         jpegs: &[Vec<u8>],
+        captured_at: Option<SystemTime>,
     ) -> Answer {
         let latency_ms = reply.latency.as_secs_f64() * 1000.0;
         self.stats.cloud_total_ms.add(latency_ms as u64);
         self.stats.cloud_last_ms.set(latency_ms as u64);
         let mut timings_ms = local.timings_ms;
         timings_ms.cloud = Some(latency_ms);
+        let whole = timings_ms.total + latency_ms;
+        timings_ms.total = captured_at.map_or(whole, |captured_at| {
+            let since = SystemTime::now()
+                .duration_since(captured_at)
+                .unwrap_or_default();
+            (since.as_secs_f64() * 1000.0).max(whole)
+        });
         let answer = Answer {
             answer: reply.answer,
             confidence: None,
@@ -350,7 +380,8 @@ async fn lane(
 
 /// Sends the offline queue's escalations again, oldest first, until `cancel`. A replay that an
 /// endpoint answers is published; one that fails for good is dropped (its local answer went out
-/// long ago); one that finds the cloud still unreachable waits with backoff.
+/// long ago); one that finds the cloud still unreachable waits with backoff, or until a live
+/// escalation is answered. With the total budget spent, replays wait until a slot frees.
 pub async fn replay(
     escalation: Arc<Escalation>,
     output: mpsc::Sender<Outcome>,
@@ -377,54 +408,58 @@ pub async fn replay(
         };
         let jpegs = queued.jpegs.decode();
         let config = escalation.config();
-        // Escalation switched off by a reload, or no budget left: wait, keeping the queue.
-        let allowed = config.enabled
-            && escalation
+        let charged_at = Instant::now();
+        // Switched off by a reload: the queue is kept until a reload switches it on.
+        let charged = match config.enabled {
+            true => escalation
                 .policy
                 .lock()
                 .unwrap()
-                .allows_replay(&config, Instant::now());
-        let pause = if !allowed {
-            Some(BUDGET_PAUSE)
-        } else {
-            let cloud = escalation.cloud();
-            let question = Question {
-                text: &queued.answer.question,
-                kind: &queued.answer.kind,
-                jpegs: &jpegs,
-            };
-            let result = tokio::select! {
-                result = cloud.ask(question) => result,
-                _ = cancel.cancelled() => return queue.resend_all(),
-            };
-            match result {
-                Ok(reply) => {
-                    escalation
-                        .policy
-                        .lock()
-                        .unwrap()
-                        .charge_replay(Instant::now());
-                    let reason = reason_escalated(&queued.answer);
-                    let answer = escalation.cloud_answer(queued.answer, reason, reply, &jpegs);
-                    if output
-                        .send(Outcome::Answered(Box::new(answer)))
-                        .await
-                        .is_err()
-                    {
-                        return queue.resend_all();
+                .charge_replay(&config, charged_at),
+            false => Err(charged_at + Duration::from_secs(86_400)),
+        };
+        let pause = match charged {
+            Err(frees_at) => Some(frees_at.saturating_duration_since(charged_at)),
+            Ok(()) => {
+                let cloud = escalation.cloud();
+                let question = Question {
+                    text: &queued.answer.question,
+                    kind: &queued.answer.kind,
+                    jpegs: &jpegs,
+                };
+                let mut billed = false;
+                let result = tokio::select! {
+                    result = cloud.ask(question, || billed = true) => result,
+                    _ = cancel.cancelled() => return queue.resend_all(),
+                };
+                if !billed {
+                    escalation.policy.lock().unwrap().refund_replay(charged_at);
+                }
+                match result {
+                    Ok(reply) => {
+                        let reason = reason_escalated(&queued.answer);
+                        let answer =
+                            escalation.cloud_answer(queued.answer, reason, reply, &jpegs, None);
+                        if output
+                            .send(Outcome::Answered(Box::new(answer)))
+                            .await
+                            .is_err()
+                        {
+                            return queue.resend_all();
+                        }
+                        queue.complete(item.seq);
+                        escalation.stats.count_escalation("replayed");
+                        backoff.reset();
+                        None
                     }
-                    queue.complete(item.seq);
-                    escalation.stats.count_escalation("replayed");
-                    backoff.reset();
-                    None
+                    Err(CloudError::Failed(reasons)) => {
+                        warn!(reasons = ?reasons, "A queued escalation was refused; dropping it.");
+                        queue.complete(item.seq);
+                        escalation.stats.count_escalation("replay_failed");
+                        None
+                    }
+                    Err(CloudError::Unreachable(_)) => Some(backoff.next_delay()),
                 }
-                Err(CloudError::Failed(reasons)) => {
-                    warn!(reasons = ?reasons, "A queued escalation was refused; dropping it.");
-                    queue.complete(item.seq);
-                    escalation.stats.count_escalation("replay_failed");
-                    None
-                }
-                Err(CloudError::Unreachable(_)) => Some(backoff.next_delay()),
             }
         };
         if let Some(pause) = pause {
@@ -432,6 +467,7 @@ pub async fn replay(
             debug!(pause_s = pause.as_secs_f64(), "Queued escalations wait.");
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                _ = escalation.wake.notified() => {}
                 _ = cancel.cancelled() => return,
             }
         }

@@ -2,8 +2,15 @@
 //! interval, near-duplicate frames, and budgets per task and in total over sliding windows.
 //!
 //! Pure bookkeeping with the time passed in, so every rule is tested without a clock or a network.
-//! A budget is charged when an escalation is decided, not when it succeeds: a request that failed
-//! may still have been billed, and a budget is there to bound the bill.
+//! A budget is there to bound the bill, so it is charged for an escalation that sent a request the
+//! provider may have billed: one answered with success, or given up after it was sent (a timeout).
+//! One that sent nothing billable (every endpoint down, turned away with an error status, or shut by
+//! its breaker or its `Retry-After`) costs nothing: the slot is taken when the escalation is decided,
+//! so that lanes deciding at once cannot overspend, and given back when nothing was billed.
+//!
+//! Replays of the offline queue are charged to the total budget only. While escalations wait in the
+//! queue, live escalations may use at most half of each of its windows, so the queue drains at half
+//! the budget's rate or better however busy the live tasks are, and live escalations go on meanwhile.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -11,7 +18,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use image::imageops::FilterType;
 
-use super::config::{Budget, EscalationConfig, Mode};
+use super::config::{EscalationConfig, Limits, Mode};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -80,7 +87,13 @@ struct Window {
 }
 
 impl Window {
-    fn allows(&mut self, budget: &Budget, now: Instant) -> bool {
+    fn allows(&mut self, limits: &Limits, now: Instant) -> bool {
+        self.frees_at(limits, now).is_none()
+    }
+
+    /// When the limits allow one more escalation: `None` if they do now, else the time the charge
+    /// that holds the last slot of the fullest window leaves it.
+    fn frees_at(&mut self, limits: &Limits, now: Instant) -> Option<Instant> {
         while self
             .times
             .front()
@@ -88,24 +101,38 @@ impl Window {
         {
             self.times.pop_front();
         }
-        let within = |span: Duration| {
-            self.times
-                .iter()
-                .rev()
-                .take_while(|time| now.duration_since(**time) < span)
-                .count()
-        };
         [
-            (budget.per_minute, MINUTE),
-            (budget.per_hour, HOUR),
-            (budget.per_day, DAY),
+            (limits.per_minute, MINUTE),
+            (limits.per_hour, HOUR),
+            (limits.per_day, DAY),
         ]
         .into_iter()
-        .all(|(limit, span)| limit.is_none_or(|limit| within(span) < limit as usize))
+        .filter_map(|(limit, span)| {
+            let limit = limit? as usize;
+            // Newest first: with `limit` or more inside the span, a slot frees when the
+            // `limit`-th newest leaves it.
+            let mut within = self
+                .times
+                .iter()
+                .rev()
+                .take_while(|time| now.duration_since(**time) < span);
+            match limit.checked_sub(1) {
+                Some(index) => within.nth(index).map(|time| *time + span),
+                None => Some(now + span),
+            }
+        })
+        .max()
     }
 
     fn charge(&mut self, now: Instant) {
         self.times.push_back(now);
+    }
+
+    /// Gives back the charge made at `at`.
+    fn refund(&mut self, at: Instant) {
+        if let Some(index) = self.times.iter().rposition(|time| *time == at) {
+            self.times.remove(index);
+        }
     }
 }
 
@@ -120,14 +147,17 @@ struct TaskState {
 #[derive(Debug, Default)]
 pub struct Policy {
     total: Window,
+    /// The live escalations among `total`'s.
+    live: Window,
     tasks: HashMap<String, TaskState>,
 }
 
 impl Policy {
     /// Decides about a local answer of `task` about a frame of `camera` with this `confidence`, and
-    /// charges the budgets when the answer is to be escalated. `hash` is the frame's perceptual hash,
-    /// computed only when the duplicate rule needs it; `busy` says the task's answers are waiting
-    /// behind its escalations.
+    /// charges the budgets at `now` when the answer is to be escalated (`refund` gives that back).
+    /// `hash` is the frame's perceptual hash, computed only when the duplicate rule needs it; `busy`
+    /// says the task's answers are waiting behind its escalations; `replays_waiting` that the
+    /// offline queue holds escalations, which then get half the total budget.
     #[expect(
         clippy::too_many_arguments,
         reason = "each is one fact the rules weigh"
@@ -140,6 +170,7 @@ impl Policy {
         confidence: f64,
         hash: impl FnOnce() -> u64,
         busy: bool,
+        replays_waiting: bool,
         now: Instant,
     ) -> Decision {
         if !config.enabled {
@@ -173,24 +204,54 @@ impl Policy {
         {
             return Decision::Keep(Reason::Duplicate);
         }
-        if !state.window.allows(&policy.budget, now) || !self.total.allows(&config.budget, now) {
+        let total = config.total_budget();
+        let live = if replays_waiting {
+            total.halved()
+        } else {
+            total
+        };
+        if !state.window.allows(&policy.budget, now)
+            || !self.total.allows(&total, now)
+            || !self.live.allows(&live, now)
+        {
             return Decision::Keep(Reason::BudgetExhausted);
         }
         state.window.charge(now);
         self.total.charge(now);
+        self.live.charge(now);
         state.last_escalated = Some(now);
         state.last_hash = hash;
         Decision::Escalate(reason)
     }
 
-    /// Whether the total budget allows a replay from the offline queue now. Replays are charged only
-    /// when answered: while the cloud is down they fail without a bill, again and again.
-    pub fn allows_replay(&mut self, config: &EscalationConfig, now: Instant) -> bool {
-        self.total.allows(&config.budget, now)
+    /// Gives back what `decide` charged `task` at `at`: the escalation sent nothing billable.
+    pub fn refund(&mut self, task: &str, at: Instant) {
+        if let Some(state) = self.tasks.get_mut(task) {
+            state.window.refund(at);
+        }
+        self.total.refund(at);
+        self.live.refund(at);
     }
 
-    pub fn charge_replay(&mut self, now: Instant) {
-        self.total.charge(now);
+    /// Charges a replay from the offline queue to the total budget at `now`, or says when the
+    /// budget will allow one.
+    pub fn charge_replay(
+        &mut self,
+        config: &EscalationConfig,
+        now: Instant,
+    ) -> Result<(), Instant> {
+        match self.total.frees_at(&config.total_budget(), now) {
+            Some(free) => Err(free),
+            None => {
+                self.total.charge(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives back a replay's charge made at `at`: it sent nothing billable.
+    pub fn refund_replay(&mut self, at: Instant) {
+        self.total.refund(at);
     }
 }
 
@@ -213,14 +274,18 @@ pub fn difference_hash(image: &RgbImage) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::escalate::config::{CameraPrivacy, TaskPolicy};
+    use crate::escalate::config::{Budget, CameraPrivacy, Limit, TaskPolicy};
 
     fn enabled() -> EscalationConfig {
         EscalationConfig {
             enabled: true,
             min_interval_secs: 0.0,
             duplicate_distance: -1,
-            budget: Budget::default(),
+            budget: Budget {
+                per_minute: Some(Limit::Unlimited),
+                per_hour: Some(Limit::Unlimited),
+                per_day: Some(Limit::Unlimited),
+            },
             ..EscalationConfig::default()
         }
     }
@@ -231,7 +296,7 @@ mod tests {
         confidence: f64,
         at: Instant,
     ) -> Decision {
-        policy.decide(config, "cam", "door", confidence, || 0, false, at)
+        policy.decide(config, "cam", "door", confidence, || 0, false, false, at)
     }
 
     #[test]
@@ -291,8 +356,8 @@ mod tests {
     fn budgets_run_out_and_come_back_per_window() {
         let mut config = enabled();
         config.task_budget = Budget {
-            per_minute: Some(2),
-            per_hour: Some(3),
+            per_minute: Some(Limit::At(2)),
+            per_hour: Some(Limit::At(3)),
             per_day: None,
         };
         let start = Instant::now();
@@ -324,16 +389,83 @@ mod tests {
             Decision::Escalate(_)
         ));
         // Another task has its own budget; the total is shared.
-        config.budget.per_day = Some(5);
+        config.budget.per_day = Some(Limit::At(5));
         assert!(matches!(
-            policy.decide(&config, "cam", "other", 0.1, || 0, false, at(3602)),
+            policy.decide(&config, "cam", "other", 0.1, || 0, false, false, at(3602)),
             Decision::Escalate(_)
         ));
         assert_eq!(
-            policy.decide(&config, "cam", "other", 0.1, || 0, false, at(3603)),
+            policy.decide(&config, "cam", "other", 0.1, || 0, false, false, at(3603)),
             Decision::Keep(Reason::BudgetExhausted)
         );
-        assert!(!policy.allows_replay(&config, at(3604)));
+        assert_eq!(
+            policy.charge_replay(&config, at(3604)),
+            Err(at(86_400)),
+            "the day's first escalation frees the slot"
+        );
+    }
+
+    #[test]
+    fn an_escalation_that_sent_nothing_is_refunded_and_the_replayer_waits_for_a_free_slot() {
+        // The default total budget: 10 a minute.
+        let config = EscalationConfig {
+            budget: Budget::default(),
+            ..enabled()
+        };
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut policy = Policy::default();
+        // An outage: twenty escalations decided in a minute, none sent, every one refunded.
+        for second in 0..20 {
+            assert!(matches!(
+                decide(&mut policy, &config, 0.1, at(second)),
+                Decision::Escalate(_)
+            ));
+            policy.refund("door", at(second));
+        }
+        // The cloud is back: the whole budget is there for the replays.
+        for second in 20..30 {
+            assert_eq!(policy.charge_replay(&config, at(second)), Ok(()));
+        }
+        // Spent: the slot frees when the first replay leaves the minute, not a fixed pause later.
+        assert_eq!(policy.charge_replay(&config, at(31)), Err(at(80)));
+        assert_eq!(policy.charge_replay(&config, at(80)), Ok(()));
+        // A replay that sent nothing gives its slot back.
+        assert!(policy.charge_replay(&config, at(80)).is_err());
+        policy.refund_replay(at(80));
+        assert_eq!(policy.charge_replay(&config, at(80)), Ok(()));
+    }
+
+    #[test]
+    fn while_replays_wait_live_escalations_get_half_the_total_budget() {
+        let config = EscalationConfig {
+            budget: Budget::default(),
+            ..enabled()
+        };
+        let now = Instant::now();
+        let mut policy = Policy::default();
+        let mut live = |replays_waiting: bool| {
+            policy.decide(
+                &config,
+                "cam",
+                "door",
+                0.1,
+                || 0,
+                false,
+                replays_waiting,
+                now,
+            )
+        };
+        let escalated = (0..10)
+            .filter(|_| matches!(live(true), Decision::Escalate(_)))
+            .count();
+        assert_eq!(escalated, 5, "half of 10 a minute while the queue waits");
+        assert_eq!(live(false), Decision::Escalate(Reason::BelowThreshold));
+        // The replays' half is theirs: four more replays fill the minute.
+        for _ in 0..4 {
+            assert_eq!(policy.charge_replay(&config, now), Ok(()));
+        }
+        assert!(policy.charge_replay(&config, now).is_err());
     }
 
     #[test]
@@ -351,6 +483,7 @@ mod tests {
                 0.1,
                 || hash,
                 false,
+                false,
                 start + Duration::from_secs(secs),
             )
         };
@@ -361,11 +494,20 @@ mod tests {
         // Busy: not escalated, and nothing charged, so the next answer may go.
         let later = start + Duration::from_secs(40);
         assert_eq!(
-            policy.decide(&config, "cam", "door", 0.1, || 7, true, later),
+            policy.decide(&config, "cam", "door", 0.1, || 7, true, false, later),
             Decision::Keep(Reason::Busy)
         );
         assert!(matches!(
-            policy.decide(&config, "cam", "door", 0.1, || u64::MAX >> 32, false, later),
+            policy.decide(
+                &config,
+                "cam",
+                "door",
+                0.1,
+                || u64::MAX >> 32,
+                false,
+                false,
+                later
+            ),
             Decision::Escalate(_)
         ));
     }

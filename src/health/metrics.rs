@@ -166,6 +166,20 @@ pub fn render(
             if *state == "closed" { 0.0 } else { 1.0 },
         );
     }
+    out.family(
+        "lookout_cloud_refusals_total",
+        "counter",
+        "Requests a cloud endpoint refused (401, 403, 404, 422...), by HTTP status.",
+    );
+    for (endpoint, statuses) in stats.refusals() {
+        for (status, count) in statuses {
+            out.sample(
+                "lookout_cloud_refusals_total",
+                &[("endpoint", &endpoint), ("status", &status.to_string())],
+                count as f64,
+            );
+        }
+    }
 
     let dataset = &stats.dataset;
     for (name, kind, help, value) in [

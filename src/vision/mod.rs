@@ -402,7 +402,8 @@ pub struct Timings {
     /// The cloud request that produced the answer, retries and failover included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<f64>,
-    /// From capture to the answer being ready, queueing included.
+    /// From capture to the answer being ready, queueing and the cloud's answer included (a replayed
+    /// escalation's: the local answer's total plus the cloud's).
     pub total: f64,
 }
 

@@ -31,6 +31,14 @@ pub enum Body {
 impl Reply {
     /// A chat completion whose message is `text`, with the router's provenance headers.
     pub fn answer(text: &str) -> Reply {
+        Reply::completion(text)
+            .header("x-inference-provider", "nebius")
+            .header("x-request-id", "req-42")
+    }
+
+    /// A chat completion whose message is `text` as a plain OpenAI-compatible server sends it: no
+    /// provenance headers, the completion's id (`chatcmpl-1`) in the body only.
+    pub fn completion(text: &str) -> Reply {
         let body = json!({
             "id": "chatcmpl-1",
             "object": "chat.completion",
@@ -39,8 +47,6 @@ impl Reply {
             "usage": {"prompt_tokens": 812, "completion_tokens": 3, "total_tokens": 815},
         });
         Reply::json(200, &body)
-            .header("x-inference-provider", "nebius")
-            .header("x-request-id", "req-42")
     }
 
     pub fn json(status: u16, body: &Value) -> Reply {
@@ -179,6 +185,16 @@ max_images = {max_images}
 "#,
             self.url
         )
+    }
+
+    /// The next requests get `replies`, in order, then the script goes on as before. Returns the
+    /// index in `received` of the request that gets the first of them.
+    pub fn then(&self, replies: Vec<Reply>) -> usize {
+        let mut state = self.state.lock().unwrap();
+        for reply in replies.into_iter().rev() {
+            state.script.push_front(reply);
+        }
+        state.received.len()
     }
 
     /// From now on, every request gets `reply`.
