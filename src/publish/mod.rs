@@ -559,12 +559,10 @@ const LOGGED_ANSWER_CHARS: usize = 80;
 
 /// The one line per published answer, so that a running daemon is seen working.
 fn log_answer(answer: &Answer) {
-    let text: String = answer.answer.chars().take(LOGGED_ANSWER_CHARS).collect();
-    let cut = if text.len() < answer.answer.len() {
-        "…"
-    } else {
-        ""
-    };
+    // Redacted before it is cut: a cut through a secret would leave its start unrecognised.
+    let whole = crate::errors::redact(&answer.answer);
+    let text: String = whole.chars().take(LOGGED_ANSWER_CHARS).collect();
+    let cut = if text.len() < whole.len() { "…" } else { "" };
     let tier = match answer.tier {
         Tier::Local => "local",
         Tier::Cloud => "cloud",
