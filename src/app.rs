@@ -30,15 +30,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::remote::{self, Ack, Push};
-use crate::config::{
-    self, Config, ConfigOrigin, Env, FieldError, Layers, RemoteConfig, RemoteLayer,
-};
+use crate::config::remote::{self, Push};
+
+use crate::config::{self, Config, ConfigOrigin, Layers, RemoteConfig, RemoteLayer};
 use crate::dataset;
+use crate::env::Env;
 use crate::errors;
 use crate::escalate::{self, Escalation};
-use crate::gate::{self, AskRouter, JobQueue};
+use crate::gate::{self, JobQueue};
 use crate::health;
+use crate::message::{self, Ack};
+use crate::message::{AskRouter, CaptureSink};
 use crate::outbox::{Limits, Outbox, OutboxError};
 use crate::publish::discovery;
 use crate::publish::{
@@ -48,8 +50,9 @@ use crate::service::notify::Notifier;
 use crate::service::watchdog::Supervisor;
 use crate::source;
 use crate::stats::Stats;
+use crate::validate::FieldError;
 use crate::vision::model::ModelSpec;
-use crate::vision::preprocess::ImageSettings;
+use crate::vision::preprocess::{self, ImageSettings};
 use crate::vision::{self, Analyser, Replacement, VisionConfig};
 
 /// Outcomes a stage may hold before the next takes them (vision to escalation, escalation to
@@ -107,6 +110,8 @@ impl Front {
         let clip_settings = ModelSpec::read(&config.vision.model_dir)
             .map(|spec| spec.image)
             .unwrap_or(ImageSettings::SMOLVLM2);
+        let clip_resize: gate::ClipResize =
+            Arc::new(move |image| preprocess::clip_frame(image, &clip_settings, 1));
         for camera in &config.cameras {
             // Capacity one, newest wins: capture never waits for the gate.
             let (frames_out, frames_in) = watch::channel(None);
@@ -136,7 +141,7 @@ impl Front {
                     asks,
                     queue.clone(),
                     stats.clone(),
-                    clip_settings.clone(),
+                    clip_resize.clone(),
                 )),
             });
         }
@@ -337,7 +342,7 @@ impl Live {
         let settings = &self.config.remote;
         let push = match Push::parse(payload, settings.max_push_bytes) {
             Ok(push) => push,
-            Err(error) => return Ack::refused(remote::version_of(payload), vec![error]),
+            Err(error) => return Ack::refused(message::version_of(payload), vec![error]),
         };
         let refuse = |errors: Vec<FieldError>| Ack::refused(Some(push.version), errors);
         if let Err(error) = push.check_signature(settings) {
@@ -478,7 +483,11 @@ pub async fn run(
         env.clone(),
         stats.clone(),
         escalation_queue.clone(),
-        dataset::Sink::new(dataset_settings_in.clone(), captures_out, stats.clone()),
+        CaptureSink::new(
+            dataset::wanted(dataset_settings_in.clone()),
+            captures_out,
+            stats.clone(),
+        ),
     ));
     let discovery_file = config.discovery_file();
     let (log_answers, log_answers_out) = watch::channel(config.mqtt.log_answers);

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use lookout::config::{self, ConfigOrigin, Env, remote};
+use lookout::config::{self, ConfigOrigin, remote};
 use lookout::dataset::{self, DatasetError};
-use lookout::gate::{self, AnswerKind, Origin, Request};
+use lookout::env::Env;
+use lookout::message::{self, Frame};
+use lookout::message::{AnswerKind, Origin, Request};
 use lookout::service;
-use lookout::source::{self, Frame};
+use lookout::source;
 use lookout::vision::{self, fetch};
 
 const EXIT_FAILED: u8 = 1;
@@ -691,7 +693,7 @@ enum AskInput {
 /// What `lookout ask` decoded: one frame, or a clip and the file of each of its frames.
 enum Visual {
     Frame(Frame),
-    Clip(vision::Clip, Vec<PathBuf>),
+    Clip(message::Clip, Vec<PathBuf>),
 }
 
 /// Reads an image file; the error names the file.
@@ -759,12 +761,12 @@ fn read_visual(input: &AskInput) -> Result<Visual, (u8, String)> {
                 ));
             }
             let files = clip_files(paths).map_err(|error| (EXIT_DATA, error))?;
-            if files.is_empty() || files.len() > vision::MAX_CLIP_FRAMES {
+            if files.is_empty() || files.len() > message::MAX_CLIP_FRAMES {
                 return Err((
                     EXIT_CONFIG,
                     format!(
                         "a clip has 1 to {} frames, given before the question; these paths hold {}",
-                        vision::MAX_CLIP_FRAMES,
+                        message::MAX_CLIP_FRAMES,
                         files.len()
                     ),
                 ));
@@ -773,7 +775,7 @@ fn read_visual(input: &AskInput) -> Result<Visual, (u8, String)> {
                 .iter()
                 .enumerate()
                 .map(|(index, file)| {
-                    read_image(file).map(|image| vision::ClipFrame {
+                    read_image(file).map(|image| message::ClipFrame {
                         image: Arc::new(image),
                         offset_s: index as f64 * interval_s,
                     })
@@ -781,7 +783,7 @@ fn read_visual(input: &AskInput) -> Result<Visual, (u8, String)> {
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(|error| (EXIT_DATA, error))?;
             let duration_s = frames.len() as f64 * interval_s;
-            Ok(Visual::Clip(vision::Clip { frames, duration_s }, files))
+            Ok(Visual::Clip(message::Clip { frames, duration_s }, files))
         }
     }
 }
@@ -803,7 +805,7 @@ fn ask(
         }
     };
     if let Err(problem) =
-        gate::check_question(&request.question).and_then(|()| request.kind.check())
+        message::check_question(&request.question).and_then(|()| request.kind.check())
     {
         eprintln!("lookout: {problem}");
         return ExitCode::from(EXIT_CONFIG);

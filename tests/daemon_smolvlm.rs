@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::cloud::{CloudServer, Reply};
 use common::{Daemon, Mosquitto, Subscriber};
-use lookout::config::{ConfigOrigin, Env};
+use lookout::config::ConfigOrigin;
+use lookout::env::Env;
 use lookout::vision::Analyser;
 
 /// A daemon config on the committed fixture model (its default variant, int8) with one synthetic camera

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::cloud::{CloudServer, Reply};
 use common::{Daemon, Mosquitto, Subscriber, config_with};
-use lookout::config::Env;
+use lookout::env::Env;
 use lookout::escalate::{Cloud, CloudError, EndpointConfig, EscalationConfig, Question};
-use lookout::gate::AnswerKind;
+use lookout::message::AnswerKind;
 use lookout::stats::Stats;
 use serde_json::{Value, json};
 

@@ -442,7 +442,7 @@ async fn a_bad_discovery_prefix_is_refused_with_its_path() {
         "mqtt://127.0.0.1:1",
         "[home_assistant]\nprefix = \"home/assistant\"\n",
     );
-    let error = lookout::config::Config::from_toml(&config, &lookout::config::Env::default())
+    let error = lookout::config::Config::from_toml(&config, &lookout::env::Env::default())
         .unwrap_err()
         .to_string();
     assert!(error.contains("home_assistant.prefix"), "{error}");

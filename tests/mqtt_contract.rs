@@ -295,7 +295,7 @@ trigger = { kind = "on_demand" }
         .expect(WAIT, "the first stats", |m| m.topic == "lookout/box3/stats")
         .await;
 
-    let long = "x".repeat(lookout::gate::MAX_QUESTION_CHARS + 1);
+    let long = "x".repeat(lookout::message::MAX_QUESTION_CHARS + 1);
     let refused = [
         (
             "empty",

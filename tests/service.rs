@@ -11,9 +11,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with, free_port};
-use lookout::gate::Request;
-use lookout::source::Frame;
-use lookout::vision::{AnalyseError, Analyser, Clip, LocalAnswer};
+use lookout::message::Clip;
+use lookout::message::Frame;
+use lookout::message::Request;
+use lookout::vision::{AnalyseError, Analyser, LocalAnswer};
 use tokio::net::UnixDatagram;
 
 const WAIT: Duration = Duration::from_secs(20);

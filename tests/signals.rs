@@ -15,7 +15,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Mosquitto, PixelAnalyser, Subscriber, config_with};
-use lookout::config::{ConfigOrigin, Env};
+use lookout::config::ConfigOrigin;
+use lookout::env::Env;
 
 const CHILD_CONFIG: &str = "LOOKOUT_TEST_CHILD_CONFIG";
 const CHILD_DELAY_MS: &str = "LOOKOUT_TEST_CHILD_ANALYSER_DELAY_MS";

@@ -8,14 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lookout::gate::{AnswerKind, Job, JobQueue, Origin, Pushed, Request};
-use lookout::source::{Frame, decode};
+use lookout::gate::{Job, JobQueue, Pushed};
+
+use lookout::message::Frame;
+use lookout::message::Outcome;
+use lookout::message::{AnswerKind, Origin, Request};
+use lookout::source::decode;
 use lookout::stats::Stats;
 use lookout::vision::model::ModelSpec;
 use lookout::vision::preprocess::preprocess;
 use lookout::vision::prompt::Prompter;
 use lookout::vision::{
-    self, Analyser, LoadOptions, LocalAnswer, Outcome, Provider, Replacement, SmolVlm, runtime,
+    self, Analyser, LoadOptions, LocalAnswer, Provider, Replacement, SmolVlm, runtime,
 };
 use serde_json::Value;
 
@@ -431,8 +435,8 @@ fn waiting_jobs_of_several_cameras_are_answered_together_as_each_alone() {
 /// same confidence. Golden data: models/fixtures/make_video_golden.py, whose frames are `frame` below.
 mod video {
     use image::RgbImage;
+    use lookout::message::{Clip, ClipFrame};
     use lookout::vision::preprocess::{clip_frame, preprocess_clip};
-    use lookout::vision::{Clip, ClipFrame};
 
     use super::*;
 

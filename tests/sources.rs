@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lookout::source::{self, CameraConfig, Frame, SourceConfig};
+use lookout::source::{self, CameraConfig, SourceConfig};
+
+use lookout::message::Frame;
 use lookout::stats::Stats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

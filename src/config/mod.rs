@@ -11,10 +11,8 @@
 //! (`remote.rs`), merged over it as JSON before the sections are read. Both go through this one path, so
 //! a push is checked exactly as a file is.
 
-mod env;
 pub mod remote;
 mod secrets;
-pub mod validate;
 
 use std::path::PathBuf;
 
@@ -22,15 +20,15 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use env::Env;
+use crate::env::Env;
+use crate::validate::{self, FieldError, Problems};
 pub use remote::{RemoteConfig, RemoteLayer};
 pub use secrets::{environment_secrets, secrets};
-pub use validate::{FieldError, Problems};
 
 use crate::dataset::{self, DatasetConfig};
 use crate::escalate::EscalationConfig;
-use crate::gate::TaskConfig;
 use crate::health::HttpConfig;
+use crate::message::TaskConfig;
 use crate::outbox::OutboxConfig;
 use crate::publish::MqttConfig;
 use crate::publish::discovery::HomeAssistantConfig;
@@ -453,12 +451,12 @@ impl Config {
         self.escalation.validate("escalation", problems);
         // Ids that other sections name must exist (`ask` stands for on-demand asks).
         let task = |problems: &mut Problems, path: String, task: &str| {
-            if task != crate::gate::ASK_TASK && !task_ids.contains(task) {
+            if task != crate::message::ASK_TASK && !task_ids.contains(task) {
                 problems.push(
                     path,
                     format!(
                         "no task has id {task:?} (on-demand asks are {:?})",
-                        crate::gate::ASK_TASK
+                        crate::message::ASK_TASK
                     ),
                 );
             }

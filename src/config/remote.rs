@@ -24,7 +24,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::validate::{FieldError, Problems};
+use crate::validate::{FieldError, Problems};
 
 /// The `[remote]` section of the local file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -205,47 +205,6 @@ impl Push {
     }
 }
 
-/// The answer to a push, on `config/ack`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Ack {
-    /// The push's version, when it could be read.
-    pub version: Option<u64>,
-    pub ok: bool,
-    pub errors: Vec<FieldError>,
-    /// Changed fields that take effect only at the next start (applied then from the persisted layer).
-    pub restart_needed: Vec<&'static str>,
-}
-
-impl Ack {
-    pub fn applied(version: u64, restart_needed: Vec<&'static str>) -> Ack {
-        Ack {
-            version: Some(version),
-            ok: true,
-            errors: Vec::new(),
-            restart_needed,
-        }
-    }
-
-    pub fn refused(version: Option<u64>, errors: Vec<FieldError>) -> Ack {
-        Ack {
-            version,
-            ok: false,
-            errors,
-            restart_needed: Vec::new(),
-        }
-    }
-
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("acks serialize")
-    }
-}
-
-/// The push's version, read leniently for an ack when the push itself is refused.
-pub fn version_of(payload: &[u8]) -> Option<u64> {
-    let value: Value = serde_json::from_slice(payload).ok()?;
-    value.get("version")?.as_u64()
-}
-
 /// The retained `config/reported` payload: the version running, whether fields wait for a restart,
 /// and the effective document with its secrets redacted.
 pub fn reported(version: u64, restart_needed: &[&'static str], effective: &Value) -> Vec<u8> {
@@ -370,7 +329,7 @@ pub fn redact(value: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
         Value::String(text) if url::Url::parse(text).is_ok_and(|url| url.password().is_some()) => {
-            *text = crate::publish::redact_url(text);
+            *text = crate::errors::redact_url(text);
         }
         _ => {}
     }

@@ -27,10 +27,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Problems;
+use crate::message::{Capture, Wanted};
 use crate::outbox::Limits;
 use crate::stats::Stats;
-use crate::vision::Answer;
+use crate::validate::Problems;
 
 pub use export::{ExportReport, Filter, Summary, export, summary};
 pub use store::{Added, IMAGES, METADATA, Recovery, Row, Skipped, Store};
@@ -162,83 +162,35 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
     }
 }
 
-/// One escalation the cloud answered, as it is to be saved.
-#[derive(Debug, Clone)]
-pub struct Capture {
-    /// The cloud's answer, with the local one it replaced in `local`.
-    pub answer: Answer,
-    /// The JPEGs as sent, oldest first: at least one.
-    pub images: Vec<Vec<u8>>,
-    /// The text sent with them.
-    pub prompt: String,
-}
-
-impl Capture {
-    /// Its line, naming `files` (one per image, in order).
-    fn row(&self, files: &[String]) -> Row {
-        let answer = &self.answer;
-        let local = answer.local.as_ref();
-        Row {
-            file_name: files[0].clone(),
-            frames_file_names: files.to_vec(),
-            id: answer.id.to_string(),
-            time: answer.frame.captured_at.clone(),
-            camera: answer.camera.to_string(),
-            task: answer.task.clone(),
-            question: answer.question.clone(),
-            kind: answer.kind.to_string(),
-            prompt: self.prompt.clone(),
-            local_answer: local.map(|local| local.answer.clone()).unwrap_or_default(),
-            local_confidence: local.and_then(|local| local.confidence).unwrap_or(0.0),
-            local_model: local.map(|local| local.model.clone()).unwrap_or_default(),
-            answer: answer.answer.clone(),
-            model: answer.model.clone(),
-            provider: answer.provider.clone().unwrap_or_default(),
-            endpoint: answer.endpoint.clone().unwrap_or_default(),
-            reason: answer.escalation.clone().unwrap_or_default(),
-        }
+/// The line of `capture`, naming `files` (one per image, in order).
+fn row(capture: &Capture, files: &[String]) -> Row {
+    let answer = &capture.answer;
+    let local = answer.local.as_ref();
+    Row {
+        file_name: files[0].clone(),
+        frames_file_names: files.to_vec(),
+        id: answer.id.to_string(),
+        time: answer.frame.captured_at.clone(),
+        camera: answer.camera.to_string(),
+        task: answer.task.clone(),
+        question: answer.question.clone(),
+        kind: answer.kind.to_string(),
+        prompt: capture.prompt.clone(),
+        local_answer: local.map(|local| local.answer.clone()).unwrap_or_default(),
+        local_confidence: local.and_then(|local| local.confidence).unwrap_or(0.0),
+        local_model: local.map(|local| local.model.clone()).unwrap_or_default(),
+        answer: answer.answer.clone(),
+        model: answer.model.clone(),
+        provider: answer.provider.clone().unwrap_or_default(),
+        endpoint: answer.endpoint.clone().unwrap_or_default(),
+        reason: answer.escalation.clone().unwrap_or_default(),
     }
 }
 
-/// The escalation stage's side of the channel: says which answers are wanted and hands them over
-/// without waiting.
-#[derive(Clone)]
-pub struct Sink {
-    settings: watch::Receiver<Settings>,
-    captures: mpsc::Sender<Capture>,
-    stats: Arc<Stats>,
-}
-
-impl Sink {
-    pub fn new(
-        settings: watch::Receiver<Settings>,
-        captures: mpsc::Sender<Capture>,
-        stats: Arc<Stats>,
-    ) -> Sink {
-        Sink {
-            settings,
-            captures,
-            stats,
-        }
-    }
-
-    /// Whether the escalations of `task` on `camera` are kept now.
-    pub fn wants(&self, camera: &str, task: &str) -> bool {
-        self.settings.borrow().config.keeps(camera, task)
-    }
-
-    /// Hands `capture` to the stage; when it is behind, the capture is dropped and counted.
-    pub fn offer(&self, capture: Capture) {
-        match self.captures.try_send(capture) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.dataset.count_dropped("busy");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.stats.dataset.count_dropped("stopped");
-            }
-        }
-    }
+/// Whether the escalations of a task on a camera are kept under the settings `settings` holds now:
+/// what the escalation stage asks before it offers an answer.
+pub fn wanted(settings: watch::Receiver<Settings>) -> Wanted {
+    Arc::new(move |camera, task| settings.borrow().config.keeps(camera, task))
 }
 
 /// The folder as the stage holds it.

@@ -28,8 +28,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Capture, DatasetError, io_error};
+use super::{DatasetError, io_error, row};
 use crate::durable;
+use crate::message::Capture;
 use crate::outbox::Limits;
 
 pub const METADATA: &str = "metadata.jsonl";
@@ -295,7 +296,7 @@ impl Store {
                 .map(|index| format!("{IMAGES}/{id}-{index}.jpg"))
                 .collect(),
         };
-        let row = capture.row(&names);
+        let row = row(capture, &names);
         // The row holds text from the cloud, which may echo a secret back.
         let mut line =
             crate::errors::redact_bytes(&serde_json::to_vec(&row).expect("rows serialize"))

@@ -28,10 +28,10 @@ use tracing::{debug, warn};
 use super::breaker::{Breaker, Shut};
 use super::config::{EndpointConfig, EscalationConfig, ImageConfig};
 use crate::backoff::Backoff;
-use crate::config::Env;
-use crate::gate::AnswerKind;
+use crate::env::Env;
+use crate::message::AnswerKind;
+use crate::message::Usage;
 use crate::stats::Stats;
-use crate::vision::Usage;
 
 /// What the cloud is asked: a question of a kind about JPEG images, in order (one frame, or a clip's
 /// frames oldest first).

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{Problems, validate};
+use crate::message::MAX_CLIP_FRAMES;
 use crate::outbox::OutboxConfig;
-use crate::vision::MAX_CLIP_FRAMES;
+use crate::validate::{self, Problems};
 
 /// The Hugging Face Inference Providers router, OpenAI-compatible.
 pub const HF_ROUTER: &str = "https://router.huggingface.co/v1";

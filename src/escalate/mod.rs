@@ -45,11 +45,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::Env;
-use crate::dataset::{self, Capture};
+use crate::env::Env;
+use crate::message::{Answer, LocalVerdict, Outcome, Output, Tier};
+use crate::message::{Capture, CaptureSink};
 use crate::outbox::Outbox;
 use crate::stats::Stats;
-use crate::vision::{Answer, LocalVerdict, Outcome, Output, Tier};
 pub use cloud::{Cloud, CloudAnswer, CloudError, Question};
 pub use config::{
     Budget, CameraPrivacy, EndpointConfig, EscalationConfig, HF_ROUTER, ImageConfig, Limit, Limits,
@@ -68,7 +68,7 @@ pub struct Escalation {
     cloud: Mutex<Arc<Cloud>>,
     policy: Mutex<Policy>,
     queue: Option<Arc<Outbox>>,
-    dataset: dataset::Sink,
+    dataset: CaptureSink,
     env: Env,
     stats: Arc<Stats>,
     /// Wakes the replayer: the cloud answered, or the config changed.
@@ -114,7 +114,7 @@ impl Escalation {
         env: Env,
         stats: Arc<Stats>,
         queue: Option<Arc<Outbox>>,
-        dataset: dataset::Sink,
+        dataset: CaptureSink,
     ) -> Escalation {
         Escalation {
             cloud: Mutex::new(Arc::new(Cloud::new(config, env.clone(), stats.clone()))),

@@ -5,7 +5,7 @@
 //! - a frame is kept only once the finest spacing any clip task needs (the smallest seconds / frames) has
 //!   passed since the last kept one, so a 30 fps camera costs no more than a 1 fps one;
 //! - it is stored already resized to what the model takes of a video frame (one tile, 512x512 for
-//!   SmolVLM2, by `vision::preprocess::clip_frame`), so a 4K camera costs no more than a VGA one;
+//!   SmolVLM2, by the resize `app` hands the gate), so a 4K camera costs no more than a VGA one;
 //! - the buffer holds enough frames to cover the longest window at that spacing, at most
 //!   `MAX_BUFFERED_FRAMES`; the oldest frame goes first.
 //!
@@ -18,53 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use image::RgbImage;
-use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::Problems;
-use crate::vision::{Clip, ClipFrame, ClipFrameInfo, ClipInfo, MAX_CLIP_FRAMES};
+use crate::message::{Clip, ClipConfig, ClipFrame, ClipFrameInfo, ClipInfo};
 
 /// The most frames a camera's clip buffer holds (192 MiB of 512x512 frames).
 pub const MAX_BUFFERED_FRAMES: usize = 256;
-/// The longest window a clip task may ask about.
-pub const MAX_CLIP_SECONDS: f64 = 3600.0;
-
-/// A task's clip: `frames` frames spread over the last `seconds`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClipConfig {
-    pub seconds: f64,
-    pub frames: usize,
-}
-
-impl ClipConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        if !(self.seconds.is_finite() && self.seconds > 0.0 && self.seconds <= MAX_CLIP_SECONDS) {
-            problems.push(
-                format!("{path}.seconds"),
-                format!(
-                    "must be above 0 and at most {MAX_CLIP_SECONDS}, not {}",
-                    self.seconds
-                ),
-            );
-        }
-        if !(1..=MAX_CLIP_FRAMES).contains(&self.frames) {
-            problems.push(
-                format!("{path}.frames"),
-                format!(
-                    "must be 1 to {MAX_CLIP_FRAMES} (SmolVLM2 takes at most {MAX_CLIP_FRAMES}), not {}",
-                    self.frames
-                ),
-            );
-        }
-    }
-
-    /// The time between two of its frames.
-    fn spacing(&self) -> Duration {
-        Duration::from_secs_f64(self.seconds / self.frames as f64)
-    }
-}
-
 /// One kept frame.
 struct Buffered {
     image: Arc<RgbImage>,
@@ -193,6 +152,7 @@ impl ClipBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Problems;
 
     fn clip(seconds: f64, frames: usize) -> ClipConfig {
         ClipConfig { seconds, frames }

@@ -15,427 +15,30 @@ mod change;
 mod clip;
 mod queue;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use image::RgbImage;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::{Problems, validate};
-use crate::source::{Frame, LatestFrame};
+use crate::message::{
+    Ask, Asked, ClipRequest, Frame, Origin, PermittedAsk, Request, TaskConfig, Trigger,
+};
+use crate::source::LatestFrame;
 use crate::stats::Stats;
-use crate::vision::preprocess::{ImageSettings, clip_frame};
-use crate::vision::{Clip, ClipInfo};
 
 pub use change::Thumbnail;
-pub use clip::{ClipBuffer, ClipConfig, MAX_BUFFERED_FRAMES};
+pub use clip::{ClipBuffer, MAX_BUFFERED_FRAMES};
 pub use queue::{JobQueue, Pushed};
 
-/// The longest question accepted, in characters (a prompt, not a document).
-pub const MAX_QUESTION_CHARS: usize = 2_000;
-/// Asks per camera that may wait or run at once; more are rejected as busy.
-pub const MAX_ASKS_IN_FLIGHT: usize = 8;
-const MAX_ASK_ID_CHARS: usize = 128;
-const MAX_NEW_TOKENS_LIMIT: u32 = 1_024;
+/// How a clip buffer keeps a frame: resized to the model's video input, so that a clip's memory does
+/// not depend on the camera's resolution. The model's stage knows the size; `app` hands its resize in.
+pub type ClipResize = Arc<dyn Fn(&RgbImage) -> RgbImage + Send + Sync>;
+
+/// Tokens an ask's answer may take: asks name no limit of their own.
 const ASK_MAX_NEW_TOKENS: u32 = 64;
-
-/// A question asked about a camera's frames.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskConfig {
-    pub id: String,
-    pub camera: String,
-    pub question: String,
-    #[serde(default)]
-    pub kind: AnswerKind,
-    pub trigger: Trigger,
-    /// Cut large frames into tiles (slower, more detail).
-    #[serde(default)]
-    pub split: bool,
-    #[serde(default = "default_max_new_tokens")]
-    pub max_new_tokens: u32,
-    /// Ask about the last seconds of video instead of the newest frame.
-    #[serde(default)]
-    pub clip: Option<ClipConfig>,
-}
-
-fn default_max_new_tokens() -> u32 {
-    64
-}
-
-/// What shape of answer a question wants.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum AnswerKind {
-    #[default]
-    Text,
-    YesNo,
-    OneOf(Vec<String>),
-}
-
-/// The command line's spelling: `text`, `yes_no` or `one_of:label,label,...` (also the dataset's).
-impl std::fmt::Display for AnswerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AnswerKind::Text => f.write_str("text"),
-            AnswerKind::YesNo => f.write_str("yes_no"),
-            AnswerKind::OneOf(labels) => write!(f, "one_of:{}", labels.join(",")),
-        }
-    }
-}
-
-impl std::str::FromStr for AnswerKind {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<AnswerKind, String> {
-        match text {
-            "text" => Ok(AnswerKind::Text),
-            "yes_no" => Ok(AnswerKind::YesNo),
-            other => match other.strip_prefix("one_of:") {
-                Some(labels) => Ok(AnswerKind::OneOf(
-                    labels
-                        .split(',')
-                        .map(|label| label.trim().to_owned())
-                        .collect(),
-                )),
-                None => Err("expected text, yes_no or one_of:label,label,...".to_owned()),
-            },
-        }
-    }
-}
-
-/// When a task asks its question.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Trigger {
-    Interval {
-        secs: f64,
-    },
-    OnChange {
-        #[serde(default = "default_threshold")]
-        threshold: f64,
-        #[serde(default = "default_min_interval")]
-        min_interval_secs: f64,
-    },
-    OnDemand,
-}
-
-fn default_threshold() -> f64 {
-    0.05
-}
-fn default_min_interval() -> f64 {
-    1.0
-}
-
-impl TaskConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        validate::topic_segment(problems, &format!("{path}.id"), &self.id);
-        if self.id == ASK_TASK {
-            problems.push(
-                format!("{path}.id"),
-                format!("{ASK_TASK:?} is reserved for on-demand asks"),
-            );
-        }
-        if let Err(reason) = check_question(&self.question) {
-            problems.push(format!("{path}.question"), reason);
-        }
-        if let Err(reason) = self.kind.check() {
-            problems.push(format!("{path}.kind"), reason);
-        }
-        if !(1..=MAX_NEW_TOKENS_LIMIT).contains(&self.max_new_tokens) {
-            problems.push(
-                format!("{path}.max_new_tokens"),
-                format!(
-                    "must be 1 to {MAX_NEW_TOKENS_LIMIT}, not {}",
-                    self.max_new_tokens
-                ),
-            );
-        }
-        if let Some(clip) = &self.clip {
-            clip.validate(&format!("{path}.clip"), problems);
-            if self.split {
-                problems.push(
-                    format!("{path}.split"),
-                    "a clip's frames are never split into tiles; remove split or clip",
-                );
-            }
-        }
-        match &self.trigger {
-            Trigger::Interval { secs } => {
-                validate::seconds(problems, &format!("{path}.trigger.secs"), *secs)
-            }
-            Trigger::OnChange {
-                threshold,
-                min_interval_secs,
-            } => {
-                if !(threshold.is_finite() && *threshold > 0.0 && *threshold <= 1.0) {
-                    problems.push(
-                        format!("{path}.trigger.threshold"),
-                        format!("must be above 0 and at most 1, not {threshold}"),
-                    );
-                }
-                validate::seconds(
-                    problems,
-                    &format!("{path}.trigger.min_interval_secs"),
-                    *min_interval_secs,
-                );
-            }
-            Trigger::OnDemand => {}
-        }
-    }
-}
-
-impl AnswerKind {
-    /// Checks the labels of `one_of`: at least two, none empty, none repeated.
-    pub fn check(&self) -> Result<(), String> {
-        let AnswerKind::OneOf(labels) = self else {
-            return Ok(());
-        };
-        if labels.len() < 2 {
-            return Err("one_of needs at least two labels".to_owned());
-        }
-        if labels.iter().any(|label| label.trim().is_empty()) {
-            return Err("one_of labels must not be empty".to_owned());
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(repeated) = labels.iter().find(|label| !seen.insert(label.as_str())) {
-            return Err(format!("one_of label {repeated:?} appears twice"));
-        }
-        Ok(())
-    }
-}
-
-pub fn check_question(question: &str) -> Result<(), String> {
-    if question.trim().is_empty() {
-        return Err("the question is empty".to_owned());
-    }
-    let chars = question.chars().count();
-    if chars > MAX_QUESTION_CHARS {
-        return Err(format!(
-            "the question has {chars} characters; at most {MAX_QUESTION_CHARS} are accepted"
-        ));
-    }
-    Ok(())
-}
-
-/// The task name on the answer topic of on-demand asks: `<prefix>/<dev>/<camera>/ask/answer`.
-pub const ASK_TASK: &str = "ask";
-
-/// An on-demand question from `<prefix>/<dev>/<camera>/ask`: a question of its own, or a configured
-/// task of that camera asked now (`{"task": "<id>"}`), whose answer goes to the task's answer topic.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ask {
-    /// The asker's correlation id, echoed in the answer; generated when absent.
-    pub id: String,
-    pub what: Asked,
-}
-
-/// What an ask asks.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Asked {
-    Question {
-        question: String,
-        kind: AnswerKind,
-    },
-    /// A configured task, by id: its question, kind and settings.
-    Task(String),
-}
-
-/// An ask payload as sent.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AskPayload {
-    #[serde(default)]
-    id: String,
-    question: Option<String>,
-    kind: Option<AnswerKind>,
-    task: Option<String>,
-}
-
-/// Why an ask was not accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum AskError {
-    #[error(
-        "the ask is not valid JSON of the form {{\"id\", \"question\", \"kind\"}} or {{\"id\", \"task\"}}: {0}"
-    )]
-    Malformed(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("no camera has id {0:?}")]
-    UnknownCamera(String),
-    #[error("camera {camera:?} has no task {task:?}")]
-    UnknownTask { camera: String, task: String },
-    #[error("camera {0:?} already has {MAX_ASKS_IN_FLIGHT} asks waiting; try again later")]
-    Busy(String),
-    #[error("camera {0:?} is not running")]
-    Stopped(String),
-}
-
-impl Ask {
-    /// Parses and checks an ask payload.
-    pub fn parse(payload: &[u8]) -> Result<Ask, AskError> {
-        let payload: AskPayload = serde_json::from_slice(payload)
-            .map_err(|error| AskError::Malformed(error.to_string()))?;
-        let what = match (payload.task, payload.question, payload.kind) {
-            (Some(task), None, None) => Asked::Task(task),
-            (Some(_), _, _) => {
-                return Err(AskError::Invalid(
-                    "an ask names a task, or gives a question and kind, not both".to_owned(),
-                ));
-            }
-            (None, Some(question), kind) => {
-                check_question(&question).map_err(AskError::Invalid)?;
-                let kind = kind.unwrap_or_default();
-                kind.check().map_err(AskError::Invalid)?;
-                Asked::Question { question, kind }
-            }
-            (None, None, _) => {
-                return Err(AskError::Invalid(
-                    "an ask needs a question, or the task to ask".to_owned(),
-                ));
-            }
-        };
-        if payload.id.chars().count() > MAX_ASK_ID_CHARS {
-            return Err(AskError::Invalid(format!(
-                "the id is longer than {MAX_ASK_ID_CHARS} characters"
-            )));
-        }
-        let id = match payload.id {
-            id if id.is_empty() => uuid::Uuid::now_v7().to_string(),
-            id => id,
-        };
-        Ok(Ask { id, what })
-    }
-
-    /// The id of an ask that `parse` refused, when it can be read (a JSON object whose `id` is a
-    /// string of at most the accepted length), so that the error reply names the ask it answers.
-    pub fn readable_id(payload: &[u8]) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        let id = value.get("id")?.as_str()?;
-        (!id.is_empty() && id.chars().count() <= MAX_ASK_ID_CHARS).then(|| id.to_owned())
-    }
-}
-
-/// An accepted ask with its in-flight permit.
-#[derive(Debug)]
-pub struct PermittedAsk {
-    ask: Ask,
-    permit: OwnedSemaphorePermit,
-}
-
-/// Routes asks to the running cameras' gates. `app` replaces the routes when cameras change.
-#[derive(Clone, Default)]
-pub struct AskRouter {
-    routes: Arc<RwLock<HashMap<String, CameraAsks>>>,
-}
-
-#[derive(Clone)]
-pub struct CameraAsks {
-    sender: mpsc::Sender<PermittedAsk>,
-    permits: Arc<Semaphore>,
-    /// The camera's tasks, which an ask may name.
-    tasks: Arc<[String]>,
-}
-
-impl AskRouter {
-    /// A channel for the gate of a camera with `tasks`; install the returned `CameraAsks` with
-    /// `set_routes`.
-    pub fn channel(tasks: &[TaskConfig]) -> (CameraAsks, mpsc::Receiver<PermittedAsk>) {
-        // Capacity equals the permit pool, so a permitted ask always fits.
-        let (sender, receiver) = mpsc::channel(MAX_ASKS_IN_FLIGHT);
-        let permits = Arc::new(Semaphore::new(MAX_ASKS_IN_FLIGHT));
-        let tasks = tasks.iter().map(|task| task.id.clone()).collect();
-        (
-            CameraAsks {
-                sender,
-                permits,
-                tasks,
-            },
-            receiver,
-        )
-    }
-
-    pub fn set_routes(&self, routes: HashMap<String, CameraAsks>) {
-        *self
-            .routes
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = routes;
-    }
-
-    /// Hands `ask` to `camera`'s gate.
-    pub fn route(&self, camera: &str, ask: Ask) -> Result<(), AskError> {
-        let routes = self
-            .routes
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let route = routes
-            .get(camera)
-            .ok_or_else(|| AskError::UnknownCamera(camera.to_owned()))?;
-        if let Asked::Task(task) = &ask.what
-            && !route.tasks.contains(task)
-        {
-            return Err(AskError::UnknownTask {
-                camera: camera.to_owned(),
-                task: task.clone(),
-            });
-        }
-        let permit = route
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| AskError::Busy(camera.to_owned()))?;
-        route
-            .sender
-            .try_send(PermittedAsk { ask, permit })
-            .map_err(|_| AskError::Stopped(camera.to_owned()))
-    }
-}
-
-/// Who asked a question.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Origin {
-    Task(Arc<str>),
-    /// An ask, of its own question or of a configured task (`task`), whose answer then goes to
-    /// that task's topic.
-    Ask {
-        id: String,
-        task: Option<Arc<str>>,
-    },
-}
-
-impl Origin {
-    /// The task an answer is published under, and the ask it answers, if any.
-    pub fn task_and_ask_id(&self) -> (&str, Option<&str>) {
-        match self {
-            Origin::Task(task) => (task, None),
-            Origin::Ask { id, task } => (task.as_deref().unwrap_or(ASK_TASK), Some(id)),
-        }
-    }
-}
-
-/// One question to answer about a job's frame.
-#[derive(Debug)]
-pub struct Request {
-    pub origin: Origin,
-    pub question: String,
-    pub kind: AnswerKind,
-    pub split: bool,
-    pub max_new_tokens: u32,
-    /// Held by asks until they are answered (dropping the request releases it).
-    pub permit: Option<OwnedSemaphorePermit>,
-    /// For a clip task: the frames to answer about instead of the job's frame.
-    pub clip: Option<Box<ClipRequest>>,
-}
-
-/// A clip sampled for a request, and what its answer will say about it.
-#[derive(Debug)]
-pub struct ClipRequest {
-    pub clip: Clip,
-    pub info: ClipInfo,
-}
 
 /// A frame and the questions due on it.
 #[derive(Debug)]
@@ -498,7 +101,7 @@ impl Scheduled {
 }
 
 /// Gates one camera until its frames stop (the source ended or shut down). With clip tasks it keeps the
-/// camera's clip buffer, its frames resized as `clip_settings` says (the model's video input).
+/// camera's clip buffer, its frames resized by `resize`.
 pub async fn run(
     camera: Arc<str>,
     tasks: Vec<TaskConfig>,
@@ -506,7 +109,7 @@ pub async fn run(
     mut asks: mpsc::Receiver<PermittedAsk>,
     queue: JobQueue,
     stats: Arc<Stats>,
-    clip_settings: ImageSettings,
+    resize: ClipResize,
 ) {
     let mut buffer = ClipBuffer::for_clips(tasks.iter().filter_map(|task| task.clip.as_ref()));
     if let Some(buffer) = &buffer {
@@ -536,7 +139,7 @@ pub async fn run(
                 let Some(frame) = frames.borrow_and_update().clone() else { continue };
                 let now = Instant::now();
                 if let Some(buffer) = buffer.as_mut().filter(|buffer| buffer.wants(now)) {
-                    keep_for_clips(buffer, &frame, &clip_settings, now).await;
+                    keep_for_clips(buffer, &frame, &resize, now).await;
                     stats.set_clip_buffer(&camera, buffer.len() as u64, buffer.bytes());
                 }
                 let mut cached: Option<Thumbnail> = None;
@@ -582,12 +185,11 @@ pub async fn run(
 async fn keep_for_clips(
     buffer: &mut ClipBuffer,
     frame: &Arc<Frame>,
-    settings: &ImageSettings,
+    resize: &ClipResize,
     now: Instant,
 ) {
-    let (source, settings) = (frame.clone(), settings.clone());
-    let resized =
-        tokio::task::spawn_blocking(move || clip_frame(&source.image, &settings, 1)).await;
+    let (source, resize) = (frame.clone(), resize.clone());
+    let resized = tokio::task::spawn_blocking(move || resize(&source.image)).await;
     match resized {
         Ok(resized) => buffer.push(resized, frame.seq, frame.captured_at, now),
         Err(error) => {
@@ -651,9 +253,11 @@ fn take_asks(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::time::SystemTime;
 
     use super::*;
+    use crate::message::{AnswerKind, AskRouter};
 
     fn frame(seq: u64, shade: u8) -> Arc<Frame> {
         Arc::new(Frame {
@@ -698,7 +302,7 @@ mod tests {
             asks,
             queue.clone(),
             stats,
-            ImageSettings::SMOLVLM2,
+            Arc::new(|image: &RgbImage| image.clone()),
         ));
         for ask in asks_before_first_frame {
             router
@@ -771,68 +375,5 @@ mod tests {
         )
         .await;
         assert_eq!(jobs, vec![vec!["ask:a1", "ask:a2:manual"]]);
-    }
-
-    #[test]
-    fn bad_asks_are_refused_with_a_reason() {
-        assert!(matches!(
-            Ask::parse(b"not json"),
-            Err(AskError::Malformed(_))
-        ));
-        assert!(matches!(
-            Ask::parse(br#"{"question":"  "}"#),
-            Err(AskError::Invalid(_))
-        ));
-        assert!(matches!(
-            Ask::parse(br#"{"question":"q","kind":{"one_of":["a"]}}"#),
-            Err(AskError::Invalid(_))
-        ));
-        assert!(matches!(
-            Ask::parse(br#"{"question":"q","extra":1}"#),
-            Err(AskError::Malformed(_))
-        ));
-        let long = format!(r#"{{"question":"{}"}}"#, "x".repeat(MAX_QUESTION_CHARS + 1));
-        assert!(matches!(
-            Ask::parse(long.as_bytes()),
-            Err(AskError::Invalid(_))
-        ));
-        for both in [
-            r#"{"task":"t","question":"q"}"#,
-            r#"{"task":"t","kind":"yes_no"}"#,
-            r#"{"id":"x"}"#,
-        ] {
-            assert!(
-                matches!(Ask::parse(both.as_bytes()), Err(AskError::Invalid(_))),
-                "{both}"
-            );
-        }
-        assert_eq!(
-            Ask::parse(br#"{"id":"x","task":"t"}"#).unwrap().what,
-            Asked::Task("t".to_owned())
-        );
-        let ask = Ask::parse(br#"{"question":"What is here?"}"#).unwrap();
-        assert!(
-            !ask.id.is_empty(),
-            "an id is generated when the asker gives none"
-        );
-    }
-
-    #[test]
-    fn asks_beyond_the_in_flight_limit_are_busy_and_unknown_cameras_are_named() {
-        let router = AskRouter::default();
-        let (route, _receiver) = AskRouter::channel(&[]);
-        router.set_routes(HashMap::from([("cam".to_owned(), route)]));
-        let ask = || Ask::parse(br#"{"question":"q"}"#).unwrap();
-        for _ in 0..MAX_ASKS_IN_FLIGHT {
-            router.route("cam", ask()).unwrap();
-        }
-        assert!(matches!(router.route("cam", ask()), Err(AskError::Busy(_))));
-        assert!(
-            matches!(router.route("nope", ask()), Err(AskError::UnknownCamera(name)) if name == "nope")
-        );
-        let named = Ask::parse(br#"{"id":"t","task":"nope"}"#).unwrap();
-        assert!(
-            matches!(router.route("cam", named), Err(AskError::UnknownTask { task, .. }) if task == "nope")
-        );
     }
 }

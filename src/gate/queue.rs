@@ -11,7 +11,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::{Job, Origin};
+use super::Job;
+use crate::message::Origin;
 use crate::stats::Stats;
 
 #[derive(Clone)]
@@ -144,10 +145,10 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::gate::{AnswerKind, Request};
-    use crate::source::Frame;
+    use crate::message::Frame;
+    use crate::message::{AnswerKind, Request};
 
-    fn frame(camera: &str, seq: u64) -> Arc<crate::source::Frame> {
+    fn frame(camera: &str, seq: u64) -> Arc<crate::message::Frame> {
         Arc::new(Frame {
             camera: Arc::from(camera),
             seq,

@@ -22,9 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::Problems;
 use crate::outbox::Outbox;
 use crate::stats::Stats;
+use crate::validate::Problems;
 
 /// The `[http]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::config::Problems;
+use crate::validate::Problems;
 
 /// How much may wait, from the config's `[outbox]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -26,9 +26,9 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{Problems, validate};
-use crate::gate::{AnswerKind, TaskConfig, Trigger};
+use crate::message::{AnswerKind, TaskConfig, Trigger};
 use crate::publish::Topics;
+use crate::validate::{self, Problems};
 
 /// The `[home_assistant]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -228,7 +228,7 @@ pub fn save_announced(path: &Path, announced: &BTreeSet<String>) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::Trigger;
+    use crate::message::Trigger;
 
     fn task(id: &str, kind: AnswerKind) -> TaskConfig {
         TaskConfig {

@@ -37,11 +37,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::{Problems, validate};
-use crate::gate::{ASK_TASK, Ask, AskError, AskRouter};
+use crate::errors::redact_url;
+use crate::message::{ASK_TASK, Ack, Answer, Ask, AskError, AskRouter, Outcome, Tier, version_of};
 use crate::outbox::{Outbox, OutboxStatus};
 use crate::stats::{Snapshot, Stats};
-use crate::vision::{Answer, Outcome, Tier};
+use crate::validate::{self, FieldError, Problems};
 use discovery::HomeAssistantConfig;
 
 pub use broker::{BrokerError, OrdinaryBrokerEvents};
@@ -125,18 +125,6 @@ impl fmt::Debug for MqttConfig {
             .field("client_key_file", &self.client_key_file)
             .field("log_answers", &self.log_answers)
             .finish()
-    }
-}
-
-/// The URL with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparsable URL>".to_owned(),
     }
 }
 
@@ -894,10 +882,7 @@ impl Replies {
             Err(mpsc::error::TrySendError::Closed(_)) => "the box is shutting down; send it again",
         };
         warn!(reason = refusal, "Refused a config push.");
-        let ack = crate::config::remote::Ack::refused(
-            crate::config::remote::version_of(payload),
-            vec![crate::config::FieldError::new("", refusal)],
-        );
+        let ack = Ack::refused(version_of(payload), vec![FieldError::new("", refusal)]);
         self.outbox.push(&self.topics.config_ack(), &ack.to_json());
     }
 

@@ -1,6 +1,6 @@
 //! The MQTT topic layout, in one place: `<prefix>/<device>/...` (see the README's MQTT contract).
 
-use crate::gate::ASK_TASK;
+use crate::message::ASK_TASK;
 
 /// Topic names for one device.
 #[derive(Debug, Clone)]

@@ -24,7 +24,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::app::{self, AppError, Control};
-use crate::config::{self, Config, ConfigOrigin, Env, Layers};
+use crate::config::{self, Config, ConfigOrigin, Layers};
+use crate::env::Env;
 use crate::errors;
 use crate::vision::Analyser;
 

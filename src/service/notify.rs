@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::config::Env;
+use crate::env::Env;
 
 /// A connection to the service manager, or nothing when not run by one.
 #[derive(Debug, Default)]

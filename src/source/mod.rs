@@ -27,23 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::{Problems, validate};
+use crate::message::Frame;
 use crate::stats::Stats;
+use crate::validate::{self, Problems};
 
 pub use decode::DecodeError;
 pub use http::HttpAuth;
-
-/// One picture from one camera, as it travels down the pipeline.
-#[derive(Debug)]
-pub struct Frame {
-    pub camera: Arc<str>,
-    /// Counts frames of this camera from 1 since its source (re)started.
-    pub seq: u64,
-    pub captured_at: SystemTime,
-    /// How long the source took to deliver the picture.
-    pub capture_time: Duration,
-    pub image: RgbImage,
-}
 
 /// The newest frame of a camera, or `None` before the first one.
 pub type LatestFrame = watch::Receiver<Option<Arc<Frame>>>;

@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use super::preprocess::{ImageSettings, preprocess, resampling_kernel};
 use super::{AnalyseError, Analyser, LocalAnswer};
-use crate::gate::{AnswerKind, Origin, Request};
-use crate::source::Frame;
+use crate::message::Frame;
+use crate::message::{AnswerKind, Origin, Request};
 
 /// One benchmark's result (milliseconds unless named otherwise).
 #[derive(Debug, Serialize)]

@@ -21,15 +21,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::config::Problems;
-use crate::gate::{AnswerKind, JobQueue, Origin, Request};
-use crate::source::Frame;
+use crate::gate::JobQueue;
+use crate::message::Frame;
+use crate::message::{
+    Answer, AnswerKind, Clip, Failure, FrameInfo, Origin, Outcome, Output, Request, StageTimings,
+    Tier, Timings,
+};
 use crate::stats::{ModelState, Stats};
+use crate::validate::Problems;
 pub use runtime::Provider;
 pub use smolvlm::{LoadError, LoadOptions, SmolVlm};
 
@@ -176,15 +180,6 @@ impl VisionConfig {
     }
 }
 
-/// Time spent in each step of producing one answer, in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageTimings {
-    pub preprocess: f64,
-    pub vision: f64,
-    pub prefill: f64,
-    pub decode: f64,
-}
-
 /// What the analyser says about one question.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalAnswer {
@@ -207,47 +202,6 @@ pub enum AnalyseError {
     /// The model failed to run.
     #[error("model failure: {0}")]
     Model(String),
-}
-
-/// The most frames one clip may have: SmolVLM2 was trained on videos of up to 64.
-pub const MAX_CLIP_FRAMES: usize = 64;
-
-/// Frames taken as one video, oldest first.
-#[derive(Debug, Clone)]
-pub struct Clip {
-    pub frames: Vec<ClipFrame>,
-    /// The time the clip covers, in seconds; the prompt states it.
-    pub duration_s: f64,
-}
-
-/// One frame of a clip and when it was taken, in seconds from the clip's start.
-#[derive(Debug, Clone)]
-pub struct ClipFrame {
-    pub image: Arc<image::RgbImage>,
-    pub offset_s: f64,
-}
-
-/// What an answer about a clip says about the clip: the window asked for and the frames used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClipInfo {
-    /// The window the task asks about.
-    pub seconds: f64,
-    pub frames_wanted: usize,
-    /// From the first frame used to the moment the clip was taken.
-    pub duration_s: f64,
-    pub frames: Vec<ClipFrameInfo>,
-    /// Set when fewer frames than wanted were available.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClipFrameInfo {
-    pub seq: u64,
-    /// RFC 3339, UTC, milliseconds.
-    pub captured_at: String,
-    /// Seconds from the clip's first frame.
-    pub offset_s: f64,
 }
 
 /// Answers questions about frames. Implementations own their model; `answer` is called from one thread.
@@ -312,125 +266,6 @@ pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
         batch: config.batch,
     };
     Ok(Box::new(SmolVlm::load(&options)?))
-}
-
-/// An answer as published: the local tier's, or the cloud's that replaced it (then `local` keeps the
-/// local one beside it). The cloud fields are plain data filled in by the escalation stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Answer {
-    /// UUIDv7: unique, time-ordered, the same on every delivery of this answer.
-    pub id: Uuid,
-    pub camera: Arc<str>,
-    pub task: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ask_id: Option<String>,
-    pub question: String,
-    pub kind: AnswerKind,
-    pub answer: String,
-    /// From the local model's token probabilities; `null` for a cloud answer (hosted models report
-    /// none that can be compared).
-    pub confidence: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confidence_min: Option<f64>,
-    pub tier: Tier,
-    pub model: String,
-    pub escalated: bool,
-    /// Why the answer was or was not escalated (`below_threshold`, `confident`, `queued`...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub escalation: Option<String>,
-    /// The cloud endpoint (its configured name) that answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// The inference provider the router chose (`x-inference-provider`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-    /// The local answer a cloud answer replaced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local: Option<LocalVerdict>,
-    /// The newest frame when the question was asked (for a clip, the frame that was due).
-    pub frame: FrameInfo,
-    /// For a clip task: the frames the answer is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clip: Option<ClipInfo>,
-    pub timings_ms: Timings,
-    pub tokens: Vec<u32>,
-}
-
-/// Which model gave an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    Local,
-    Cloud,
-}
-
-/// Tokens a cloud request used, as the endpoint reported them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: Option<u64>,
-    #[serde(default)]
-    pub completion_tokens: Option<u64>,
-}
-
-/// The local answer kept beside the cloud's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LocalVerdict {
-    pub answer: String,
-    pub confidence: Option<f64>,
-    pub model: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FrameInfo {
-    pub seq: u64,
-    /// RFC 3339, UTC, milliseconds.
-    pub captured_at: String,
-    pub width: u32,
-    pub height: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Timings {
-    pub capture: f64,
-    #[serde(flatten)]
-    pub stages: StageTimings,
-    /// The cloud request that produced the answer, retries and failover included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud: Option<f64>,
-    /// From capture to the answer being ready, queueing and the cloud's answer included (a replayed
-    /// escalation's: the local answer's total plus the cloud's).
-    pub total: f64,
-}
-
-/// A request that could not be answered.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub camera: Arc<str>,
-    pub task: String,
-    pub ask_id: Option<String>,
-    pub error: String,
-}
-
-/// What the publisher receives, one per request.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Answered(Box<Answer>),
-    Failed(Failure),
-}
-
-/// What the vision worker sends on: the outcome and the frame (or clip) it is about, which the
-/// escalation stage may send to the cloud.
-#[derive(Debug, Clone)]
-pub struct Output {
-    pub outcome: Outcome,
-    pub frame: Arc<Frame>,
-    /// The clip the answer is about, for a clip task.
-    pub clip: Option<Clip>,
 }
 
 /// A model loaded in the background (a new config), waiting for the worker to take it between two

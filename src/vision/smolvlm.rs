@@ -43,9 +43,8 @@ use super::model::{ModelError, ModelSpec};
 use super::preprocess::{Pixels, preprocess, preprocess_clip};
 use super::prompt::{PromptError, Prompter};
 use super::runtime::{self, Provider, RuntimeError};
-use super::{AnalyseError, Analyser, Clip, LocalAnswer, MAX_CLIP_FRAMES, StageTimings};
-use crate::gate::{AnswerKind, Request};
-use crate::source::Frame;
+use super::{AnalyseError, Analyser, LocalAnswer};
+use crate::message::{AnswerKind, Clip, Frame, MAX_CLIP_FRAMES, Request, StageTimings};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]

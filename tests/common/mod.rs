@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use lookout::app::{self, AppError, Control};
-use lookout::config::{ConfigOrigin, Env};
-use lookout::gate::{AnswerKind, Request};
-use lookout::source::Frame;
-use lookout::vision::{AnalyseError, Analyser, Clip, LocalAnswer, StageTimings};
+use lookout::config::ConfigOrigin;
+use lookout::env::Env;
+use lookout::message::Frame;
+use lookout::message::{AnswerKind, Request};
+use lookout::message::{Clip, StageTimings};
+use lookout::vision::{AnalyseError, Analyser, LocalAnswer};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
