@@ -404,6 +404,336 @@ mod tests {
         assert!(!render(&stats, &outbox, None).contains("camera=\"porch\""));
     }
 
+    /// Every family with samples, rendered today: the exposition must stay byte-identical. Uptime and
+    /// version change from run to run and release to release, so those two values are masked.
+    #[test]
+    fn a_fully_populated_scrape_renders_exactly_this_text() {
+        use crate::stats::ModelState;
+        use std::time::Duration;
+
+        let stats = Stats::default();
+        stats.frames_captured.add(120);
+        stats.frames_considered.add(100);
+        stats.frames_bad.add(2);
+        stats.jobs_merged.add(5);
+        stats.source_errors.add(1);
+        stats.pending_jobs.set(3);
+        stats.set_clip_buffer("porch", 9, 9 * 786_432);
+        stats.set_clip_buffer("yard \"back\"", 2, 1_536);
+        let answers = &stats.published_answers;
+        answers.local.add(7);
+        answers.cloud.add(2);
+        answers.local_confidence.observe(0.85);
+        answers.local_confidence.observe(0.42);
+        answers.cloud_confidence.observe(0.97);
+        for (step, histogram) in answers.stage_seconds.iter().enumerate() {
+            histogram.observe(0.004 * (step + 1) as f64);
+        }
+        answers.stage_seconds[6].observe(1.75);
+        stats.answer_failures.add(1);
+        for outcome in ["answered", "answered", "confident", "queued"] {
+            stats.count_escalation(outcome);
+        }
+        stats.breakers.lock().unwrap().extend(
+            [
+                ("https://a.example/v1", "closed"),
+                ("https://b.example/v1", "open"),
+            ]
+            .map(|(endpoint, state)| (endpoint.to_owned(), state)),
+        );
+        for status in [401, 401, 404] {
+            stats.count_refusal("https://b.example/v1", status);
+        }
+        stats.dataset.set_size(4, 123_456);
+        stats.dataset.saved.add(4);
+        stats.dataset.pruned.add(1);
+        stats.dataset.skipped_lines.add(1);
+        stats.dataset.count_dropped("busy");
+        stats.dataset.count_dropped("busy");
+        stats.dataset.count_dropped("write_failed");
+        stats.broker_connected.store(true, Ordering::Relaxed);
+        stats.broker_connects.add(2);
+        stats.set_model(ModelState {
+            name: "SmolVLM2-256M-Video-Instruct".to_owned(),
+            providers: vec!["cpu"],
+            load_time: Duration::from_millis(1_500),
+        });
+        // Both stages run past a zero limit, the one started first the longest.
+        stats.progress.set_limit(Duration::ZERO);
+        let _source = stats.progress.working("source");
+        std::thread::sleep(Duration::from_millis(5));
+        let _vision = stats.progress.working("vision");
+        std::thread::sleep(Duration::from_millis(5));
+        let store = |depth, oldest_age_s, dropped| OutboxStatus {
+            depth,
+            bytes: 4_096,
+            in_flight: 1,
+            oldest_age_s,
+            replayed: 0,
+            dropped,
+            write_failures: 0,
+            damaged_bytes: 0,
+        };
+
+        let text = render(&stats, &store(12, 3.5, 1), Some(store(2, 60.25, 0)));
+
+        let mut masked = String::new();
+        for line in text.lines() {
+            match line.strip_prefix("lookout_uptime_seconds ") {
+                Some(uptime) => {
+                    assert!(uptime.parse::<f64>().is_ok_and(|s| s >= 0.0), "{line}");
+                    masked.push_str("lookout_uptime_seconds UPTIME");
+                }
+                None => masked.push_str(&line.replace(env!("CARGO_PKG_VERSION"), "VERSION")),
+            }
+            masked.push('\n');
+        }
+        assert_eq!(masked, text_rendered_today(), "{text}");
+    }
+
+    fn text_rendered_today() -> &'static str {
+        r#"# HELP lookout_build_info Lookout's version.
+# TYPE lookout_build_info gauge
+lookout_build_info{version="VERSION"} 1
+# HELP lookout_uptime_seconds Seconds since the daemon started.
+# TYPE lookout_uptime_seconds gauge
+lookout_uptime_seconds UPTIME
+# HELP lookout_frames_captured_total Frames the sources produced.
+# TYPE lookout_frames_captured_total counter
+lookout_frames_captured_total 120
+# HELP lookout_frames_dropped_total Frames not analysed, by reason: unreadable (bad), replaced by a newer one before the gate looked (replaced), folded into a newer frame while the model was busy (merged).
+# TYPE lookout_frames_dropped_total counter
+lookout_frames_dropped_total{reason="bad"} 2
+lookout_frames_dropped_total{reason="replaced"} 20
+lookout_frames_dropped_total{reason="merged"} 5
+# HELP lookout_source_errors_total Failed reads from frame sources.
+# TYPE lookout_source_errors_total counter
+lookout_source_errors_total 1
+# HELP lookout_pending_jobs Frames waiting for the model.
+# TYPE lookout_pending_jobs gauge
+lookout_pending_jobs 3
+# HELP lookout_clip_buffer_bytes Memory of each camera's clip buffer (recent frames for clip tasks), in bytes.
+# TYPE lookout_clip_buffer_bytes gauge
+lookout_clip_buffer_bytes{camera="porch"} 7077888
+lookout_clip_buffer_bytes{camera="yard \"back\""} 1536
+# HELP lookout_clip_buffer_frames Frames in each camera's clip buffer.
+# TYPE lookout_clip_buffer_frames gauge
+lookout_clip_buffer_frames{camera="porch"} 9
+lookout_clip_buffer_frames{camera="yard \"back\""} 2
+# HELP lookout_answers_total Answers handed to the outbox, by the tier that gave them.
+# TYPE lookout_answers_total counter
+lookout_answers_total{tier="local"} 7
+lookout_answers_total{tier="cloud"} 2
+# HELP lookout_answer_failures_total Questions the local model could not answer.
+# TYPE lookout_answer_failures_total counter
+lookout_answer_failures_total 1
+# HELP lookout_answer_confidence Confidence of the published answers, by tier.
+# TYPE lookout_answer_confidence histogram
+lookout_answer_confidence_bucket{tier="local",le="0.1"} 0
+lookout_answer_confidence_bucket{tier="local",le="0.2"} 0
+lookout_answer_confidence_bucket{tier="local",le="0.3"} 0
+lookout_answer_confidence_bucket{tier="local",le="0.4"} 0
+lookout_answer_confidence_bucket{tier="local",le="0.5"} 1
+lookout_answer_confidence_bucket{tier="local",le="0.6"} 1
+lookout_answer_confidence_bucket{tier="local",le="0.7"} 1
+lookout_answer_confidence_bucket{tier="local",le="0.8"} 1
+lookout_answer_confidence_bucket{tier="local",le="0.9"} 2
+lookout_answer_confidence_bucket{tier="local",le="0.95"} 2
+lookout_answer_confidence_bucket{tier="local",le="1"} 2
+lookout_answer_confidence_bucket{tier="local",le="+Inf"} 2
+lookout_answer_confidence_sum{tier="local"} 1.27
+lookout_answer_confidence_count{tier="local"} 2
+lookout_answer_confidence_bucket{tier="cloud",le="0.1"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.2"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.3"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.4"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.5"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.6"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.7"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.8"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.9"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="0.95"} 0
+lookout_answer_confidence_bucket{tier="cloud",le="1"} 1
+lookout_answer_confidence_bucket{tier="cloud",le="+Inf"} 1
+lookout_answer_confidence_sum{tier="cloud"} 0.97
+lookout_answer_confidence_count{tier="cloud"} 1
+# HELP lookout_stage_latency_seconds Time each answer spent per stage (total: from capture to the answer being ready).
+# TYPE lookout_stage_latency_seconds histogram
+lookout_stage_latency_seconds_bucket{stage="capture",le="0.005"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="0.01"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="0.025"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="0.05"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="0.1"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="0.25"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="0.5"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="1"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="2.5"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="5"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="10"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="30"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="60"} 1
+lookout_stage_latency_seconds_bucket{stage="capture",le="+Inf"} 1
+lookout_stage_latency_seconds_sum{stage="capture"} 0.004
+lookout_stage_latency_seconds_count{stage="capture"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="0.005"} 0
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="0.01"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="0.025"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="0.05"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="0.1"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="0.25"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="0.5"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="1"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="2.5"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="5"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="10"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="30"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="60"} 1
+lookout_stage_latency_seconds_bucket{stage="preprocess",le="+Inf"} 1
+lookout_stage_latency_seconds_sum{stage="preprocess"} 0.008
+lookout_stage_latency_seconds_count{stage="preprocess"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="0.005"} 0
+lookout_stage_latency_seconds_bucket{stage="vision",le="0.01"} 0
+lookout_stage_latency_seconds_bucket{stage="vision",le="0.025"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="0.05"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="0.1"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="0.25"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="0.5"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="1"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="2.5"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="5"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="10"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="30"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="60"} 1
+lookout_stage_latency_seconds_bucket{stage="vision",le="+Inf"} 1
+lookout_stage_latency_seconds_sum{stage="vision"} 0.012
+lookout_stage_latency_seconds_count{stage="vision"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="0.005"} 0
+lookout_stage_latency_seconds_bucket{stage="prefill",le="0.01"} 0
+lookout_stage_latency_seconds_bucket{stage="prefill",le="0.025"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="0.05"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="0.1"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="0.25"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="0.5"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="1"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="2.5"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="5"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="10"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="30"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="60"} 1
+lookout_stage_latency_seconds_bucket{stage="prefill",le="+Inf"} 1
+lookout_stage_latency_seconds_sum{stage="prefill"} 0.016
+lookout_stage_latency_seconds_count{stage="prefill"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="0.005"} 0
+lookout_stage_latency_seconds_bucket{stage="decode",le="0.01"} 0
+lookout_stage_latency_seconds_bucket{stage="decode",le="0.025"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="0.05"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="0.1"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="0.25"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="0.5"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="1"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="2.5"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="5"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="10"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="30"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="60"} 1
+lookout_stage_latency_seconds_bucket{stage="decode",le="+Inf"} 1
+lookout_stage_latency_seconds_sum{stage="decode"} 0.02
+lookout_stage_latency_seconds_count{stage="decode"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="0.005"} 0
+lookout_stage_latency_seconds_bucket{stage="cloud",le="0.01"} 0
+lookout_stage_latency_seconds_bucket{stage="cloud",le="0.025"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="0.05"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="0.1"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="0.25"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="0.5"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="1"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="2.5"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="5"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="10"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="30"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="60"} 1
+lookout_stage_latency_seconds_bucket{stage="cloud",le="+Inf"} 1
+lookout_stage_latency_seconds_sum{stage="cloud"} 0.024
+lookout_stage_latency_seconds_count{stage="cloud"} 1
+lookout_stage_latency_seconds_bucket{stage="total",le="0.005"} 0
+lookout_stage_latency_seconds_bucket{stage="total",le="0.01"} 0
+lookout_stage_latency_seconds_bucket{stage="total",le="0.025"} 0
+lookout_stage_latency_seconds_bucket{stage="total",le="0.05"} 1
+lookout_stage_latency_seconds_bucket{stage="total",le="0.1"} 1
+lookout_stage_latency_seconds_bucket{stage="total",le="0.25"} 1
+lookout_stage_latency_seconds_bucket{stage="total",le="0.5"} 1
+lookout_stage_latency_seconds_bucket{stage="total",le="1"} 1
+lookout_stage_latency_seconds_bucket{stage="total",le="2.5"} 2
+lookout_stage_latency_seconds_bucket{stage="total",le="5"} 2
+lookout_stage_latency_seconds_bucket{stage="total",le="10"} 2
+lookout_stage_latency_seconds_bucket{stage="total",le="30"} 2
+lookout_stage_latency_seconds_bucket{stage="total",le="60"} 2
+lookout_stage_latency_seconds_bucket{stage="total",le="+Inf"} 2
+lookout_stage_latency_seconds_sum{stage="total"} 1.778
+lookout_stage_latency_seconds_count{stage="total"} 2
+# HELP lookout_escalations_total Answers the escalation stage reviewed, by outcome.
+# TYPE lookout_escalations_total counter
+lookout_escalations_total{outcome="answered"} 2
+lookout_escalations_total{outcome="confident"} 1
+lookout_escalations_total{outcome="queued"} 1
+# HELP lookout_cloud_breaker_open 1 while a cloud endpoint's circuit breaker is open or half open.
+# TYPE lookout_cloud_breaker_open gauge
+lookout_cloud_breaker_open{endpoint="https://a.example/v1",state="closed"} 0
+lookout_cloud_breaker_open{endpoint="https://b.example/v1",state="open"} 1
+# HELP lookout_cloud_refusals_total Requests a cloud endpoint refused (401, 403, 404, 422...), by HTTP status.
+# TYPE lookout_cloud_refusals_total counter
+lookout_cloud_refusals_total{endpoint="https://b.example/v1",status="401"} 2
+lookout_cloud_refusals_total{endpoint="https://b.example/v1",status="404"} 1
+# HELP lookout_dataset_rows Rows (escalations the cloud answered) in the dataset folder.
+# TYPE lookout_dataset_rows gauge
+lookout_dataset_rows 4
+# HELP lookout_dataset_bytes Bytes of the dataset folder's images and metadata.
+# TYPE lookout_dataset_bytes gauge
+lookout_dataset_bytes 123456
+# HELP lookout_dataset_saved_total Escalations saved to the dataset.
+# TYPE lookout_dataset_saved_total counter
+lookout_dataset_saved_total 4
+# HELP lookout_dataset_pruned_total Dataset rows deleted for the folder's size or age limit.
+# TYPE lookout_dataset_pruned_total counter
+lookout_dataset_pruned_total 1
+# HELP lookout_dataset_skipped_lines_total Damaged lines of the dataset's metadata.jsonl left out at start-up.
+# TYPE lookout_dataset_skipped_lines_total counter
+lookout_dataset_skipped_lines_total 1
+# HELP lookout_dataset_dropped_total Escalations to be saved that were not, by reason.
+# TYPE lookout_dataset_dropped_total counter
+lookout_dataset_dropped_total{reason="busy"} 2
+lookout_dataset_dropped_total{reason="write_failed"} 1
+# HELP lookout_outbox_depth Messages waiting in an on-disk store (answers; escalations queued for the cloud).
+# TYPE lookout_outbox_depth gauge
+# HELP lookout_outbox_oldest_age_seconds Age of the oldest message waiting in an on-disk store.
+# TYPE lookout_outbox_oldest_age_seconds gauge
+# HELP lookout_outbox_dropped_total Messages dropped from a full or expired store.
+# TYPE lookout_outbox_dropped_total counter
+lookout_outbox_depth{store="answers"} 12
+lookout_outbox_oldest_age_seconds{store="answers"} 3.5
+lookout_outbox_dropped_total{store="answers"} 1
+lookout_outbox_depth{store="escalations"} 2
+lookout_outbox_oldest_age_seconds{store="escalations"} 60.25
+lookout_outbox_dropped_total{store="escalations"} 0
+# HELP lookout_broker_connected 1 while the MQTT broker is connected.
+# TYPE lookout_broker_connected gauge
+lookout_broker_connected 1
+# HELP lookout_broker_connects_total Connections made to the MQTT broker.
+# TYPE lookout_broker_connects_total counter
+lookout_broker_connects_total 2
+# HELP lookout_model_info The local model answering and the ONNX Runtime execution provider it runs on.
+# TYPE lookout_model_info gauge
+# HELP lookout_model_load_seconds How long loading the answering model took.
+# TYPE lookout_model_load_seconds gauge
+lookout_model_info{model="SmolVLM2-256M-Video-Instruct",provider="cpu"} 1
+lookout_model_load_seconds 1.5
+# HELP lookout_stage_stuck 1 for a stage whose current unit of work has run past device.stall_timeout_secs.
+# TYPE lookout_stage_stuck gauge
+lookout_stage_stuck{stage="source"} 1
+lookout_stage_stuck{stage="vision"} 1
+"#
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(
