@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use lookout::app;
 use lookout::config::{self, ConfigOrigin, remote};
 use lookout::dataset::{self, DatasetError};
 use lookout::env::Env;
@@ -1112,7 +1113,7 @@ fn run(origin: ConfigOrigin, env: Env) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(service::run_until_signalled(
+    match runtime.block_on(app::run_until_signalled(
         origin,
         env,
         (config, layers),

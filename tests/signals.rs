@@ -1,5 +1,5 @@
 //! The daemon as a real process under real signals. This test binary re-executes itself in child mode
-//! to run the daemon through `service::run_until_signalled` (the signal wiring `lookout run` uses) with
+//! to run the daemon through `app::run_until_signalled` (the signal wiring `lookout run` uses) with
 //! the test analyser, so every signal here is a real one. A custom harness (`harness = false`) makes
 //! that possible; each scenario prints a line like the standard harness.
 //!
@@ -67,13 +67,8 @@ async fn child(path: &str, delay: Duration) -> i32 {
     let state = std::path::Path::new(path).with_file_name("state");
     let env = Env::from_pairs([("LOOKOUT_STATE_DIR", state.to_str().unwrap())]);
     let loaded = origin.load_effective(&env).expect("child config");
-    match lookout::service::run_until_signalled(
-        origin,
-        env,
-        loaded,
-        Box::new(PixelAnalyser { delay }),
-    )
-    .await
+    match lookout::app::run_until_signalled(origin, env, loaded, Box::new(PixelAnalyser { delay }))
+        .await
     {
         Ok(()) => 0,
         Err(_) => 1,

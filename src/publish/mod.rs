@@ -54,7 +54,7 @@ use discovery::HomeAssistantConfig;
 use driver::Driver;
 use inbound::Replies;
 
-pub use broker::{BrokerError, OrdinaryBrokerEvents};
+pub use broker::BrokerError;
 pub use config::MqttConfig;
 pub use topics::Topics;
 

@@ -2,8 +2,9 @@
 //! systemd hears (`notify`: the protocol; `watchdog`: readiness, state line and watchdog pings).
 //!
 //! SIGTERM and SIGINT ask for a graceful shutdown; a second one while shutting down exits at once (an
-//! operator pressing Ctrl-C twice means it). SIGHUP asks for a config reload. Tests drive `app::run`
-//! through the same control channel, so everything but the signal wiring itself is tested in-process.
+//! operator pressing Ctrl-C twice means it). SIGHUP asks for a config reload. `app` runs the daemon on
+//! these requests; tests drive `app::run` through the same control channel, so everything but the
+//! signal wiring itself is tested in-process.
 //!
 //! Logs go to stderr, one line per event with fields as `key=value`; colour only at a terminal, and no
 //! timestamp under journald (`JOURNAL_STREAM` set), which stamps every line itself. Every line passes
@@ -11,6 +12,7 @@
 //! logged it and at whatever level: it sees the event's whole text at once, so a secret the formatter
 //! writes in two pieces is still found.
 
+mod broker_log;
 pub mod notify;
 pub mod watchdog;
 
@@ -23,11 +25,9 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::app::{self, AppError, Control};
-use crate::config::{self, Config, ConfigOrigin, Layers};
+use crate::config;
 use crate::env::Env;
 use crate::errors;
-use crate::vision::Analyser;
 
 /// The default log filter: our info, the model runtime's and the embedded broker's warnings only.
 pub const DEFAULT_LOG_FILTER: &str = "info,ort=warn,rumqttd=warn";
@@ -51,8 +51,8 @@ pub fn init_logging(env: &Env) {
         .with_writer(RedactedStderr)
         // Colour codes only for a person at a terminal, never into journald or a log file.
         .with_ansi(std::io::stderr().is_terminal());
-    // The embedded broker's ordinary events logged at ERROR are dropped (see `publish::broker`).
-    let quiet = crate::publish::OrdinaryBrokerEvents;
+    // The embedded broker's ordinary events logged at ERROR are dropped (see `broker_log`).
+    let quiet = broker_log::OrdinaryBrokerEvents;
     if env.get("JOURNAL_STREAM").is_some() {
         logs.without_time().finish().with(quiet).init();
     } else {
@@ -107,21 +107,18 @@ impl<W: Write> Drop for Redacted<W> {
     }
 }
 
-/// Runs the daemon until a shutdown signal.
-pub async fn run_until_signalled(
-    origin: ConfigOrigin,
-    env: Env,
-    loaded: (Config, Layers),
-    analyser: Box<dyn Analyser>,
-) -> Result<(), AppError> {
-    let (control, requests) = mpsc::channel(4);
-    let signals = tokio::spawn(forward_signals(control));
-    let result = app::run(origin, env, loaded, analyser, requests).await;
-    signals.abort();
-    result
+/// What the host (signals, tests) asks of a running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Read the config again; apply it if valid, else keep the running one.
+    Reload,
+    /// Stop gracefully.
+    Shutdown,
 }
 
-async fn forward_signals(control: mpsc::Sender<Control>) {
+/// Turns SIGTERM and SIGINT into `Control::Shutdown` and SIGHUP into `Control::Reload` on `control`
+/// until it closes; a second shutdown signal exits at once.
+pub async fn forward_signals(control: mpsc::Sender<Control>) {
     let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

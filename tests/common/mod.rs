@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use lookout::app::{self, AppError, Control};
+use lookout::app::{self, AppError};
 use lookout::config::ConfigOrigin;
 use lookout::env::Env;
 use lookout::message::Frame;
 use lookout::message::{AnswerKind, Request};
 use lookout::message::{Clip, StageTimings};
+use lookout::service::Control;
 use lookout::vision::{AnalyseError, Analyser, LocalAnswer};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
