@@ -111,6 +111,20 @@ struct Decoding {
 }
 
 impl Decoding {
+    /// The row of a prefilled prompt at `place` in the batch, and the prompt's cache.
+    fn start(place: usize, prefilled: Prefilled) -> (Decoding, Vec<DynValue>) {
+        let row = Decoding {
+            place,
+            logits: prefilled.logits,
+            cached: prefilled.prompt_len,
+            max_new: prefilled.max_new,
+            tokens: Vec::new(),
+            log_probs: Vec::new(),
+            timings: prefilled.timings,
+        };
+        (row, prefilled.cache)
+    }
+
     /// Chooses the row's next token, the most likely (greedy), and says whether its answer is complete:
     /// a stop token was chosen (it is kept in `tokens` but has no log-probability), `max_new` tokens
     /// were, or none may be.
@@ -360,20 +374,11 @@ impl SmolVlm {
         prefilled: Vec<Prefilled>,
     ) -> Vec<Result<LocalAnswer, AnalyseError>> {
         let started = Instant::now();
-        let mut rows: Vec<Decoding> = Vec::with_capacity(prefilled.len());
-        let mut caches = Vec::with_capacity(prefilled.len());
-        for (place, prefilled) in prefilled.into_iter().enumerate() {
-            rows.push(Decoding {
-                place,
-                logits: prefilled.logits,
-                cached: prefilled.prompt_len,
-                max_new: prefilled.max_new,
-                tokens: Vec::new(),
-                log_probs: Vec::new(),
-                timings: prefilled.timings,
-            });
-            caches.push(prefilled.cache);
-        }
+        let (mut rows, mut caches): (Vec<Decoding>, Vec<Vec<DynValue>>) = prefilled
+            .into_iter()
+            .enumerate()
+            .map(|(place, prefilled)| Decoding::start(place, prefilled))
+            .unzip();
         let mut answers: Vec<Option<Result<LocalAnswer, AnalyseError>>> =
             rows.iter().map(|_| None).collect();
         let mut cache = if caches.len() == 1 {
@@ -477,5 +482,164 @@ impl SmolVlm {
             tokens: row.tokens,
             timings: row.timings,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(logits: Vec<f32>, max_new: u32) -> Decoding {
+        Decoding {
+            place: 0,
+            logits,
+            cached: 5,
+            max_new,
+            tokens: Vec::new(),
+            log_probs: Vec::new(),
+            timings: StageTimings::default(),
+        }
+    }
+
+    #[test]
+    fn a_prefill_continues_the_positions_after_its_past() {
+        assert_eq!(
+            Rows::prefill(3, 2),
+            Rows {
+                batch: 1,
+                count: 3,
+                attention_mask: vec![1; 5],
+                position_ids: vec![2, 3, 4],
+            }
+        );
+    }
+
+    #[test]
+    fn a_step_masks_the_left_padding_of_shorter_caches() {
+        // Caches of 3 and 1 positions, right-aligned to 3, plus the new position.
+        assert_eq!(
+            Rows::next_token(&[3, 1]),
+            Rows {
+                batch: 2,
+                count: 1,
+                attention_mask: vec![1, 1, 1, 1, 0, 0, 1, 1],
+                position_ids: vec![3, 1],
+            }
+        );
+    }
+
+    #[test]
+    fn a_row_stops_at_a_stop_token_without_its_probability() {
+        let mut decoding = row(vec![0.0, 0.0, 5.0], 10);
+        assert!(decoding.advance(&[2]));
+        assert_eq!(decoding.tokens, [2]);
+        assert!(decoding.log_probs.is_empty());
+    }
+
+    #[test]
+    fn a_row_stops_after_max_new_tokens() {
+        let mut decoding = row(vec![0.0, 3f32.ln()], 2);
+        assert!(!decoding.advance(&[0]));
+        assert!(decoding.advance(&[0]));
+        assert_eq!(decoding.tokens, [1, 1]);
+        assert_eq!(decoding.log_probs.len(), 2);
+        assert!((decoding.log_probs[0] - 0.75f32.ln()).abs() < 1e-6);
+        // No token at all may be chosen.
+        let mut decoding = row(vec![0.0, 1.0], 0);
+        assert!(decoding.advance(&[]));
+        assert!(decoding.tokens.is_empty());
+    }
+
+    #[test]
+    fn stacked_caches_are_right_aligned_and_zero_before() {
+        // One head of size 2: three real positions, and the last of two.
+        let long = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let short = [7.0, 8.0, 9.0, 10.0];
+        let rows = [
+            CacheRow {
+                values: &long,
+                width: 3,
+                row: 0,
+                real: 3,
+            },
+            CacheRow {
+                values: &short,
+                width: 2,
+                row: 0,
+                real: 1,
+            },
+        ];
+        assert_eq!(
+            stack_rows(&rows, 1, 2, 3),
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 9.0, 10.0]
+        );
+    }
+
+    #[test]
+    fn a_stacked_row_is_taken_from_its_row_of_a_batch_head_by_head() {
+        // A cache of 2 rows, 2 heads, 2 positions of size 1; its second row, padded to 3 positions.
+        let batch = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let rows = [CacheRow {
+            values: &batch,
+            width: 2,
+            row: 1,
+            real: 2,
+        }];
+        assert_eq!(stack_rows(&rows, 2, 1, 3), [0.0, 5.0, 6.0, 0.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn rows_that_leave_are_dropped_in_order() {
+        assert_eq!(staying(4, &[1, 3]), [0, 2]);
+        assert_eq!(staying(3, &[]), [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_last_position_of_each_sequence_or_all_are_kept() {
+        // Two sequences of two positions over a vocabulary of 3.
+        let logits: Vec<f32> = (1..=12).map(|value| value as f32).collect();
+        assert_eq!(
+            wanted_logits(&logits, 3, 2, 2, false),
+            [vec![4.0, 5.0, 6.0], vec![10.0, 11.0, 12.0]]
+        );
+        assert_eq!(
+            wanted_logits(&logits, 3, 2, 2, true),
+            [
+                vec![1.0, 2.0, 3.0],
+                vec![4.0, 5.0, 6.0],
+                vec![7.0, 8.0, 9.0],
+                vec![10.0, 11.0, 12.0]
+            ]
+        );
+        // A graph that kept only the last of 3 new positions.
+        assert_eq!(
+            wanted_logits(&logits[..3], 3, 1, 3, false),
+            [vec![1.0, 2.0, 3.0]]
+        );
+    }
+
+    #[test]
+    fn a_single_prompt_is_its_own_prefix() {
+        assert_eq!(shared_prefix(&[&vec![1, 9, 2]], 9), 3);
+        assert_eq!(shared_prefix(&[], 9), 0);
+    }
+
+    #[test]
+    fn prompts_share_their_common_ids_past_the_last_image_token() {
+        let first = vec![5, 9, 9, 7, 8];
+        let second = vec![5, 9, 9, 7, 6, 6];
+        assert_eq!(shared_prefix(&[&first, &second], 9), 4);
+        // Equal prompts each keep their last position out, to produce their own logits.
+        let same = vec![5, 9, 7];
+        assert_eq!(shared_prefix(&[&same, &same], 9), 2);
+        // Without image tokens, the common ids are shared.
+        assert_eq!(shared_prefix(&[&vec![1, 2, 3], &vec![1, 2, 4]], 9), 2);
+    }
+
+    #[test]
+    fn prompts_that_part_before_the_last_image_token_share_nothing() {
+        let first = vec![5, 9, 1, 9, 7];
+        let second = vec![5, 9, 2, 9, 7];
+        assert_eq!(shared_prefix(&[&first, &second], 9), 0);
     }
 }

@@ -124,3 +124,42 @@ impl SmolVlm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_rows_are_replaced_by_feature_rows_in_order() {
+        let mut embeds = [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0];
+        fill_image_rows(&mut embeds, &[5, 9, 6, 9], 9, &[10.0, 11.0, 12.0, 13.0]).unwrap();
+        assert_eq!(embeds, [0.0, 0.0, 10.0, 11.0, 2.0, 2.0, 12.0, 13.0]);
+    }
+
+    #[test]
+    fn image_rows_and_feature_rows_must_agree_in_number() {
+        let mut embeds = [0.0; 8];
+        let error = fill_image_rows(&mut embeds, &[5, 9, 6, 9], 9, &[10.0, 11.0]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "model failure: the prompt has 2 image tokens but the encoder gave 1 feature rows"
+        );
+        assert_eq!(embeds, [0.0; 8]);
+    }
+
+    #[test]
+    fn the_kept_pixel_buffer_holds_the_largest_still_image() {
+        // SmolVLM2: a grid of 4 x 4 tiles of 512 and the global image, 17 tiles (53 MB of f32).
+        assert_eq!(
+            largest_pixel_buffer(&ImageSettings::SMOLVLM2),
+            17 * 3 * 512 * 512
+        );
+        // A longest edge that is no multiple of the tile rounds the grid up: 3 x 3 tiles and the global.
+        let image = ImageSettings {
+            longest_edge: 1000,
+            tile: 384,
+            ..ImageSettings::SMOLVLM2
+        };
+        assert_eq!(largest_pixel_buffer(&image), 10 * 3 * 384 * 384);
+    }
+}

@@ -271,3 +271,139 @@ fn cache_layout(inputs: &[(&str, &ValueType)], layers: usize) -> Result<CacheLay
         has_logits_to_keep: inputs.iter().any(|(name, _)| *name == "num_logits_to_keep"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use ort::value::{Shape, SymbolicDimensions};
+
+    use super::*;
+    use ort::value::TensorElementType::{Float32, Int32, Int64};
+
+    fn tensor(ty: TensorElementType, shape: &[i64]) -> ValueType {
+        ValueType::Tensor {
+            ty,
+            shape: Shape::new(shape.iter().copied()),
+            dimension_symbols: SymbolicDimensions::new(shape.iter().map(|_| String::new())),
+        }
+    }
+
+    #[test]
+    fn the_decoder_declares_a_key_and_a_value_per_layer_in_and_out() {
+        let (inputs, outputs) = decoder_ports(2);
+        assert_eq!(
+            inputs,
+            [
+                port("inputs_embeds", Float32, 3),
+                port("attention_mask", Int64, 2),
+                port("position_ids", Int64, 2),
+                port("past_key_values.0.key", Float32, 4),
+                port("past_key_values.0.value", Float32, 4),
+                port("past_key_values.1.key", Float32, 4),
+                port("past_key_values.1.value", Float32, 4),
+            ]
+        );
+        assert_eq!(
+            outputs,
+            [
+                port("logits", Float32, 3),
+                port("present.0.key", Float32, 4),
+                port("present.0.value", Float32, 4),
+                port("present.1.key", Float32, 4),
+                port("present.1.value", Float32, 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_declared_as_wanted_pass_whatever_else_is_declared() {
+        let ids = tensor(Int64, &[-1, -1]);
+        let extra = tensor(Float32, &[1]);
+        let declared = [("extra", &extra), ("input_ids", &ids)];
+        assert_eq!(
+            check_ports("input", &[port("input_ids", Int64, 2)], &declared),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_missing_port_is_named_with_those_declared() {
+        let ids = tensor(Int64, &[-1, -1]);
+        assert_eq!(
+            check_ports("input", &[port("input_ids", Int64, 2)], &[("ids", &ids)]),
+            Err(r#"no input named "input_ids"; it has ["ids"]"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn a_port_of_another_type_or_rank_is_named_with_both() {
+        let wanted = [port("logits", Float32, 3)];
+        let int = tensor(Int32, &[1, -1, 49280]);
+        assert_eq!(
+            check_ports("output", &wanted, &[("logits", &int)]),
+            Err(r#"output "logits" is Int32 of rank 3, expected Float32 of rank 3"#.to_owned())
+        );
+        let flat = tensor(Float32, &[-1, 49280]);
+        assert_eq!(
+            check_ports("output", &wanted, &[("logits", &flat)]),
+            Err(r#"output "logits" is Float32 of rank 2, expected Float32 of rank 3"#.to_owned())
+        );
+        let sequence = ValueType::Sequence(Box::new(tensor(Float32, &[1])));
+        let problem = check_ports("output", &wanted, &[("logits", &sequence)]).unwrap_err();
+        assert!(
+            problem.starts_with(r#"output "logits" is Sequence"#),
+            "{problem}"
+        );
+        assert!(problem.ends_with(", not a tensor"), "{problem}");
+    }
+
+    #[test]
+    fn the_cache_layout_takes_fixed_heads_and_head_size() {
+        let cache = tensor(Float32, &[-1, 3, -1, 64]);
+        let keep = tensor(Int64, &[]);
+        let Ok(layout) = cache_layout(
+            &[
+                ("past_key_values.0.key", &cache),
+                ("num_logits_to_keep", &keep),
+            ],
+            1,
+        ) else {
+            panic!("the layout is refused");
+        };
+        assert_eq!((layout.kv_heads, layout.head_dim), (3, 64));
+        assert_eq!(
+            layout.past_names,
+            ["past_key_values.0.key", "past_key_values.0.value"]
+        );
+        assert_eq!(layout.present_names, ["present.0.key", "present.0.value"]);
+        assert!(layout.has_logits_to_keep);
+        let Ok(layout) = cache_layout(&[("past_key_values.0.key", &cache)], 1) else {
+            panic!("the layout is refused");
+        };
+        assert!(!layout.has_logits_to_keep);
+    }
+
+    #[test]
+    fn a_cache_of_dynamic_heads_is_refused() {
+        let cache = tensor(Float32, &[-1, -1, -1, 64]);
+        assert_eq!(
+            cache_layout(&[("past_key_values.0.key", &cache)], 1).err(),
+            Some(
+                "the cache shape [-1, -1, -1, 64] does not give fixed kv heads and head size"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            cache_layout(&[], 1).err(),
+            Some("past_key_values.0.key is not a tensor".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_model_is_named_after_its_folder_and_variant() {
+        assert_eq!(
+            model_name(Path::new("models/fixtures/smolvlm-micro"), "_int8"),
+            "smolvlm-micro_int8"
+        );
+        assert_eq!(model_name(Path::new("/"), ""), "smolvlm2");
+    }
+}

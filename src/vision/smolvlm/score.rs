@@ -154,3 +154,92 @@ impl SmolVlm {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_close(actual: f64, expected: f64) {
+        assert!(
+            (actual - expected).abs() < 1e-6,
+            "{actual} is not {expected}"
+        );
+    }
+
+    #[test]
+    fn log_sum_exp_is_the_log_of_the_summed_exponentials() {
+        // ln(e^0 + e^ln 3) = ln 4.
+        assert!((log_sum_exp(&[0.0, 3f32.ln()]) - 4f32.ln()).abs() < 1e-6);
+        // Ten values: one pass of the eight lanes and a remainder of two.
+        assert!((log_sum_exp(&[2.0; 10]) - (2.0 + 10f32.ln())).abs() < 1e-6);
+        // Large logits do not overflow: 1000 + ln 2.
+        assert!((log_sum_exp(&[1000.0, 1000.0]) - (1000.0 + 2f32.ln())).abs() < 1e-3);
+        // A token that cannot be chosen adds nothing.
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY, 0.0]), 0.0);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_values_and_skips_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), (1, 3.0));
+        assert_eq!(argmax(&[f32::NAN, -1.0]), (1, -1.0));
+        assert_eq!(argmax(&[]), (0, f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn text_confidence_is_the_geometric_mean_with_the_lowest_probability() {
+        // sqrt(0.5 * 0.125) = 0.25.
+        let (confidence, lowest) = text_confidence(&[0.5f32.ln(), 0.125f32.ln()]);
+        assert_close(confidence, 0.25);
+        assert_close(lowest.unwrap(), 0.125);
+        assert_eq!(text_confidence(&[0.0]), (1.0, Some(1.0)));
+        // No token chosen (the first was a stop token): no confidence, no lowest.
+        assert_eq!(text_confidence(&[]), (0.0, None));
+    }
+
+    #[test]
+    fn options_are_scored_with_a_leading_space_and_answered_by_label() {
+        assert_eq!(options(&AnswerKind::Text), None);
+        assert_eq!(
+            options(&AnswerKind::YesNo),
+            Some(vec![("yes", " Yes".to_owned()), ("no", " No".to_owned())])
+        );
+        let kind = AnswerKind::OneOf(vec!["cat".to_owned(), "red car".to_owned()]);
+        assert_eq!(
+            options(&kind),
+            Some(vec![
+                ("cat", " cat".to_owned()),
+                ("red car", " red car".to_owned())
+            ])
+        );
+    }
+
+    #[test]
+    fn a_token_past_the_logits_has_no_probability() {
+        assert_close(log_prob(&[0.0, 0.0], 1), -(2f64.ln()));
+        assert_eq!(log_prob(&[0.0, 0.0], 2), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn an_option_scores_the_sum_of_its_tokens_log_probabilities() {
+        // After the prompt, token 1 has probability 3/4.
+        let last = [0.0, 3f32.ln()];
+        assert_close(option_score(&last, &[], &[1]), 0.75f64.ln());
+        // Then, teacher-forced, token 0 has 1/2; the rows before the option's (the rest of the prompt)
+        // are not read.
+        let forced = vec![vec![5.0, 0.0], vec![0.0, 0.0]];
+        assert_close(option_score(&last, &forced, &[1, 0]), 0.375f64.ln());
+    }
+
+    #[test]
+    fn the_best_option_has_its_share_of_the_softmax_over_the_scores() {
+        let (index, confidence) = best_option(&[-1.0, -2.0]);
+        assert_eq!(index, 0);
+        assert_close(confidence, 1.0 / (1.0 + (-1f64).exp()));
+        // Scores that are log-probabilities summing to 1 give back the probability.
+        let (index, confidence) = best_option(&[0.2f64.ln(), 0.6f64.ln(), 0.2f64.ln()]);
+        assert_eq!(index, 1);
+        assert_close(confidence, 0.6);
+        // Of equal scores the last wins.
+        assert_eq!(best_option(&[-0.5, -0.5]), (1, 0.5));
+    }
+}
