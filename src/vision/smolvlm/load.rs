@@ -1,0 +1,409 @@
+//! Loading a model folder: its spec and tokenizer, then the three graphs, each checked against the
+//! export's contract (input and output names, element types, ranks, and the cache's fixed sizes) so that
+//! a wrong file fails at load with the name of what does not match, never mid-answer.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+
+use super::SmolVlm;
+use super::decode::{CacheLayout, Decoder};
+use super::inputs::Embedder;
+use crate::vision::embedding::EmbeddingTable;
+use crate::vision::model::{ModelError, ModelSpec};
+use crate::vision::prompt::{PromptError, Prompter};
+use crate::vision::runtime::{self, Provider, RuntimeError};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error(
+        "unknown model variant {0:?}; expected one of fp32, fp16, int8, uint8, quantized, q4, q4f16, bnb4"
+    )]
+    Variant(String),
+    #[error("{graph}: {problem} (is this a SmolVLM2 export?)")]
+    Contract { graph: PathBuf, problem: String },
+}
+
+/// How to load a model: where it is, which weights, on what.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub model_dir: PathBuf,
+    /// The file suffix of the variant: "" for fp32, "_int8", "_q4"...
+    pub suffix: String,
+    pub library: PathBuf,
+    pub providers: Vec<Provider>,
+    pub threads: usize,
+    /// The most text answers decoded together, one decoder run per token for all of them (1: one at a
+    /// time).
+    pub batch: usize,
+}
+
+/// An input or output a graph must declare: name, element type, rank.
+#[derive(Debug, PartialEq)]
+struct Port {
+    name: String,
+    dtype: TensorElementType,
+    rank: usize,
+}
+
+fn port(name: impl Into<String>, dtype: TensorElementType, rank: usize) -> Port {
+    Port {
+        name: name.into(),
+        dtype,
+        rank,
+    }
+}
+
+/// The graphs of one variant in a model folder, opened on one environment.
+struct Graphs<'a> {
+    environment: &'a Environment,
+    options: &'a LoadOptions,
+}
+
+impl Graphs<'_> {
+    fn path(&self, name: &str) -> PathBuf {
+        self.options
+            .model_dir
+            .join("onnx")
+            .join(format!("{name}{}.onnx", self.options.suffix))
+    }
+
+    /// Loads the graph at `path` and checks that it declares every port; also returns the execution
+    /// providers it runs on.
+    fn open(
+        &self,
+        path: &Path,
+        inputs: &[Port],
+        outputs: &[Port],
+    ) -> Result<(Session, Vec<&'static str>), LoadError> {
+        let (session, providers) = runtime::load_session(
+            self.environment,
+            path,
+            &self.options.providers,
+            self.options.threads,
+        )?;
+        for (kind, wanted, declared) in [
+            ("input", inputs, session.inputs()),
+            ("output", outputs, session.outputs()),
+        ] {
+            let declared: Vec<(&str, &ValueType)> = declared
+                .iter()
+                .map(|outlet| (outlet.name(), outlet.dtype()))
+                .collect();
+            check_ports(kind, wanted, &declared).map_err(|problem| contract(path, problem))?;
+        }
+        Ok((session, providers))
+    }
+}
+
+fn contract(path: &Path, problem: String) -> LoadError {
+    LoadError::Contract {
+        graph: path.to_owned(),
+        problem,
+    }
+}
+
+impl SmolVlm {
+    pub fn load(options: &LoadOptions) -> Result<SmolVlm, LoadError> {
+        let started = Instant::now();
+        let spec = ModelSpec::read(&options.model_dir)?;
+        let prompter = Prompter::load(
+            &options.model_dir,
+            spec.image_token_id,
+            &spec.eos_ids,
+            spec.image_seq_len,
+        )?;
+        let environment = runtime::environment(&options.library)?;
+        let graphs = Graphs {
+            environment: &environment,
+            options,
+        };
+        use TensorElementType::{Bool, Float32, Int64};
+
+        let (vision, providers) = graphs.open(
+            &graphs.path("vision_encoder"),
+            &[
+                port("pixel_values", Float32, 5),
+                port("pixel_attention_mask", Bool, 4),
+            ],
+            &[port("image_features", Float32, 3)],
+        )?;
+        let embed_path = graphs.path("embed_tokens");
+        let embedder = match EmbeddingTable::open(&embed_path) {
+            Some(table) => Embedder::Table(table),
+            None => {
+                let (session, _) = graphs.open(
+                    &embed_path,
+                    &[port("input_ids", Int64, 2)],
+                    &[port("inputs_embeds", Float32, 3)],
+                )?;
+                Embedder::Graph(session)
+            }
+        };
+        let decoder_path = graphs.path("decoder_model_merged");
+        let (inputs, outputs) = decoder_ports(spec.layers);
+        let (session, _) = graphs.open(&decoder_path, &inputs, &outputs)?;
+        let declared: Vec<(&str, &ValueType)> = session
+            .inputs()
+            .iter()
+            .map(|input| (input.name(), input.dtype()))
+            .collect();
+        let layout = cache_layout(&declared, spec.layers)
+            .map_err(|problem| contract(&decoder_path, problem))?;
+        let decoder = Decoder { session, layout };
+
+        let name = model_name(&options.model_dir, &options.suffix);
+        tracing::info!(model = %name, providers = ?providers, "SmolVLM2 loaded.");
+        Ok(SmolVlm {
+            name,
+            spec,
+            prompter,
+            vision,
+            embedder,
+            decoder,
+            providers,
+            threads: options.threads,
+            batch: options.batch.max(1),
+            load_time: started.elapsed(),
+            pixel_buffer: Vec::new(),
+        })
+    }
+}
+
+/// The model's name in answers: the folder's name and the variant's suffix.
+fn model_name(model_dir: &Path, suffix: &str) -> String {
+    model_dir
+        .file_name()
+        .map(|name| format!("{}{suffix}", name.to_string_lossy()))
+        .unwrap_or_else(|| "smolvlm2".to_owned())
+}
+
+/// The decoder's inputs and outputs: the embeddings, mask and positions in, the logits out, and a key
+/// and a value cache of every layer in (`past_key_values.*`) and out (`present.*`).
+fn decoder_ports(layers: usize) -> (Vec<Port>, Vec<Port>) {
+    use TensorElementType::{Float32, Int64};
+    let mut inputs = vec![
+        port("inputs_embeds", Float32, 3),
+        port("attention_mask", Int64, 2),
+        port("position_ids", Int64, 2),
+    ];
+    inputs.extend(
+        cache_names("past_key_values", layers)
+            .into_iter()
+            .map(|name| port(name, Float32, 4)),
+    );
+    let mut outputs = vec![port("logits", Float32, 3)];
+    outputs.extend(
+        cache_names("present", layers)
+            .into_iter()
+            .map(|name| port(name, Float32, 4)),
+    );
+    (inputs, outputs)
+}
+
+/// The names of the cache tensors: `{prefix}.{layer}.key` and `.value`, layer after layer.
+fn cache_names(prefix: &str, layers: usize) -> Vec<String> {
+    (0..layers)
+        .flat_map(|layer| ["key", "value"].map(|kind| format!("{prefix}.{layer}.{kind}")))
+        .collect()
+}
+
+/// Checks that `declared` (a graph's inputs or outputs, `kind`) has every port, with the element type
+/// and rank given; else says what does not match.
+fn check_ports(kind: &str, wanted: &[Port], declared: &[(&str, &ValueType)]) -> Result<(), String> {
+    for port in wanted {
+        let (_, dtype) = declared
+            .iter()
+            .find(|(name, _)| *name == port.name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = declared.iter().map(|(name, _)| *name).collect();
+                format!("no {kind} named {:?}; it has {names:?}", port.name)
+            })?;
+        match dtype {
+            ValueType::Tensor { ty, shape, .. }
+                if *ty == port.dtype && shape.len() == port.rank => {}
+            ValueType::Tensor { ty, shape, .. } => {
+                return Err(format!(
+                    "{kind} {:?} is {ty:?} of rank {}, expected {:?} of rank {}",
+                    port.name,
+                    shape.len(),
+                    port.dtype,
+                    port.rank
+                ));
+            }
+            other => return Err(format!("{kind} {:?} is {other:?}, not a tensor", port.name)),
+        }
+    }
+    Ok(())
+}
+
+/// The cache layout from the decoder's declared inputs (already checked by `check_ports`): the key and
+/// value heads and head size must be fixed numbers.
+fn cache_layout(inputs: &[(&str, &ValueType)], layers: usize) -> Result<CacheLayout, String> {
+    let first = inputs
+        .iter()
+        .find(|(name, _)| *name == "past_key_values.0.key")
+        .map(|(_, dtype)| *dtype);
+    let Some(ValueType::Tensor { shape, .. }) = first else {
+        return Err("past_key_values.0.key is not a tensor".to_owned());
+    };
+    let (kv_heads, head_dim) = (shape[1], shape[3]);
+    if kv_heads <= 0 || head_dim <= 0 {
+        return Err(format!(
+            "the cache shape {shape:?} does not give fixed kv heads and head size"
+        ));
+    }
+    Ok(CacheLayout {
+        past_names: cache_names("past_key_values", layers),
+        present_names: cache_names("present", layers),
+        kv_heads,
+        head_dim,
+        has_logits_to_keep: inputs.iter().any(|(name, _)| *name == "num_logits_to_keep"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use ort::value::{Shape, SymbolicDimensions};
+
+    use super::*;
+    use ort::value::TensorElementType::{Float32, Int32, Int64};
+
+    fn tensor(ty: TensorElementType, shape: &[i64]) -> ValueType {
+        ValueType::Tensor {
+            ty,
+            shape: Shape::new(shape.iter().copied()),
+            dimension_symbols: SymbolicDimensions::new(shape.iter().map(|_| String::new())),
+        }
+    }
+
+    #[test]
+    fn the_decoder_declares_a_key_and_a_value_per_layer_in_and_out() {
+        let (inputs, outputs) = decoder_ports(2);
+        assert_eq!(
+            inputs,
+            [
+                port("inputs_embeds", Float32, 3),
+                port("attention_mask", Int64, 2),
+                port("position_ids", Int64, 2),
+                port("past_key_values.0.key", Float32, 4),
+                port("past_key_values.0.value", Float32, 4),
+                port("past_key_values.1.key", Float32, 4),
+                port("past_key_values.1.value", Float32, 4),
+            ]
+        );
+        assert_eq!(
+            outputs,
+            [
+                port("logits", Float32, 3),
+                port("present.0.key", Float32, 4),
+                port("present.0.value", Float32, 4),
+                port("present.1.key", Float32, 4),
+                port("present.1.value", Float32, 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_declared_as_wanted_pass_whatever_else_is_declared() {
+        let ids = tensor(Int64, &[-1, -1]);
+        let extra = tensor(Float32, &[1]);
+        let declared = [("extra", &extra), ("input_ids", &ids)];
+        assert_eq!(
+            check_ports("input", &[port("input_ids", Int64, 2)], &declared),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_missing_port_is_named_with_those_declared() {
+        let ids = tensor(Int64, &[-1, -1]);
+        assert_eq!(
+            check_ports("input", &[port("input_ids", Int64, 2)], &[("ids", &ids)]),
+            Err(r#"no input named "input_ids"; it has ["ids"]"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn a_port_of_another_type_or_rank_is_named_with_both() {
+        let wanted = [port("logits", Float32, 3)];
+        let int = tensor(Int32, &[1, -1, 49280]);
+        assert_eq!(
+            check_ports("output", &wanted, &[("logits", &int)]),
+            Err(r#"output "logits" is Int32 of rank 3, expected Float32 of rank 3"#.to_owned())
+        );
+        let flat = tensor(Float32, &[-1, 49280]);
+        assert_eq!(
+            check_ports("output", &wanted, &[("logits", &flat)]),
+            Err(r#"output "logits" is Float32 of rank 2, expected Float32 of rank 3"#.to_owned())
+        );
+        let sequence = ValueType::Sequence(Box::new(tensor(Float32, &[1])));
+        let problem = check_ports("output", &wanted, &[("logits", &sequence)]).unwrap_err();
+        assert!(
+            problem.starts_with(r#"output "logits" is Sequence"#),
+            "{problem}"
+        );
+        assert!(problem.ends_with(", not a tensor"), "{problem}");
+    }
+
+    #[test]
+    fn the_cache_layout_takes_fixed_heads_and_head_size() {
+        let cache = tensor(Float32, &[-1, 3, -1, 64]);
+        let keep = tensor(Int64, &[]);
+        let Ok(layout) = cache_layout(
+            &[
+                ("past_key_values.0.key", &cache),
+                ("num_logits_to_keep", &keep),
+            ],
+            1,
+        ) else {
+            panic!("the layout is refused");
+        };
+        assert_eq!((layout.kv_heads, layout.head_dim), (3, 64));
+        assert_eq!(
+            layout.past_names,
+            ["past_key_values.0.key", "past_key_values.0.value"]
+        );
+        assert_eq!(layout.present_names, ["present.0.key", "present.0.value"]);
+        assert!(layout.has_logits_to_keep);
+        let Ok(layout) = cache_layout(&[("past_key_values.0.key", &cache)], 1) else {
+            panic!("the layout is refused");
+        };
+        assert!(!layout.has_logits_to_keep);
+    }
+
+    #[test]
+    fn a_cache_of_dynamic_heads_is_refused() {
+        let cache = tensor(Float32, &[-1, -1, -1, 64]);
+        assert_eq!(
+            cache_layout(&[("past_key_values.0.key", &cache)], 1).err(),
+            Some(
+                "the cache shape [-1, -1, -1, 64] does not give fixed kv heads and head size"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            cache_layout(&[], 1).err(),
+            Some("past_key_values.0.key is not a tensor".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_model_is_named_after_its_folder_and_variant() {
+        assert_eq!(
+            model_name(Path::new("models/fixtures/smolvlm-micro"), "_int8"),
+            "smolvlm-micro_int8"
+        );
+        assert_eq!(model_name(Path::new("/"), ""), "smolvlm2");
+    }
+}
