@@ -49,6 +49,7 @@ pub mod errors;
 pub mod escalate;
 pub mod gate;
 pub mod health;
+pub mod models;
 pub mod outbox;
 pub mod publish;
 pub mod service;

@@ -14,9 +14,10 @@ use clap::{Parser, Subcommand};
 use lookout::config::{self, ConfigOrigin, Env, remote};
 use lookout::dataset::{self, DatasetError};
 use lookout::gate::{self, AnswerKind, Origin, Request};
+use lookout::models::{self, DEFAULT_MODEL, fetch, manifest};
 use lookout::service;
 use lookout::source::{self, Frame};
-use lookout::vision::{self, fetch};
+use lookout::vision;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
@@ -189,8 +190,6 @@ enum ModelsAction {
     },
 }
 
-const DEFAULT_MODEL: &str = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct";
-
 #[derive(Subcommand)]
 enum ConfigAction {
     /// Validate a config file and list every problem (exit 64 when there is any).
@@ -345,7 +344,7 @@ fn main() -> ExitCode {
         } => fetch_model(&env, name, &variant, revision, dir),
         Command::Models {
             action: ModelsAction::Verify { dir },
-        } => match fetch::verify(&dir) {
+        } => match manifest::verify(&dir) {
             Ok(problems) if problems.is_empty() => {
                 println!("{}: every file matches its checksum", dir.display());
                 ExitCode::SUCCESS
@@ -559,8 +558,7 @@ fn fetch_model(
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let dir = dir
-        .unwrap_or_else(|| PathBuf::from("models").join(name.rsplit('/').next().unwrap_or(&name)));
+    let dir = dir.unwrap_or_else(|| models::default_dir(&name));
     match download(env, name, &suffix, revision, &dir) {
         Ok(files) => {
             println!("{files} files in {}, checksums verified", dir.display());
@@ -626,17 +624,10 @@ fn download(
 /// unasked, or retry it at every restart, so it says how to fetch and stops. Offline, it says what is
 /// missing and how to run without it. Either way the exit is 69, which the unit does not restart.
 fn fetch_missing_default_model(vision: &vision::VisionConfig, env: &Env) -> Result<(), ExitCode> {
-    let dir = &vision.model_dir;
-    if *dir != vision::VisionConfig::default().model_dir
-        || vision::model::variants_present(dir).is_ok_and(|present| !present.is_empty())
-    {
+    let Some(variant) = models::default_variant_to_fetch(vision) else {
         return Ok(());
-    }
-    let variant = if vision.variant == vision::AUTO_VARIANT {
-        vision::preferred_variants(&vision.providers)[0]
-    } else {
-        vision.variant.as_str()
     };
+    let dir = &vision.model_dir;
     let shown = std::env::current_dir().map_or_else(|_| dir.clone(), |cwd| cwd.join(dir));
     if env.get("INVOCATION_ID").is_some() {
         eprintln!(
