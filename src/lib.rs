@@ -51,6 +51,7 @@ pub mod escalate;
 pub mod gate;
 pub mod health;
 pub mod message;
+pub mod models;
 pub mod outbox;
 pub mod publish;
 pub mod service;

@@ -136,7 +136,7 @@ async fn hub(files: HashMap<String, Vec<u8>>, faults: Arc<Mutex<Faults>>) -> Str
 
 fn fixture_files() -> HashMap<String, Vec<u8>> {
     let mut files = HashMap::new();
-    for name in lookout::vision::fetch::variant_files("_int8") {
+    for name in lookout::models::fetch::variant_files("_int8") {
         files.insert(name.clone(), std::fs::read(fixture().join(&name)).unwrap());
     }
     files
@@ -204,7 +204,7 @@ async fn an_interrupted_download_resumes_and_the_result_answers() {
         )],
         "the second run resumed"
     );
-    for name in lookout::vision::fetch::variant_files("_int8") {
+    for name in lookout::models::fetch::variant_files("_int8") {
         assert_eq!(
             std::fs::read(target.join(&name)).unwrap(),
             std::fs::read(fixture().join(&name)).unwrap(),
@@ -410,7 +410,7 @@ async fn a_fresh_run_fetches_the_default_model_then_answers() {
     let _ = daemon.wait();
     assert_eq!(answer.json()["device"], "fresh");
     let model = cwd.path().join("models/SmolVLM2-256M-Video-Instruct");
-    for name in lookout::vision::fetch::variant_files("_int8") {
+    for name in lookout::models::fetch::variant_files("_int8") {
         assert_eq!(
             std::fs::read(model.join(&name)).unwrap(),
             std::fs::read(fixture().join(&name)).unwrap(),

@@ -99,6 +99,29 @@ pub struct Request {
     pub clip: Option<Box<ClipRequest>>,
 }
 
+impl Request {
+    /// A question asked once from the command line: an ask with the id `cli` and no task.
+    pub fn asked_once(
+        question: String,
+        kind: AnswerKind,
+        split: bool,
+        max_new_tokens: u32,
+    ) -> Request {
+        Request {
+            origin: Origin::Ask {
+                id: "cli".to_owned(),
+                task: None,
+            },
+            question,
+            kind,
+            split,
+            max_new_tokens,
+            permit: None,
+            clip: None,
+        }
+    }
+}
+
 /// A clip sampled for a request, and what its answer will say about it.
 #[derive(Debug)]
 pub struct ClipRequest {

@@ -12,6 +12,7 @@ mod camera;
 pub mod decode;
 mod files;
 mod http;
+pub mod picture;
 mod synthetic;
 
 use std::future::Future;

@@ -1,4 +1,6 @@
 //! `lookout bench`: how long each stage of an answer takes on this box, with this model and runtime.
+//! The measuring lives here, beside what it measures (the analyser, preprocessing, the model folder's
+//! decoder weights); the command line only loads the model, calls `run` and prints the report.
 //!
 //! The analyser answers the same question about the same picture several times; the report gives the
 //! median of each stage, so one slow run on a shared machine does not skew it. Time to first token is the
@@ -16,14 +18,15 @@
 //! report measures this machine's read bandwidth (with the configured threads) and gives the decode
 //! speed as a fraction of weights-bytes-per-token over that bandwidth.
 
+use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use super::model::ModelSpec;
 use super::preprocess::{ImageSettings, preprocess, resampling_kernel};
-use super::{AnalyseError, Analyser, LocalAnswer};
-use crate::message::Frame;
-use crate::message::{AnswerKind, Origin, Request};
+use super::{AnalyseError, Analyser, LocalAnswer, VisionConfig, variant_suffix};
+use crate::message::{AnswerKind, Frame, Origin, Request};
 
 /// One benchmark's result (milliseconds unless named otherwise).
 #[derive(Debug, Serialize)]
@@ -149,6 +152,35 @@ pub struct Setup {
     pub image: ImageSettings,
     pub decoder_weight_bytes: u64,
     pub threads: usize,
+}
+
+impl Setup {
+    /// The setup of the model `config` names, loaded in `load_ms`; a folder whose processor settings
+    /// cannot be read is timed with SmolVLM2's.
+    pub fn new(config: &VisionConfig, load_ms: f64) -> Setup {
+        Setup {
+            load_ms,
+            image: ModelSpec::read(&config.model_dir)
+                .map_or(ImageSettings::SMOLVLM2, |spec| spec.image),
+            decoder_weight_bytes: decoder_weight_bytes(config),
+            threads: config.threads,
+        }
+    }
+}
+
+/// The bytes of the decoder graph of the configured variant (its weights, external data included).
+fn decoder_weight_bytes(config: &VisionConfig) -> u64 {
+    let suffix = config
+        .resolve_variant()
+        .ok()
+        .and_then(variant_suffix)
+        .unwrap_or_default();
+    let graph = config
+        .model_dir
+        .join("onnx")
+        .join(format!("decoder_model_merged{suffix}.onnx"));
+    let size = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+    size(&graph) + size(&graph.with_extension("onnx_data"))
 }
 
 /// Answers `question` about `frame` `runs` times and reports the medians.
@@ -307,6 +339,13 @@ fn two_cameras_ratio(
         together.push(started.elapsed().as_secs_f64());
     }
     Ok(median(together) / median(apart))
+}
+
+/// The picture when none is given: a 640x480 pattern with detail everywhere.
+pub fn synthetic_image() -> image::RgbImage {
+    image::RgbImage::from_fn(640, 480, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8])
+    })
 }
 
 /// A frame for the benchmark from pixels.

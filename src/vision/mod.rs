@@ -10,7 +10,6 @@
 
 pub mod bench;
 pub mod embedding;
-pub mod fetch;
 pub mod model;
 pub mod preprocess;
 pub mod prompt;

@@ -1,18 +1,19 @@
-//! Downloading official SmolVLM2 exports from the Hugging Face Hub, and checking them later.
+//! Downloading official SmolVLM2 exports from the Hugging Face Hub.
 //!
 //! Each file is asked for at the Hub's resolve endpoint (`{endpoint}/{repo}/resolve/{revision}/{path}`).
 //! Its first answer, before any redirect to the CDN, says what the file must be: large (LFS) files carry
 //! their SHA-256 in `X-Linked-Etag` and their size in `X-Linked-Size`; small files carry their git blob
 //! SHA-1 in `ETag`. A download goes to `<file>.part` and resumes from there with a `Range` request after an
 //! interruption; only a file whose checksum matches is renamed into place, so a corrupted download is never
-//! used. Every fetched file's size and SHA-256 go into `lookout-manifest.json` beside them, which
-//! `verify` checks again later (a disk or a copy can corrupt files too).
+//! used. Every fetched file's size and SHA-256 go into the folder's manifest (`super::manifest`), which
+//! `lookout models verify` checks again later.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha1::Digest;
+
+use super::manifest::{MANIFEST, Manifest, ManifestEntry, hex};
 
 /// The files of one model variant, relative to the repository root.
 pub fn variant_files(suffix: &str) -> Vec<String> {
@@ -34,7 +35,7 @@ pub fn variant_files(suffix: &str) -> Vec<String> {
     files
 }
 
-/// Why a model could not be fetched or verified.
+/// Why a model could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{url}: {reason}")]
@@ -52,8 +53,6 @@ pub enum FetchError {
         expected: String,
         actual: String,
     },
-    #[error("{0}")]
-    Manifest(String),
 }
 
 /// How the Hub identifies a file's content.
@@ -62,23 +61,6 @@ enum Expected {
     Sha256(String),
     GitBlobSha1(String),
 }
-
-/// One fetched file in the manifest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ManifestEntry {
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
-    repo: String,
-    revision: String,
-    files: Vec<ManifestEntry>,
-}
-
-pub const MANIFEST: &str = "lookout-manifest.json";
 
 /// What to fetch and from where.
 pub struct Fetch {
@@ -315,41 +297,4 @@ impl Fetch {
             sha256,
         })
     }
-}
-
-/// Checks every file the manifest in `dir` lists; returns the problems (empty when all is well).
-pub fn verify(dir: &Path) -> Result<Vec<String>, FetchError> {
-    let manifest_path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&manifest_path).map_err(|source| FetchError::Io {
-        path: manifest_path.clone(),
-        source,
-    })?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|error| FetchError::Manifest(format!("{}: {error}", manifest_path.display())))?;
-    let mut problems = Vec::new();
-    for entry in &manifest.files {
-        match std::fs::read(dir.join(&entry.path)) {
-            Err(error) => problems.push(format!("{}: {error}", entry.path)),
-            Ok(bytes) if bytes.len() as u64 != entry.size => problems.push(format!(
-                "{}: {} bytes, expected {}",
-                entry.path,
-                bytes.len(),
-                entry.size
-            )),
-            Ok(bytes) => {
-                let sha256 = hex(&sha2::Sha256::digest(&bytes));
-                if sha256 != entry.sha256 {
-                    problems.push(format!(
-                        "{}: SHA-256 {sha256}, expected {}",
-                        entry.path, entry.sha256
-                    ));
-                }
-            }
-        }
-    }
-    Ok(problems)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
