@@ -114,7 +114,11 @@ fn imports_point_back_up_the_stream_by_one_stage_or_down_to_a_leaf() {
             }
         }
     }
-    assert!(broken.is_empty(), "imports against the rule:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "imports against the rule:\n{}",
+        broken.join("\n")
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{Instrument, error, info_span};
 
 use crate::config::Config;
 use crate::gate::{self, JobQueue};
@@ -68,24 +68,25 @@ impl Front {
             routes.insert(camera.id.clone(), route);
             stages.push(Stage {
                 name: format!("source {}", camera.id),
-                handle: tokio::spawn(source::run(
-                    camera.clone(),
-                    frames_out,
-                    stats.clone(),
-                    cancel.clone(),
-                )),
+                handle: tokio::spawn(
+                    source::run(camera.clone(), frames_out, stats.clone(), cancel.clone())
+                        .instrument(info_span!("source", camera = %camera.id)),
+                ),
             });
             stages.push(Stage {
                 name: format!("gate {}", camera.id),
-                handle: tokio::spawn(gate::run(
-                    Arc::from(camera.id.as_str()),
-                    tasks,
-                    frames_in,
-                    asks,
-                    queue.clone(),
-                    stats.clone(),
-                    clip_resize.clone(),
-                )),
+                handle: tokio::spawn(
+                    gate::run(
+                        Arc::from(camera.id.as_str()),
+                        tasks,
+                        frames_in,
+                        asks,
+                        queue.clone(),
+                        stats.clone(),
+                        clip_resize.clone(),
+                    )
+                    .instrument(info_span!("gate", camera = %camera.id)),
+                ),
             });
         }
         router.set_routes(routes);

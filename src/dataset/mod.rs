@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::message::{Capture, Wanted};
 use crate::outbox::Limits;
@@ -222,7 +222,8 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(capture) = captures.recv() => {
-                folder = save(folder, &current, capture, &stats, &mut failing).await;
+                let span = info_span!("dataset", camera = %capture.answer.camera, task = %capture.answer.task);
+                folder = save(folder, &current, capture, &stats, &mut failing).instrument(span).await;
             }
             Ok(()) = settings.changed() => {
                 let new = settings.borrow_and_update().clone();
@@ -236,7 +237,11 @@ pub async fn run(
         }
     }
     while let Ok(capture) = captures.try_recv() {
-        folder = save(folder, &current, capture, &stats, &mut failing).await;
+        let span =
+            info_span!("dataset", camera = %capture.answer.camera, task = %capture.answer.task);
+        folder = save(folder, &current, capture, &stats, &mut failing)
+            .instrument(span)
+            .await;
     }
 }
 

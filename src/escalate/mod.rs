@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::env::Env;
@@ -339,18 +339,14 @@ pub async fn run(
     let lanes_running = TaskTracker::new();
     let mut lanes: HashMap<(Arc<str>, String), mpsc::Sender<Output>> = HashMap::new();
     while let Some(item) = input.recv().await {
-        let key = match &item.outcome {
-            Outcome::Answered(answer) => (answer.camera.clone(), answer.task.clone()),
-            Outcome::Failed(failure) => (failure.camera.clone(), failure.task.clone()),
-        };
-        let lane = lanes.entry(key).or_insert_with(|| {
+        let (camera, task) = item.outcome.camera_and_task();
+        let key = (camera.clone(), task.to_owned());
+        let lane = lanes.entry(key).or_insert_with_key(|(camera, task)| {
             let (sender, receiver) = mpsc::channel(LANE_CAPACITY);
-            lanes_running.spawn(lane(
-                escalation.clone(),
-                receiver,
-                output.clone(),
-                cancel.clone(),
-            ));
+            let span = info_span!("escalate", camera = %camera, task = %task);
+            lanes_running.spawn(
+                lane(escalation.clone(), receiver, output.clone(), cancel.clone()).instrument(span),
+            );
             sender
         });
         if lane.send(item).await.is_err() {
@@ -427,9 +423,10 @@ pub async fn replay(
                     kind: &queued.answer.kind,
                     jpegs: &jpegs,
                 };
+                let span = info_span!("replay", camera = %queued.answer.camera, task = %queued.answer.task);
                 let mut billed = false;
                 let result = tokio::select! {
-                    result = cloud.ask(question, || billed = true) => result,
+                    result = cloud.ask(question, || billed = true).instrument(span.clone()) => result,
                     _ = cancel.cancelled() => return queue.resend_all(),
                 };
                 if !billed {
@@ -453,7 +450,9 @@ pub async fn replay(
                         None
                     }
                     Err(CloudError::Failed(reasons)) => {
-                        warn!(reasons = ?reasons, "A queued escalation was refused; dropping it.");
+                        span.in_scope(|| {
+                            warn!(reasons = ?reasons, "A queued escalation was refused; dropping it.")
+                        });
                         queue.complete(item.seq);
                         escalation.stats.count_escalation("replay_failed");
                         None

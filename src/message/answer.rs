@@ -126,6 +126,16 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+impl Outcome {
+    /// The camera and task it is about.
+    pub fn camera_and_task(&self) -> (&Arc<str>, &str) {
+        match self {
+            Outcome::Answered(answer) => (&answer.camera, &answer.task),
+            Outcome::Failed(failure) => (&failure.camera, &failure.task),
+        }
+    }
+}
+
 /// What the vision worker sends on: the outcome and the frame (or clip) it is about, which the
 /// escalation stage may send to the cloud.
 #[derive(Debug, Clone)]

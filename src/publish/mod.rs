@@ -42,7 +42,7 @@ use rumqttc::{AsyncClient, EventLoop, QoS};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info, info_span};
 
 use crate::message::AskRouter;
 use crate::message::Outcome;
@@ -191,10 +191,14 @@ impl Publisher {
             tokio::select! {
                 outcome = outcomes.recv() => match outcome {
                     Some(outcome) => {
+                        let (camera, task) = outcome.camera_and_task();
+                        let span = info_span!("publish", camera = %camera, task = %task);
                         if let Outcome::Answered(answer) = &outcome && *log_answers.borrow() {
-                            log_answer(answer);
+                            span.in_scope(|| log_answer(answer));
                         }
-                        store_outcome(&outbox, &stats, &topics, &device, outcome).await;
+                        store_outcome(&outbox, &stats, &topics, &device, outcome)
+                            .instrument(span)
+                            .await;
                     }
                     None => break,
                 },

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::gate::JobQueue;
@@ -404,6 +404,9 @@ pub fn run_blocking(
         drop(working);
         for ((job, (stills, clips)), results) in batch.iter().zip(&parts).zip(results) {
             for (request, result) in stills.iter().chain(clips).zip(results) {
+                let (task, _) = request.origin.task_and_ask_id();
+                let _span =
+                    info_span!("vision", camera = %job.frame.camera, task = %task).entered();
                 let output_item = Output {
                     outcome: outcome(&job.frame, request, result, &model, &stats),
                     frame: job.frame.clone(),
