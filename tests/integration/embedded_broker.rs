@@ -2,7 +2,7 @@
 //! A real client connects to it and sees the same contract as with mosquitto, and a clean start and
 //! stop of a real `lookout run` logs nothing at ERROR.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! there were fewer than asked for), the buffer's memory in the stats stays flat at its bound, and an
 //! escalated clip answer goes to a loopback cloud as the clip's frames, at most the endpoint's cap.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

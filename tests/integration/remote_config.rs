@@ -2,7 +2,7 @@
 //! acked on `config/ack`, reported (retained) on `config/reported` and persisted for the next start;
 //! every bad push is refused with its errors and changes nothing; secrets never leave the box.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! provenance, budgets that run out without holding local answers up, and escalations that wait out a
 //! cloud outage in the on-disk queue and are answered with the same id when it ends.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

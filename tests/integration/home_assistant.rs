@@ -3,7 +3,7 @@
 //! (tests/data/home_assistant_discovery_schema.json); sent again when Home Assistant announces itself;
 //! withdrawn with an empty retained message when its task goes away, while running or between runs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,7 +44,7 @@ trigger = { kind = "on_demand" }
 "#;
 
 fn schema() -> Value {
-    serde_json::from_str(include_str!("data/home_assistant_discovery_schema.json")).unwrap()
+    serde_json::from_str(include_str!("../data/home_assistant_discovery_schema.json")).unwrap()
 }
 
 fn check_type(path: &str, value: &Value, kind: &str, schema: &Value) {

@@ -2,7 +2,7 @@
 //! client certificates made by openssl for this test. The daemon connects over mqtts:// with the CA and
 //! its client certificate; without the client certificate the broker refuses it and it keeps retrying.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! folder that cannot be written costs no answer. `dataset_process.rs` kills the daemon mid-write and
 //! fills its disk.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! real mosquitto: every task kind is answered by the model, and the answers carry its tokens, confidence
 //! and per-stage timings; an answer it is unsure of goes to a loopback cloud whose answer is published.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

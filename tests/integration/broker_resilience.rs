@@ -1,7 +1,7 @@
 //! The broker is not always there: down when the daemon starts, restarted under it, or refusing its
 //! credentials. In each case the daemon keeps running, retries with backoff, and works once it can.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! the job queue holds at most one job per camera (newer frames replace waiting ones), and answers are
 //! about fresh frames rather than a growing backlog.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

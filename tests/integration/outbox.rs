@@ -3,7 +3,7 @@
 //! in-process here (the pixel analyser stands in for the model); `outbox_process.rs` kills a real
 //! `lookout run` with SIGKILL and fills its disk.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! message on the broker (`#`), every file under its state and dataset folders. New secrets that a
 //! reload or a push brings are looked for too.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! id, naming a task), the stats' ask and publish counts, a graceful shutdown that leaves a retained
 //! `offline` within the deadline, and the log line per answer of a real `lookout run`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! The stuck stage is an accelerator that hangs inside a model run (a wedged GPU or NPU driver, which
 //! these machines cannot produce), behind the same `Analyser` trait as the real model.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! and on a disk that fills up. The daemon's debug log names every answer it stored; each must reach a
 //! subscriber.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

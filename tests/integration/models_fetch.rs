@@ -6,7 +6,7 @@
 //! fresh folder fetches the default model the same way and runs; offline, or under a service manager,
 //! it says what to do and exits 69.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! each, the folder is checked as Hugging Face `datasets` would see it, with no repair first: every line
 //! a whole row, every image a row names present, and `load_dataset("imagefolder")` loading it.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

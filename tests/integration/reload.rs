@@ -1,7 +1,7 @@
 //! Reloading the config file (what SIGHUP does): a bad file is rejected as a whole and the running
 //! tasks go on; a good file replaces the cameras and tasks without a restart.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
