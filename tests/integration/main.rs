@@ -20,6 +20,7 @@ mod embedded_broker;
 mod embedding;
 mod escalation;
 mod home_assistant;
+mod imports;
 mod install;
 mod models_fetch;
 mod mqtt_contract;
