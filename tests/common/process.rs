@@ -76,6 +76,25 @@ impl Run {
         assert!(status.success(), "kill -{signal}");
     }
 
+    /// SIGSTOP, and waits until every thread of the process is stopped: `kill` returns once the signal
+    /// is sent, while a thread on another core may still be writing.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let stopped = |task: std::io::Result<std::fs::DirEntry>| {
+            let stat =
+                std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+            // The state follows the command name, which is in parentheses.
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            matches!(state, Some(Some('T' | 't')) | None)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_dir(&tasks).unwrap().all(stopped) {
+            assert!(Instant::now() < deadline, "the process did not stop");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// SIGTERM (a graceful stop), and waits for the process to end.
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal("TERM");

@@ -87,7 +87,7 @@ fn kill_mid_row(mut run: Run, dir: &Path) -> usize {
     let mut rng = rand::rng();
     let deadline = Instant::now() + Duration::from_secs(60);
     for tries in 1.. {
-        run.signal("STOP");
+        run.freeze();
         if !inspect(dir).1.is_empty() {
             run.kill_9();
             return tries;
@@ -134,7 +134,7 @@ async fn killed_mid_row_the_folder_still_loads_and_the_next_start_tidies_it() {
     run.wait_for("the folder opened", |run| {
         run.log_text().contains("Dataset folder open.")
     });
-    run.signal("STOP");
+    run.freeze();
     let (rows, stray) = inspect(&dir);
     assert!(rows.len() >= saved);
     // Only files of the row being saved now, if any: the kill's leftovers are gone.
