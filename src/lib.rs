@@ -19,19 +19,27 @@
 //!                                         answers wait in outbox/ (on disk) until acked
 //! ```
 //!
-//! Imports only point back up this stream: `vision` may name `source::Frame` and `gate::Job`, but a
-//! source never names anything downstream. `app` is the one place that knows every stage; it wires them,
-//! supervises them, applies a new config (from SIGHUP or a push on `config/desired`: the front half is
-//! rebuilt, a new model swapped in after a warm-up) and shuts everything down under a deadline.
-//! `config` composes the stages' own config structs, validates them all at once, and layers what the
-//! fleet pushes over the local file (`config::remote`: signatures, versions, locked fields).
-//! `service` adapts the process to its host (signals, logging, systemd's notify protocol and
-//! watchdog); `health` serves `/healthz`, `/readyz` and `/metrics` from the counters. `stats` is the
-//! one leaf every stage counts into (and marks its units of work in, for the watchdog); `backoff` is
-//! the one retry delay every stage that reconnects uses. `dataset` keeps the cloud's answers to
-//! opted-in questions, with their images, as a fine-tuning dataset; `durable` writes files whole.
-//! `errors` renders error chains and holds the secrets the process knows: every log line, MQTT payload
-//! and record on disk passes it on the way out and leaves without them.
+//! Imports only point back up this stream by one stage, or down to a leaf: `vision` may name
+//! `gate::JobQueue`, but no stage names a later one, skips one to borrow its types, or names `app`,
+//! `config` or the command line (`tests/integration/imports.rs` holds the rule). The words stages share
+//! live in the leaf `message` (frames, clips, requests, tasks, asks, the published answer, captures for
+//! the dataset, push acks); each stage owns its config struct and checks it with the leaf `validate`.
+//! The other leaves: `stats` (the counters every stage counts into and marks its units of work in, for
+//! the watchdog), `backoff` (the one retry delay), `durable` (whole-file writes), `env` (the process
+//! environment as a value), `errors` (error chains, and the secrets the process knows: every log line,
+//! MQTT payload and record on disk passes it on the way out and leaves without them) and `outbox` (the
+//! on-disk log that both the publisher's outbox and escalation's offline queue are).
+//!
+//! `app` is the one place that knows every stage; it wires them, supervises them, applies a new config
+//! (from SIGHUP or a push on `config/desired`: the front half is rebuilt, a new model swapped in after a
+//! warm-up) and shuts everything down under a deadline. `config` composes the stages' own config
+//! structs, validates them all at once, and layers what the fleet pushes over the local file
+//! (`config::remote`: signatures, versions, locked fields). `service` adapts the process to its host
+//! (signals, logging, systemd's notify protocol and watchdog) and is called by `app`, never the other
+//! way; `health` serves `/healthz`, `/readyz` and `/metrics` from the counters; `models` fetches model
+//! folders from the Hub and checks them. The binary (`main.rs`, one file per subcommand in `cli/`) only
+//! parses arguments, calls the library and maps errors to exit codes. Each stage's work runs in a span
+//! named after the stage with its camera (and task) as fields, so `LOOKOUT_LOG` can follow one camera.
 //!
 //! Every channel is bounded and its creation says what happens when it is full: frames keep the newest,
 //! jobs keep the newest frame per camera with the union of its requests, outcomes block briefly between
