@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
 }
 
@@ -19,7 +19,7 @@ impl Backoff {
 
     /// Records a failure and returns the delay before the next try: uniform in
     /// [0, min(30 s, 0.5 s x 2^(failures - 1))].
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let ceiling = Self::BASE
             .saturating_mul(1 << self.failures.min(16))
             .min(Self::MAX);
@@ -28,17 +28,17 @@ impl Backoff {
     }
 
     /// Records a success.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// Failures since the last success.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Whether the last failure was the first since a success (worth a warning; repeats are not).
-    pub fn is_first_failure(&self) -> bool {
+    pub(crate) fn is_first_failure(&self) -> bool {
         self.failures == 1
     }
 }

@@ -33,7 +33,7 @@ use base64::Engine;
 pub const REDACTED: &str = "REDACTED";
 
 /// The shortest form of a secret that is matched (the length GitLab requires of masked variables).
-pub const MIN_SECRET_BYTES: usize = 8;
+pub(crate) const MIN_SECRET_BYTES: usize = 8;
 
 /// The secrets of this process, added by `hold`.
 static HELD: RwLock<Secrets> = RwLock::new(Secrets { forms: Vec::new() });
@@ -87,7 +87,7 @@ impl Secrets {
 
     /// Adds an HTTP Basic credential: the password, and the base64 of `user:password` that the
     /// `Authorization` header carries.
-    pub fn add_basic(&mut self, user: &str, password: &str) {
+    pub(crate) fn add_basic(&mut self, user: &str, password: &str) {
         self.add(password);
         self.add(&base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
     }
@@ -163,7 +163,7 @@ pub fn hold(secrets: &Secrets) {
 }
 
 /// Adds one secret (a token read from a file) to those every output of this process is cleaned of.
-pub fn hold_secret(secret: &str) {
+pub(crate) fn hold_secret(secret: &str) {
     let mut secrets = Secrets::default();
     secrets.add(secret);
     hold(&secrets);
@@ -180,12 +180,12 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 
 /// At most `max_chars` of text from outside (a server's reply) for a message: redacted before it is
 /// cut, since a cut through a secret would leave its start where no redaction can recognise it.
-pub fn excerpt(text: &str, max_chars: usize) -> String {
+pub(crate) fn excerpt(text: &str, max_chars: usize) -> String {
     redact(text).chars().take(max_chars).collect()
 }
 
 /// `bytes` (a log line, a payload, a record) with every secret held replaced by `REDACTED`.
-pub fn redact_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn redact_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
     HELD.read()
         .unwrap_or_else(PoisonError::into_inner)
         .redact(bytes)
@@ -213,7 +213,7 @@ fn percent_encoded(text: &str) -> String {
 }
 
 /// The URL with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("REDACTED"));

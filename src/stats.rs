@@ -14,7 +14,7 @@ use serde::Serialize;
 pub struct Counter(AtomicU64);
 
 impl Counter {
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
 
@@ -52,11 +52,12 @@ pub struct Histogram {
 }
 
 /// Upper bounds for latencies in seconds: from a fast preprocessing step to a slow cloud request.
-pub const LATENCY_BOUNDS_S: &[f64] = &[
+pub(crate) const LATENCY_BOUNDS_S: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// Upper bounds for confidences in [0, 1].
-pub const CONFIDENCE_BOUNDS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+pub(crate) const CONFIDENCE_BOUNDS: &[f64] =
+    &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 
 /// A histogram's figures at one moment.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +77,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, value: f64) {
+    pub(crate) fn observe(&self, value: f64) {
         let value = value.max(0.0);
         let slot = self.bounds.partition_point(|bound| *bound < value);
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
@@ -101,7 +102,7 @@ impl Histogram {
 }
 
 /// The stages whose latency each answer reports (its `timings_ms`), in the order they run.
-pub const ANSWER_STAGES: [&str; 7] = [
+pub(crate) const ANSWER_STAGES: [&str; 7] = [
     "capture",
     "preprocess",
     "vision",
@@ -188,7 +189,7 @@ impl Progress {
         }
     }
 
-    pub fn set_limit(&self, limit: Duration) {
+    pub(crate) fn set_limit(&self, limit: Duration) {
         self.limit_ms
             .store(limit.as_millis() as u64, Ordering::Relaxed);
     }
@@ -301,7 +302,7 @@ pub struct DatasetStats {
 }
 
 impl DatasetStats {
-    pub fn count_dropped(&self, reason: &'static str) {
+    pub(crate) fn count_dropped(&self, reason: &'static str) {
         *self.dropped.lock().unwrap().entry(reason).or_default() += 1;
     }
 
@@ -309,11 +310,11 @@ impl DatasetStats {
         self.dropped.lock().unwrap().clone()
     }
 
-    pub fn set_error(&self, error: Option<String>) {
+    pub(crate) fn set_error(&self, error: Option<String>) {
         *self.error.lock().unwrap() = error;
     }
 
-    pub fn set_size(&self, rows: usize, bytes: u64) {
+    pub(crate) fn set_size(&self, rows: usize, bytes: u64) {
         self.rows.set(rows as u64);
         self.bytes.set(bytes);
     }
@@ -420,7 +421,7 @@ pub struct Latency {
 
 impl Stats {
     /// Records `camera`'s clip buffer; a stopped buffer (no frames, no bytes) is forgotten.
-    pub fn set_clip_buffer(&self, camera: &str, frames: u64, bytes: u64) {
+    pub(crate) fn set_clip_buffer(&self, camera: &str, frames: u64, bytes: u64) {
         let mut buffers = self.clip_buffers.lock().unwrap();
         if frames == 0 && bytes == 0 {
             buffers.remove(camera);
@@ -434,12 +435,12 @@ impl Stats {
     }
 
     /// Counts an answer the escalation stage reviewed, by what became of it.
-    pub fn count_escalation(&self, outcome: &'static str) {
+    pub(crate) fn count_escalation(&self, outcome: &'static str) {
         *self.escalations.lock().unwrap().entry(outcome).or_default() += 1;
     }
 
     /// Counts a request `endpoint` refused with `status`.
-    pub fn count_refusal(&self, endpoint: &str, status: u16) {
+    pub(crate) fn count_refusal(&self, endpoint: &str, status: u16) {
         *self
             .refusals
             .lock()
@@ -456,7 +457,7 @@ impl Stats {
     }
 
     /// The model now answering.
-    pub fn set_model(&self, model: ModelState) {
+    pub(crate) fn set_model(&self, model: ModelState) {
         *self.model.lock().unwrap() = Some(model);
     }
 

@@ -42,7 +42,7 @@ impl Problems {
         self.0.is_empty()
     }
 
-    pub fn into_vec(self) -> Vec<FieldError> {
+    pub(crate) fn into_vec(self) -> Vec<FieldError> {
         self.0
     }
 
@@ -81,7 +81,7 @@ pub fn fps(problems: &mut Problems, path: &str, value: f64) {
 }
 
 /// An id that becomes one MQTT topic segment: no wildcards, separators or spaces.
-pub fn topic_segment(problems: &mut Problems, path: &str, value: &str) {
+pub(crate) fn topic_segment(problems: &mut Problems, path: &str, value: &str) {
     let valid = !value.is_empty()
         && value.len() <= 64
         && value

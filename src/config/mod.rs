@@ -313,7 +313,7 @@ impl Config {
 
     /// Reads the sections of a document (the local one, or local and remote merged), applies
     /// environment overrides and validates, returning every problem found.
-    pub fn from_json(document: Value, env: &Env) -> Result<Config, ConfigError> {
+    pub(crate) fn from_json(document: Value, env: &Env) -> Result<Config, ConfigError> {
         let mut problems = Problems::default();
         let table = match toml::Table::try_from(document) {
             Ok(table) => table,
@@ -486,12 +486,12 @@ impl Config {
     }
 
     /// Where answers wait for the broker's acknowledgement.
-    pub fn answers_outbox(&self) -> PathBuf {
+    pub(crate) fn answers_outbox(&self) -> PathBuf {
         self.device.state_dir.join("answers.outbox")
     }
 
     /// Where the remote config layer is kept between runs.
-    pub fn remote_layer_file(&self) -> PathBuf {
+    pub(crate) fn remote_layer_file(&self) -> PathBuf {
         self.device.state_dir.join("remote-config.json")
     }
 
@@ -510,17 +510,17 @@ impl Config {
     }
 
     /// Which Home Assistant discovery topics the last run announced.
-    pub fn discovery_file(&self) -> PathBuf {
+    pub(crate) fn discovery_file(&self) -> PathBuf {
         self.device.state_dir.join("home-assistant-discovery.json")
     }
 
     /// How long a unit of work may run before its stage counts as stuck.
-    pub fn stall_timeout(&self) -> std::time::Duration {
+    pub(crate) fn stall_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.device.stall_timeout_secs)
     }
 
     /// The graceful shutdown deadline.
-    pub fn shutdown_timeout(&self) -> std::time::Duration {
+    pub(crate) fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.device.shutdown_timeout_secs)
     }
 }

@@ -225,7 +225,7 @@ pub fn reported(version: u64, restart_needed: &[&'static str], effective: &Value
 }
 
 /// The bytes a push's signature covers: `{config, kind, version}` in canonical JSON.
-pub fn signed_bytes(version: u64, kind: PushKind, config: &Map<String, Value>) -> Vec<u8> {
+pub(crate) fn signed_bytes(version: u64, kind: PushKind, config: &Map<String, Value>) -> Vec<u8> {
     let mut document = Map::new();
     document.insert("config".to_owned(), Value::Object(config.clone()));
     document.insert(
@@ -237,7 +237,7 @@ pub fn signed_bytes(version: u64, kind: PushKind, config: &Map<String, Value>) -
 }
 
 /// JSON with every object's keys sorted and no whitespace, whatever order the input had.
-pub fn canonical(value: &Value) -> String {
+pub(crate) fn canonical(value: &Value) -> String {
     let mut out = String::new();
     write_canonical(value, &mut out);
     out
@@ -297,7 +297,7 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// The locked fields whose value differs between two effective configs (as JSON).
-pub fn locked_changes(locked: &[String], before: &Value, after: &Value) -> Vec<FieldError> {
+pub(crate) fn locked_changes(locked: &[String], before: &Value, after: &Value) -> Vec<FieldError> {
     locked
         .iter()
         .filter(|path| lookup(before, path) != lookup(after, path))
@@ -336,7 +336,7 @@ pub fn redact(value: &mut Value) {
 }
 
 /// The persisted layer, or an empty one (version 0) when there is no file.
-pub fn load_layer(path: &Path) -> Result<RemoteLayer, String> {
+pub(crate) fn load_layer(path: &Path) -> Result<RemoteLayer, String> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| format!("unreadable: {error}")),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(RemoteLayer::default()),
@@ -345,7 +345,7 @@ pub fn load_layer(path: &Path) -> Result<RemoteLayer, String> {
 }
 
 /// Persists the layer so that a power cut leaves either the old layer or the new one, never a mix.
-pub fn save_layer(path: &Path, layer: &RemoteLayer) -> std::io::Result<()> {
+pub(crate) fn save_layer(path: &Path, layer: &RemoteLayer) -> std::io::Result<()> {
     crate::durable::write(
         path,
         &serde_json::to_vec_pretty(layer).expect("layers serialize"),

@@ -36,7 +36,7 @@ pub use export::{ExportReport, Filter, Summary, export, summary};
 pub use store::{Added, IMAGES, METADATA, Recovery, Row, Skipped, Store};
 
 /// Captures waiting to be saved; when full, the newest is dropped (`busy`).
-pub const CAPTURE_CAPACITY: usize = 16;
+pub(crate) const CAPTURE_CAPACITY: usize = 16;
 /// How often rows past the age limit are pruned, besides after each new row.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long after a failed open the folder is tried again.
@@ -110,7 +110,7 @@ impl DatasetConfig {
         }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_bytes: (self.max_mb * 1e6) as u64,
             max_age: Duration::from_secs_f64(self.max_age_days * 86_400.0),

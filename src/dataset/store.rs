@@ -83,7 +83,7 @@ impl Row {
 }
 
 /// A line of `metadata.jsonl` read back: the row and when its frame was captured, or why it is not one.
-pub fn parse_line(line: &[u8]) -> Result<(Row, SystemTime), String> {
+pub(crate) fn parse_line(line: &[u8]) -> Result<(Row, SystemTime), String> {
     let row: Row = serde_json::from_slice(line).map_err(|error| format!("not a row: {error}"))?;
     let time = humantime::parse_rfc3339_weak(&row.time)
         .map_err(|error| format!("time {:?}: {error}", row.time))?;
@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// New bounds; the folder is pruned to them at once. Returns the rows pruned.
-    pub fn set_limits(&mut self, limits: Limits) -> Result<usize, DatasetError> {
+    pub(crate) fn set_limits(&mut self, limits: Limits) -> Result<usize, DatasetError> {
         self.limits = limits;
         self.prune(SystemTime::now())
     }
@@ -330,7 +330,7 @@ impl Store {
 
     /// Drops rows older than the age limit, and the oldest rows while over the size limit. Returns
     /// how many.
-    pub fn prune(&mut self, now: SystemTime) -> Result<usize, DatasetError> {
+    pub(crate) fn prune(&mut self, now: SystemTime) -> Result<usize, DatasetError> {
         let lock_path = self.dir.join(LOCK);
         self.lock.lock().map_err(io_error("lock", &lock_path))?;
         let pruned = self.prune_locked(now);
@@ -466,7 +466,7 @@ fn append(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
 
 /// Takes the folder's short lock for a consistent read (a snapshot) while the daemon may write. Read
 /// access is enough: an export may run as a user who can read the folder but not write it.
-pub fn lock_for_reading(dir: &Path) -> Result<File, DatasetError> {
+pub(crate) fn lock_for_reading(dir: &Path) -> Result<File, DatasetError> {
     let path = dir.join(LOCK);
     let lock = File::open(&path).map_err(|error| match error.kind() {
         io::ErrorKind::NotFound => DatasetError::NotADataset {

@@ -28,7 +28,7 @@ enum State {
 
 /// Why no request may go to an endpoint now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shut {
+pub(crate) enum Shut {
     /// The server asked for no request before this time.
     RetryAfter(Instant),
     /// The breaker is open after failures that may pass.
@@ -38,7 +38,7 @@ pub enum Shut {
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     state: State,
     failures: u32,
     cooldown: Duration,
@@ -80,7 +80,7 @@ impl Breaker {
     }
 
     /// The server's `Retry-After`: no request before `until` (a later promise is kept).
-    pub fn retry_after(&mut self, until: Instant) {
+    pub(crate) fn retry_after(&mut self, until: Instant) {
         self.not_before = self.not_before.max(Some(until));
     }
 
@@ -111,7 +111,7 @@ impl Breaker {
     }
 
     /// `closed`, `open` or `half_open`, for stats.
-    pub fn state_name(&self) -> &'static str {
+    pub(crate) fn state_name(&self) -> &'static str {
         match self.state {
             State::Closed { .. } => "closed",
             State::Open { .. } => "open",

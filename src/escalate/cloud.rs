@@ -576,7 +576,7 @@ fn error_text(bytes: &[u8]) -> String {
 
 /// The question as the cloud model is asked it about `images` images: several are said to be a video's
 /// frames in order, and the kind's expected form is spelled out.
-pub fn phrase(question: &str, kind: &AnswerKind, images: usize) -> String {
+pub(crate) fn phrase(question: &str, kind: &AnswerKind, images: usize) -> String {
     let question = if images > 1 {
         format!("The {images} images are frames of a video, oldest first.\n{question}")
     } else {
@@ -605,7 +605,7 @@ fn evenly(count: usize, cap: usize) -> Vec<usize> {
 }
 
 /// The reply's text as an answer of `kind`: `yes`/`no`, one of the labels, or the text itself.
-pub fn parse_answer(text: &str, kind: &AnswerKind) -> Result<String, String> {
+pub(crate) fn parse_answer(text: &str, kind: &AnswerKind) -> Result<String, String> {
     let words = || {
         text.split(|c: char| !c.is_alphanumeric() && c != '-' && c != '_')
             .filter(|word| !word.is_empty())
@@ -652,7 +652,7 @@ pub fn parse_answer(text: &str, kind: &AnswerKind) -> Result<String, String> {
 }
 
 /// The frame as it leaves the box: downscaled to the camera's longest side, JPEG at its quality.
-pub fn encode_frame(image: &RgbImage, settings: ImageConfig) -> Vec<u8> {
+pub(crate) fn encode_frame(image: &RgbImage, settings: ImageConfig) -> Vec<u8> {
     let (width, height) = image.dimensions();
     let longest = width.max(height);
     let resized;

@@ -152,7 +152,7 @@ impl Budget {
 
 impl Limits {
     /// Half of each limit, rounded down.
-    pub fn halved(&self) -> Limits {
+    pub(crate) fn halved(&self) -> Limits {
         Limits {
             per_minute: self.per_minute.map(|count| count / 2),
             per_hour: self.per_hour.map(|count| count / 2),
@@ -267,7 +267,7 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    pub fn as_outbox(&self) -> OutboxConfig {
+    pub(crate) fn as_outbox(&self) -> OutboxConfig {
         OutboxConfig {
             max_mb: self.max_mb,
             max_age_hours: self.max_age_hours,
@@ -368,7 +368,7 @@ impl EscalationConfig {
     }
 
     /// The policy a task runs under: its overrides over the global defaults.
-    pub fn policy_for(&self, task: &str) -> EffectivePolicy {
+    pub(crate) fn policy_for(&self, task: &str) -> EffectivePolicy {
         let own = self.tasks.get(task).cloned().unwrap_or_default();
         EffectivePolicy {
             mode: own.mode.unwrap_or(self.mode),
@@ -383,12 +383,12 @@ impl EscalationConfig {
     }
 
     /// The total budget, every default filled in.
-    pub fn total_budget(&self) -> Limits {
+    pub(crate) fn total_budget(&self) -> Limits {
         self.budget.over(TOTAL_BUDGET)
     }
 
     /// Whether a camera's frames may leave the box, and how.
-    pub fn image_for(&self, camera: &str) -> Option<ImageConfig> {
+    pub(crate) fn image_for(&self, camera: &str) -> Option<ImageConfig> {
         let privacy = self.cameras.get(camera).cloned().unwrap_or_default();
         privacy.escalate.unwrap_or(true).then(|| ImageConfig {
             longest_side: privacy.longest_side.unwrap_or(self.longest_side),
@@ -399,7 +399,7 @@ impl EscalationConfig {
 
 /// A task's policy with every default filled in.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EffectivePolicy {
+pub(crate) struct EffectivePolicy {
     pub mode: Mode,
     pub threshold: f64,
     pub min_interval_secs: f64,

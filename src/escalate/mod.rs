@@ -29,9 +29,9 @@
 //! the images and text exactly as sent, when its camera or task is opted in.
 
 mod breaker;
-pub mod cloud;
+pub(crate) mod cloud;
 mod config;
-pub mod policy;
+pub(crate) mod policy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -130,7 +130,7 @@ impl Escalation {
 
     /// Applies a reloaded config: the policy at once; endpoints and their settings with a new client
     /// (fresh breakers) when they changed. The queue's settings wait for a restart.
-    pub fn reconfigure(&self, new: &EscalationConfig) {
+    pub(crate) fn reconfigure(&self, new: &EscalationConfig) {
         let old = self.config();
         let client_changed = old.endpoints != new.endpoints
             || old.request_timeout_secs != new.request_timeout_secs

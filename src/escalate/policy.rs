@@ -26,7 +26,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Why an answer was or was not escalated; published as the answer's `escalation` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Escalated: the local answer was less confident than the threshold.
     BelowThreshold,
     /// Escalated: the task escalates every answer.
@@ -75,7 +75,7 @@ impl Reason {
 
 /// What the policy says about one local answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Escalate(Reason),
     Keep(Reason),
 }
@@ -145,7 +145,7 @@ struct TaskState {
 
 /// The escalation history the rules need, for every task and in total.
 #[derive(Debug, Default)]
-pub struct Policy {
+pub(crate) struct Policy {
     total: Window,
     /// The live escalations among `total`'s.
     live: Window,
@@ -162,7 +162,7 @@ impl Policy {
         clippy::too_many_arguments,
         reason = "each is one fact the rules weigh"
     )]
-    pub fn decide(
+    pub(crate) fn decide(
         &mut self,
         config: &EscalationConfig,
         camera: &str,
@@ -225,7 +225,7 @@ impl Policy {
     }
 
     /// Gives back what `decide` charged `task` at `at`: the escalation sent nothing billable.
-    pub fn refund(&mut self, task: &str, at: Instant) {
+    pub(crate) fn refund(&mut self, task: &str, at: Instant) {
         if let Some(state) = self.tasks.get_mut(task) {
             state.window.refund(at);
         }
@@ -235,7 +235,7 @@ impl Policy {
 
     /// Charges a replay from the offline queue to the total budget at `now`, or says when the
     /// budget will allow one.
-    pub fn charge_replay(
+    pub(crate) fn charge_replay(
         &mut self,
         config: &EscalationConfig,
         now: Instant,
@@ -250,7 +250,7 @@ impl Policy {
     }
 
     /// Gives back a replay's charge made at `at`: it sent nothing billable.
-    pub fn refund_replay(&mut self, at: Instant) {
+    pub(crate) fn refund_replay(&mut self, at: Instant) {
         self.total.refund(at);
     }
 }
@@ -258,7 +258,7 @@ impl Policy {
 /// A 64-bit difference hash: the frame in grey at 9x8, one bit per horizontal neighbour pair saying
 /// which is brighter. Robust to noise, compression and small exposure changes; near frames differ in
 /// few bits.
-pub fn difference_hash(image: &RgbImage) -> u64 {
+pub(crate) fn difference_hash(image: &RgbImage) -> u64 {
     let grey = image::imageops::grayscale(image);
     let small = image::imageops::resize(&grey, 9, 8, FilterType::Triangle);
     let mut hash = 0u64;

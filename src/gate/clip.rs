@@ -41,7 +41,9 @@ pub struct ClipBuffer {
 
 impl ClipBuffer {
     /// The buffer `clips` need, or `None` when there are none.
-    pub fn for_clips<'a>(clips: impl IntoIterator<Item = &'a ClipConfig>) -> Option<ClipBuffer> {
+    pub(crate) fn for_clips<'a>(
+        clips: impl IntoIterator<Item = &'a ClipConfig>,
+    ) -> Option<ClipBuffer> {
         let clips: Vec<&ClipConfig> = clips.into_iter().collect();
         let spacing = clips.iter().map(|clip| clip.spacing()).min()?;
         let longest = clips.iter().map(|clip| clip.seconds).fold(0.0, f64::max);
@@ -54,7 +56,7 @@ impl ClipBuffer {
     }
 
     /// Whether a frame seen at `now` is to be kept (the spacing has passed since the last kept one).
-    pub fn wants(&self, now: Instant) -> bool {
+    pub(crate) fn wants(&self, now: Instant) -> bool {
         self.frames
             .back()
             .is_none_or(|last| now - last.seen >= self.spacing)
@@ -81,7 +83,7 @@ impl ClipBuffer {
         self.frames.is_empty()
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 

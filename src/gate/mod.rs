@@ -35,7 +35,7 @@ pub use queue::{JobQueue, Pushed};
 
 /// How a clip buffer keeps a frame: resized to the model's video input, so that a clip's memory does
 /// not depend on the camera's resolution. The model's stage knows the size; `app` hands its resize in.
-pub type ClipResize = Arc<dyn Fn(&RgbImage) -> RgbImage + Send + Sync>;
+pub(crate) type ClipResize = Arc<dyn Fn(&RgbImage) -> RgbImage + Send + Sync>;
 
 /// Tokens an ask's answer may take: asks name no limit of their own.
 const ASK_MAX_NEW_TOKENS: u32 = 64;

@@ -101,7 +101,7 @@ impl JobQueue {
     }
 
     /// Waits for the next job; `None` once the queue is closed and empty.
-    pub fn pop_blocking(&self) -> Option<Job> {
+    pub(crate) fn pop_blocking(&self) -> Option<Job> {
         let mut state = self.lock();
         loop {
             if let Some(job) = state.pending.pop_front() {
@@ -123,7 +123,7 @@ impl JobQueue {
     }
 
     /// The next job if one waits, without waiting.
-    pub fn try_pop(&self) -> Option<Job> {
+    pub(crate) fn try_pop(&self) -> Option<Job> {
         let mut state = self.lock();
         let job = state.pending.pop_front();
         self.shared

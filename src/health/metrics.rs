@@ -15,7 +15,7 @@ use crate::stats::{
 };
 
 /// The whole exposition for one scrape.
-pub fn render(
+pub(crate) fn render(
     stats: &Stats,
     outbox: &OutboxStatus,
     escalation_queue: Option<OutboxStatus>,

@@ -36,7 +36,7 @@ impl Ack {
         }
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("acks serialize")
     }
 }

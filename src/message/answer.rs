@@ -128,7 +128,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The camera and task it is about.
-    pub fn camera_and_task(&self) -> (&Arc<str>, &str) {
+    pub(crate) fn camera_and_task(&self) -> (&Arc<str>, &str) {
         match self {
             Outcome::Answered(answer) => (&answer.camera, &answer.task),
             Outcome::Failed(failure) => (&failure.camera, &failure.task),

@@ -105,7 +105,7 @@ impl Ask {
 
     /// The id of an ask that `parse` refused, when it can be read (a JSON object whose `id` is a
     /// string of at most the accepted length), so that the error reply names the ask it answers.
-    pub fn readable_id(payload: &[u8]) -> Option<String> {
+    pub(crate) fn readable_id(payload: &[u8]) -> Option<String> {
         let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
         let id = value.get("id")?.as_str()?;
         (!id.is_empty() && id.chars().count() <= MAX_ASK_ID_CHARS).then(|| id.to_owned())
@@ -152,7 +152,7 @@ impl AskRouter {
         )
     }
 
-    pub fn set_routes(&self, routes: HashMap<String, CameraAsks>) {
+    pub(crate) fn set_routes(&self, routes: HashMap<String, CameraAsks>) {
         *self
             .routes
             .write()
@@ -160,7 +160,7 @@ impl AskRouter {
     }
 
     /// Hands `ask` to `camera`'s gate.
-    pub fn route(&self, camera: &str, ask: Ask) -> Result<(), AskError> {
+    pub(crate) fn route(&self, camera: &str, ask: Ask) -> Result<(), AskError> {
         let routes = self
             .routes
             .read()

@@ -43,12 +43,12 @@ impl CaptureSink {
     }
 
     /// Whether the escalations of `task` on `camera` are kept now.
-    pub fn wants(&self, camera: &str, task: &str) -> bool {
+    pub(crate) fn wants(&self, camera: &str, task: &str) -> bool {
         (self.wanted)(camera, task)
     }
 
     /// Hands `capture` to the stage; when it is behind, the capture is dropped and counted.
-    pub fn offer(&self, capture: Capture) {
+    pub(crate) fn offer(&self, capture: Capture) {
         match self.captures.try_send(capture) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -77,7 +77,7 @@ pub enum Origin {
 
 impl Origin {
     /// The task an answer is published under, and the ask it answers, if any.
-    pub fn task_and_ask_id(&self) -> (&str, Option<&str>) {
+    pub(crate) fn task_and_ask_id(&self) -> (&str, Option<&str>) {
         match self {
             Origin::Task(task) => (task, None),
             Origin::Ask { id, task } => (task.as_deref().unwrap_or(ASK_TASK), Some(id)),

@@ -228,7 +228,7 @@ impl ClipConfig {
     }
 
     /// The time between two of its frames.
-    pub fn spacing(&self) -> Duration {
+    pub(crate) fn spacing(&self) -> Duration {
         Duration::from_secs_f64(self.seconds / self.frames as f64)
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha1::Digest;
 
-pub const MANIFEST: &str = "lookout-manifest.json";
+pub(crate) const MANIFEST: &str = "lookout-manifest.json";
 
 /// One fetched file in the manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -17,14 +17,14 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-pub const MAGIC: &[u8; 8] = b"LKOUTBOX";
+pub(crate) const MAGIC: &[u8; 8] = b"LKOUTBOX";
 /// The format this build writes and reads. A file with a higher version was written by a newer Lookout.
-pub const VERSION: u32 = 1;
-pub const HEADER_LEN: u64 = 16;
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HEADER_LEN: u64 = 16;
 const MARK: u32 = 0x5EC0_0B0C;
 const FRAME_LEN: u64 = 12;
 /// No body is this large (answers are kilobytes); a larger length is damage, not data.
-pub const MAX_BODY: u32 = 16 << 20;
+pub(crate) const MAX_BODY: u32 = 16 << 20;
 const ENTRY: u8 = 1;
 const DONE: u8 = 2;
 
@@ -37,13 +37,13 @@ pub fn header() -> [u8; HEADER_LEN as usize] {
 
 /// What the header says about a file.
 #[derive(Debug, PartialEq)]
-pub enum Header {
+pub(crate) enum Header {
     Ours,
     Newer(u32),
     Foreign,
 }
 
-pub fn read_header(bytes: &[u8]) -> Header {
+pub(crate) fn read_header(bytes: &[u8]) -> Header {
     if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
         return Header::Foreign;
     }
@@ -57,7 +57,7 @@ pub fn read_header(bytes: &[u8]) -> Header {
 
 /// One decoded record.
 #[derive(Debug, PartialEq)]
-pub enum Record {
+pub(crate) enum Record {
     Entry {
         seq: u64,
         created_ms: u64,
@@ -153,7 +153,7 @@ fn record_at(file: &File, at: u64, file_len: u64) -> io::Result<Option<(Record, 
 
 /// Everything readable in a file, and how much of it was not.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     pub records: Vec<Record>,
     /// Bytes that belonged to no intact record.
     pub damaged_bytes: u64,

@@ -82,7 +82,7 @@ impl OutboxConfig {
         }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_bytes: (self.max_mb * 1e6) as u64,
             max_age: Duration::from_secs_f64(self.max_age_hours * 3600.0),
@@ -127,7 +127,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Outb
 
 /// A message taken from the outbox to be sent.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Item {
+pub(crate) struct Item {
     pub seq: u64,
     pub key: String,
     pub payload: Vec<u8>,
@@ -407,7 +407,7 @@ impl Outbox {
     }
 
     /// The oldest message not yet sent, now counted as in flight.
-    pub fn next_unsent(&self) -> Option<Item> {
+    pub(crate) fn next_unsent(&self) -> Option<Item> {
         let mut state = self.lock();
         self.drop_expired(&mut state, now_ms());
         loop {
@@ -464,7 +464,7 @@ impl Outbox {
     }
 
     /// Everything in flight is unsent again (the connection that carried it is gone), in order.
-    pub fn resend_all(&self) {
+    pub(crate) fn resend_all(&self) {
         self.lock().in_flight = 0;
         self.arrived.notify_one();
     }

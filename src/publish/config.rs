@@ -62,7 +62,7 @@ impl Default for MqttConfig {
 impl MqttConfig {
     /// Whether `other` differs in a field that takes effect only at the next start (all but
     /// `log_answers`, which the publisher follows live).
-    pub fn needs_restart_against(&self, other: &MqttConfig) -> bool {
+    pub(crate) fn needs_restart_against(&self, other: &MqttConfig) -> bool {
         let live = |config: &MqttConfig| MqttConfig {
             log_answers: true,
             ..config.clone()
@@ -202,7 +202,7 @@ impl MqttConfig {
     }
 
     /// Whether the daemon must start its own broker.
-    pub fn uses_embedded_broker(&self) -> bool {
+    pub(crate) fn uses_embedded_broker(&self) -> bool {
         self.url.is_none()
     }
 }

@@ -54,7 +54,7 @@ impl HomeAssistantConfig {
     }
 
     /// Where Home Assistant says `online` when it starts.
-    pub fn status_topic(&self) -> String {
+    pub(crate) fn status_topic(&self) -> String {
         format!("{}/status", self.prefix)
     }
 }
@@ -91,7 +91,7 @@ fn join(parts: &[&str]) -> String {
 }
 
 /// The discovery messages for `tasks` (topic to payload), none when discovery is off.
-pub fn announcements(
+pub(crate) fn announcements(
     config: &HomeAssistantConfig,
     topics: &Topics,
     device: &str,
@@ -212,7 +212,7 @@ fn entity(topics: &Topics, device: &str, model: &str, task: &TaskConfig) -> (&'s
 
 /// The discovery topics announced by an earlier run; none when the file is missing or unreadable
 /// (then nothing is withdrawn that this run does not withdraw itself).
-pub fn load_announced(path: &Path) -> BTreeSet<String> {
+pub(crate) fn load_announced(path: &Path) -> BTreeSet<String> {
     std::fs::read(path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -220,7 +220,7 @@ pub fn load_announced(path: &Path) -> BTreeSet<String> {
 }
 
 /// Records the topics announced now, for the next start.
-pub fn save_announced(path: &Path, announced: &BTreeSet<String>) -> std::io::Result<()> {
+pub(crate) fn save_announced(path: &Path, announced: &BTreeSet<String>) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(announced).expect("a set of strings serializes");
     crate::durable::write(path, &bytes)
 }

@@ -25,7 +25,7 @@
 mod answers;
 mod broker;
 mod config;
-pub mod discovery;
+pub(crate) mod discovery;
 mod driver;
 mod inbound;
 mod inflight;
@@ -73,7 +73,7 @@ pub enum PublishError {
 }
 
 /// Starts the embedded broker when the config has no URL.
-pub fn start_embedded_broker_if_needed(config: &MqttConfig) -> Result<(), PublishError> {
+pub(crate) fn start_embedded_broker_if_needed(config: &MqttConfig) -> Result<(), PublishError> {
     if config.uses_embedded_broker() {
         broker::start(config.embedded_listen)?;
     }
@@ -82,7 +82,7 @@ pub fn start_embedded_broker_if_needed(config: &MqttConfig) -> Result<(), Publis
 
 /// Who the publisher is and where it publishes.
 #[derive(Debug, Clone)]
-pub struct PublishSettings {
+pub(crate) struct PublishSettings {
     pub mqtt: MqttConfig,
     pub device: String,
     /// Home Assistant's announcements of itself re-send the discovery messages.
@@ -97,7 +97,7 @@ pub type Retained = BTreeMap<String, Vec<u8>>;
 /// (when remote config is on); each of the latest `retained` messages is published on every connect
 /// and whenever its payload changes. Acks are answers like any other: they go through the outbox.
 /// `log_answers` follows `mqtt.log_answers` across reloads.
-pub struct ConfigChannel {
+pub(crate) struct ConfigChannel {
     pub pushes: Option<mpsc::Sender<Vec<u8>>>,
     pub retained: watch::Receiver<Retained>,
     pub log_answers: watch::Receiver<bool>,
@@ -114,7 +114,7 @@ struct StatsMessage {
 }
 
 /// A configured MQTT connection, ready to run.
-pub struct Publisher {
+pub(crate) struct Publisher {
     client: AsyncClient,
     eventloop: EventLoop,
     replies: Replies,

@@ -36,7 +36,7 @@ impl Topics {
 
     /// The state topic of a configured task's answer topic; `None` for any other topic (asks' own
     /// answers included: they describe no entity).
-    pub fn state_of_answer(&self, topic: &str) -> Option<String> {
+    pub(crate) fn state_of_answer(&self, topic: &str) -> Option<String> {
         let rest = topic.strip_prefix(self.base.as_str())?.strip_prefix('/')?;
         let (camera, task) = rest.strip_suffix("/answer")?.split_once('/')?;
         let valid = |part: &str| !part.is_empty() && !part.contains('/');
@@ -54,22 +54,22 @@ impl Topics {
     }
 
     /// Config pushes from the fleet's operator.
-    pub fn config_desired(&self) -> String {
+    pub(crate) fn config_desired(&self) -> String {
         format!("{}/config/desired", self.base)
     }
 
     /// The answer to each push: applied, or why not.
-    pub fn config_ack(&self) -> String {
+    pub(crate) fn config_ack(&self) -> String {
         format!("{}/config/ack", self.base)
     }
 
     /// Retained: the config this box runs, its version and status.
-    pub fn config_reported(&self) -> String {
+    pub(crate) fn config_reported(&self) -> String {
         format!("{}/config/reported", self.base)
     }
 
     /// The camera an ask topic names, if `topic` is one.
-    pub fn ask_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
+    pub(crate) fn ask_camera<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let rest = topic.strip_prefix(self.base.as_str())?.strip_prefix('/')?;
         let camera = rest.strip_suffix("/ask")?;
         (!camera.is_empty() && !camera.contains('/')).then_some(camera)

@@ -11,7 +11,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 
 /// A log layer that drops rumqttd's ERROR events for ordinary happenings (see the module doc).
-pub struct OrdinaryBrokerEvents;
+pub(crate) struct OrdinaryBrokerEvents;
 
 impl<S: Subscriber> Layer<S> for OrdinaryBrokerEvents {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {

@@ -14,7 +14,7 @@
 
 mod broker_log;
 pub mod notify;
-pub mod watchdog;
+pub(crate) mod watchdog;
 
 use std::io::{IsTerminal, Write};
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,7 +30,7 @@ use crate::env::Env;
 use crate::errors;
 
 /// The default log filter: our info, the model runtime's and the embedded broker's warnings only.
-pub const DEFAULT_LOG_FILTER: &str = "info,ort=warn,rumqttd=warn";
+pub(crate) const DEFAULT_LOG_FILTER: &str = "info,ort=warn,rumqttd=warn";
 
 /// Exit status after a second shutdown signal.
 const EXIT_INTERRUPTED: i32 = 130;
@@ -118,7 +118,7 @@ pub enum Control {
 
 /// Turns SIGTERM and SIGINT into `Control::Shutdown` and SIGHUP into `Control::Reload` on `control`
 /// until it closes; a second shutdown signal exits at once.
-pub async fn forward_signals(control: mpsc::Sender<Control>) {
+pub(crate) async fn forward_signals(control: mpsc::Sender<Control>) {
     let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

@@ -57,7 +57,7 @@ impl Notifier {
     }
 
     /// The watchdog's timeout, when systemd expects pings.
-    pub fn watchdog_timeout(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_timeout(&self) -> Option<Duration> {
         self.watchdog.filter(|_| self.target.is_some())
     }
 
@@ -72,7 +72,7 @@ impl Notifier {
     }
 
     /// The daemon is alive and its stages make progress.
-    pub fn watchdog_ping(&self) {
+    pub(crate) fn watchdog_ping(&self) {
         self.send("WATCHDOG=1");
     }
 

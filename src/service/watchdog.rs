@@ -21,7 +21,7 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
 /// Tells systemd how the daemon is doing and feeds its watchdog while every stage makes progress.
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     notifier: Notifier,
     status: String,
     stuck: bool,
@@ -38,7 +38,7 @@ impl Supervisor {
 
     /// How often `check` must run: twice per watchdog timeout, as sd_watchdog_enabled(3) advises,
     /// and at least every second so that the state line follows the broker.
-    pub fn period(&self) -> Duration {
+    pub(crate) fn period(&self) -> Duration {
         self.notifier
             .watchdog_timeout()
             .map_or(STATUS_PERIOD, |timeout| (timeout / 2).min(STATUS_PERIOD))

@@ -20,13 +20,13 @@ use super::{DeviceSelector, FrameSource, SourceError, SourceFuture};
 
 type Reply = oneshot::Sender<Result<RgbImage, SourceError>>;
 
-pub struct CameraSource {
+pub(crate) struct CameraSource {
     /// Capacity 1: the capture loop asks for one picture at a time.
     requests: mpsc::SyncSender<Reply>,
 }
 
 /// Whether the platform lists at least one camera device.
-pub fn any_device_present() -> bool {
+pub(crate) fn any_device_present() -> bool {
     nokhwa::query(ApiBackend::Auto).is_ok_and(|devices| !devices.is_empty())
 }
 

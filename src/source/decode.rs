@@ -14,9 +14,9 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 
 /// The longest side accepted: wide enough for panoramas, far below bomb territory.
-pub const MAX_SIDE: u32 = 32_768;
+pub(crate) const MAX_SIDE: u32 = 32_768;
 /// The most memory one decode may allocate (an 8K RGBA frame needs about 130 MiB).
-pub const MAX_ALLOC_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_ALLOC_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Why bytes did not become a picture.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ fn one_line(message: &str) -> String {
 }
 
 /// RGB pixels; transparency is composited onto white.
-pub fn to_rgb_on_white(image: DynamicImage) -> RgbImage {
+pub(crate) fn to_rgb_on_white(image: DynamicImage) -> RgbImage {
     if !image.color().has_alpha() {
         return image.into_rgb8();
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{FrameSource, SourceError, SourceFuture, decode};
 
-pub struct FilesSource {
+pub(crate) struct FilesSource {
     root: PathBuf,
     looping: bool,
     /// Files still to play in this pass; `None` before the first listing.

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::{FrameSource, SourceError, SourceFuture, decode};
 
 /// The largest snapshot body accepted.
-pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// How to authenticate to the snapshot URL.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -34,7 +34,7 @@ impl fmt::Debug for HttpAuth {
     }
 }
 
-pub struct HttpSource {
+pub(crate) struct HttpSource {
     client: reqwest::Client,
     url: String,
     auth: Option<HttpAuth>,

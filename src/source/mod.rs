@@ -36,21 +36,21 @@ pub use decode::DecodeError;
 pub use http::HttpAuth;
 
 /// The newest frame of a camera, or `None` before the first one.
-pub type LatestFrame = watch::Receiver<Option<Arc<Frame>>>;
+pub(crate) type LatestFrame = watch::Receiver<Option<Arc<Frame>>>;
 
 /// A boxed future, so sources can be chosen from config at run time.
-pub type SourceFuture<'a> =
+pub(crate) type SourceFuture<'a> =
     Pin<Box<dyn Future<Output = Result<RgbImage, SourceError>> + Send + 'a>>;
 
 /// Something that produces pictures. Pacing, retries and numbering belong to the capture loop.
-pub trait FrameSource: Send {
+pub(crate) trait FrameSource: Send {
     /// Produces the next picture (waiting for the device or the network as needed).
     fn next_image(&mut self) -> SourceFuture<'_>;
 }
 
 /// Why a source gave no picture this time.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     /// The device or server is not there or failing: the loop backs off before trying again.
     #[error("source unavailable: {0}")]
     Unavailable(String),

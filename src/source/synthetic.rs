@@ -5,7 +5,7 @@ use image::{Rgb, RgbImage};
 
 use super::{FrameSource, SourceError, SourceFuture};
 
-pub struct SyntheticSource {
+pub(crate) struct SyntheticSource {
     width: u32,
     height: u32,
     step: u32,

@@ -117,7 +117,7 @@ fn cpu_time_ms() -> f64 {
 
 /// Memory read bandwidth in bytes per second: `threads` threads (0: one per core) summing their share
 /// of a 512 MiB buffer, the best of three passes.
-pub fn memory_read_bandwidth(threads: usize) -> f64 {
+pub(crate) fn memory_read_bandwidth(threads: usize) -> f64 {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {

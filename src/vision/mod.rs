@@ -14,7 +14,7 @@ pub mod model;
 pub mod preprocess;
 pub mod prompt;
 pub mod runtime;
-pub mod smolvlm;
+pub(crate) mod smolvlm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ impl Default for VisionConfig {
 
 /// The most answers decoded together: past a few, each step's cost grows with the batch and the wait
 /// for the slowest answer outweighs the saving.
-pub const MAX_BATCH: usize = 16;
+pub(crate) const MAX_BATCH: usize = 16;
 
 /// The variants the official exports publish.
 pub const VARIANTS: [&str; 8] = [
@@ -86,13 +86,13 @@ pub const VARIANTS: [&str; 8] = [
 ];
 
 /// `variant = "auto"`: the fastest variant the model folder holds.
-pub const AUTO_VARIANT: &str = "auto";
+pub(crate) const AUTO_VARIANT: &str = "auto";
 
 /// The variants in order of preference on `providers`, fastest first. On CPUs the 8-bit exports are the
 /// fastest (bench/results.md: int8 against fp32), then fp32; the 4-bit ones unpack their weights on
 /// every run, and half precision has few CPU kernels, so fp16 comes last. The choice for GPUs (fp16
 /// first) belongs here when it is measured.
-pub fn preferred_variants(_providers: &[Provider]) -> [&'static str; 8] {
+pub(crate) fn preferred_variants(_providers: &[Provider]) -> [&'static str; 8] {
     [
         "int8",
         "uint8",
@@ -117,7 +117,7 @@ pub fn variant_suffix(variant: &str) -> Option<String> {
 impl VisionConfig {
     /// The variant to load: the configured one if the folder holds it, or for `auto` the first of
     /// `preferred_variants` that it holds. The error names the variants the folder does hold.
-    pub fn resolve_variant(&self) -> Result<&'static str, model::ModelError> {
+    pub(crate) fn resolve_variant(&self) -> Result<&'static str, model::ModelError> {
         let present = model::variants_present(&self.model_dir)?;
         let chosen = if self.variant == AUTO_VARIANT {
             preferred_variants(&self.providers)
@@ -273,7 +273,7 @@ pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
 pub struct Replacement(Arc<std::sync::Mutex<Option<Box<dyn Analyser>>>>);
 
 impl Replacement {
-    pub fn offer(&self, analyser: Box<dyn Analyser>) {
+    pub(crate) fn offer(&self, analyser: Box<dyn Analyser>) {
         *self.0.lock().unwrap() = Some(analyser);
     }
 
@@ -292,7 +292,7 @@ fn model_state(analyser: &dyn Analyser) -> ModelState {
     }
 }
 
-pub fn load_and_warm_up(config: &VisionConfig) -> Result<Box<dyn Analyser>, String> {
+pub(crate) fn load_and_warm_up(config: &VisionConfig) -> Result<Box<dyn Analyser>, String> {
     let mut analyser = load(config).map_err(|error| error.to_string())?;
     let frame = Frame {
         camera: Arc::from("warm-up"),

@@ -45,7 +45,7 @@ pub enum ModelError {
 
 /// The variants whose three graphs (`vision_encoder`, `embed_tokens`, `decoder_model_merged`) are all
 /// in the folder's `onnx/`, in `VARIANTS` order.
-pub fn variants_present(dir: &Path) -> Result<Vec<&'static str>, ModelError> {
+pub(crate) fn variants_present(dir: &Path) -> Result<Vec<&'static str>, ModelError> {
     if !dir.is_dir() {
         return Err(ModelError::Missing(dir.to_owned()));
     }

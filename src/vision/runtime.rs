@@ -47,7 +47,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 /// Where the runtime library is looked for when neither the config nor `ORT_DYLIB_PATH` names it.
-pub const DEFAULT_LIBRARY_PATHS: [&str; 2] = [
+pub(crate) const DEFAULT_LIBRARY_PATHS: [&str; 2] = [
     ".ort/lib/libonnxruntime.so",
     "/usr/lib/lookout/libonnxruntime.so",
 ];

@@ -57,7 +57,7 @@ pub struct ImageSettings {
 impl ImageSettings {
     /// The processor settings of SmolVLM2-256M and -500M, for where no model folder is at hand to read
     /// them from (a clip buffer started before its model is fetched).
-    pub const SMOLVLM2: ImageSettings = ImageSettings {
+    pub(crate) const SMOLVLM2: ImageSettings = ImageSettings {
         longest_edge: 2048,
         tile: 512,
         rescale_factor: 1.0 / 255.0,
