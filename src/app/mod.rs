@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -147,7 +148,7 @@ pub async fn run(
         stop_http.clone(),
     )
     .await;
-    let mut publisher = tokio::spawn(
+    let publisher = tokio::spawn(
         Publisher::new(
             &settings,
             router.clone(),
@@ -158,9 +159,8 @@ pub async fn run(
         )?
         .run(outcomes_in),
     );
-    // Escalations in flight give up when shutdown begins, so the deadline never costs an answer.
     let stop_escalations = CancellationToken::new();
-    let mut escalate = tokio::spawn(escalate::run(
+    let escalate = tokio::spawn(escalate::run(
         escalation.clone(),
         looked_in,
         outcomes_out.clone(),
@@ -171,7 +171,6 @@ pub async fn run(
         outcomes_out,
         stop_escalations.clone(),
     ));
-    // Stopped once nothing can offer it more: after the escalation stage and the replayer.
     let stop_dataset = CancellationToken::new();
     let dataset = tokio::spawn(dataset::run(
         dataset_settings_in,
@@ -179,11 +178,22 @@ pub async fn run(
         stats.clone(),
         stop_dataset.clone(),
     ));
-    let mut vision = {
+    let vision = {
         let (queue, stats, replacement) = (queue.clone(), stats.clone(), live.replacement.clone());
         tokio::task::spawn_blocking(move || {
             vision::run_blocking(analyser, queue, looked_out, stats, replacement)
         })
+    };
+    let mut back = BackHalf {
+        vision,
+        escalate,
+        replayer,
+        dataset,
+        publisher,
+        http,
+        stop_escalations,
+        stop_dataset,
+        stop_http,
     };
     info!(device = %live.config.device.id, cameras = live.config.cameras.len(), tasks = live.config.tasks.len(), config_version = live.layers.remote.version, "Lookout is running.");
     let mut supervisor = Supervisor::new(Notifier::from_env(&env));
@@ -209,15 +219,15 @@ pub async fn run(
                 outbox.push(&topics.config_ack(), &ack.to_json());
                 retained.send_replace(live.retained().await);
             }
-            _ = &mut publisher => {
+            _ = &mut back.publisher => {
                 live.front.cancel.cancel();
                 return Err(AppError::StageFailed("publish"));
             }
-            _ = &mut vision => {
+            _ = &mut back.vision => {
                 live.front.cancel.cancel();
                 return Err(AppError::StageFailed("vision"));
             }
-            _ = &mut escalate => {
+            _ = &mut back.escalate => {
                 live.front.cancel.cancel();
                 return Err(AppError::StageFailed("escalate"));
             }
@@ -229,49 +239,63 @@ pub async fn run(
     // Pushes still waiting are refused by the publisher from now on ("shutting down").
     drop(pushes_in);
     let deadline = Instant::now() + live.config.shutdown_timeout();
-    stop_escalations.cancel();
+    back.stop_escalations.cancel();
     let mut late = live.front.stop(&router, deadline).await;
     queue.close();
-    let producers = vec![
-        Stage {
-            name: "vision".to_owned(),
-            handle: vision,
-        },
-        Stage {
-            name: "escalate".to_owned(),
-            handle: escalate,
-        },
-        Stage {
-            name: "escalation queue".to_owned(),
-            handle: replayer,
-        },
-    ];
-    late.extend(join_all(producers, deadline).await);
-    stop_dataset.cancel();
-    let consumers = vec![
-        Stage {
-            name: "dataset".to_owned(),
-            handle: dataset,
-        },
-        Stage {
-            name: "publish".to_owned(),
-            handle: publisher,
-        },
-    ];
-    late.extend(join_all(consumers, deadline).await);
-    // The endpoint answers until the pipeline has stopped, so a scraper sees the shutdown.
-    stop_http.cancel();
-    let http = http.map(|handle| Stage {
-        name: "http".to_owned(),
-        handle,
-    });
-    late.extend(join_all(http.into_iter().collect(), deadline).await);
+    late.extend(back.join(deadline).await);
     if !late.is_empty() {
         return Err(AppError::ShutdownTimedOut(late));
     }
     info!("Stopped.");
     Ok(())
 }
+/// The stages that live as long as the process, as `run` holds them until shutdown.
+struct BackHalf {
+    vision: JoinHandle<()>,
+    escalate: JoinHandle<()>,
+    replayer: JoinHandle<()>,
+    dataset: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    http: Option<JoinHandle<()>>,
+    /// Escalations in flight give up when shutdown begins, so the deadline never costs an answer.
+    stop_escalations: CancellationToken,
+    /// Stopped once nothing can offer the dataset more: after escalation and the replayer.
+    stop_dataset: CancellationToken,
+    stop_http: CancellationToken,
+}
+
+impl BackHalf {
+    /// Once the job queue is closed: waits for the stages in the data's order until `deadline` (vision
+    /// drains the queue, escalation and the replayer pass on what they hold, then the dataset and the
+    /// publisher, the health endpoint last); returns the names of those still running.
+    async fn join(self, deadline: Instant) -> Vec<String> {
+        let stage = |name: &str, handle| Stage {
+            name: name.to_owned(),
+            handle,
+        };
+        let mut late = join_all(
+            vec![
+                stage("vision", self.vision),
+                stage("escalate", self.escalate),
+                stage("escalation queue", self.replayer),
+            ],
+            deadline,
+        )
+        .await;
+        self.stop_dataset.cancel();
+        let consumers = vec![
+            stage("dataset", self.dataset),
+            stage("publish", self.publisher),
+        ];
+        late.extend(join_all(consumers, deadline).await);
+        // The endpoint answers until the pipeline has stopped, so a scraper sees the shutdown.
+        self.stop_http.cancel();
+        let http = self.http.map(|handle| stage("http", handle));
+        late.extend(join_all(http.into_iter().collect(), deadline).await);
+        late
+    }
+}
+
 /// Runs the daemon until a shutdown signal (the host's signals, `service::forward_signals`).
 pub async fn run_until_signalled(
     origin: ConfigOrigin,
