@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with};
+use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, Toml, config_with};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -313,40 +313,19 @@ async fn entities_are_distinct_keep_their_latest_state_and_buttons_ask_their_tas
         serde_json::to_vec(&[OLD]).unwrap(),
     )
     .unwrap();
-    let config = format!(
-        r#"
-[device]
-id = "ha3"
-shutdown_timeout_secs = 5.0
-
-[mqtt]
-url = "{}"
-keep_alive_secs = 5
-
-[[cameras]]
-id = "a"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
-
-[[cameras]]
-id = "a_b"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
-
-[[tasks]]
-id = "b_c"
-camera = "a"
-question = "Is anyone there?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.3 }}
-
-[[tasks]]
-id = "c"
-camera = "a_b"
-question = "What is the weather?"
-kind = {{ one_of = ["sun", "rain", "snow"] }}
-trigger = {{ kind = "on_demand" }}
-"#,
-        broker.url()
-    );
+    let config = Toml::device("ha3")
+        .key("shutdown_timeout_secs", "5.0")
+        .mqtt(&broker.url())
+        .key("keep_alive_secs", 5)
+        .camera("a", 64, 48, 20.0)
+        .camera("a_b", 64, 48, 20.0)
+        .task("b_c", "a", "Is anyone there?")
+        .kind("yes_no")
+        .interval(0.3)
+        .task("c", "a_b", "What is the weather?")
+        .key("kind", r#"{ one_of = ["sun", "rain", "snow"] }"#)
+        .on_demand()
+        .to_string();
     let mut home_assistant = Subscriber::connect(broker.port, &["homeassistant/#"]).await;
     home_assistant
         .client

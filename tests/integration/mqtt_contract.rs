@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, Subscriber, config_with};
+use common::{Daemon, Mosquitto, Subscriber, Toml, config_with};
 use rumqttc::QoS;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -233,24 +233,23 @@ async fn on_change_tasks_answer_only_when_the_picture_changes() {
             .save(frames.path().join(format!("{index:02}.png")))
             .unwrap();
     }
-    let config = format!(
-        r#"
-[device]
-id = "box2"
-[mqtt]
-url = "{}"
-[[cameras]]
-id = "door"
-source = {{ kind = "files", path = "{}", fps = 10.0 }}
-[[tasks]]
-id = "changed"
-camera = "door"
-question = "What changed?"
-trigger = {{ kind = "on_change", threshold = 0.2, min_interval_secs = 0.01 }}
-"#,
-        broker.url(),
-        frames.path().display()
-    );
+    let config = Toml::device("box2")
+        .mqtt(&broker.url())
+        .section("[[cameras]]")
+        .string("id", "door")
+        .key(
+            "source",
+            format!(
+                r#"{{ kind = "files", path = "{}", fps = 10.0 }}"#,
+                frames.path().display()
+            ),
+        )
+        .task("changed", "door", "What changed?")
+        .key(
+            "trigger",
+            r#"{ kind = "on_change", threshold = 0.2, min_interval_secs = 0.01 }"#,
+        )
+        .to_string();
     let mut answers = Subscriber::connect(broker.port, &["lookout/box2/door/changed/answer"]).await;
     let daemon = Daemon::start(&config);
     let seen = answers.collect_for(Duration::from_secs(4)).await;
@@ -387,23 +386,15 @@ async fn a_running_daemon_logs_each_answer_until_a_reload_turns_it_off() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let config = |log_answers: bool| {
-        format!(
-            "{}\n[mqtt]\nurl = \"{}\"\nlog_answers = {log_answers}\n{}",
-            "[device]\nid = \"logged\"\nshutdown_timeout_secs = 5.0",
-            broker.url(),
-            r#"
-[[cameras]]
-id = "cam"
-source = { kind = "synthetic", width = 64, height = 48, fps = 10.0 }
-
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe what you see."
-trigger = { kind = "interval", secs = 0.2 }
-max_new_tokens = 4
-"#
-        )
+        Toml::device("logged")
+            .key("shutdown_timeout_secs", "5.0")
+            .mqtt(&broker.url())
+            .key("log_answers", log_answers)
+            .camera("cam", 64, 48, 10.0)
+            .task("describe", "cam", "Describe what you see.")
+            .interval(0.2)
+            .key("max_new_tokens", 4)
+            .to_string()
     };
     let path = dir.path().join("lookout.toml");
     std::fs::write(&path, config(true)).unwrap();

@@ -7,7 +7,7 @@ use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with};
+use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, Toml, config_with};
 use lookout::config::remote::{self, PushKind};
 use serde_json::{Map, Value, json};
 
@@ -483,20 +483,18 @@ async fn secrets_never_appear_in_the_log_of_a_real_run() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("mqtt://lookout:broker-pass-321@127.0.0.1:{}", broker.port);
-    let config = format!(
-        r#"
-[device]
-id = "logs"
-shutdown_timeout_secs = 5.0
-[mqtt]
-url = "{url}"
-[[cameras]]
-id = "door"
-source = {{ kind = "http", url = "http://viewer:camera-pass-123@127.0.0.1:9/snap.jpg", interval_secs = 0.5 }}
-[remote]
-allow_unsigned = true
-"#
-    );
+    let config = Toml::device("logs")
+        .key("shutdown_timeout_secs", "5.0")
+        .mqtt(&url)
+        .section("[[cameras]]")
+        .string("id", "door")
+        .key(
+            "source",
+            r#"{ kind = "http", url = "http://viewer:camera-pass-123@127.0.0.1:9/snap.jpg", interval_secs = 0.5 }"#,
+        )
+        .section("remote")
+        .key("allow_unsigned", true)
+        .to_string();
     let path = dir.path().join("lookout.toml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
