@@ -11,8 +11,9 @@ pub fn smolvlm_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro")
 }
 
-/// A config under construction; `Display` gives its TOML.
-#[derive(Clone)]
+/// A config under construction; `Display` gives its TOML. `Toml::default()` starts with nothing, for
+/// tasks a test adds to a header of its own.
+#[derive(Clone, Default)]
 pub struct Toml {
     text: String,
 }

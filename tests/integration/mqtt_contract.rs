@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, Subscriber, Toml, config_with};
+use common::{Daemon, Mosquitto, Subscriber, Toml};
 use rumqttc::QoS;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -15,30 +15,15 @@ const WAIT: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_status_stats_and_asks_follow_the_contract() {
     let broker = Mosquitto::start();
-    let config = config_with(
-        "box1",
-        &broker.url(),
-        r#"
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe what you see."
-trigger = { kind = "interval", secs = 0.3 }
-
-[[tasks]]
-id = "lit"
-camera = "cam"
-question = "Is the light on?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.3 }
-
-[[tasks]]
-id = "broken"
-camera = "cam"
-question = "Please fail."
-trigger = { kind = "interval", secs = 0.3 }
-"#,
-    );
+    let config = common::standard("box1", &broker.url())
+        .task("describe", "cam", "Describe what you see.")
+        .interval(0.3)
+        .task("lit", "cam", "Is the light on?")
+        .kind("yes_no")
+        .interval(0.3)
+        .task("broken", "cam", "Please fail.")
+        .interval(0.3)
+        .to_string();
     let mut answers = Subscriber::connect(
         broker.port,
         &["lookout/box1/+/+/answer", "lookout/box1/stats"],
@@ -272,18 +257,11 @@ async fn on_change_tasks_answer_only_when_the_picture_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_asks_carry_their_id_tasks_can_be_asked_and_stats_count_what_they_say() {
     let broker = Mosquitto::start();
-    let config = config_with(
-        "box3",
-        &broker.url(),
-        r#"
-[[tasks]]
-id = "manual"
-camera = "cam"
-question = "Is the light on?"
-kind = "yes_no"
-trigger = { kind = "on_demand" }
-"#,
-    );
+    let config = common::standard("box3", &broker.url())
+        .task("manual", "cam", "Is the light on?")
+        .kind("yes_no")
+        .on_demand()
+        .to_string();
     let mut answers = Subscriber::connect(
         broker.port,
         &["lookout/box3/+/+/answer", "lookout/box3/stats"],

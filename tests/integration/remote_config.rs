@@ -11,13 +11,12 @@ use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, Toml, config_with};
 use lookout::config::remote::{self, PushKind};
 use serde_json::{Map, Value, json};
 
-const TASK_A: &str = r#"
-[[tasks]]
-id = "a"
-camera = "cam"
-question = "What is it?"
-trigger = { kind = "interval", secs = 0.2 }
-"#;
+fn task_a() -> String {
+    Toml::default()
+        .task("a", "cam", "What is it?")
+        .interval(0.2)
+        .to_string()
+}
 
 struct Keys {
     signing: ed25519_dalek::SigningKey,
@@ -55,8 +54,9 @@ fn local(device: &str, broker: &str, keys: &Keys, extra: &str) -> String {
         device,
         broker,
         &format!(
-            "{TASK_A}\n[remote]\npublic_key = \"{}\"\nlocked = [\"mqtt\", \"device\", \"vision.runtime_library\", \"outbox\"]\n{extra}",
-            keys.public
+            "{task_a}\n[remote]\npublic_key = \"{}\"\nlocked = [\"mqtt\", \"device\", \"vision.runtime_library\", \"outbox\"]\n{extra}",
+            keys.public,
+            task_a = task_a(),
         ),
     )
 }
@@ -342,7 +342,7 @@ async fn without_a_key_unsigned_pushes_are_refused_unless_the_file_allows_them()
     let mut subscriber = Subscriber::connect(broker.port, &["lookout/+/config/ack"]).await;
     let push =
         json!({"version": 1, "kind": "merge_patch", "config": {"escalation": {"threshold": 0.7}}});
-    let daemon = Daemon::start(&config_with("closed", &broker.url(), TASK_A));
+    let daemon = Daemon::start(&config_with("closed", &broker.url(), &task_a()));
     reported(broker.port, "closed", 0).await;
     let ack = send(&mut subscriber, "closed", push.to_string().into_bytes()).await;
     assert_eq!(ack["ok"], false);
@@ -356,7 +356,7 @@ async fn without_a_key_unsigned_pushes_are_refused_unless_the_file_allows_them()
         .reload(&config_with(
             "closed",
             &broker.url(),
-            &format!("{TASK_A}\n[remote]\nallow_unsigned = true\n"),
+            &format!("{}\n[remote]\nallow_unsigned = true\n", task_a()),
         ))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
