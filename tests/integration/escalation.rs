@@ -742,15 +742,11 @@ async fn a_slow_cloud_holds_back_only_its_own_task_and_skips_escalations_while_b
         CloudServer::start(vec![], Reply::answer("yes").after(Duration::from_secs(2))).await;
     let dir = tempfile::tempdir().unwrap();
     let mut subscriber = Subscriber::connect(broker.port, &["lookout/busy/cam/+/answer"]).await;
-    let other = r#"
-[[tasks]]
-id = "count"
-camera = "cam"
-question = "How many?"
-trigger = { kind = "interval", secs = 0.3 }
-[escalation.tasks.count]
-mode = "never"
-"#;
+    let other = Toml::default()
+        .task("count", "cam", "How many?")
+        .interval(0.3)
+        .section("escalation.tasks.count")
+        .string("mode", "never");
     let config = daemon_config(
         "busy",
         &broker.url(),
