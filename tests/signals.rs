@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mosquitto, PixelAnalyser, Subscriber, config_with};
+use common::{Mosquitto, PixelAnalyser, Subscriber, Toml, config_with};
 use lookout::config::ConfigOrigin;
 use lookout::env::Env;
 
@@ -134,9 +134,10 @@ impl Drop for Process {
 }
 
 fn task(id: &str, secs: f64) -> String {
-    format!(
-        "[[tasks]]\nid = \"{id}\"\ncamera = \"cam\"\nquestion = \"{id}?\"\ntrigger = {{ kind = \"interval\", secs = {secs} }}\n"
-    )
+    Toml::default()
+        .task(id, "cam", &format!("{id}?"))
+        .interval(secs)
+        .to_string()
 }
 
 async fn sigterm_drains_says_offline_and_exits_0() {

@@ -7,6 +7,7 @@
 )]
 
 pub mod cloud;
+pub mod config;
 pub mod datasets;
 pub mod echo;
 pub mod process;
@@ -30,6 +31,8 @@ use lookout::vision::{AnalyseError, Analyser, LocalAnswer};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+pub use config::Toml;
 
 /// A loopback port nobody listens on right now and no other test of this binary was given.
 ///
@@ -492,26 +495,20 @@ impl Daemon {
     }
 }
 
-/// A config with one synthetic camera `cam` and the given extra TOML (tasks, mqtt...).
+/// The usual header: device `device` (5 s shutdown), the broker at `broker_url` (stats every 0.5 s,
+/// 5 s keep-alive) and one synthetic camera `cam`, 64x48 at 20 fps.
+pub fn standard(device: &str, broker_url: &str) -> Toml {
+    Toml::device(device)
+        .key("shutdown_timeout_secs", "5.0")
+        .mqtt(broker_url)
+        .key("stats_interval_secs", 0.5)
+        .key("keep_alive_secs", 5)
+        .camera("cam", 64, 48, 20.0)
+}
+
+/// The usual header and the given extra TOML (tasks, mqtt...).
 pub fn config_with(device: &str, broker_url: &str, rest: &str) -> String {
-    format!(
-        r#"
-[device]
-id = "{device}"
-shutdown_timeout_secs = 5.0
-
-[mqtt]
-url = "{broker_url}"
-stats_interval_secs = 0.5
-keep_alive_secs = 5
-
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
-
-{rest}
-"#
-    )
+    standard(device, broker_url).raw(rest).to_string()
 }
 
 pub fn addr(port: u16) -> SocketAddr {

@@ -6,34 +6,20 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber};
+use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, Toml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_analyser_keeps_frames_fresh_and_the_queue_bounded() {
     let broker = Mosquitto::start();
-    let config = format!(
-        r#"
-[device]
-id = "slow"
-[mqtt]
-url = "{}"
-stats_interval_secs = 0.25
-[[cameras]]
-id = "fast"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 50.0 }}
-[[tasks]]
-id = "a"
-camera = "fast"
-question = "a?"
-trigger = {{ kind = "interval", secs = 0.02 }}
-[[tasks]]
-id = "b"
-camera = "fast"
-question = "b?"
-trigger = {{ kind = "interval", secs = 0.02 }}
-"#,
-        broker.url()
-    );
+    let config = Toml::device("slow")
+        .mqtt(&broker.url())
+        .key("stats_interval_secs", 0.25)
+        .camera("fast", 64, 48, 50.0)
+        .task("a", "fast", "a?")
+        .interval(0.02)
+        .task("b", "fast", "b?")
+        .interval(0.02)
+        .to_string();
     let mut watcher = Subscriber::connect(broker.port, &["lookout/slow/#"]).await;
     // Each job takes 300 ms: about 15x slower than the camera delivers frames.
     let daemon = Daemon::start_with(

@@ -5,15 +5,14 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, Subscriber, config_with, free_port};
+use common::{Daemon, Mosquitto, Subscriber, Toml, config_with, free_port};
 
-const TASK: &str = r#"
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe."
-trigger = { kind = "interval", secs = 0.2 }
-"#;
+fn task() -> String {
+    Toml::default()
+        .task("describe", "cam", "Describe.")
+        .interval(0.2)
+        .to_string()
+}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -27,7 +26,7 @@ async fn a_broker_down_at_start_and_restarted_mid_run_is_reconnected() {
     let daemon = Daemon::start(&config_with(
         "edge",
         &format!("mqtt://127.0.0.1:{port}"),
-        TASK,
+        &task(),
     ));
 
     // No broker for a while: the daemon must not exit.
@@ -85,7 +84,7 @@ async fn refused_credentials_are_retried_and_right_ones_connect() {
     let wrong = Daemon::start(&config_with(
         "edge",
         &format!("mqtt://lookout:wrong@127.0.0.1:{port}"),
-        TASK,
+        &task(),
     ));
     let mut watcher = Subscriber::connect_as(
         port,
@@ -109,7 +108,7 @@ async fn refused_credentials_are_retried_and_right_ones_connect() {
     let right = Daemon::start(&config_with(
         "edge",
         &format!("mqtt://lookout:right-password@127.0.0.1:{port}"),
-        TASK,
+        &task(),
     ));
     watcher
         .expect(WAIT, "answers with the right password", is_answer)

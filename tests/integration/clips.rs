@@ -8,7 +8,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::cloud::{CloudServer, Reply};
-use common::{Daemon, Mosquitto, Subscriber};
+use common::{Daemon, Mosquitto, Subscriber, Toml};
 
 /// 512x512 RGB: what the buffer keeps of every frame, whatever the camera's resolution.
 const FRAME_BYTES: u64 = 512 * 512 * 3;
@@ -27,29 +27,17 @@ async fn clip_answers_name_their_frames_and_the_buffer_stays_flat() {
         &["lookout/clipbox/cam/recent/answer", "lookout/clipbox/stats"],
     )
     .await;
-    let config = format!(
-        r#"
-[device]
-id = "clipbox"
-shutdown_timeout_secs = 5.0
-
-[mqtt]
-url = "{}"
-stats_interval_secs = 0.5
-
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 1280, height = 720, fps = 30.0 }}
-
-[[tasks]]
-id = "recent"
-camera = "cam"
-question = "Did anything move?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.5 }}
-clip = {{ seconds = 2.0, frames = 4 }}
-
-[escalation]
+    let config = Toml::device("clipbox")
+        .key("shutdown_timeout_secs", "5.0")
+        .mqtt(&broker.url())
+        .key("stats_interval_secs", 0.5)
+        .camera("cam", 1280, 720, 30.0)
+        .task("recent", "cam", "Did anything move?")
+        .kind("yes_no")
+        .interval(0.5)
+        .clip(2.0, 4)
+        .raw(&format!(
+            r#"[escalation]
 enabled = true
 min_interval_secs = 0.0
 duplicate_distance = -1
@@ -62,9 +50,9 @@ max_images = 3
 [escalation.tasks.recent]
 mode = "always"
 "#,
-        broker.url(),
-        cloud.url
-    );
+            cloud.url
+        ))
+        .to_string();
     let daemon = Daemon::start(&config);
 
     // The first look comes with the camera's first frame: one frame so far, and the answer says so.

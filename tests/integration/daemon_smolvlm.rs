@@ -4,34 +4,21 @@
 
 use crate::common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::cloud::{CloudServer, Reply};
-use common::{Daemon, Mosquitto, Subscriber};
+use common::{Daemon, Mosquitto, Subscriber, Toml};
 use lookout::config::ConfigOrigin;
 use lookout::env::Env;
 use lookout::vision::Analyser;
 
 /// A daemon config on the committed fixture model (its default variant, int8) with one synthetic camera
-/// `cam`, then `rest`.
-fn model_config(device: &str, broker_url: &str, rest: &str) -> String {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
-    format!(
-        r#"
-[device]
-id = "{device}"
-[mqtt]
-url = "{broker_url}"
-[vision]
-model_dir = "{}"
-threads = 1
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 320, height = 240, fps = 5.0 }}
-{rest}"#,
-        fixture.display()
-    )
+/// `cam`.
+fn model_config(device: &str, broker_url: &str) -> Toml {
+    Toml::device(device)
+        .mqtt(broker_url)
+        .smolvlm()
+        .camera("cam", 320, 240, 5.0)
 }
 
 /// The analyser loaded exactly as `lookout run` loads it, from the config's [vision] section.
@@ -49,31 +36,18 @@ fn load_model(config: &str) -> Box<dyn Analyser> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_kind_is_answered_by_the_model() {
     let broker = Mosquitto::start();
-    let config = model_config(
-        "vlm",
-        &broker.url(),
-        r#"
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe what you see."
-max_new_tokens = 5
-trigger = { kind = "interval", secs = 1.0 }
-[[tasks]]
-id = "person"
-camera = "cam"
-question = "Is there a person?"
-kind = "yes_no"
-split = true
-trigger = { kind = "interval", secs = 1.0 }
-[[tasks]]
-id = "colour"
-camera = "cam"
-question = "Which colour dominates?"
-kind = { one_of = ["red", "green", "blue"] }
-trigger = { kind = "interval", secs = 1.0 }
-"#,
-    );
+    let config = model_config("vlm", &broker.url())
+        .task("describe", "cam", "Describe what you see.")
+        .key("max_new_tokens", 5)
+        .interval(1.0)
+        .task("person", "cam", "Is there a person?")
+        .kind("yes_no")
+        .key("split", true)
+        .interval(1.0)
+        .task("colour", "cam", "Which colour dominates?")
+        .key("kind", r#"{ one_of = ["red", "green", "blue"] }"#)
+        .interval(1.0)
+        .to_string();
     let analyser = load_model(&config);
     let mut answers = Subscriber::connect(broker.port, &["lookout/vlm/cam/+/answer"]).await;
     let daemon = Daemon::start_with(&config, analyser);
@@ -116,18 +90,12 @@ async fn an_unsure_answer_from_the_model_is_escalated_and_the_cloud_answer_arriv
     let token = dir.path().join("hf_token");
     std::fs::write(&token, "hf_secret").unwrap();
     // The random-weight fixture is unsure of what it says (its yes/no choices can be confident).
-    let config = model_config(
-        "vlm-esc",
-        &broker.url(),
-        &format!(
-            r#"
-[[tasks]]
-id = "scene"
-camera = "cam"
-question = "Describe what you see."
-max_new_tokens = 8
-trigger = {{ kind = "interval", secs = 1.0 }}
-[escalation]
+    let config = model_config("vlm-esc", &broker.url())
+        .task("scene", "cam", "Describe what you see.")
+        .key("max_new_tokens", 8)
+        .interval(1.0)
+        .raw(&format!(
+            r#"[escalation]
 enabled = true
 threshold = 0.5
 [[escalation.endpoints]]
@@ -138,8 +106,8 @@ token_file = "{}"
 "#,
             cloud.url,
             token.display()
-        ),
-    );
+        ))
+        .to_string();
     let analyser = load_model(&config);
     let mut answers = Subscriber::connect(broker.port, &["lookout/vlm-esc/cam/scene/answer"]).await;
     let daemon = Daemon::start_with(&config, analyser);

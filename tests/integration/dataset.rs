@@ -13,73 +13,39 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cloud::{CloudServer, Reply};
-use common::{Daemon, Message, Mosquitto, PixelAnalyser, Subscriber, datasets, free_port};
+use common::{Daemon, Message, Mosquitto, PixelAnalyser, Subscriber, Toml, datasets, free_port};
 use lookout::dataset::{self, Row};
 use serde_json::Value;
 
 fn config(broker: &Mosquitto, cloud: &CloudServer, dataset_dir: &Path, http_port: u16) -> String {
-    format!(
-        r#"
-[device]
-id = "databox"
-shutdown_timeout_secs = 5.0
-
-[mqtt]
-url = "{}"
-stats_interval_secs = 0.5
-
-[http]
-addr = "127.0.0.1:{http_port}"
-
-[[cameras]]
-id = "porch"
-source = {{ kind = "synthetic", width = 320, height = 240, fps = 10.0 }}
-
-[[cameras]]
-id = "yard"
-source = {{ kind = "synthetic", width = 160, height = 120, fps = 10.0 }}
-
-[[tasks]]
-id = "door"
-camera = "porch"
-question = "Is the door open?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.3 }}
-
-[[tasks]]
-id = "motion"
-camera = "porch"
-question = "What moved?"
-kind = "text"
-trigger = {{ kind = "interval", secs = 0.5 }}
-clip = {{ seconds = 1.0, frames = 3 }}
-
-[[tasks]]
-id = "gate"
-camera = "yard"
-question = "Is the gate open: yes, no or unsure?"
-kind = {{ one_of = ["yes", "no", "unsure"] }}
-trigger = {{ kind = "interval", secs = 0.3 }}
-
-[[tasks]]
-id = "lamp"
-camera = "yard"
-question = "Is the lamp on?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.3 }}
-
-{}
-
-[dataset]
-enabled = true
-cameras = ["porch"]
-tasks = ["gate"]
-dir = "{}"
-"#,
-        broker.url(),
-        cloud.escalate_everything(2),
-        dataset_dir.display()
-    )
+    Toml::device("databox")
+        .key("shutdown_timeout_secs", "5.0")
+        .mqtt(&broker.url())
+        .key("stats_interval_secs", 0.5)
+        .section("http")
+        .string("addr", format!("127.0.0.1:{http_port}"))
+        .camera("porch", 320, 240, 10.0)
+        .camera("yard", 160, 120, 10.0)
+        .task("door", "porch", "Is the door open?")
+        .kind("yes_no")
+        .interval(0.3)
+        .task("motion", "porch", "What moved?")
+        .kind("text")
+        .interval(0.5)
+        .clip(1.0, 3)
+        .task("gate", "yard", "Is the gate open: yes, no or unsure?")
+        .key("kind", r#"{ one_of = ["yes", "no", "unsure"] }"#)
+        .interval(0.3)
+        .task("lamp", "yard", "Is the lamp on?")
+        .kind("yes_no")
+        .interval(0.3)
+        .raw(&cloud.escalate_everything(2))
+        .section("dataset")
+        .key("enabled", true)
+        .key("cameras", r#"["porch"]"#)
+        .key("tasks", r#"["gate"]"#)
+        .string("dir", dataset_dir.display())
+        .to_string()
 }
 
 fn rows_of(dir: &Path) -> Vec<Row> {

@@ -11,49 +11,30 @@ use std::time::{Duration, Instant};
 
 use common::cloud::{CloudServer, Reply};
 use common::process::Run;
-use common::{Mosquitto, Subscriber, datasets};
+use common::{Mosquitto, Subscriber, Toml, datasets};
 use lookout::dataset::Row;
 use rand::Rng;
 
 fn config(device: &str, broker: &Mosquitto, cloud: &CloudServer, dataset_dir: &Path) -> String {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
-    format!(
-        r#"
-[device]
-id = "{device}"
-[mqtt]
-url = "{}"
-stats_interval_secs = 0.5
-keep_alive_secs = 5
-[vision]
-model_dir = "{}"
-threads = 1
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 320, height = 240, fps = 20.0 }}
-[[tasks]]
-id = "bright"
-camera = "cam"
-question = "Is it bright?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.05 }}
-[[tasks]]
-id = "recent"
-camera = "cam"
-question = "Did it get brighter?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.2 }}
-clip = {{ seconds = 1.0, frames = 4 }}
-{}[dataset]
-enabled = true
-cameras = ["cam"]
-dir = "{}"
-"#,
-        broker.url(),
-        fixture.display(),
-        cloud.escalate_everything(4),
-        dataset_dir.display()
-    )
+    Toml::device(device)
+        .mqtt(&broker.url())
+        .key("stats_interval_secs", 0.5)
+        .key("keep_alive_secs", 5)
+        .smolvlm()
+        .camera("cam", 320, 240, 20.0)
+        .task("bright", "cam", "Is it bright?")
+        .kind("yes_no")
+        .interval(0.05)
+        .task("recent", "cam", "Did it get brighter?")
+        .kind("yes_no")
+        .interval(0.2)
+        .clip(1.0, 4)
+        .raw(&cloud.escalate_everything(4))
+        .section("dataset")
+        .key("enabled", true)
+        .key("cameras", r#"["cam"]"#)
+        .string("dir", dataset_dir.display())
+        .to_string()
 }
 
 /// What a folder holds as `datasets` would read it: its rows (every line must be one), and the files

@@ -4,31 +4,20 @@
 
 use crate::common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::process::Run;
-use common::{Daemon, Subscriber, free_port};
+use common::{Daemon, Subscriber, Toml, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_broker_carries_answers_status_and_the_goodbye() {
     let port = free_port();
-    let config = format!(
-        r#"
-[device]
-id = "solo"
-[mqtt]
-embedded_listen = "127.0.0.1:{port}"
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 32, height = 32, fps = 10.0 }}
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe."
-trigger = {{ kind = "interval", secs = 0.2 }}
-"#
-    );
+    let config = Toml::device("solo")
+        .embedded_mqtt(port)
+        .camera("cam", 32, 32, 10.0)
+        .task("describe", "cam", "Describe.")
+        .interval(0.2)
+        .to_string();
     let daemon = Daemon::start(&config);
     common::wait_for_port(port);
     let mut client = Subscriber::connect(port, &["lookout/solo/#"]).await;
@@ -90,28 +79,14 @@ async fn a_taken_port_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_start_and_stop_logs_nothing_at_error() {
     let port = free_port();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
-    let config = format!(
-        r#"
-[device]
-id = "quiet"
-[mqtt]
-embedded_listen = "127.0.0.1:{port}"
-[vision]
-model_dir = "{}"
-threads = 1
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 5.0 }}
-[[tasks]]
-id = "bright"
-camera = "cam"
-question = "Is it bright?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.2 }}
-"#,
-        fixture.display()
-    );
+    let config = Toml::device("quiet")
+        .embedded_mqtt(port)
+        .smolvlm()
+        .camera("cam", 64, 48, 5.0)
+        .task("bright", "cam", "Is it bright?")
+        .kind("yes_no")
+        .interval(0.2)
+        .to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Run::start_with_env(
         dir.path(),

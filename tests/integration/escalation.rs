@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cloud::{CloudServer, Reply};
-use common::{Daemon, Mosquitto, Subscriber, config_with};
+use common::{Daemon, Mosquitto, Subscriber, Toml, config_with};
 use lookout::env::Env;
 use lookout::escalate::{Cloud, CloudError, EndpointConfig, EscalationConfig, Question};
 use lookout::message::AnswerKind;
@@ -482,24 +482,21 @@ fn token_file(dir: &tempfile::TempDir) -> PathBuf {
     path
 }
 
-const TWO_TASKS: &str = r#"
-[[tasks]]
-id = "unsure"
-camera = "cam"
-question = "Is the door open?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.2 }
-[[tasks]]
-id = "sure"
-camera = "cam"
-question = "What is it?"
-trigger = { kind = "interval", secs = 0.2 }
-[escalation.tasks.unsure]
-threshold = 0.9
-budget = { per_minute = 3 }
-[escalation.tasks.sure]
-threshold = 0.5
-"#;
+/// An unsure yes/no task and a surer text task, every 0.2 s, each with its own escalation threshold.
+fn two_tasks() -> String {
+    Toml::default()
+        .task("unsure", "cam", "Is the door open?")
+        .kind("yes_no")
+        .interval(0.2)
+        .task("sure", "cam", "What is it?")
+        .interval(0.2)
+        .section("escalation.tasks.unsure")
+        .key("threshold", 0.9)
+        .key("budget", "{ per_minute = 3 }")
+        .section("escalation.tasks.sure")
+        .key("threshold", 0.5)
+        .to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsure_answers_are_replaced_by_the_cloud_until_the_budget_runs_out() {
@@ -513,7 +510,7 @@ async fn unsure_answers_are_replaced_by_the_cloud_until_the_budget_runs_out() {
         &server.url,
         &token_file(&dir),
         "",
-        TWO_TASKS,
+        &two_tasks(),
     );
     let daemon = Daemon::start(&config);
 
@@ -572,17 +569,16 @@ async fn unsure_answers_are_replaced_by_the_cloud_until_the_budget_runs_out() {
     daemon.shutdown().await;
 }
 
-/// A yes/no task every 0.3 s whose every answer is escalated.
-const DOOR_ALWAYS: &str = r#"
-[[tasks]]
-id = "door"
-camera = "cam"
-question = "Is the door open?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.3 }
-[escalation.tasks.door]
-mode = "always"
-"#;
+/// A yes/no task `id` every `secs` seconds whose every answer is escalated.
+fn door_always(id: &str, secs: f64) -> String {
+    Toml::default()
+        .task(id, "cam", "Is the door open?")
+        .kind("yes_no")
+        .interval(secs)
+        .section(&format!("escalation.tasks.{id}"))
+        .string("mode", "always")
+        .to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalations_wait_out_a_cloud_outage_and_are_answered_with_the_same_id() {
@@ -600,7 +596,7 @@ async fn escalations_wait_out_a_cloud_outage_and_are_answered_with_the_same_id()
         &server.url,
         &token_file(&dir),
         "",
-        DOOR_ALWAYS,
+        &door_always("door", 0.3),
     );
     let daemon = Daemon::start(&config);
 
@@ -669,7 +665,7 @@ async fn shutdown_does_not_wait_for_a_slow_cloud_and_the_escalation_survives_a_r
         &server.url,
         &token_file(&dir),
         slow,
-        DOOR_ALWAYS,
+        &door_always("door", 0.3),
     );
     let daemon = Daemon::start_in(state.path(), &config, common::PixelAnalyser::boxed(), dir);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -720,7 +716,8 @@ async fn with_no_token_the_daemon_answers_locally_and_sends_nothing() {
         "lazy",
         &broker.url(),
         &format!(
-            "{DOOR_ALWAYS}\n[escalation]\nenabled = true\nmin_interval_secs = 0.0\nduplicate_distance = -1\n"
+            "{}\n[escalation]\nenabled = true\nmin_interval_secs = 0.0\nduplicate_distance = -1\n",
+            door_always("door", 0.3)
         ),
     );
     let daemon = Daemon::start(&config);
@@ -745,22 +742,18 @@ async fn a_slow_cloud_holds_back_only_its_own_task_and_skips_escalations_while_b
         CloudServer::start(vec![], Reply::answer("yes").after(Duration::from_secs(2))).await;
     let dir = tempfile::tempdir().unwrap();
     let mut subscriber = Subscriber::connect(broker.port, &["lookout/busy/cam/+/answer"]).await;
-    let other = r#"
-[[tasks]]
-id = "count"
-camera = "cam"
-question = "How many?"
-trigger = { kind = "interval", secs = 0.3 }
-[escalation.tasks.count]
-mode = "never"
-"#;
+    let other = Toml::default()
+        .task("count", "cam", "How many?")
+        .interval(0.3)
+        .section("escalation.tasks.count")
+        .string("mode", "never");
     let config = daemon_config(
         "busy",
         &broker.url(),
         &server.url,
         &token_file(&dir),
         "",
-        &format!("{DOOR_ALWAYS}{other}"),
+        &format!("{}{other}", door_always("door", 0.3)),
     );
     let daemon = Daemon::start(&config);
     let answers = answers_for(&mut subscriber, Duration::from_secs(5)).await;
@@ -829,9 +822,6 @@ async fn assert_kept(server: &CloudServer, index: usize, wait: Duration) {
 async fn a_retry_after_is_kept_by_the_replayer_and_every_live_lane() {
     let broker = Mosquitto::start();
     // Two tasks escalating every answer: two live lanes, and the replayer for what they queue.
-    let second = DOOR_ALWAYS
-        .replace("id = \"door\"", "id = \"gate\"")
-        .replace("tasks.door", "tasks.gate");
     let server = CloudServer::start(
         vec![Reply::status(503).header("retry-after", "2")],
         Reply::answer("yes"),
@@ -844,7 +834,7 @@ async fn a_retry_after_is_kept_by_the_replayer_and_every_live_lane() {
         &server.url,
         &token_file(&dir),
         "budget = { per_minute = 1000 }",
-        &format!("{DOOR_ALWAYS}{second}"),
+        &format!("{}{}", door_always("door", 0.3), door_always("gate", 0.3)),
     );
     let daemon = Daemon::start(&config);
     received_at_least(&server, 1).await;
@@ -868,14 +858,13 @@ async fn after_an_outage_the_queue_is_replayed_with_the_default_budget_and_live_
     let dir = tempfile::tempdir().unwrap();
     let mut subscriber = Subscriber::connect(broker.port, &["lookout/starve/cam/+/answer"]).await;
     // No budget in the config: the default. An answer every 0.5 s, every one escalated.
-    let task = DOOR_ALWAYS.replace("secs = 0.3", "secs = 0.5");
     let config = daemon_config(
         "starve",
         &broker.url(),
         &server.url,
         &token_file(&dir),
         "",
-        &task,
+        &door_always("door", 0.5),
     );
     let daemon = Daemon::start(&config);
     let mut queued = Vec::new();

@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with};
+use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, Toml, config_with};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -19,29 +19,28 @@ const WEATHER: &str = "homeassistant/sensor/lookout_ha1/cam__weather/config";
 const ASK_DESCRIBE: &str = "homeassistant/button/lookout_ha1/cam__describe/config";
 const ASK_WEATHER: &str = "homeassistant/button/lookout_ha1/cam__weather/config";
 
-const PERSON_TASK: &str = r#"
-[[tasks]]
-id = "person"
-camera = "cam"
-question = "Is anyone there?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.3 }
-"#;
-const DESCRIBE_TASK: &str = r#"
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe what you see."
-trigger = { kind = "on_demand" }
-"#;
-const WEATHER_TASK: &str = r#"
-[[tasks]]
-id = "weather"
-camera = "cam"
-question = "What is the weather?"
-kind = { one_of = ["sun", "rain", "snow"] }
-trigger = { kind = "on_demand" }
-"#;
+fn person_task() -> String {
+    Toml::default()
+        .task("person", "cam", "Is anyone there?")
+        .kind("yes_no")
+        .interval(0.3)
+        .to_string()
+}
+
+fn describe_task() -> String {
+    Toml::default()
+        .task("describe", "cam", "Describe what you see.")
+        .on_demand()
+        .to_string()
+}
+
+fn weather_task() -> String {
+    Toml::default()
+        .task("weather", "cam", "What is the weather?")
+        .key("kind", r#"{ one_of = ["sun", "rain", "snow"] }"#)
+        .on_demand()
+        .to_string()
+}
 
 fn schema() -> Value {
     serde_json::from_str(include_str!("../data/home_assistant_discovery_schema.json")).unwrap()
@@ -164,7 +163,7 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
     let broker = Mosquitto::start();
     let schema = schema();
     let state = tempfile::tempdir().unwrap();
-    let tasks = format!("{PERSON_TASK}{DESCRIBE_TASK}{WEATHER_TASK}");
+    let tasks = format!("{}{}{}", person_task(), describe_task(), weather_task());
     let config = config_with("ha1", &broker.url(), &tasks);
     let daemon = Daemon::start_in(
         state.path(),
@@ -248,7 +247,7 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
         .reload(&config_with(
             "ha1",
             &broker.url(),
-            &format!("{PERSON_TASK}{DESCRIBE_TASK}"),
+            &format!("{}{}", person_task(), describe_task()),
         ))
         .await;
     home_assistant
@@ -265,7 +264,7 @@ async fn each_task_is_announced_by_the_documented_schema_and_withdrawn_when_it_g
     daemon.shutdown().await;
 
     // Between runs the describe task is removed from the file: the next start withdraws it.
-    let config = config_with("ha1", &broker.url(), PERSON_TASK);
+    let config = config_with("ha1", &broker.url(), &person_task());
     let daemon = Daemon::start_in(
         state.path(),
         &config,
@@ -313,40 +312,19 @@ async fn entities_are_distinct_keep_their_latest_state_and_buttons_ask_their_tas
         serde_json::to_vec(&[OLD]).unwrap(),
     )
     .unwrap();
-    let config = format!(
-        r#"
-[device]
-id = "ha3"
-shutdown_timeout_secs = 5.0
-
-[mqtt]
-url = "{}"
-keep_alive_secs = 5
-
-[[cameras]]
-id = "a"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
-
-[[cameras]]
-id = "a_b"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
-
-[[tasks]]
-id = "b_c"
-camera = "a"
-question = "Is anyone there?"
-kind = "yes_no"
-trigger = {{ kind = "interval", secs = 0.3 }}
-
-[[tasks]]
-id = "c"
-camera = "a_b"
-question = "What is the weather?"
-kind = {{ one_of = ["sun", "rain", "snow"] }}
-trigger = {{ kind = "on_demand" }}
-"#,
-        broker.url()
-    );
+    let config = Toml::device("ha3")
+        .key("shutdown_timeout_secs", "5.0")
+        .mqtt(&broker.url())
+        .key("keep_alive_secs", 5)
+        .camera("a", 64, 48, 20.0)
+        .camera("a_b", 64, 48, 20.0)
+        .task("b_c", "a", "Is anyone there?")
+        .kind("yes_no")
+        .interval(0.3)
+        .task("c", "a_b", "What is the weather?")
+        .key("kind", r#"{ one_of = ["sun", "rain", "snow"] }"#)
+        .on_demand()
+        .to_string();
     let mut home_assistant = Subscriber::connect(broker.port, &["homeassistant/#"]).await;
     home_assistant
         .client

@@ -311,9 +311,15 @@ fn run_fresh(
     let config = cwd.join("lookout.toml");
     std::fs::write(
         &config,
-        format!(
-            "[device]\nid = \"fresh\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{mqtt_port}\"\n[vision]\nthreads = 1\n[[cameras]]\nid = \"cam\"\nsource = {{ kind = \"synthetic\", width = 64, height = 48, fps = 5.0 }}\n[[tasks]]\nid = \"bright\"\ncamera = \"cam\"\nquestion = \"Is it bright?\"\nkind = \"yes_no\"\ntrigger = {{ kind = \"interval\", secs = 0.5 }}\n"
-        ),
+        common::Toml::device("fresh")
+            .embedded_mqtt(mqtt_port)
+            .section("vision")
+            .key("threads", 1)
+            .camera("cam", 64, 48, 5.0)
+            .task("bright", "cam", "Is it bright?")
+            .kind("yes_no")
+            .interval(0.5)
+            .to_string(),
     )
     .unwrap();
     let library = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/lib/libonnxruntime.so");

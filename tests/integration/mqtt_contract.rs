@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, Subscriber, config_with};
+use common::{Daemon, Mosquitto, Subscriber, Toml};
 use rumqttc::QoS;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -15,30 +15,15 @@ const WAIT: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_status_stats_and_asks_follow_the_contract() {
     let broker = Mosquitto::start();
-    let config = config_with(
-        "box1",
-        &broker.url(),
-        r#"
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe what you see."
-trigger = { kind = "interval", secs = 0.3 }
-
-[[tasks]]
-id = "lit"
-camera = "cam"
-question = "Is the light on?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.3 }
-
-[[tasks]]
-id = "broken"
-camera = "cam"
-question = "Please fail."
-trigger = { kind = "interval", secs = 0.3 }
-"#,
-    );
+    let config = common::standard("box1", &broker.url())
+        .task("describe", "cam", "Describe what you see.")
+        .interval(0.3)
+        .task("lit", "cam", "Is the light on?")
+        .kind("yes_no")
+        .interval(0.3)
+        .task("broken", "cam", "Please fail.")
+        .interval(0.3)
+        .to_string();
     let mut answers = Subscriber::connect(
         broker.port,
         &["lookout/box1/+/+/answer", "lookout/box1/stats"],
@@ -233,24 +218,23 @@ async fn on_change_tasks_answer_only_when_the_picture_changes() {
             .save(frames.path().join(format!("{index:02}.png")))
             .unwrap();
     }
-    let config = format!(
-        r#"
-[device]
-id = "box2"
-[mqtt]
-url = "{}"
-[[cameras]]
-id = "door"
-source = {{ kind = "files", path = "{}", fps = 10.0 }}
-[[tasks]]
-id = "changed"
-camera = "door"
-question = "What changed?"
-trigger = {{ kind = "on_change", threshold = 0.2, min_interval_secs = 0.01 }}
-"#,
-        broker.url(),
-        frames.path().display()
-    );
+    let config = Toml::device("box2")
+        .mqtt(&broker.url())
+        .section("[[cameras]]")
+        .string("id", "door")
+        .key(
+            "source",
+            format!(
+                r#"{{ kind = "files", path = "{}", fps = 10.0 }}"#,
+                frames.path().display()
+            ),
+        )
+        .task("changed", "door", "What changed?")
+        .key(
+            "trigger",
+            r#"{ kind = "on_change", threshold = 0.2, min_interval_secs = 0.01 }"#,
+        )
+        .to_string();
     let mut answers = Subscriber::connect(broker.port, &["lookout/box2/door/changed/answer"]).await;
     let daemon = Daemon::start(&config);
     let seen = answers.collect_for(Duration::from_secs(4)).await;
@@ -273,18 +257,11 @@ trigger = {{ kind = "on_change", threshold = 0.2, min_interval_secs = 0.01 }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_asks_carry_their_id_tasks_can_be_asked_and_stats_count_what_they_say() {
     let broker = Mosquitto::start();
-    let config = config_with(
-        "box3",
-        &broker.url(),
-        r#"
-[[tasks]]
-id = "manual"
-camera = "cam"
-question = "Is the light on?"
-kind = "yes_no"
-trigger = { kind = "on_demand" }
-"#,
-    );
+    let config = common::standard("box3", &broker.url())
+        .task("manual", "cam", "Is the light on?")
+        .kind("yes_no")
+        .on_demand()
+        .to_string();
     let mut answers = Subscriber::connect(
         broker.port,
         &["lookout/box3/+/+/answer", "lookout/box3/stats"],
@@ -387,23 +364,15 @@ async fn a_running_daemon_logs_each_answer_until_a_reload_turns_it_off() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let config = |log_answers: bool| {
-        format!(
-            "{}\n[mqtt]\nurl = \"{}\"\nlog_answers = {log_answers}\n{}",
-            "[device]\nid = \"logged\"\nshutdown_timeout_secs = 5.0",
-            broker.url(),
-            r#"
-[[cameras]]
-id = "cam"
-source = { kind = "synthetic", width = 64, height = 48, fps = 10.0 }
-
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe what you see."
-trigger = { kind = "interval", secs = 0.2 }
-max_new_tokens = 4
-"#
-        )
+        Toml::device("logged")
+            .key("shutdown_timeout_secs", "5.0")
+            .mqtt(&broker.url())
+            .key("log_answers", log_answers)
+            .camera("cam", 64, 48, 10.0)
+            .task("describe", "cam", "Describe what you see.")
+            .interval(0.2)
+            .key("max_new_tokens", 4)
+            .to_string()
     };
     let path = dir.path().join("lookout.toml");
     std::fs::write(&path, config(true)).unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, Subscriber, free_port};
+use common::{Daemon, Mosquitto, Subscriber, Toml, free_port};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")
@@ -104,24 +104,14 @@ async fn the_daemon_publishes_over_mutual_tls() {
     common::wait_for_port(tls_port);
     let dir = broker.dir().display().to_string();
     let config = |client_files: &str, device: &str| {
-        format!(
-            r#"
-[device]
-id = "{device}"
-[mqtt]
-url = "mqtts://localhost:{tls_port}"
-ca_file = "{dir}/ca.pem"
-{client_files}
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 32, height = 32, fps = 10.0 }}
-[[tasks]]
-id = "t"
-camera = "cam"
-question = "?"
-trigger = {{ kind = "interval", secs = 0.2 }}
-"#
-        )
+        Toml::device(device)
+            .mqtt(&format!("mqtts://localhost:{tls_port}"))
+            .string("ca_file", format!("{dir}/ca.pem"))
+            .raw(client_files)
+            .camera("cam", 32, 32, 10.0)
+            .task("t", "cam", "?")
+            .interval(0.2)
+            .to_string()
     };
     // The test listens on the plain listener of the same broker.
     let mut watcher = Subscriber::connect(plain_port, &["lookout/+/cam/t/answer"]).await;

@@ -9,24 +9,20 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Message, Mosquitto, PixelAnalyser, Subscriber, config_with, free_port};
+use common::{Daemon, Message, Mosquitto, PixelAnalyser, Subscriber, Toml, config_with, free_port};
 use lookout::app::AppError;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-const TWO_TASKS: &str = r#"
-[[tasks]]
-id = "a"
-camera = "cam"
-question = "What is it?"
-trigger = { kind = "interval", secs = 0.1 }
-[[tasks]]
-id = "b"
-camera = "cam"
-question = "Is it bright?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.15 }
-"#;
+fn two_tasks() -> String {
+    Toml::default()
+        .task("a", "cam", "What is it?")
+        .interval(0.1)
+        .task("b", "cam", "Is it bright?")
+        .kind("yes_no")
+        .interval(0.15)
+        .to_string()
+}
 
 /// What a subscriber saw: answers by id in order of first arrival, and the stats messages.
 #[derive(Default)]
@@ -115,7 +111,7 @@ async fn answers_made_while_the_broker_is_away_all_arrive_in_order() {
     let filters = ["lookout/away/cam/+/answer", "lookout/away/stats"];
     let mut subscriber = Subscriber::connect_persistent(broker.port, "away-sub", &filters).await;
     let daemon_started = Instant::now();
-    let daemon = Daemon::start(&config_with("away", &broker.url(), TWO_TASKS));
+    let daemon = Daemon::start(&config_with("away", &broker.url(), &two_tasks()));
     let mut seen = Seen::default();
     seen.add(subscriber.collect_for(Duration::from_secs(2)).await);
     assert!(!seen.answers.is_empty(), "no answer before the outage");
@@ -168,7 +164,7 @@ async fn a_full_outbox_drops_the_oldest_and_the_daemon_keeps_running() {
     broker.stop_gracefully();
 
     // Room for about twenty answers; the broker is away while about sixty are made.
-    let small = format!("{TWO_TASKS}\n[outbox]\nmax_mb = 0.01\n");
+    let small = format!("{}\n[outbox]\nmax_mb = 0.01\n", two_tasks());
     let daemon_started = Instant::now();
     let daemon = Daemon::start(&config_with("full", &broker.url(), &small));
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -203,7 +199,7 @@ async fn a_full_outbox_drops_the_oldest_and_the_daemon_keeps_running() {
         .max()
         .unwrap();
     daemon
-        .reload(&config_with("full", &broker.url(), TWO_TASKS))
+        .reload(&config_with("full", &broker.url(), &two_tasks()))
         .await;
     let next = subscriber
         .expect(Duration::from_secs(15), "an answer after the drops", |m| {
@@ -233,7 +229,7 @@ async fn a_damaged_outbox_keeps_every_intact_answer() {
     // No broker: answers pile up in the outbox, then the daemon stops.
     let daemon = Daemon::start_in(
         state.path(),
-        &config_with("damaged", &url, TWO_TASKS),
+        &config_with("damaged", &url, &two_tasks()),
         PixelAnalyser::boxed(),
         tempfile::tempdir().unwrap(),
     );
@@ -295,7 +291,7 @@ async fn start_error(state_dir: &Path) -> String {
         &config_with(
             "bad",
             &format!("mqtt://127.0.0.1:{}", free_port()),
-            TWO_TASKS,
+            &two_tasks(),
         ),
         PixelAnalyser::boxed(),
         tempfile::tempdir().unwrap(),
@@ -378,7 +374,7 @@ async fn a_subscriber_that_never_acknowledges_holds_nothing_up() {
         &["lookout/stuck/cam/+/answer", "lookout/stuck/stats"],
     )
     .await;
-    let daemon = Daemon::start(&config_with("stuck", &broker.url(), TWO_TASKS));
+    let daemon = Daemon::start(&config_with("stuck", &broker.url(), &two_tasks()));
     let mut seen = Seen::default();
     seen.add(subscriber.collect_for(Duration::from_secs(6)).await);
     assert!(

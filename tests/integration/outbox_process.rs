@@ -5,45 +5,27 @@
 use crate::common;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use common::process::Run;
-use common::{Mosquitto, Subscriber};
+use common::{Mosquitto, Subscriber, Toml};
 
 fn config(device: &str, broker: &Mosquitto, tasks: bool) -> String {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
-    let mut config = format!(
-        r#"
-[device]
-id = "{device}"
-[mqtt]
-url = "{}"
-stats_interval_secs = 0.5
-keep_alive_secs = 5
-[vision]
-model_dir = "{}"
-threads = 1
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 64, height = 48, fps = 20.0 }}
-"#,
-        broker.url(),
-        fixture.display()
-    );
+    let config = Toml::device(device)
+        .mqtt(&broker.url())
+        .key("stats_interval_secs", 0.5)
+        .key("keep_alive_secs", 5)
+        .smolvlm()
+        .camera("cam", 64, 48, 20.0);
     if tasks {
-        config.push_str(
-            r#"
-[[tasks]]
-id = "bright"
-camera = "cam"
-question = "Is it bright?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.05 }
-"#,
-        );
+        config
+            .task("bright", "cam", "Is it bright?")
+            .kind("yes_no")
+            .interval(0.05)
+            .to_string()
+    } else {
+        config.to_string()
     }
-    config
 }
 
 /// The ids of the answers `run` has stored so far (its debug log names each).

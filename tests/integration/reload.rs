@@ -5,14 +5,15 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, Subscriber, config_with};
+use common::{Daemon, Mosquitto, Subscriber, Toml, config_with};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 fn task(id: &str) -> String {
-    format!(
-        "[[tasks]]\nid = \"{id}\"\ncamera = \"cam\"\nquestion = \"{id}?\"\ntrigger = {{ kind = \"interval\", secs = 0.2 }}\n"
-    )
+    Toml::default()
+        .task(id, "cam", &format!("{id}?"))
+        .interval(0.2)
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

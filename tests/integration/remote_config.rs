@@ -7,17 +7,16 @@ use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with};
+use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, Toml, config_with};
 use lookout::config::remote::{self, PushKind};
 use serde_json::{Map, Value, json};
 
-const TASK_A: &str = r#"
-[[tasks]]
-id = "a"
-camera = "cam"
-question = "What is it?"
-trigger = { kind = "interval", secs = 0.2 }
-"#;
+fn task_a() -> String {
+    Toml::default()
+        .task("a", "cam", "What is it?")
+        .interval(0.2)
+        .to_string()
+}
 
 struct Keys {
     signing: ed25519_dalek::SigningKey,
@@ -55,8 +54,9 @@ fn local(device: &str, broker: &str, keys: &Keys, extra: &str) -> String {
         device,
         broker,
         &format!(
-            "{TASK_A}\n[remote]\npublic_key = \"{}\"\nlocked = [\"mqtt\", \"device\", \"vision.runtime_library\", \"outbox\"]\n{extra}",
-            keys.public
+            "{task_a}\n[remote]\npublic_key = \"{}\"\nlocked = [\"mqtt\", \"device\", \"vision.runtime_library\", \"outbox\"]\n{extra}",
+            keys.public,
+            task_a = task_a(),
         ),
     )
 }
@@ -342,7 +342,7 @@ async fn without_a_key_unsigned_pushes_are_refused_unless_the_file_allows_them()
     let mut subscriber = Subscriber::connect(broker.port, &["lookout/+/config/ack"]).await;
     let push =
         json!({"version": 1, "kind": "merge_patch", "config": {"escalation": {"threshold": 0.7}}});
-    let daemon = Daemon::start(&config_with("closed", &broker.url(), TASK_A));
+    let daemon = Daemon::start(&config_with("closed", &broker.url(), &task_a()));
     reported(broker.port, "closed", 0).await;
     let ack = send(&mut subscriber, "closed", push.to_string().into_bytes()).await;
     assert_eq!(ack["ok"], false);
@@ -356,7 +356,7 @@ async fn without_a_key_unsigned_pushes_are_refused_unless_the_file_allows_them()
         .reload(&config_with(
             "closed",
             &broker.url(),
-            &format!("{TASK_A}\n[remote]\nallow_unsigned = true\n"),
+            &format!("{}\n[remote]\nallow_unsigned = true\n", task_a()),
         ))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -483,20 +483,18 @@ async fn secrets_never_appear_in_the_log_of_a_real_run() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("mqtt://lookout:broker-pass-321@127.0.0.1:{}", broker.port);
-    let config = format!(
-        r#"
-[device]
-id = "logs"
-shutdown_timeout_secs = 5.0
-[mqtt]
-url = "{url}"
-[[cameras]]
-id = "door"
-source = {{ kind = "http", url = "http://viewer:camera-pass-123@127.0.0.1:9/snap.jpg", interval_secs = 0.5 }}
-[remote]
-allow_unsigned = true
-"#
-    );
+    let config = Toml::device("logs")
+        .key("shutdown_timeout_secs", "5.0")
+        .mqtt(&url)
+        .section("[[cameras]]")
+        .string("id", "door")
+        .key(
+            "source",
+            r#"{ kind = "http", url = "http://viewer:camera-pass-123@127.0.0.1:9/snap.jpg", interval_secs = 0.5 }"#,
+        )
+        .section("remote")
+        .key("allow_unsigned", true)
+        .to_string();
     let path = dir.path().join("lookout.toml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();

@@ -14,14 +14,10 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::echo::{EchoServer, Reply, Request};
 use common::process::Run;
-use common::{Message, Mosquitto, Subscriber};
+use common::{Message, Mosquitto, Subscriber, Toml};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro")
-}
 
 fn basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
@@ -150,25 +146,15 @@ fn router_config(
     token_file: &Path,
     dataset: &Path,
 ) -> String {
-    format!(
-        r#"
-[device]
-id = "tokens"
-[mqtt]
-url = "{broker}"
-stats_interval_secs = 0.5
-[vision]
-model_dir = "{fixture}"
-threads = 1
-[[cameras]]
-id = "cam"
-source = {{ kind = "synthetic", width = 320, height = 240, fps = 5.0 }}
-[[tasks]]
-id = "describe"
-camera = "cam"
-question = "Describe what you see."
-trigger = {{ kind = "interval", secs = 1.0 }}
-[escalation]
+    Toml::device("tokens")
+        .mqtt(&broker.url())
+        .key("stats_interval_secs", 0.5)
+        .smolvlm()
+        .camera("cam", 320, 240, 5.0)
+        .task("describe", "cam", "Describe what you see.")
+        .interval(1.0)
+        .raw(&format!(
+            r#"[escalation]
 enabled = true
 mode = "always"
 min_interval_secs = 0.0
@@ -203,12 +189,11 @@ enabled = true
 cameras = ["cam"]
 dir = "{dataset}"
 "#,
-        broker = broker.url(),
-        fixture = fixture().display(),
-        cloud = cloud.url,
-        token_file = token_file.display(),
-        dataset = dataset.display(),
-    )
+            cloud = cloud.url,
+            token_file = token_file.display(),
+            dataset = dataset.display(),
+        ))
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,14 +397,15 @@ async fn snapshot_credentials_a_camera_quotes_back_never_leave_the_box() {
     let config = |basic_password: &str| {
         let cameras: toml::Value =
             serde_json::from_value(cameras(&server, basic_password, bearer)).unwrap();
-        let mut document: toml::Table = format!(
-            "[device]\nid = \"snapshots\"\n[mqtt]\nurl = \"{}\"\nstats_interval_secs = 0.5\n\
-             [vision]\nmodel_dir = \"{}\"\nthreads = 1\n[remote]\nallow_unsigned = true\n",
-            broker.url(),
-            fixture().display()
-        )
-        .parse()
-        .unwrap();
+        let mut document: toml::Table = Toml::device("snapshots")
+            .mqtt(&broker.url())
+            .key("stats_interval_secs", 0.5)
+            .smolvlm()
+            .section("remote")
+            .key("allow_unsigned", true)
+            .to_string()
+            .parse()
+            .unwrap();
         document.insert("cameras".to_owned(), cameras);
         document.to_string()
     };
@@ -540,11 +526,11 @@ async fn the_broker_password_never_leaves_the_box_right_or_wrong() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     let config = |password: &str| {
-        format!(
-            "[device]\nid = \"broker\"\n[mqtt]\nurl = \"mqtt://lookout:{password}@127.0.0.1:{port}\"\n\
-             stats_interval_secs = 0.5\n[vision]\nmodel_dir = \"{}\"\nthreads = 1\n",
-            fixture().display()
-        )
+        Toml::device("broker")
+            .mqtt(&format!("mqtt://lookout:{password}@127.0.0.1:{port}"))
+            .key("stats_interval_secs", 0.5)
+            .smolvlm()
+            .to_string()
     };
 
     // Refused: the broker says no, the daemon retries and says why, never with what it sent. The

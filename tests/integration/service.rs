@@ -10,7 +10,7 @@ use crate::common;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, config_with, free_port};
+use common::{Daemon, Mosquitto, PixelAnalyser, Subscriber, Toml, config_with, free_port};
 use lookout::message::Clip;
 use lookout::message::Frame;
 use lookout::message::Request;
@@ -92,14 +92,13 @@ fn pings(notices: &[Notice]) -> Vec<Instant> {
         .collect()
 }
 
-const TASK: &str = r#"
-[[tasks]]
-id = "person"
-camera = "cam"
-question = "Is anyone there?"
-kind = "yes_no"
-trigger = { kind = "interval", secs = 0.2 }
-"#;
+fn task() -> String {
+    Toml::default()
+        .task("person", "cam", "Is anyone there?")
+        .kind("yes_no")
+        .interval(0.2)
+        .to_string()
+}
 
 fn start(config: &str, analyser: Box<dyn Analyser>, env: &[(&str, &str)]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
@@ -111,7 +110,7 @@ fn start(config: &str, analyser: Box<dyn Analyser>, env: &[(&str, &str)]) -> Dae
 async fn ready_status_and_watchdog_pings_follow_the_daemon_and_its_broker() {
     let mut broker = Mosquitto::start();
     let manager = Manager::listen();
-    let config = config_with("svc1", &broker.url(), TASK);
+    let config = config_with("svc1", &broker.url(), &task());
     let daemon = start(
         &config,
         PixelAnalyser::boxed(),
@@ -264,7 +263,7 @@ async fn a_stuck_stage_stops_the_watchdog_and_fails_healthz_until_it_moves_again
     let config = config_with(
         "svc2",
         &broker.url(),
-        &format!("{TASK}\n[http]\naddr = \"127.0.0.1:{http_port}\"\n",),
+        &format!("{}\n[http]\naddr = \"127.0.0.1:{http_port}\"\n", task()),
     )
     .replace(
         "shutdown_timeout_secs = 5.0",
@@ -373,7 +372,7 @@ async fn healthz_readyz_and_metrics_answer_over_http() {
     let config = config_with(
         "svc3",
         &broker.url(),
-        &format!("{TASK}\n[http]\naddr = \"127.0.0.1:{http_port}\"\n"),
+        &format!("{}\n[http]\naddr = \"127.0.0.1:{http_port}\"\n", task()),
     );
     let analyser = Box::new(HangingAccelerator {
         inner: PixelAnalyser {
@@ -519,7 +518,7 @@ async fn a_taken_http_port_leaves_the_daemon_answering() {
     let config = config_with(
         "svc4",
         &broker.url(),
-        &format!("{TASK}\n[http]\naddr = \"127.0.0.1:{port}\"\n"),
+        &format!("{}\n[http]\naddr = \"127.0.0.1:{port}\"\n", task()),
     );
     let mut answers = Subscriber::connect(broker.port, &["lookout/svc4/cam/person/answer"]).await;
     let daemon = start(&config, PixelAnalyser::boxed(), &[]);
