@@ -3,7 +3,8 @@
 //! rumqttd logs some ordinary events at ERROR: a connection closed before its MQTT CONNECT (our own
 //! readiness probe, any port check), and both halves of a client's clean disconnect (the router lets go
 //! of the link, then hears of the disconnect again). `OrdinaryBrokerEvents`, installed with the
-//! daemon's logging, drops exactly those from the log, so an ERROR line from the broker means something went wrong; every other one is kept.
+//! daemon's logging, drops exactly those from the log, so an ERROR line from the broker means
+//! something went wrong; every other one is kept.
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -45,8 +46,10 @@ impl Visit for BrokerFields {
 impl BrokerFields {
     fn ordinary(&self) -> bool {
         let message = self.message.as_str();
-        // The peer closed the connection before sending CONNECT.
-        (message == "Error while handling MQTT connect packet" && self.error.contains("ConnectionAborted"))
+        // The peer closed the connection before sending CONNECT (aborted, or reset when it closed
+        // with bytes unread, as a port check under load may).
+        (message == "Error while handling MQTT connect packet"
+            && (self.error.contains("ConnectionAborted") || self.error.contains("ConnectionReset")))
             // The router dropped the link of a client that disconnected.
             || (message == "router-drop" && self.error.starts_with("Recv("))
             // The disconnect heard twice: from the DISCONNECT packet and from the closed link.
@@ -91,6 +94,11 @@ mod tests {
             error!(target: "rumqttd::server::broker", error = ?format_args!("Recv(Disconnected)"), "router-drop");
             error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 0);
         });
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let ordinary = ordinary
+            + logged(|| {
+                error!(target: "rumqttd::server::broker", error = ?reset, "Error while handling MQTT connect packet");
+            });
         assert_eq!(ordinary, 0);
         let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNECT");
         let real = logged(|| {
