@@ -25,8 +25,9 @@
 //! so an outage spends none, and the replayer, which shares the total budget with the live lanes, never waits longer
 //! than until a slot frees. It also wakes when a live escalation is answered: the cloud is back.
 //!
-//! Every answer the cloud gives, live or replayed, is offered to the dataset (`crate::dataset`) with
-//! the images and text exactly as sent, when its camera or task is opted in.
+//! Every answer the cloud gives, live or replayed, is offered to the dataset (through a
+//! `message::CaptureSink`, so this stage never names the dataset stage) with the images and text exactly
+//! as sent, when its camera or task is opted in.
 
 mod breaker;
 pub(crate) mod cloud;
