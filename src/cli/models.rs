@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use lookout::env::Env;
+use lookout::models::build::Precision;
 use lookout::models::{self, DEFAULT_MODEL, fetch, manifest};
 use lookout::vision;
 
@@ -24,6 +25,18 @@ pub enum Action {
         /// Where to put it (default: models/<name without the owner>).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+    /// Build Lookout's own text decoder from the folder's checkpoint (model.safetensors, config.json)
+    /// into its onnx/ folder.
+    Build {
+        #[arg(
+            value_name = "DIR",
+            default_value = "models/SmolVLM2-256M-Video-Instruct"
+        )]
+        dir: PathBuf,
+        /// fp32, int8 or int4 (block-wise, 32 values a block).
+        #[arg(long, default_value = "int8")]
+        precision: String,
     },
     /// Check a fetched model's files against the checksums recorded when it was fetched.
     Verify {
@@ -58,8 +71,33 @@ pub fn run(action: Action, env: &Env) -> Outcome {
             println!("{files} files in {}, checksums verified", dir.display());
             Ok(())
         }
+        Action::Build { dir, precision } => build(&dir, &precision),
         Action::Verify { dir } => verify(&dir),
     }
+}
+
+/// `lookout models build`: one line saying what was written.
+fn build(dir: &Path, precision: &str) -> Outcome {
+    let precision = Precision::parse(precision).ok_or_else(|| {
+        let known: Vec<&str> = Precision::ALL.iter().map(|p| p.name()).collect();
+        Failure::new(
+            Exit::Usage,
+            format!(
+                "unknown precision {precision:?}; expected one of {}",
+                known.join(", ")
+            ),
+        )
+    })?;
+    let built = models::build::build(dir, precision)
+        .map_err(|error| Failure::new(Exit::Failed, error.to_string()))?;
+    println!(
+        "{}: {} nodes, {:.1} MB with its weights, built in {:.1} s",
+        built.graph.display(),
+        built.nodes,
+        built.bytes as f64 / 1e6,
+        built.seconds
+    );
+    Ok(())
 }
 
 /// `lookout models verify`: every problem on a line of its own.

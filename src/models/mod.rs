@@ -1,12 +1,13 @@
 //! Model folders: fetching official SmolVLM2 exports from the Hugging Face Hub (`fetch`), checking a
 //! fetched folder again against what was fetched (`manifest`), and knowing when `lookout run` has to
-//! fetch the default model before it can start. Building Lookout's own graphs belongs here next.
+//! fetch the default model before it can start. `build` writes Lookout's own decoder graph from a folder's checkpoint.
 //!
 //! What a folder holds (the variants, their graph files, which variants are complete) is the vision
 //! stage's knowledge (`vision::model`, `vision::variant_suffix`): vision reads it at every start and
 //! loads what it finds, and must not depend on a module that downloads. So `models` names `vision` for
 //! the layout, and nothing later in the stream; vision never names `models`.
 
+pub mod build;
 pub mod fetch;
 pub mod manifest;
 

@@ -64,6 +64,19 @@ pub(crate) fn variants_present(dir: &Path) -> Result<Vec<&'static str>, ModelErr
         .collect())
 }
 
+/// Lookout's own decoder for a precision (fp32, int8, int4), built from the folder's checkpoint by
+/// `lookout models build`: `onnx/lookout_decoder_<precision>.onnx`, its weights in the same name plus
+/// `.data`. The name never collides with an official export's graphs.
+pub fn built_decoder_path(dir: &Path, precision: &str) -> PathBuf {
+    dir.join("onnx")
+        .join(format!("lookout_decoder_{precision}.onnx"))
+}
+
+/// The metadata keys a built decoder carries: its precision, and the block size of its quantized
+/// weights.
+pub const BUILT_DECODER_PRECISION_KEY: &str = "lookout.precision";
+pub const BUILT_DECODER_BLOCK_KEY: &str = "lookout.block_size";
+
 fn read_json(dir: &Path, name: &str) -> Result<Value, ModelError> {
     let path = dir.join(name);
     let text = std::fs::read_to_string(&path).map_err(|error| ModelError::File {
