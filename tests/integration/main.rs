@@ -22,6 +22,7 @@ mod escalation;
 mod home_assistant;
 mod imports;
 mod install;
+mod models_build;
 mod models_fetch;
 mod mqtt_contract;
 mod mqtt_tls;

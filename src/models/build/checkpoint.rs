@@ -23,6 +23,8 @@ pub struct TextConfig {
     pub rms_norm_eps: f32,
     pub rope_theta: f32,
     pub max_positions: usize,
+    /// The LM head is the token embedding table (`tie_word_embeddings`), not a tensor of its own.
+    pub tied_head: bool,
     /// The prefix of the text model's tensors in the checkpoint (`model.text_model.`).
     pub prefix: &'static str,
 }
@@ -97,15 +99,16 @@ impl TextConfig {
                 "text_config.head_dim ({head_dim}) must be even for the rotary embedding"
             ));
         }
-        for (field, wanted) in [("hidden_act", "silu")] {
-            let value = text.get(field).and_then(Value::as_str).unwrap_or(wanted);
-            if value != wanted {
-                problems.push(format!(
-                    "text_config.{field} is {value:?}; Lookout builds {wanted:?}"
-                ));
-            }
+        let activation = text
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
+        if activation != "silu" {
+            problems.push(format!(
+                "text_config.hidden_act is {activation:?}; Lookout builds \"silu\""
+            ));
         }
-        for field in ["attention_bias", "mlp_bias", "tie_word_embeddings"] {
+        for field in ["attention_bias", "mlp_bias"] {
             if text.get(field).and_then(Value::as_bool) == Some(true) {
                 problems.push(format!("text_config.{field} = true is not supported"));
             }
@@ -139,6 +142,7 @@ impl TextConfig {
             rms_norm_eps,
             rope_theta,
             max_positions,
+            tied_head: text.get("tie_word_embeddings").and_then(Value::as_bool) == Some(true),
             prefix,
         })
     }
@@ -223,6 +227,43 @@ mod tests {
     }
 
     #[test]
+    fn f16_and_bf16_tensors_are_read_as_f32() {
+        use safetensors::tensor::TensorView;
+        let values = [1.5f32, -0.25, 65504.0];
+        let f16: Vec<u8> = values
+            .iter()
+            .flat_map(|value| half::f16::from_f32(*value).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|value| half::bf16::from_f32(*value).to_le_bytes())
+            .collect();
+        let bytes = safetensors::serialize(
+            [
+                ("a", TensorView::new(Dtype::F16, vec![3], &f16).unwrap()),
+                (
+                    "b",
+                    TensorView::new(Dtype::BF16, vec![1, 3], &bf16).unwrap(),
+                ),
+            ],
+            None,
+        )
+        .unwrap();
+        let checkpoint = Checkpoint::parse(Path::new("m.safetensors"), &bytes).unwrap();
+        assert_eq!(checkpoint.tensor("a", &[3]).unwrap(), values);
+        // bf16 keeps 8 bits of mantissa: 65504 becomes 65536.
+        assert_eq!(
+            checkpoint.tensor("b", &[1, 3]).unwrap(),
+            [1.5, -0.25, 65536.0]
+        );
+        let error = checkpoint.tensor("b", &[3]).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "m.safetensors: tensor b has shape [1, 3], the config says [3]"
+        );
+    }
+
+    #[test]
     fn a_smolvlm_config_gives_the_text_sizes() {
         let parsed = TextConfig::from_json(&config(micro_text())).unwrap();
         assert_eq!(
@@ -238,6 +279,7 @@ mod tests {
                 rms_norm_eps: 1e-5,
                 rope_theta: 100_000.0,
                 max_positions: 8192,
+                tied_head: false,
                 prefix: "model.text_model.",
             }
         );

@@ -461,7 +461,12 @@ pub fn decoder(
     let norm = checkpoint.tensor(&format!("{p}norm.weight"), &[hidden])?;
     let norm = b.weight_f32("norm.weight", &[hidden], &norm)?;
     let (normed, _) = b.skip_norm("norm", &kept_stream, &kept_residual, &norm, config);
-    let head = checkpoint.tensor("lm_head.weight", &[vocab, hidden])?;
+    let head_name = if config.tied_head {
+        format!("{p}embed_tokens.weight")
+    } else {
+        "lm_head.weight".to_owned()
+    };
+    let head = checkpoint.tensor(&head_name, &[vocab, hidden])?;
     b.linear("lm_head", &normed, &head, vocab, hidden)?;
     rename_output(&mut b.nodes, 0, "logits");
 
