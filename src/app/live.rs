@@ -26,7 +26,7 @@ use crate::publish::discovery;
 use crate::publish::{Retained, Topics};
 use crate::stats::Stats;
 use crate::validate::FieldError;
-use crate::vision::{self, Replacement, VisionConfig};
+use crate::vision::{self, PromptBounds, Replacement, VisionConfig};
 
 /// Config sections that only take effect at the next start, named in the log and in push acks.
 pub(super) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -112,9 +112,11 @@ impl Live {
         };
         if live_vision(&new.vision) != live_vision(&self.config.vision) {
             let vision = new.vision.clone();
-            let loaded = tokio::task::spawn_blocking(move || vision::load_and_warm_up(&vision))
-                .await
-                .unwrap_or_else(|_| Err("loading the model panicked".to_owned()));
+            let prompts = PromptBounds::of(&new.tasks);
+            let loaded =
+                tokio::task::spawn_blocking(move || vision::load_and_warm_up(&vision, prompts))
+                    .await
+                    .unwrap_or_else(|_| Err("loading the model panicked".to_owned()));
             let analyser = loaded.map_err(|error| {
                 warn!(error = %error, "The new model is not used; the running one stays.");
                 FieldError::new("vision", error)

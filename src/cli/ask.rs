@@ -11,7 +11,7 @@ use lookout::env::Env;
 use lookout::message::{self, AnswerKind, MAX_CLIP_FRAMES, Request};
 use lookout::service;
 use lookout::source::picture::{self, Picture};
-use lookout::vision::{self, AnalyseError, Analyser, LocalAnswer};
+use lookout::vision::{self, AnalyseError, Analyser, LocalAnswer, PromptBounds};
 
 use super::{Exit, Failure, Outcome, with_variant};
 
@@ -92,8 +92,8 @@ pub fn run(args: Args, env: Env) -> Outcome {
         config.vision.model_dir = model;
     }
     service::init_logging(&env);
-    let mut analyser =
-        vision::load(&config.vision).map_err(|error| Failure::new(Exit::Unavailable, error))?;
+    let mut analyser = vision::load(&config.vision, PromptBounds::of_request(&request))
+        .map_err(|error| Failure::new(Exit::Unavailable, error))?;
     let answer = match answer(&picture, analyser.as_mut(), &request) {
         Some(Ok(answer)) => answer,
         Some(Err(error)) => return Err(Failure::new(Exit::Failed, error)),

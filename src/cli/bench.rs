@@ -7,8 +7,8 @@ use lookout::config::ConfigOrigin;
 
 use lookout::env::Env;
 use lookout::source::picture;
-use lookout::vision;
 use lookout::vision::bench::{self, Report, Setup};
+use lookout::vision::{self, PromptBounds};
 
 use super::{Exit, Failure, Outcome, with_variant};
 
@@ -55,9 +55,15 @@ pub fn run(args: Args, env: Env) -> Outcome {
         Some(path) => picture::read_image(path).map_err(|error| Failure::new(Exit::Data, error))?,
         None => bench::synthetic_image(),
     };
+    let prompts = PromptBounds {
+        split: args.split,
+        clip_frames: 0,
+        question_chars: args.question.chars().count(),
+        max_new_tokens: args.max_new_tokens,
+    };
     let started = std::time::Instant::now();
     let mut analyser =
-        vision::load(vision).map_err(|error| Failure::new(Exit::Unavailable, error))?;
+        vision::load(vision, prompts).map_err(|error| Failure::new(Exit::Unavailable, error))?;
     let setup = Setup::new(vision, started.elapsed().as_secs_f64() * 1000.0);
     let report = bench::run(
         analyser.as_mut(),

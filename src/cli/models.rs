@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use lookout::env::Env;
-use lookout::models::build::Precision;
+use lookout::models::build::{CHECKPOINT_FILE, Precision};
 use lookout::models::{self, DEFAULT_MODEL, fetch, manifest};
 use lookout::vision;
 
@@ -25,6 +25,9 @@ pub enum Action {
         /// Where to put it (default: models/<name without the owner>).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Fetch the official graphs only: no checkpoint, and no decoder of Lookout's own built from it.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Build Lookout's own text decoder from the folder's checkpoint (model.safetensors, config.json)
     /// into its onnx/ folder.
@@ -55,6 +58,7 @@ pub fn run(action: Action, env: &Env) -> Outcome {
             variant,
             revision,
             dir,
+            no_build,
         } => {
             let suffix = vision::variant_suffix(&variant).ok_or_else(|| {
                 Failure::new(
@@ -66,18 +70,22 @@ pub fn run(action: Action, env: &Env) -> Outcome {
                 )
             })?;
             let dir = dir.unwrap_or_else(|| models::default_dir(&name));
-            let files = download(env, name, &suffix, revision, &dir)
+            let precision = vision::built_precision(&variant).filter(|_| !no_build);
+            let files = download(env, name, &suffix, precision.is_some(), revision, &dir)
                 .map_err(|error| Failure::new(Exit::Failed, format!("{error:#}")))?;
             println!("{files} files in {}, checksums verified", dir.display());
-            Ok(())
+            match precision {
+                Some(precision) => build(&dir, precision),
+                None => Ok(()),
+            }
         }
         Action::Build { dir, precision } => build(&dir, &precision),
         Action::Verify { dir } => verify(&dir),
     }
 }
 
-/// `lookout models build`: one line saying what was written.
-fn build(dir: &Path, precision: &str) -> Outcome {
+/// `lookout models build` (and `models fetch` after its download): one line saying what was written.
+pub fn build(dir: &Path, precision: &str) -> Outcome {
     let precision = Precision::parse(precision).ok_or_else(|| {
         let known: Vec<&str> = Precision::ALL.iter().map(|p| p.name()).collect();
         Failure::new(
@@ -118,12 +126,14 @@ pub fn hub_endpoint(env: &Env) -> &str {
     env.get("HF_ENDPOINT").unwrap_or("https://huggingface.co")
 }
 
-/// Downloads every file of one variant (graph suffix `suffix`) of `repo` into `dir`, resuming and
-/// verifying each, with progress on stderr; the number of files.
+/// Downloads every file of one variant (graph suffix `suffix`) of `repo` into `dir`, and its checkpoint
+/// (`with_checkpoint`, to build Lookout's decoder from), resuming and verifying each, with progress on
+/// stderr; the number of files.
 pub fn download(
     env: &Env,
     repo: String,
     suffix: &str,
+    with_checkpoint: bool,
     revision: String,
     dir: &Path,
 ) -> anyhow::Result<usize> {
@@ -133,7 +143,10 @@ pub fn download(
         revision,
         token: env.get("HF_TOKEN").map(str::to_owned),
     };
-    let files = fetch::variant_files(suffix);
+    let mut files = fetch::variant_files(suffix);
+    if with_checkpoint {
+        files.push(CHECKPOINT_FILE.to_owned());
+    }
     let mut shown = (String::new(), u64::MAX);
     let mut progress = |path: &str, done: u64, total: Option<u64>| {
         let percent = total

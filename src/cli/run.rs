@@ -8,9 +8,10 @@ use lookout::config::ConfigOrigin;
 
 use lookout::env::Env;
 use lookout::models::{self, DEFAULT_MODEL};
+use lookout::vision::PromptBounds;
 use lookout::{app, errors, service, vision};
 
-use super::models::{download, hub_endpoint};
+use super::models::{build, download, hub_endpoint};
 use super::{Exit, Failure, Outcome, with_variant};
 
 #[derive(clap::Args)]
@@ -35,8 +36,8 @@ pub fn run(args: Args, env: Env) -> Outcome {
     }
     // Until READY=1, `systemctl status` says what start-up is doing.
     service::notify::Notifier::from_env(&env).status("Loading the model");
-    let analyser =
-        vision::load(&config.vision).map_err(|error| Failure::new(Exit::Unavailable, error))?;
+    let analyser = vision::load(&config.vision, PromptBounds::of(&config.tasks))
+        .map_err(|error| Failure::new(Exit::Unavailable, error))?;
     let runtime = tokio::runtime::Runtime::new().map_err(|error| {
         Failure::new(
             Exit::Failed,
@@ -60,7 +61,7 @@ pub fn run(args: Args, env: Env) -> Outcome {
 
 /// A first `lookout run` with the default model's folder missing (or holding no complete variant, as
 /// after an interrupted fetch): fetches it as `models fetch` does, then the daemon runs. Not under a
-/// service manager (systemd sets INVOCATION_ID): a box there must not download 350 MB unasked, or
+/// service manager (systemd sets INVOCATION_ID): a box there must not download 850 MB unasked, or
 /// retry it at every restart, so it says how to fetch and stops. Offline, it says what is missing and
 /// how to run without it. Either way the exit is 69, which the unit does not restart.
 fn fetch_default_model(dir: &Path, variant: &str, env: &Env) -> Outcome {
@@ -70,7 +71,7 @@ fn fetch_default_model(dir: &Path, variant: &str, env: &Env) -> Outcome {
             Exit::Unavailable,
             format!(
                 "the model is missing: {} holds no SmolVLM2 export. Started by a service manager, \
-                 Lookout does not download it by itself (about 350 MB): fetch it once as the service's user, \
+                 Lookout does not download it by itself (about 850 MB): fetch it once as the service's user, \
                  `sudo -u lookout lookout models fetch --variant {variant} --dir {}` (or `deploy/install.sh \
                  --with-model`), then start the service again.",
                 shown.display(),
@@ -80,22 +81,27 @@ fn fetch_default_model(dir: &Path, variant: &str, env: &Env) -> Outcome {
     }
     tracing::info!(dir = %shown.display(), variant = %variant, hub = hub_endpoint(env), "The model folder is missing; fetching the default model first.");
     let suffix = vision::variant_suffix(variant).unwrap_or_default();
+    let precision = vision::built_precision(variant);
     match download(
         env,
         DEFAULT_MODEL.to_owned(),
         &suffix,
+        precision.is_some(),
         "main".to_owned(),
         dir,
     ) {
         Ok(files) => {
             tracing::info!(dir = %shown.display(), files, "Model fetched, checksums verified.");
-            Ok(())
+            match precision {
+                Some(precision) => build(dir, precision),
+                None => Ok(()),
+            }
         }
         Err(error) => Err(Failure::new(
             Exit::Unavailable,
             format!(
                 "the model is missing: {} holds no SmolVLM2 export, and fetching it from the \
-                 Hugging Face Hub ({}) failed: {error:#}. `lookout models fetch` needs the Hub (about 350 MB); \
+                 Hugging Face Hub ({}) failed: {error:#}. `lookout models fetch` needs the Hub (about 850 MB); \
                  run `lookout run` again where it is reachable (the download resumes), or copy a fetched \
                  folder there. To try Lookout without it, run on the small test model in the source tree: \
                  `LOOKOUT_MODEL_DIR=models/fixtures/smolvlm-micro lookout run` (its answers are noise, by \

@@ -29,12 +29,13 @@ use crate::gate::JobQueue;
 use crate::message::Frame;
 use crate::message::{
     Answer, AnswerKind, Clip, Failure, FrameInfo, Origin, Outcome, Output, Request, StageTimings,
-    Tier, Timings,
+    TaskConfig, Tier, Timings,
 };
 use crate::stats::{ModelState, Stats};
 use crate::validate::Problems;
+use preprocess::ImageSettings;
 pub use runtime::Provider;
-pub use smolvlm::{LoadError, LoadOptions, SmolVlm};
+pub use smolvlm::{LoadError, LoadOptions, MaxContext, SmolVlm};
 
 /// Which model, which weights, on what.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -54,6 +55,89 @@ pub struct VisionConfig {
     /// The most text answers decoded together, one decoder run per token for all of them; also the
     /// most waiting jobs (frames of different cameras) the worker takes at once. 1 turns batching off.
     pub batch: usize,
+    /// `lookout` (default): Lookout's own decoder, built from the folder's checkpoint by `lookout models
+    /// build`, where the folder holds one for the variant, else the official decoder; `official`: the
+    /// official export's decoder always.
+    pub graphs: Graphs,
+    /// The most positions (prompt and answer tokens) one answer may hold in Lookout's decoder, whose
+    /// cache is allocated once at this size. 0: the largest prompt the tasks can produce.
+    pub max_context: usize,
+}
+
+/// Which decoder graph answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Graphs {
+    Lookout,
+    Official,
+}
+
+/// The most positions `max_context` may ask for: SmolVLM2's `max_position_embeddings`.
+const MAX_CONTEXT_LIMIT: usize = 8192;
+
+/// Room for the chat template and the question's framing, when the context is sized from the tasks.
+const PROMPT_TEXT_ROOM: usize = 256;
+
+/// Room for the text around each picture's rows: a tile's markers, or a clip frame's timestamp line
+/// (the 64-frame golden clip takes 15 a frame).
+const PICTURE_TEXT_ROOM: usize = 16;
+
+/// The largest prompt and answer the tasks can produce: the context Lookout's decoder is sized for
+/// when `max_context` is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PromptBounds {
+    /// Some task splits its frames into tiles.
+    pub split: bool,
+    /// The most frames of a task's clip (0: no clips).
+    pub clip_frames: usize,
+    /// The longest question, in characters (a token is at least one).
+    pub question_chars: usize,
+    /// The longest answer asked for, in tokens.
+    pub max_new_tokens: u32,
+}
+
+impl PromptBounds {
+    pub fn of(tasks: &[TaskConfig]) -> PromptBounds {
+        tasks
+            .iter()
+            .fold(PromptBounds::default(), |bounds, task| PromptBounds {
+                split: bounds.split || task.split,
+                clip_frames: bounds
+                    .clip_frames
+                    .max(task.clip.as_ref().map_or(0, |clip| clip.frames)),
+                question_chars: bounds.question_chars.max(task.question.chars().count()),
+                max_new_tokens: bounds.max_new_tokens.max(task.max_new_tokens),
+            })
+    }
+
+    /// The bounds of one request's prompt and answer (`lookout ask`).
+    pub fn of_request(request: &Request) -> PromptBounds {
+        PromptBounds {
+            split: request.split,
+            clip_frames: request
+                .clip
+                .as_ref()
+                .map_or(0, |clip| clip.clip.frames.len()),
+            question_chars: request.question.chars().count(),
+            max_new_tokens: request.max_new_tokens,
+        }
+    }
+
+    /// The positions such a prompt and answer need at most, with pictures of `image_rows` rows each
+    /// cut from frames of `settings`; never less than one picture, `PROMPT_TEXT_ROOM` and 64 answer
+    /// tokens (an ask from MQTT or the command line fits).
+    pub fn positions(&self, settings: &ImageSettings, image_rows: usize) -> usize {
+        let per_side = settings.longest_edge.div_ceil(settings.tile.max(1)) as usize;
+        let tiles = if self.split {
+            per_side * per_side + 1
+        } else {
+            1
+        };
+        let pictures = tiles.max(self.clip_frames);
+        let text = PROMPT_TEXT_ROOM + self.question_chars;
+        let answer = self.max_new_tokens.max(64) as usize;
+        (pictures * (image_rows + PICTURE_TEXT_ROOM) + text + answer).min(MAX_CONTEXT_LIMIT)
+    }
 }
 
 impl Default for VisionConfig {
@@ -65,6 +149,8 @@ impl Default for VisionConfig {
             providers: vec![Provider::Cpu],
             threads: 0,
             batch: 4,
+            graphs: Graphs::Lookout,
+            max_context: 0,
         }
     }
 }
@@ -103,6 +189,17 @@ pub(crate) fn preferred_variants(_providers: &[Provider]) -> [&'static str; 8] {
         "q4f16",
         "fp16",
     ]
+}
+
+/// The precision of Lookout's own decoder that stands in for an official variant's: fp32 for fp32,
+/// int8 for the 8-bit variants, int4 for the 4-bit ones; none for fp16 (not built yet).
+pub fn built_precision(variant: &str) -> Option<&'static str> {
+    match variant {
+        "fp32" => Some("fp32"),
+        "int8" | "uint8" | "quantized" => Some("int8"),
+        "q4" | "bnb4" | "q4f16" => Some("int4"),
+        _ => None,
+    }
 }
 
 /// The graph file suffix of a variant ("" for fp32, "_int8"...), or `None` for an unknown variant.
@@ -168,6 +265,15 @@ impl VisionConfig {
             problems.push(
                 format!("{path}.threads"),
                 format!("{} threads is more than any edge box has", self.threads),
+            );
+        }
+        if self.max_context > MAX_CONTEXT_LIMIT {
+            problems.push(
+                format!("{path}.max_context"),
+                format!(
+                    "must be at most {MAX_CONTEXT_LIMIT} (0: sized from the tasks), not {}",
+                    self.max_context
+                ),
             );
         }
         if !(1..=MAX_BATCH).contains(&self.batch) {
@@ -247,8 +353,9 @@ pub trait Analyser: Send {
     ) -> Vec<Result<LocalAnswer, AnalyseError>>;
 }
 
-/// Loads the SmolVLM2 analyser `config` names.
-pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
+/// Loads the SmolVLM2 analyser `config` names, its cache sized for the prompts within `prompts` (see
+/// `PromptBounds::of` for a config's tasks) unless `max_context` says.
+pub fn load(config: &VisionConfig, prompts: PromptBounds) -> Result<Box<dyn Analyser>, LoadError> {
     if config.variant != AUTO_VARIANT && variant_suffix(&config.variant).is_none() {
         return Err(LoadError::Variant(config.variant.clone()));
     }
@@ -263,6 +370,11 @@ pub fn load(config: &VisionConfig) -> Result<Box<dyn Analyser>, LoadError> {
         providers: config.providers.clone(),
         threads: config.threads,
         batch: config.batch,
+        graphs: config.graphs,
+        max_context: match config.max_context {
+            0 => MaxContext::Largest(prompts),
+            positions => MaxContext::Positions(positions),
+        },
     };
     Ok(Box::new(SmolVlm::load(&options)?))
 }
@@ -292,8 +404,11 @@ fn model_state(analyser: &dyn Analyser) -> ModelState {
     }
 }
 
-pub(crate) fn load_and_warm_up(config: &VisionConfig) -> Result<Box<dyn Analyser>, String> {
-    let mut analyser = load(config).map_err(|error| error.to_string())?;
+pub(crate) fn load_and_warm_up(
+    config: &VisionConfig,
+    prompts: PromptBounds,
+) -> Result<Box<dyn Analyser>, String> {
+    let mut analyser = load(config, prompts).map_err(|error| error.to_string())?;
     let frame = Frame {
         camera: Arc::from("warm-up"),
         seq: 0,

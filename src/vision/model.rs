@@ -24,6 +24,8 @@ pub struct ModelSpec {
     pub eos_ids: Vec<u32>,
     pub layers: usize,
     pub vocab_size: usize,
+    /// The most positions the text model takes (`max_position_embeddings`; 8192 if unsaid).
+    pub max_positions: usize,
 }
 
 /// Why a model folder cannot be used.
@@ -179,6 +181,10 @@ impl ModelSpec {
                 "/text_config/num_hidden_layers",
             )?,
             vocab_size: field(dir, "config.json", &config, "/text_config/vocab_size")?,
+            max_positions: config
+                .pointer("/text_config/max_position_embeddings")
+                .and_then(Value::as_u64)
+                .map_or(8192, |positions| positions as usize),
         })
     }
 }

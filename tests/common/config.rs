@@ -5,10 +5,62 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use lookout::models::build::{Precision, build};
 
 /// The committed SmolVLM2 fixture model (its default variant, int8).
 pub fn smolvlm_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro")
+}
+
+/// The committed fixture model with Lookout's own decoders (fp32, int8, int4) built from its checkpoint
+/// by `lookout::models::build`, the way `lookout models build` builds them: a copy in this test
+/// process's own folder under the target directory (the committed folder stays as committed), built
+/// once per process.
+pub fn smolvlm_built_fixture() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let own = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("smolvlm-built-{}", std::process::id()));
+            remove_copies_of_ended_processes(&own);
+            // The folder keeps the fixture's name, which answers carry as their model's.
+            let dir = own.join("smolvlm-micro");
+            copy_dir(&smolvlm_fixture(), &dir);
+            for precision in Precision::ALL {
+                build(&dir, precision).unwrap_or_else(|error| panic!("{error}"));
+            }
+            dir
+        })
+        .clone()
+}
+
+/// Removes the built fixtures of test processes that have ended (and any stale one of this process id).
+fn remove_copies_of_ended_processes(own: &Path) {
+    let Some(parent) = own.parent() else { return };
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("smolvlm-built-") else {
+            continue;
+        };
+        if entry.path() == own || !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// A config under construction; `Display` gives its TOML. `Toml::default()` starts with nothing, for
@@ -69,10 +121,10 @@ impl Toml {
             .string("embedded_listen", format!("127.0.0.1:{port}"))
     }
 
-    /// `[vision]` on the committed fixture model with one thread.
+    /// `[vision]` on the fixture model with Lookout's own decoders (the default path) and one thread.
     pub fn smolvlm(self) -> Toml {
         self.section("vision")
-            .string("model_dir", smolvlm_fixture().display())
+            .string("model_dir", smolvlm_built_fixture().display())
             .key("threads", 1)
     }
 

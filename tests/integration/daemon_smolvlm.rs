@@ -10,9 +10,9 @@ use common::cloud::{CloudServer, Reply};
 use common::{Daemon, Mosquitto, Subscriber, Toml};
 use lookout::config::ConfigOrigin;
 use lookout::env::Env;
-use lookout::vision::Analyser;
+use lookout::vision::{Analyser, PromptBounds};
 
-/// A daemon config on the committed fixture model (its default variant, int8) with one synthetic camera
+/// A daemon config on the fixture model (its default variant, int8, with Lookout's int8 decoder) with one synthetic camera
 /// `cam`.
 fn model_config(device: &str, broker_url: &str) -> Toml {
     Toml::device(device)
@@ -26,11 +26,9 @@ fn load_model(config: &str) -> Box<dyn Analyser> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lookout.toml");
     std::fs::write(&path, config).unwrap();
-    let vision = ConfigOrigin::File(path)
-        .load(&Env::from_process())
-        .unwrap()
-        .vision;
-    lookout::vision::load(&vision).unwrap_or_else(|error| panic!("{error}"))
+    let config = ConfigOrigin::File(path).load(&Env::from_process()).unwrap();
+    lookout::vision::load(&config.vision, PromptBounds::of(&config.tasks))
+        .unwrap_or_else(|error| panic!("{error}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +60,7 @@ async fn every_task_kind_is_answered_by_the_model() {
             .expect(Duration::from_secs(30), task, |m| m.topic == topic)
             .await
             .json();
-        assert_eq!(answer["model"], "smolvlm-micro_int8");
+        assert_eq!(answer["model"], "smolvlm-micro_lookout_int8");
         assert!(!answer["tokens"].as_array().unwrap().is_empty(), "{answer}");
         let confidence = answer["confidence"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&confidence), "{answer}");
@@ -120,7 +118,7 @@ token_file = "{}"
     assert_eq!(answer["answer"], "A test pattern of coloured bars.");
     assert_eq!(answer["escalation"], "below_threshold");
     assert_eq!(answer["provider"], "nebius");
-    assert_eq!(answer["local"]["model"], "smolvlm-micro_int8");
+    assert_eq!(answer["local"]["model"], "smolvlm-micro_lookout_int8");
     let local_confidence = answer["local"]["confidence"].as_f64().unwrap();
     assert!(local_confidence < 0.5, "{answer}");
     assert!(answer["local"]["answer"].is_string(), "{answer}");

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
+use lookout::models::build::CHECKPOINT_FILE;
 use sha1::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -134,9 +135,12 @@ async fn hub(files: HashMap<String, Vec<u8>>, faults: Arc<Mutex<Faults>>) -> Str
     format!("http://{address}")
 }
 
+/// The fixture's int8 variant and its checkpoint, as the hub serves them.
 fn fixture_files() -> HashMap<String, Vec<u8>> {
     let mut files = HashMap::new();
-    for name in lookout::models::fetch::variant_files("_int8") {
+    let mut names = lookout::models::fetch::variant_files("_int8");
+    names.push(CHECKPOINT_FILE.to_owned());
+    for name in names {
         files.insert(name.clone(), std::fs::read(fixture().join(&name)).unwrap());
     }
     files
@@ -212,10 +216,18 @@ async fn an_interrupted_download_resumes_and_the_result_answers() {
         );
     }
 
+    // After the download, Lookout's own int8 decoder was built from the checkpoint.
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("lookout_decoder_int8.onnx"),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    assert!(target.join("onnx/lookout_decoder_int8.onnx").is_file());
+
     let verify = lookout(&["models", "verify", target.to_str().unwrap()], &endpoint);
     assert!(verify.status.success(), "{}", stderr(&verify));
 
-    // The fetched folder is a working model.
+    // The fetched folder is a working model, answering with Lookout's decoder.
     let image = fixture().join("images/square_300.png");
     let answer = lookout(
         &[
@@ -232,6 +244,8 @@ async fn an_interrupted_download_resumes_and_the_result_answers() {
         &endpoint,
     );
     assert!(answer.status.success(), "{}", stderr(&answer));
+    let answer: serde_json::Value = serde_json::from_slice(&answer.stdout).unwrap();
+    assert_eq!(answer["model"], "model_lookout_int8");
 
     // A file corrupted on disk afterwards is caught by verify.
     let graph = target.join("onnx/vision_encoder_int8.onnx");
@@ -277,6 +291,34 @@ async fn a_corrupted_download_fails_verification_and_is_not_kept() {
         !target.join("lookout-manifest.json").exists(),
         "an incomplete fetch must not look complete"
     );
+}
+
+/// `--no-build` fetches the official graphs alone: a hub without the checkpoint serves all it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_build_only_the_official_graphs_are_fetched() {
+    let mut files = fixture_files();
+    files.remove(CHECKPOINT_FILE);
+    let endpoint = hub(files, Arc::new(Mutex::new(Faults::default()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("model");
+    let target_arg = target.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        lookout(
+            &[
+                "models",
+                "fetch",
+                "--no-build",
+                "--dir",
+                target_arg.to_str().unwrap(),
+            ],
+            &endpoint,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!target.join(CHECKPOINT_FILE).exists());
+    assert!(!target.join("onnx/lookout_decoder_int8.onnx").exists());
 }
 
 #[test]

@@ -19,8 +19,11 @@ use lookout::vision::model::ModelSpec;
 use lookout::vision::preprocess::preprocess;
 use lookout::vision::prompt::Prompter;
 use lookout::vision::{
-    self, Analyser, LoadOptions, LocalAnswer, Provider, Replacement, SmolVlm, runtime,
+    self, Analyser, Graphs, LoadOptions, LocalAnswer, MaxContext, PromptBounds, Provider,
+    Replacement, SmolVlm, runtime,
 };
+
+use crate::common::config::smolvlm_built_fixture;
 use serde_json::Value;
 
 fn fixture() -> PathBuf {
@@ -148,23 +151,62 @@ fn pixel_values_agree_with_the_reference() {
     );
 }
 
-/// The fixture model on the runtime `cargo test` points ORT_DYLIB_PATH at (deploy/fetch-onnxruntime.sh).
-fn load_fixture() -> SmolVlm {
+/// The decoders held to the reference: the official export's, and Lookout's own, built from the
+/// fixture's checkpoint (`lookout models build`), with the official vision encoder and embeddings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Decoder {
+    Official,
+    Lookout,
+}
+
+const DECODERS: [Decoder; 2] = [Decoder::Official, Decoder::Lookout];
+
+/// The fixture model's fp32 graphs, with `decoder`, on the runtime `cargo test` points ORT_DYLIB_PATH at
+/// (deploy/fetch-onnxruntime.sh).
+fn load_fixture(decoder: Decoder) -> SmolVlm {
+    load_variant(decoder, "")
+}
+
+/// The fixture model's graphs of variant suffix `suffix` with `decoder`. Lookout's decoder starts
+/// with the cache for one unsplit picture: split frames and clips make it grow.
+fn load_variant(decoder: Decoder, suffix: &str) -> SmolVlm {
+    load_with_context(
+        decoder,
+        suffix,
+        MaxContext::Largest(PromptBounds::default()),
+    )
+}
+
+fn load_with_context(decoder: Decoder, suffix: &str, max_context: MaxContext) -> SmolVlm {
     let library = runtime::resolve_library(
         std::env::var_os("ORT_DYLIB_PATH")
             .map(PathBuf::from)
             .as_deref(),
     )
     .unwrap();
-    SmolVlm::load(&LoadOptions {
-        model_dir: fixture(),
-        suffix: String::new(),
+    let (model_dir, graphs) = match decoder {
+        Decoder::Official => (fixture(), Graphs::Official),
+        Decoder::Lookout => (smolvlm_built_fixture(), Graphs::Lookout),
+    };
+    let model = SmolVlm::load(&LoadOptions {
+        model_dir,
+        suffix: suffix.to_owned(),
         library,
         providers: vec![Provider::Cpu],
         threads: 1,
         batch: 4,
+        graphs,
+        max_context,
     })
-    .unwrap_or_else(|error| panic!("{error}"))
+    .unwrap_or_else(|error| panic!("{error}"));
+    // A fallback to the official decoder must not pass for Lookout's.
+    assert_eq!(
+        model.model().contains("_lookout_"),
+        decoder == Decoder::Lookout,
+        "{decoder:?} loaded {}",
+        model.model()
+    );
+    model
 }
 
 fn frame_of(case: &Value) -> Frame {
@@ -211,7 +253,14 @@ fn geometric_mean(probabilities: &[f64]) -> f64 {
 
 #[test]
 fn greedy_tokens_and_confidences_equal_transformers() {
-    let mut model = load_fixture();
+    for decoder in DECODERS {
+        println!("with the {decoder:?} decoder");
+        greedy_tokens_and_confidences_equal_transformers_with(decoder);
+    }
+}
+
+fn greedy_tokens_and_confidences_equal_transformers_with(decoder: Decoder) {
+    let mut model = load_fixture(decoder);
     let max_new = golden()["meta"]["max_new_tokens"].as_u64().unwrap() as u32;
     let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
     for case in cases() {
@@ -312,13 +361,45 @@ fn greedy_tokens_and_confidences_equal_transformers() {
     }
 }
 
+/// A cache the config fixed (`vision.max_context`) does not grow: a prompt that does not fit is refused
+/// with the setting's name, and the model goes on answering those that fit; an answer that would
+/// overflow it stops where the cache is full.
+#[test]
+fn a_fixed_context_refuses_longer_prompts_and_keeps_answering() {
+    let mut model = load_with_context(Decoder::Lookout, "", MaxContext::Positions(120));
+    let case = &cases()[1];
+    let frame = frame_of(case);
+    let split = request("What is this?", AnswerKind::Text, true, 4);
+    let error = model.answer(&frame, &[split]).remove(0).unwrap_err();
+    assert!(error.to_string().contains("vision.max_context"), "{error}");
+    let unsplit = request("What is this?", AnswerKind::Text, false, 1000);
+    let answer = model.answer(&frame, &[unsplit]).remove(0).unwrap();
+    let prompt = fixture_prompter()
+        .1
+        .ids("What is this?", 0, 0)
+        .unwrap()
+        .len();
+    assert!(
+        answer.tokens.len() <= 120 + 1 - prompt,
+        "{} tokens after a prompt of {prompt}",
+        answer.tokens.len()
+    );
+}
+
 /// Text answers decoded together must be exactly the answers each gets alone, the reference's: every
 /// golden case is its own job (frames of different sizes and splitting modes, so prompts of different
 /// lengths share a batch and are padded), answered in one call, batches of 4; answers of different
 /// lengths (a shorter `max_new_tokens` in turn) leave the batch at different steps.
 #[test]
 fn text_answers_decoded_together_equal_the_reference() {
-    let mut model = load_fixture();
+    for decoder in DECODERS {
+        println!("with the {decoder:?} decoder");
+        text_answers_decoded_together_equal_the_reference_with(decoder);
+    }
+}
+
+fn text_answers_decoded_together_equal_the_reference_with(decoder: Decoder) {
+    let mut model = load_fixture(decoder);
     let max_new = golden()["meta"]["max_new_tokens"].as_u64().unwrap() as u32;
     let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
     let cases = cases();
@@ -369,6 +450,13 @@ fn text_answers_decoded_together_equal_the_reference() {
 /// the same model gives the job alone.
 #[test]
 fn waiting_jobs_of_several_cameras_are_answered_together_as_each_alone() {
+    for decoder in DECODERS {
+        println!("with the {decoder:?} decoder");
+        waiting_jobs_are_answered_together_as_each_alone_with(decoder);
+    }
+}
+
+fn waiting_jobs_are_answered_together_as_each_alone_with(decoder: Decoder) {
     let cases = cases();
     let jobs = || -> Vec<Job> {
         cases
@@ -393,7 +481,7 @@ fn waiting_jobs_of_several_cameras_are_answered_together_as_each_alone() {
             })
             .collect()
     };
-    let mut alone = load_fixture();
+    let mut alone = load_fixture(decoder);
     let expected: Vec<Vec<LocalAnswer>> = jobs()
         .iter()
         .map(|job| {
@@ -411,7 +499,7 @@ fn waiting_jobs_of_several_cameras_are_answered_together_as_each_alone() {
     }
     queue.close();
     let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
-    let model = Box::new(load_fixture());
+    let model = Box::new(load_fixture(decoder));
     assert_eq!(model.batch(), 4);
     vision::run_blocking(model, queue, sender, stats, Replacement::default());
     for (job, expected) in jobs().iter().zip(expected) {
@@ -537,7 +625,14 @@ mod video {
 
     #[test]
     fn greedy_tokens_about_a_clip_equal_transformers() {
-        let mut model = load_fixture();
+        for decoder in DECODERS {
+            println!("with the {decoder:?} decoder");
+            greedy_tokens_about_a_clip_equal_transformers_with(decoder);
+        }
+    }
+
+    fn greedy_tokens_about_a_clip_equal_transformers_with(decoder: Decoder) {
+        let mut model = load_fixture(decoder);
         let max_new = golden()["meta"]["max_new_tokens"].as_u64().unwrap() as u32;
         let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
         for case in golden()["cases"].as_array().unwrap() {
@@ -567,7 +662,7 @@ mod video {
 
     #[test]
     fn a_clip_of_no_frames_or_too_many_is_refused_with_the_limit() {
-        let mut model = load_fixture();
+        let mut model = load_fixture(Decoder::Official);
         let request = request("What happened?", AnswerKind::YesNo, false, 4);
         let small = Arc::new(RgbImage::new(8, 8));
         for count in [0, 65] {

@@ -10,12 +10,13 @@ use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
 use super::SmolVlm;
-use super::decode::{CacheLayout, Decoder};
+use super::decode::{CacheLayout, CacheShape, Decoder, FixedDecoder, GrowingDecoder};
 use super::inputs::Embedder;
 use crate::vision::embedding::EmbeddingTable;
-use crate::vision::model::{ModelError, ModelSpec};
+use crate::vision::model::{ModelError, ModelSpec, built_decoder_path};
 use crate::vision::prompt::{PromptError, Prompter};
 use crate::vision::runtime::{self, Provider, RuntimeError};
+use crate::vision::{Graphs, PromptBounds, built_precision};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,12 @@ pub enum LoadError {
     Variant(String),
     #[error("{graph}: {problem} (is this a SmolVLM2 export?)")]
     Contract { graph: PathBuf, problem: String },
+    #[error("{graph}: cannot allocate its cache of {capacity} positions: {reason}")]
+    Cache {
+        graph: PathBuf,
+        capacity: usize,
+        reason: String,
+    },
 }
 
 /// How to load a model: where it is, which weights, on what.
@@ -46,6 +53,19 @@ pub struct LoadOptions {
     /// The most text answers decoded together, one decoder run per token for all of them (1: one at a
     /// time).
     pub batch: usize,
+    /// Lookout's own decoder when the folder holds one for the variant, or the official export's.
+    pub graphs: Graphs,
+    /// The most positions (prompt and answer) a sequence may hold: the capacity of the cache buffers
+    /// of Lookout's decoder.
+    pub max_context: MaxContext,
+}
+
+/// The capacity of Lookout's decoder's cache: a number of positions, or the largest prompt and answer
+/// of some bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxContext {
+    Positions(usize),
+    Largest(PromptBounds),
 }
 
 /// An input or output a graph must declare: name, element type, rank.
@@ -65,12 +85,12 @@ fn port(name: impl Into<String>, dtype: TensorElementType, rank: usize) -> Port 
 }
 
 /// The graphs of one variant in a model folder, opened on one environment.
-struct Graphs<'a> {
+struct GraphFiles<'a> {
     environment: &'a Environment,
     options: &'a LoadOptions,
 }
 
-impl Graphs<'_> {
+impl GraphFiles<'_> {
     fn path(&self, name: &str) -> PathBuf {
         self.options
             .model_dir
@@ -106,6 +126,59 @@ impl Graphs<'_> {
     }
 }
 
+impl GraphFiles<'_> {
+    /// The official export's decoder, whose cache grows step by step.
+    fn open_growing(&self, spec: &ModelSpec) -> Result<Decoder, LoadError> {
+        let path = self.path("decoder_model_merged");
+        let (inputs, outputs) = decoder_ports(spec.layers);
+        let (session, _) = self.open(&path, &inputs, &outputs)?;
+        let declared: Vec<(&str, &ValueType)> = session
+            .inputs()
+            .iter()
+            .map(|input| (input.name(), input.dtype()))
+            .collect();
+        let layout =
+            cache_layout(&declared, spec.layers).map_err(|problem| contract(&path, problem))?;
+        Ok(Decoder::Growing(GrowingDecoder { session, layout }))
+    }
+
+    /// Lookout's own decoder at `path`, with its cache buffers of `max_context` positions.
+    fn open_fixed(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
+        let (inputs, outputs) = built_decoder_ports(spec.layers);
+        let (session, _) = self.open(path, &inputs, &outputs)?;
+        let declared: Vec<(&str, &ValueType)> = session
+            .inputs()
+            .iter()
+            .map(|input| (input.name(), input.dtype()))
+            .collect();
+        let layout =
+            cache_layout(&declared, spec.layers).map_err(|problem| contract(path, problem))?;
+        let (capacity, limit) = match self.options.max_context {
+            MaxContext::Positions(positions) => (positions, positions),
+            MaxContext::Largest(bounds) => (
+                bounds.positions(&spec.image, spec.image_seq_len),
+                spec.max_positions,
+            ),
+        };
+        let shape = CacheShape {
+            layers: spec.layers,
+            kv_heads: layout.kv_heads as usize,
+            head_dim: layout.head_dim as usize,
+            capacity,
+        };
+        let batch = self.options.batch.max(1);
+        let rows = if batch > 1 { 1 + batch } else { 1 };
+        tracing::info!(graph = %path.display(), capacity = shape.capacity, rows, megabytes = (rows * shape.bytes_per_row()) as f64 / 1e6, "Allocating the decoder's cache: one row to prefill in, one per answer decoded together.");
+        let decoder =
+            FixedDecoder::new(session, shape, batch, limit).map_err(|error| LoadError::Cache {
+                graph: path.to_owned(),
+                capacity: shape.capacity,
+                reason: error.to_string(),
+            })?;
+        Ok(Decoder::Fixed(Box::new(decoder)))
+    }
+}
+
 fn contract(path: &Path, problem: String) -> LoadError {
     LoadError::Contract {
         graph: path.to_owned(),
@@ -124,7 +197,7 @@ impl SmolVlm {
             spec.image_seq_len,
         )?;
         let environment = runtime::environment(&options.library)?;
-        let graphs = Graphs {
+        let graphs = GraphFiles {
             environment: &environment,
             options,
         };
@@ -150,19 +223,24 @@ impl SmolVlm {
                 Embedder::Graph(session)
             }
         };
-        let decoder_path = graphs.path("decoder_model_merged");
-        let (inputs, outputs) = decoder_ports(spec.layers);
-        let (session, _) = graphs.open(&decoder_path, &inputs, &outputs)?;
-        let declared: Vec<(&str, &ValueType)> = session
-            .inputs()
-            .iter()
-            .map(|input| (input.name(), input.dtype()))
-            .collect();
-        let layout = cache_layout(&declared, spec.layers)
-            .map_err(|problem| contract(&decoder_path, problem))?;
-        let decoder = Decoder { session, layout };
-
-        let name = model_name(&options.model_dir, &options.suffix);
+        let variant = options.suffix.strip_prefix('_').unwrap_or("fp32");
+        let built = built_precision(variant)
+            .map(|precision| (precision, built_decoder_path(&options.model_dir, precision)))
+            .filter(|(_, path)| options.graphs == Graphs::Lookout && path.is_file());
+        let (decoder, name) = match built {
+            Some((precision, path)) => {
+                let decoder = graphs.open_fixed(&path, &spec)?;
+                let name = model_name(&options.model_dir, &format!("_lookout_{precision}"));
+                (decoder, name)
+            }
+            None => {
+                if options.graphs == Graphs::Lookout {
+                    tracing::info!(model_dir = %options.model_dir.display(), variant_suffix = %options.suffix, "No decoder of Lookout's own for this variant (`lookout models build` makes one from the folder's checkpoint): the official decoder answers.");
+                }
+                let decoder = graphs.open_growing(&spec)?;
+                (decoder, model_name(&options.model_dir, &options.suffix))
+            }
+        };
         tracing::info!(model = %name, providers = ?providers, "SmolVLM2 loaded.");
         Ok(SmolVlm {
             name,
@@ -196,6 +274,29 @@ fn decoder_ports(layers: usize) -> (Vec<Port>, Vec<Port>) {
         port("inputs_embeds", Float32, 3),
         port("attention_mask", Int64, 2),
         port("position_ids", Int64, 2),
+    ];
+    inputs.extend(
+        cache_names("past_key_values", layers)
+            .into_iter()
+            .map(|name| port(name, Float32, 4)),
+    );
+    let mut outputs = vec![port("logits", Float32, 3)];
+    outputs.extend(
+        cache_names("present", layers)
+            .into_iter()
+            .map(|name| port(name, Float32, 4)),
+    );
+    (inputs, outputs)
+}
+
+/// Lookout's decoder's inputs and outputs: as the official decoder's, but the positions come from the
+/// attention mask (no `position_ids`) and `num_logits_to_keep` is required.
+fn built_decoder_ports(layers: usize) -> (Vec<Port>, Vec<Port>) {
+    use TensorElementType::{Float32, Int64};
+    let mut inputs = vec![
+        port("inputs_embeds", Float32, 3),
+        port("attention_mask", Int64, 2),
+        port("num_logits_to_keep", Int64, 0),
     ];
     inputs.extend(
         cache_names("past_key_values", layers)

@@ -29,16 +29,15 @@ mod score;
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
-use ort::value::DynValue;
 
 use super::model::ModelSpec;
 use super::preprocess::{Pixels, preprocess, preprocess_clip};
 use super::prompt::{PromptError, Prompter};
 use super::{AnalyseError, Analyser, LocalAnswer};
 use crate::message::{Clip, Frame, MAX_CLIP_FRAMES, Request, StageTimings};
-use decode::{Decoder, Past, Prefilled, shared_prefix};
+use decode::{Cache, Decoder, Past, Prefilled, shared_prefix};
 use inputs::Embedder;
-pub use load::{LoadError, LoadOptions};
+pub use load::{LoadError, LoadOptions, MaxContext};
 
 pub struct SmolVlm {
     name: String,
@@ -68,7 +67,7 @@ enum Prepared {
 /// The prefix the prompts of one picture share, prefilled: the logits after it and its cache.
 struct Prefix {
     logits: Vec<f32>,
-    cache: Vec<DynValue>,
+    cache: Cache,
 }
 
 fn ort_error(error: ort::Error) -> AnalyseError {
@@ -193,10 +192,14 @@ impl SmolVlm {
     /// Prefills the shared prefix `ids`, its `<image>` rows filled by `features`, from an empty cache.
     fn prefill_prefix(&mut self, ids: &[u32], features: &[f32]) -> Result<Prefix, AnalyseError> {
         let embeds = self.embed_with_image(ids, features)?;
-        let cache = self.decoder.empty_cache()?;
-        let (logits, cache) =
-            self.decoder
-                .prefill(embeds, ids.len(), 0, Past::Owned(cache), false)?;
+        let (logits, cache) = self.decoder.prefill(
+            embeds,
+            ids.len(),
+            0,
+            Past::Empty,
+            false,
+            self.spec.vocab_size,
+        )?;
         Ok(Prefix {
             logits: logits.into_iter().next_back().unwrap_or_default(),
             cache,
@@ -230,8 +233,9 @@ impl SmolVlm {
                 embeds,
                 rest.len(),
                 shared,
-                Past::Shared(prefix_cache),
+                Past::Cache(prefix_cache),
                 false,
+                self.spec.vocab_size,
             )?;
             timings.prefill += millis(started);
             let last = logits.into_iter().next_back().unwrap_or_default();

@@ -6,10 +6,8 @@
 //!   scored as the sum of its tokens' log-probabilities right after the prompt; the best option is the
 //!   answer and its confidence is its share of the softmax over the options' scores.
 
-use ort::value::DynValue;
-
 use super::SmolVlm;
-use super::decode::Past;
+use super::decode::{Cache, Past};
 use crate::message::AnswerKind;
 use crate::message::StageTimings;
 use crate::vision::{AnalyseError, LocalAnswer};
@@ -116,7 +114,7 @@ impl SmolVlm {
     pub(super) fn choose(
         &mut self,
         last: &[f32],
-        prefix: &[DynValue],
+        prefix: &Cache,
         shared: usize,
         ids: &[u32],
         options: &[(&str, String)],
@@ -138,9 +136,14 @@ impl SmolVlm {
                     .collect();
                 let rest = &full[shared..];
                 let embeds = self.embedder.embed(rest)?;
-                (forced, _) =
-                    self.decoder
-                        .prefill(embeds, rest.len(), shared, Past::Shared(prefix), true)?;
+                (forced, _) = self.decoder.prefill(
+                    embeds,
+                    rest.len(),
+                    shared,
+                    Past::Cache(prefix),
+                    true,
+                    self.spec.vocab_size,
+                )?;
             }
             scores.push(option_score(last, &forced, &continuation));
             option_ids.push(continuation);

@@ -1,96 +1,57 @@
 //! The decoder: prompts prefilled (a shared prefix once, each question's own words on top of its cache),
 //! then text answers generated greedily, several together.
 //!
-//! The cache a step returns (`present.*`) is moved into the next step as `past.*`: the tensors stay
-//! where ONNX Runtime put them, with no copy through our buffers. A shared prefix's cache is passed by
-//! reference to each question prefilled on top of it.
+//! Two kinds of decoder graph, one loop: the official export's (`growing`: its cache grows by a
+//! position each step, passed from step to step as ONNX Runtime's own tensors) and Lookout's own
+//! (`fixed`: one buffer per layer of a fixed capacity, written in place). The loop here chooses the
+//! tokens; each kind keeps its cache its own way behind `Decoder`, `Cache` and `Batch`.
 //!
 //! Text answers are decoded together, those of one frame and those of other jobs answered in the same
-//! call (`answer_jobs`), up to `batch` at a time. A decoding step is bound by reading the weights and by
-//! ONNX Runtime's per-node overhead, not by arithmetic: a step for 4 sequences took 1.5x (int8) and 1.2x
-//! (fp32) one for a single sequence. The caches are stacked left-padded and the padding masked, which
-//! with fp32 weights gives exactly each answer alone; the int8 graphs quantize activations with one
-//! scale per tensor, so there an answer can shift slightly with its batch.
+//! call (`answer_jobs`), up to `batch` at a time. A decoding step is bound by reading the weights, not
+//! by arithmetic, so one run for several answers costs little more than for one.
 
-use std::borrow::Cow;
+mod fixed;
+mod growing;
+
 use std::time::Instant;
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor};
+use ort::value::DynValue;
 
 use super::score::{argmax, log_sum_exp, text_confidence};
-use super::{SmolVlm, millis, ort_error};
+use super::{SmolVlm, millis};
 use crate::message::StageTimings;
 use crate::vision::{AnalyseError, LocalAnswer};
+pub(super) use fixed::{CacheShape, FixedDecoder};
+pub(super) use growing::{CacheLayout, GrowingDecoder};
 
-/// What the decoder graph's key/value inputs look like, read from its metadata, with their names (built
-/// once: they are passed on every generated token).
-pub(super) struct CacheLayout {
-    pub(super) past_names: Vec<String>,
-    pub(super) present_names: Vec<String>,
-    pub(super) kv_heads: i64,
-    pub(super) head_dim: i64,
-    pub(super) has_logits_to_keep: bool,
+/// The decoder graph, of either kind.
+pub(super) enum Decoder {
+    Growing(GrowingDecoder),
+    Fixed(Box<FixedDecoder>),
 }
 
-/// The decoder graph and the layout of its cache.
-pub(super) struct Decoder {
-    pub(super) session: Session,
-    pub(super) layout: CacheLayout,
+/// A prefilled sequence's cache, as its decoder keeps it.
+pub(super) enum Cache {
+    Growing(Vec<DynValue>),
+    Fixed(fixed::ParkedRows),
 }
 
-/// The decoder's past: moved in from the previous step, or borrowed from a shared prefix.
+/// The answers being decoded together, as their decoder holds their caches.
+enum Batch {
+    Growing(Vec<DynValue>),
+    Fixed(fixed::FixedBatch),
+}
+
+/// What a prefill runs on top of: nothing, or a cache (a shared prefix's).
 pub(super) enum Past<'a> {
-    Owned(Vec<DynValue>),
-    Shared(&'a [DynValue]),
-}
-
-/// The positions of one decoder run: `count` new positions of each of `batch` sequences, with the
-/// attention mask over all positions (past and new) and the new positions' ids, sequence after sequence.
-#[derive(Debug, PartialEq)]
-struct Rows {
-    batch: usize,
-    count: usize,
-    attention_mask: Vec<i64>,
-    position_ids: Vec<i64>,
-}
-
-impl Rows {
-    /// `count` new positions of one sequence after `past_len` cached ones.
-    fn prefill(count: usize, past_len: usize) -> Rows {
-        let total = past_len + count;
-        Rows {
-            batch: 1,
-            count,
-            attention_mask: vec![1; total],
-            position_ids: (past_len as i64..total as i64).collect(),
-        }
-    }
-
-    /// One new position of each sequence, the sequences holding `cached` positions each: the caches are
-    /// right-aligned to the longest, so a shorter one is masked where it is padded on the left.
-    fn next_token(cached: &[usize]) -> Rows {
-        let width = cached.iter().copied().max().unwrap_or(0) + 1;
-        let attention_mask = cached
-            .iter()
-            .flat_map(|cached| {
-                let padding = width - 1 - cached;
-                std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, width - padding))
-            })
-            .collect();
-        Rows {
-            batch: cached.len(),
-            count: 1,
-            attention_mask,
-            position_ids: cached.iter().map(|cached| *cached as i64).collect(),
-        }
-    }
+    Empty,
+    Cache(&'a Cache),
 }
 
 /// A prompt run through the decoder: the logits after it and its cache.
 pub(super) struct Prefilled {
     pub(super) logits: Vec<f32>,
-    pub(super) cache: Vec<DynValue>,
+    pub(super) cache: Cache,
     pub(super) prompt_len: usize,
     pub(super) max_new: u32,
     pub(super) timings: StageTimings,
@@ -112,13 +73,18 @@ struct Decoding {
 }
 
 impl Decoding {
-    /// The row of a prefilled prompt at `place` in the batch, and the prompt's cache.
-    fn start(place: usize, prefilled: Prefilled) -> (Decoding, Vec<DynValue>) {
+    /// The row of a prefilled prompt at `place` in the batch, and the prompt's cache. With a cache of
+    /// `capacity` positions, the answer stops where the cache is full (the last token chosen needs no
+    /// position of its own).
+    fn start(place: usize, prefilled: Prefilled, capacity: Option<usize>) -> (Decoding, Cache) {
+        let room = capacity.map_or(u32::MAX, |capacity| {
+            (capacity + 1).saturating_sub(prefilled.prompt_len) as u32
+        });
         let row = Decoding {
             place,
             logits: prefilled.logits,
             cached: prefilled.prompt_len,
-            max_new: prefilled.max_new,
+            max_new: prefilled.max_new.min(room),
             tokens: Vec::new(),
             log_probs: Vec::new(),
             timings: prefilled.timings,
@@ -141,31 +107,6 @@ impl Decoding {
         self.log_probs.push(logit - log_sum_exp(&self.logits));
         self.tokens.len() as u32 >= self.max_new
     }
-}
-
-/// One row of a cache tensor ([rows, heads, width, head_dim]) to stack with others: the tensor's values
-/// and width, which row, and how many of that row's last positions are real.
-struct CacheRow<'a> {
-    values: &'a [f32],
-    width: usize,
-    row: usize,
-    real: usize,
-}
-
-/// The rows stacked into one tensor of `width` positions ([rows.len(), heads, width, head_dim]): each
-/// row right-aligned and zero before it.
-fn stack_rows(rows: &[CacheRow<'_>], heads: usize, head_dim: usize, width: usize) -> Vec<f32> {
-    let mut stacked = vec![0f32; rows.len() * heads * width * head_dim];
-    for (target_row, from) in rows.iter().enumerate() {
-        for head in 0..heads {
-            let source =
-                ((from.row * heads + head) * from.width + from.width - from.real) * head_dim;
-            let target = ((target_row * heads + head) * width + width - from.real) * head_dim;
-            stacked[target..target + from.real * head_dim]
-                .copy_from_slice(&from.values[source..source + from.real * head_dim]);
-        }
-    }
-    stacked
 }
 
 /// The rows of a batch of `rows` that stay when those at the indices `leaving` leave, in order.
@@ -223,29 +164,22 @@ pub(super) fn shared_prefix(prompts: &[&Vec<u32>], image_token: u32) -> usize {
     if length >= last_image { length } else { 0 }
 }
 
+fn wrong_cache() -> AnalyseError {
+    AnalyseError::Model("a cache of the other decoder kind".to_owned())
+}
+
 impl Decoder {
-    /// An empty cache, shaped from the decoder's metadata.
-    pub(super) fn empty_cache(&self) -> Result<Vec<DynValue>, AnalyseError> {
-        (0..self.layout.past_names.len())
-            .map(|_| {
-                Tensor::from_array((
-                    [
-                        1,
-                        self.layout.kv_heads as usize,
-                        0,
-                        self.layout.head_dim as usize,
-                    ],
-                    Vec::<f32>::new(),
-                ))
-                .map(|tensor| tensor.into_dyn())
-                .map_err(ort_error)
-            })
-            .collect()
+    /// The most positions a sequence may hold: Lookout's decoder has a limit.
+    pub(super) fn capacity(&self) -> Option<usize> {
+        match self {
+            Decoder::Growing(_) => None,
+            Decoder::Fixed(decoder) => Some(decoder.limit()),
+        }
     }
 
-    /// Runs the decoder on `embeds` (`count` positions of one sequence after `past_len` cached ones) and
-    /// returns the logits at each requested position (`all_positions`, else only the last) and the new
-    /// cache.
+    /// Runs the decoder on `embeds` (`count` positions of one sequence after `past_len` cached ones in
+    /// `past`) and returns the logits at each requested position (`all_positions`, else only the last)
+    /// and the sequence's cache.
     pub(super) fn prefill(
         &mut self,
         embeds: Vec<f32>,
@@ -253,149 +187,147 @@ impl Decoder {
         past_len: usize,
         past: Past<'_>,
         all_positions: bool,
-    ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>), AnalyseError> {
-        self.run(embeds, Rows::prefill(count, past_len), past, all_positions)
+        vocab: usize,
+    ) -> Result<(Vec<Vec<f32>>, Cache), AnalyseError> {
+        match self {
+            Decoder::Growing(decoder) => {
+                let past = match past {
+                    Past::Empty => None,
+                    Past::Cache(Cache::Growing(values)) => Some(values.as_slice()),
+                    Past::Cache(Cache::Fixed(_)) => return Err(wrong_cache()),
+                };
+                let (logits, cache) =
+                    decoder.prefill(embeds, count, past_len, past, all_positions)?;
+                Ok((logits, Cache::Growing(cache)))
+            }
+            Decoder::Fixed(decoder) => {
+                let past = match past {
+                    Past::Empty => None,
+                    Past::Cache(Cache::Fixed(rows)) => Some(rows),
+                    Past::Cache(Cache::Growing(_)) => return Err(wrong_cache()),
+                };
+                let (logits, cache) =
+                    decoder.prefill(embeds, count, past_len, past, all_positions, vocab)?;
+                Ok((logits, Cache::Fixed(cache)))
+            }
+        }
     }
 
-    /// Runs the decoder on `embeds`, `rows.count` positions of each of `rows.batch` sequences, and
-    /// returns, sequence after sequence, the logits at each requested position (`all_positions`, else
-    /// only the last) and the new cache.
-    fn run(
+    /// Starts decoding the answers whose caches are `caches` (holding `cached` positions each, and
+    /// `positions` at most by the end).
+    fn start(
         &mut self,
-        embeds: Vec<f32>,
-        rows: Rows,
-        past: Past<'_>,
-        all_positions: bool,
-    ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>), AnalyseError> {
-        let Rows {
-            batch,
-            count,
-            attention_mask,
-            position_ids,
-        } = rows;
-        let hidden = embeds.len() / (batch * count);
-        let total = attention_mask.len() / batch;
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            (
-                "inputs_embeds".into(),
-                Tensor::from_array(([batch, count, hidden], embeds))
-                    .map_err(ort_error)?
-                    .into(),
-            ),
-            (
-                "attention_mask".into(),
-                Tensor::from_array(([batch, total], attention_mask))
-                    .map_err(ort_error)?
-                    .into(),
-            ),
-            (
-                "position_ids".into(),
-                Tensor::from_array(([batch, count], position_ids))
-                    .map_err(ort_error)?
-                    .into(),
-            ),
-        ];
-        if self.layout.has_logits_to_keep {
-            let keep = if all_positions { count as i64 } else { 1 };
-            inputs.push((
-                "num_logits_to_keep".into(),
-                Tensor::from_array(([0usize; 0], vec![keep]))
-                    .map_err(ort_error)?
-                    .into(),
-            ));
+        caches: Vec<Cache>,
+        cached: &[usize],
+        positions: usize,
+    ) -> Result<Batch, AnalyseError> {
+        match self {
+            Decoder::Growing(decoder) => {
+                let mut values = caches
+                    .into_iter()
+                    .map(|cache| match cache {
+                        Cache::Growing(values) => Ok(values),
+                        Cache::Fixed(_) => Err(wrong_cache()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if values.len() == 1 {
+                    return Ok(Batch::Growing(values.pop().unwrap_or_default()));
+                }
+                let parts: Vec<(&[DynValue], usize, usize)> = values
+                    .iter()
+                    .zip(cached)
+                    .map(|(cache, cached)| (cache.as_slice(), 0, *cached))
+                    .collect();
+                Ok(Batch::Growing(decoder.stack_caches(&parts)?))
+            }
+            Decoder::Fixed(decoder) => {
+                let rows = caches
+                    .into_iter()
+                    .map(|cache| match cache {
+                        Cache::Fixed(rows) => Ok(rows),
+                        Cache::Growing(_) => Err(wrong_cache()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Batch::Fixed(decoder.start(rows, positions)?))
+            }
         }
-        let values: Vec<SessionInputValue<'_>> = match past {
-            Past::Owned(values) => values.into_iter().map(Into::into).collect(),
-            Past::Shared(values) => values.iter().map(Into::into).collect(),
-        };
-        let names = self
-            .layout
-            .past_names
-            .iter()
-            .map(|name| Cow::Borrowed(name.as_str()));
-        inputs.extend(names.zip(values));
-        let mut outputs = self.session.run(inputs).map_err(ort_error)?;
-        let (shape, logits) = outputs["logits"]
-            .try_extract_tensor::<f32>()
-            .map_err(ort_error)?;
-        let vocab = *shape.last().unwrap_or(&0) as usize;
-        let rows_wanted = wanted_logits(logits, vocab, batch, count, all_positions);
-        let mut present = Vec::with_capacity(self.layout.present_names.len());
-        for name in &self.layout.present_names {
-            let value = outputs
-                .remove(name)
-                .ok_or_else(|| AnalyseError::Model(format!("no {name} output")))?;
-            present.push(value);
-        }
-        Ok((rows_wanted, present))
     }
 
-    /// One cache of `parts.len()` rows from rows of others: each part names a cache, a row of it, and
-    /// how many of that row's last positions are real. Each row is right-aligned to the longest and
-    /// zero before it (the attention mask hides those positions).
-    fn stack_caches(
-        &self,
-        parts: &[(&[DynValue], usize, usize)],
-    ) -> Result<Vec<DynValue>, AnalyseError> {
-        let heads = self.layout.kv_heads as usize;
-        let head_dim = self.layout.head_dim as usize;
-        let width = parts.iter().map(|(_, _, real)| *real).max().unwrap_or(0);
-        (0..self.layout.past_names.len())
-            .map(|tensor| {
-                let rows = parts
-                    .iter()
-                    .map(|(cache, row, real)| {
-                        let (shape, values) = cache[tensor]
-                            .try_extract_tensor::<f32>()
-                            .map_err(ort_error)?;
-                        Ok(CacheRow {
-                            values,
-                            width: shape[2] as usize,
-                            row: *row,
-                            real: *real,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, AnalyseError>>()?;
-                let stacked = stack_rows(&rows, heads, head_dim, width);
-                Tensor::from_array(([parts.len(), heads, width, head_dim], stacked))
-                    .map(|tensor| tensor.into_dyn())
-                    .map_err(ort_error)
-            })
-            .collect()
+    /// One step of the batch's answers: `embeds` one position each, `cached` positions before it.
+    fn step(
+        &mut self,
+        batch: &mut Batch,
+        embeds: Vec<f32>,
+        cached: &[usize],
+        vocab: usize,
+    ) -> Result<Vec<Vec<f32>>, AnalyseError> {
+        match (self, batch) {
+            (Decoder::Growing(decoder), Batch::Growing(cache)) => {
+                decoder.step(cache, embeds, cached)
+            }
+            (Decoder::Fixed(decoder), Batch::Fixed(batch)) => {
+                decoder.step(batch, embeds, cached, vocab)
+            }
+            _ => Err(wrong_cache()),
+        }
+    }
+
+    /// The answers at `leaving` (of `before` in the batch) are complete; those staying hold `cached`
+    /// positions each.
+    fn leave(
+        &mut self,
+        batch: &mut Batch,
+        before: usize,
+        leaving: &[usize],
+        cached: &[usize],
+    ) -> Result<(), AnalyseError> {
+        match (self, batch) {
+            (Decoder::Growing(decoder), Batch::Growing(cache)) => {
+                let parts: Vec<(&[DynValue], usize, usize)> = staying(before, leaving)
+                    .into_iter()
+                    .zip(cached)
+                    .map(|(index, cached)| (cache.as_slice(), index, *cached))
+                    .collect();
+                *cache = decoder.stack_caches(&parts)?;
+                Ok(())
+            }
+            (Decoder::Fixed(_), Batch::Fixed(batch)) => {
+                batch.leave(leaving);
+                Ok(())
+            }
+            _ => Err(wrong_cache()),
+        }
     }
 }
 
 impl SmolVlm {
     /// Greedy decoding of several prefilled prompts at once: each step runs the decoder once for all of
-    /// them. Their caches are stacked into one, each right-aligned to the longest and masked where it
-    /// is padded, so that every row sees exactly its own prompt. A row whose answer is complete leaves
-    /// the batch, and the cache is rebuilt without it.
+    /// them, every row seeing exactly its own prompt. A row whose answer is complete leaves the batch.
     pub(super) fn generate(
         &mut self,
         prefilled: Vec<Prefilled>,
     ) -> Vec<Result<LocalAnswer, AnalyseError>> {
         let started = Instant::now();
-        let (mut rows, mut caches): (Vec<Decoding>, Vec<Vec<DynValue>>) = prefilled
+        let capacity = self.decoder.capacity();
+        let (mut rows, caches): (Vec<Decoding>, Vec<Cache>) = prefilled
             .into_iter()
             .enumerate()
-            .map(|(place, prefilled)| Decoding::start(place, prefilled))
+            .map(|(place, prefilled)| Decoding::start(place, prefilled, capacity))
             .unzip();
         let mut answers: Vec<Option<Result<LocalAnswer, AnalyseError>>> =
             rows.iter().map(|_| None).collect();
-        let mut cache = if caches.len() == 1 {
-            caches.pop().unwrap_or_default()
-        } else {
-            let parts: Vec<(&[DynValue], usize, usize)> = caches
-                .iter()
-                .zip(&rows)
-                .map(|(cache, row)| (cache.as_slice(), 0, row.cached))
-                .collect();
-            match self.decoder.stack_caches(&parts) {
-                Ok(stacked) => stacked,
-                Err(error) => return rows.iter().map(|_| Err(error.clone())).collect(),
-            }
+        let cached: Vec<usize> = rows.iter().map(|row| row.cached).collect();
+        // The last token chosen is never fed back: it needs no position.
+        let positions = rows
+            .iter()
+            .map(|row| row.cached + (row.max_new as usize).saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        let mut batch = match self.decoder.start(caches, &cached, positions) {
+            Ok(batch) => batch,
+            Err(error) => return rows.iter().map(|_| Err(error.clone())).collect(),
         };
-        drop(caches);
+        let vocab = self.spec.vocab_size;
         let failure = loop {
             // Choose each row's next token; the rows that are complete leave.
             let mut leaving = Vec::new();
@@ -405,6 +337,7 @@ impl SmolVlm {
                 }
             }
             if !leaving.is_empty() {
+                let before = rows.len();
                 for index in leaving.iter().rev() {
                     let mut row = rows.remove(*index);
                     row.timings.decode = millis(started);
@@ -414,20 +347,13 @@ impl SmolVlm {
                 if rows.is_empty() {
                     break None;
                 }
-                let parts: Vec<(&[DynValue], usize, usize)> =
-                    staying(rows.len() + leaving.len(), &leaving)
-                        .into_iter()
-                        .zip(&rows)
-                        .map(|(index, row)| (cache.as_slice(), index, row.cached))
-                        .collect();
-                match self.decoder.stack_caches(&parts) {
-                    Ok(stacked) => cache = stacked,
-                    Err(error) => break Some(error),
+                let cached: Vec<usize> = rows.iter().map(|row| row.cached).collect();
+                if let Err(error) = self.decoder.leave(&mut batch, before, &leaving, &cached) {
+                    break Some(error);
                 }
             }
-            match self.step(&mut rows, cache) {
-                Ok(present) => cache = present,
-                Err(error) => break Some(error),
+            if let Err(error) = self.step(&mut rows, &mut batch, vocab) {
+                break Some(error);
             }
         };
         if let Some(error) = failure {
@@ -443,13 +369,13 @@ impl SmolVlm {
             .collect()
     }
 
-    /// One decoding step of every row: its last token in, its next logits out. `cache` holds the rows'
-    /// caches right-aligned; the new cache is returned.
+    /// One decoding step of every row: its last token in, its next logits out.
     fn step(
         &mut self,
         rows: &mut [Decoding],
-        cache: Vec<DynValue>,
-    ) -> Result<Vec<DynValue>, AnalyseError> {
+        batch: &mut Batch,
+        vocab: usize,
+    ) -> Result<(), AnalyseError> {
         let last: Vec<u32> = rows
             .iter()
             .map(|row| row.tokens.last().copied().unwrap_or_default())
@@ -457,14 +383,12 @@ impl SmolVlm {
         // One embedding row per sequence: [1, rows] and [rows, 1] ids give the same values.
         let embeds = self.embedder.embed(&last)?;
         let cached: Vec<usize> = rows.iter().map(|row| row.cached).collect();
-        let (logits, present) =
-            self.decoder
-                .run(embeds, Rows::next_token(&cached), Past::Owned(cache), false)?;
+        let logits = self.decoder.step(batch, embeds, &cached, vocab)?;
         for (row, logits) in rows.iter_mut().zip(logits) {
             row.logits = logits;
             row.cached += 1;
         }
-        Ok(present)
+        Ok(())
     }
 
     /// A complete text answer: its text, without stop tokens, and its confidence (`text_confidence`).
@@ -503,30 +427,18 @@ mod tests {
     }
 
     #[test]
-    fn a_prefill_continues_the_positions_after_its_past() {
-        assert_eq!(
-            Rows::prefill(3, 2),
-            Rows {
-                batch: 1,
-                count: 3,
-                attention_mask: vec![1; 5],
-                position_ids: vec![2, 3, 4],
-            }
-        );
-    }
-
-    #[test]
-    fn a_step_masks_the_left_padding_of_shorter_caches() {
-        // Caches of 3 and 1 positions, right-aligned to 3, plus the new position.
-        assert_eq!(
-            Rows::next_token(&[3, 1]),
-            Rows {
-                batch: 2,
-                count: 1,
-                attention_mask: vec![1, 1, 1, 1, 0, 0, 1, 1],
-                position_ids: vec![3, 1],
-            }
-        );
+    fn an_answer_stops_where_a_fixed_cache_is_full() {
+        let prefilled = |max_new| Prefilled {
+            logits: Vec::new(),
+            cache: Cache::Growing(Vec::new()),
+            prompt_len: 10,
+            max_new,
+            timings: StageTimings::default(),
+        };
+        // 12 positions: the prompt's 10, two tokens fed back, and a third chosen after them.
+        assert_eq!(Decoding::start(0, prefilled(64), Some(12)).0.max_new, 3);
+        assert_eq!(Decoding::start(0, prefilled(2), Some(12)).0.max_new, 2);
+        assert_eq!(Decoding::start(0, prefilled(64), None).0.max_new, 64);
     }
 
     #[test]
@@ -549,44 +461,6 @@ mod tests {
         let mut decoding = row(vec![0.0, 1.0], 0);
         assert!(decoding.advance(&[]));
         assert!(decoding.tokens.is_empty());
-    }
-
-    #[test]
-    fn stacked_caches_are_right_aligned_and_zero_before() {
-        // One head of size 2: three real positions, and the last of two.
-        let long = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let short = [7.0, 8.0, 9.0, 10.0];
-        let rows = [
-            CacheRow {
-                values: &long,
-                width: 3,
-                row: 0,
-                real: 3,
-            },
-            CacheRow {
-                values: &short,
-                width: 2,
-                row: 0,
-                real: 1,
-            },
-        ];
-        assert_eq!(
-            stack_rows(&rows, 1, 2, 3),
-            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 9.0, 10.0]
-        );
-    }
-
-    #[test]
-    fn a_stacked_row_is_taken_from_its_row_of_a_batch_head_by_head() {
-        // A cache of 2 rows, 2 heads, 2 positions of size 1; its second row, padded to 3 positions.
-        let batch = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
-        let rows = [CacheRow {
-            values: &batch,
-            width: 2,
-            row: 1,
-            real: 2,
-        }];
-        assert_eq!(stack_rows(&rows, 2, 1, 3), [0.0, 5.0, 6.0, 0.0, 7.0, 8.0]);
     }
 
     #[test]

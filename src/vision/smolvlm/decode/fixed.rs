@@ -1,0 +1,431 @@
+//! Lookout's own decoder (`lookout models build`): one key and one value buffer per layer, of a fixed
+//! capacity, allocated at load and bound once as both the graph's `past_key_values.N.*` input and its
+//! `present.N.*` output. GroupQueryAttention writes each step's new positions into the buffer at the
+//! sequence's length and reads only the valid positions, so a decoding step neither copies nor
+//! concatenates the cache, whatever its length.
+//!
+//! Two sets of buffers: one of a single row, where every prompt is prefilled and a text answer decoded
+//! alone, and one of `batch` rows where several text answers are decoded together. A prefilled prompt's
+//! positions are copied out of the single row ("parked", compact: only its valid positions) so that the
+//! row is free for the next prompt; a shared prefix is parked once and copied back in under each
+//! question. Decoding copies each answer's parked positions into its row once, then steps in place. A
+//! row whose answer is complete stays in the batch, idle (one masked position), until the batch ends:
+//! moving the others would be a copy, and the idle row costs a few multiply-adds a step.
+//!
+//! The single row and the batch rows are separate buffers because ONNX Runtime binds a whole tensor:
+//! a prefill with one row cannot run on a tensor of several.
+//!
+//! The capacity is sized at load for the largest prompt the tasks can produce. Unless the config fixed
+//! it (`vision.max_context`), a longer prompt (an ask, tasks pushed since) grows the buffers once to
+//! fit it, up to the model's position limit: between two answers every cache is parked, so nothing is
+//! lost by reallocating.
+
+use ort::memory::Allocator;
+use ort::session::{IoBinding, Session};
+use ort::value::Tensor;
+
+use super::wanted_logits;
+use crate::vision::AnalyseError;
+use crate::vision::smolvlm::ort_error;
+
+/// The cache tensors' sizes: `[rows, kv_heads, capacity, head_dim]`, two per layer.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::vision::smolvlm) struct CacheShape {
+    pub(in crate::vision::smolvlm) layers: usize,
+    pub(in crate::vision::smolvlm) kv_heads: usize,
+    pub(in crate::vision::smolvlm) head_dim: usize,
+    pub(in crate::vision::smolvlm) capacity: usize,
+}
+
+impl CacheShape {
+    /// The bytes of one row's buffers: a key and a value tensor per layer.
+    pub(in crate::vision::smolvlm) fn bytes_per_row(&self) -> usize {
+        2 * self.layers * self.kv_heads * self.capacity * self.head_dim * size_of::<f32>()
+    }
+
+    /// Where position `position` of `head` of `row` starts in a buffer.
+    fn offset(&self, row: usize, head: usize, position: usize) -> usize {
+        ((row * self.kv_heads + head) * self.capacity + position) * self.head_dim
+    }
+}
+
+/// A sequence's cache kept aside: its first `len` positions of every cache tensor, each
+/// `[kv_heads, len, head_dim]`.
+pub(in crate::vision::smolvlm) struct ParkedRows {
+    len: usize,
+    tensors: Vec<Vec<f32>>,
+}
+
+/// The valid positions of `row` of `buffer`.
+fn park(buffer: &[f32], shape: &CacheShape, row: usize, len: usize) -> Vec<f32> {
+    let mut parked = Vec::with_capacity(shape.kv_heads * len * shape.head_dim);
+    for head in 0..shape.kv_heads {
+        let start = shape.offset(row, head, 0);
+        parked.extend_from_slice(&buffer[start..start + len * shape.head_dim]);
+    }
+    parked
+}
+
+/// Puts `parked` (`len` positions) back at the start of `row` of `buffer`.
+fn unpark(buffer: &mut [f32], shape: &CacheShape, row: usize, parked: &[f32], len: usize) {
+    let block = len * shape.head_dim;
+    for (head, values) in parked
+        .chunks_exact(block.max(1))
+        .enumerate()
+        .take(shape.kv_heads)
+    {
+        let start = shape.offset(row, head, 0);
+        buffer[start..start + block].copy_from_slice(values);
+    }
+}
+
+/// One set of cache buffers, bound to the graph as past and present.
+struct KvBuffer {
+    rows: usize,
+    tensors: Vec<Tensor<f32>>,
+    binding: IoBinding,
+}
+
+impl KvBuffer {
+    fn new(session: &Session, shape: &CacheShape, rows: usize) -> Result<KvBuffer, AnalyseError> {
+        let allocator = Allocator::default();
+        let mut binding = session.create_binding().map_err(ort_error)?;
+        let mut tensors = Vec::with_capacity(2 * shape.layers);
+        for layer in 0..shape.layers {
+            for kind in ["key", "value"] {
+                let mut tensor = Tensor::<f32>::new(
+                    &allocator,
+                    [rows, shape.kv_heads, shape.capacity, shape.head_dim],
+                )
+                .map_err(ort_error)?;
+                binding
+                    .bind_input(format!("past_key_values.{layer}.{kind}"), &tensor)
+                    .map_err(ort_error)?;
+                binding
+                    .bind_output(format!("present.{layer}.{kind}"), &mut tensor)
+                    .map_err(ort_error)?;
+                tensors.push(tensor);
+            }
+        }
+        Ok(KvBuffer {
+            rows,
+            tensors,
+            binding,
+        })
+    }
+}
+
+/// Lookout's decoder graph and its cache buffers.
+pub(in crate::vision::smolvlm) struct FixedDecoder {
+    session: Session,
+    /// Where the logits of each run are allocated: the CPU.
+    allocator: Allocator,
+    shape: CacheShape,
+    /// The most answers decoded together.
+    batch: usize,
+    /// The most positions the buffers may grow to; their capacity when the config fixed it.
+    limit: usize,
+    single: KvBuffer,
+    several: Option<KvBuffer>,
+}
+
+/// Which answers a batch decodes: the buffer row of each, in order.
+pub(in crate::vision::smolvlm) struct FixedBatch {
+    several: bool,
+    rows: Vec<usize>,
+}
+
+impl FixedDecoder {
+    /// The decoder on `session` with buffers of `shape`: one row, and `batch` rows when `batch` > 1;
+    /// they may grow up to `limit` positions.
+    pub(in crate::vision::smolvlm) fn new(
+        session: Session,
+        shape: CacheShape,
+        batch: usize,
+        limit: usize,
+    ) -> Result<FixedDecoder, AnalyseError> {
+        let single = KvBuffer::new(&session, &shape, 1)?;
+        let several = if batch > 1 {
+            Some(KvBuffer::new(&session, &shape, batch)?)
+        } else {
+            None
+        };
+        Ok(FixedDecoder {
+            session,
+            allocator: Allocator::default(),
+            shape,
+            batch,
+            limit: limit.max(shape.capacity),
+            single,
+            several,
+        })
+    }
+
+    /// The most positions an answer may hold: the buffers' capacity, or what they may grow to.
+    pub(in crate::vision::smolvlm) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Makes room for `positions` in every row: the buffers grow (rounded up to 256 positions) when
+    /// they are smaller and may grow; more than the limit is refused.
+    fn make_room(&mut self, positions: usize) -> Result<(), AnalyseError> {
+        if positions <= self.shape.capacity {
+            return Ok(());
+        }
+        if positions > self.limit {
+            return Err(AnalyseError::Input(format!(
+                "the answer needs {positions} cache positions, more than the decoder's {} (vision.max_context)",
+                self.limit
+            )));
+        }
+        let shape = CacheShape {
+            capacity: positions.next_multiple_of(256).min(self.limit),
+            ..self.shape
+        };
+        tracing::info!(
+            from = self.shape.capacity,
+            to = shape.capacity,
+            "The decoder's cache grows for a longer prompt."
+        );
+        // The old buffers go first: both sets at once could be more memory than the box has.
+        self.several = None;
+        self.single = KvBuffer::new(&self.session, &shape, 1)?;
+        if self.batch > 1 {
+            self.several = Some(KvBuffer::new(&self.session, &shape, self.batch)?);
+        }
+        self.shape = shape;
+        Ok(())
+    }
+
+    /// Runs `embeds` (`count` positions of each of the buffer's rows) with `attention_mask` (each
+    /// row's valid positions, `[rows, width]`), keeping the logits of the last `keep` positions.
+    fn run(
+        &mut self,
+        several: bool,
+        embeds: Vec<f32>,
+        count: usize,
+        attention_mask: Vec<i64>,
+        keep: usize,
+    ) -> Result<Vec<f32>, AnalyseError> {
+        let buffer = match (several, self.several.as_mut()) {
+            (true, Some(buffer)) => buffer,
+            _ => &mut self.single,
+        };
+        let rows = buffer.rows;
+        let hidden = embeds.len() / (rows * count).max(1);
+        let width = attention_mask.len() / rows;
+        let binding = &mut buffer.binding;
+        let embeds = Tensor::from_array(([rows, count, hidden], embeds)).map_err(ort_error)?;
+        binding
+            .bind_input("inputs_embeds", &embeds)
+            .map_err(ort_error)?;
+        let mask = Tensor::from_array(([rows, width], attention_mask)).map_err(ort_error)?;
+        binding
+            .bind_input("attention_mask", &mask)
+            .map_err(ort_error)?;
+        let keep = Tensor::from_array(([0usize; 0], vec![keep as i64])).map_err(ort_error)?;
+        binding
+            .bind_input("num_logits_to_keep", &keep)
+            .map_err(ort_error)?;
+        // Bound afresh each run: a bound output keeps its first shape, and the logits kept vary.
+        binding
+            .bind_output_to_device("logits", self.allocator.memory_info())
+            .map_err(ort_error)?;
+        let outputs = self.session.run_binding(binding).map_err(ort_error)?;
+        let (_, logits) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_error)?;
+        Ok(logits.to_vec())
+    }
+
+    /// Runs `embeds` (`count` positions of one sequence) after `past` (`past_len` positions, or none)
+    /// and returns the logits at each requested position and the sequence's cache, parked.
+    pub(super) fn prefill(
+        &mut self,
+        embeds: Vec<f32>,
+        count: usize,
+        past_len: usize,
+        past: Option<&ParkedRows>,
+        all_positions: bool,
+        vocab: usize,
+    ) -> Result<(Vec<Vec<f32>>, ParkedRows), AnalyseError> {
+        let total = past_len + count;
+        self.make_room(total)?;
+        if let Some(past) = past {
+            self.load(false, 0, past);
+        }
+        let keep = if all_positions { count } else { 1 };
+        let logits = self.run(false, embeds, count, vec![1; total], keep)?;
+        let logits = wanted_logits(&logits, vocab, 1, count, all_positions);
+        let shape = self.shape;
+        let tensors = self
+            .single
+            .tensors
+            .iter()
+            .map(|tensor| park(tensor.extract_tensor().1, &shape, 0, total))
+            .collect();
+        Ok((
+            logits,
+            ParkedRows {
+                len: total,
+                tensors,
+            },
+        ))
+    }
+
+    /// Copies `parked` into `row` of the single or the batch buffer.
+    fn load(&mut self, several: bool, row: usize, parked: &ParkedRows) {
+        let shape = self.shape;
+        let buffer = match (several, self.several.as_mut()) {
+            (true, Some(buffer)) => buffer,
+            _ => &mut self.single,
+        };
+        for (tensor, values) in buffer.tensors.iter_mut().zip(&parked.tensors) {
+            unpark(
+                tensor.extract_tensor_mut().1,
+                &shape,
+                row,
+                values,
+                parked.len,
+            );
+        }
+    }
+
+    /// Starts decoding the sequences `caches` together, which will hold at most `positions`: alone
+    /// in the single row, else each in its row of the batch buffer (which has room for as many as
+    /// `generate` decodes at once).
+    pub(super) fn start(
+        &mut self,
+        caches: Vec<ParkedRows>,
+        positions: usize,
+    ) -> Result<FixedBatch, AnalyseError> {
+        self.make_room(positions)?;
+        let several = caches.len() > 1;
+        let room = match &self.several {
+            Some(buffer) if several => buffer.rows,
+            _ => 1,
+        };
+        if caches.len() > room {
+            return Err(AnalyseError::Model(format!(
+                "{} answers to decode together, room for {room}",
+                caches.len()
+            )));
+        }
+        for (row, cache) in caches.iter().enumerate() {
+            self.load(several, row, cache);
+        }
+        Ok(FixedBatch {
+            several,
+            rows: (0..caches.len()).collect(),
+        })
+    }
+
+    /// One decoding step of the batch's answers (`embeds`: one position each, holding `cached`
+    /// positions each): their logits, in order.
+    pub(super) fn step(
+        &mut self,
+        batch: &FixedBatch,
+        embeds: Vec<f32>,
+        cached: &[usize],
+        vocab: usize,
+    ) -> Result<Vec<Vec<f32>>, AnalyseError> {
+        let width = cached.iter().copied().max().unwrap_or(0) + 1;
+        self.make_room(width)?;
+        let rows = match (batch.several, &self.several) {
+            (true, Some(buffer)) => buffer.rows,
+            _ => 1,
+        };
+        let hidden = embeds.len() / batch.rows.len().max(1);
+        let (all_embeds, mask) = step_inputs(&batch.rows, rows, &embeds, hidden, cached, width);
+        let logits = self.run(batch.several, all_embeds, 1, mask, 1)?;
+        Ok(batch
+            .rows
+            .iter()
+            .map(|row| logits[row * vocab..(row + 1) * vocab].to_vec())
+            .collect())
+    }
+}
+
+impl FixedBatch {
+    /// The answers at `leaving` (places in the batch's order) are complete: their rows go idle.
+    pub(super) fn leave(&mut self, leaving: &[usize]) {
+        let mut place = 0;
+        self.rows.retain(|_| {
+            let stays = !leaving.contains(&place);
+            place += 1;
+            stays
+        });
+    }
+}
+
+/// The embeddings and attention mask of one step over a buffer of `rows` rows, of which `active[i]`
+/// holds answer `i` (`embeds` row `i`, `cached[i]` positions before the new one): an idle row gets a
+/// zero embedding and one valid position, which it overwrites harmlessly.
+fn step_inputs(
+    active: &[usize],
+    rows: usize,
+    embeds: &[f32],
+    hidden: usize,
+    cached: &[usize],
+    width: usize,
+) -> (Vec<f32>, Vec<i64>) {
+    let mut all_embeds = vec![0f32; rows * hidden];
+    let mut mask = vec![0i64; rows * width];
+    for row in 0..rows {
+        mask[row * width] = 1;
+    }
+    for (index, row) in active.iter().enumerate() {
+        all_embeds[row * hidden..(row + 1) * hidden]
+            .copy_from_slice(&embeds[index * hidden..(index + 1) * hidden]);
+        mask[row * width..row * width + cached[index] + 1].fill(1);
+    }
+    (all_embeds, mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: CacheShape = CacheShape {
+        layers: 1,
+        kv_heads: 2,
+        head_dim: 2,
+        capacity: 3,
+    };
+
+    #[test]
+    fn parking_takes_each_heads_valid_positions_and_unparking_puts_them_back() {
+        // Two rows of 2 heads x 3 positions x 2 values: 24 values numbered in order.
+        let buffer: Vec<f32> = (0..24).map(|value| value as f32).collect();
+        // Row 1, 2 valid positions: head 0 starts at 12, head 1 at 18.
+        let parked = park(&buffer, &SHAPE, 1, 2);
+        assert_eq!(parked, [12.0, 13.0, 14.0, 15.0, 18.0, 19.0, 20.0, 21.0]);
+        let mut target = vec![-1f32; 24];
+        unpark(&mut target, &SHAPE, 0, &parked, 2);
+        assert_eq!(
+            &target[..12],
+            [
+                12.0, 13.0, 14.0, 15.0, -1.0, -1.0, 18.0, 19.0, 20.0, 21.0, -1.0, -1.0
+            ]
+        );
+        assert!(target[12..].iter().all(|value| *value == -1.0));
+    }
+
+    #[test]
+    fn a_step_masks_each_answers_positions_and_idles_the_rest() {
+        // Three rows; answers in rows 0 and 2 holding 2 and 0 positions; row 1 idle.
+        let (embeds, mask) = step_inputs(&[0, 2], 3, &[1.0, 2.0, 3.0, 4.0], 2, &[2, 0], 3);
+        assert_eq!(embeds, [1.0, 2.0, 0.0, 0.0, 3.0, 4.0]);
+        assert_eq!(mask, [1, 1, 1, 1, 0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn answers_that_leave_free_their_rows_in_order() {
+        let mut batch = FixedBatch {
+            several: true,
+            rows: vec![0, 1, 2, 3],
+        };
+        batch.leave(&[1, 3]);
+        assert_eq!(batch.rows, [0, 2]);
+    }
+}
