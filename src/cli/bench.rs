@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use lookout::config::ConfigOrigin;
 
 use lookout::env::Env;
+use lookout::message::MAX_CLIP_FRAMES;
 use lookout::source::picture;
-use lookout::vision::bench::{self, Report, Setup};
-use lookout::vision::{self, PromptBounds};
+use lookout::vision::bench::{self, Case, Report, Setup};
+use lookout::vision::{self, Graphs, PromptBounds};
 
 use super::{Exit, Failure, Outcome, with_variant};
 
@@ -24,6 +25,14 @@ pub struct Args {
     image: Option<PathBuf>,
     #[arg(long)]
     split: bool,
+    /// Answer about a clip of this many copies of the picture, one second apart (SmolVLM2's video
+    /// prompt), instead of the picture itself.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    clip_frames: usize,
+    /// The decoder: `lookout` (built from the checkpoint, when the folder holds one) or `official`
+    /// (default: vision.graphs).
+    #[arg(long, value_name = "GRAPHS")]
+    graphs: Option<String>,
     #[arg(long, default_value_t = 3)]
     runs: usize,
     #[arg(long, default_value_t = 48)]
@@ -51,13 +60,34 @@ pub fn run(args: Args, env: Env) -> Outcome {
     if let Some(threads) = args.threads {
         vision.threads = threads;
     }
+    if let Some(graphs) = &args.graphs {
+        vision.graphs = match graphs.as_str() {
+            "lookout" => Graphs::Lookout,
+            "official" => Graphs::Official,
+            other => {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    format!("unknown graphs {other:?}; expected lookout or official"),
+                ));
+            }
+        };
+    }
+    if args.clip_frames > MAX_CLIP_FRAMES {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--clip-frames is at most {MAX_CLIP_FRAMES}, not {}",
+                args.clip_frames
+            ),
+        ));
+    }
     let pixels = match &args.image {
         Some(path) => picture::read_image(path).map_err(|error| Failure::new(Exit::Data, error))?,
         None => bench::synthetic_image(),
     };
     let prompts = PromptBounds {
         split: args.split,
-        clip_frames: 0,
+        clip_frames: args.clip_frames,
         question_chars: args.question.chars().count(),
         max_new_tokens: args.max_new_tokens,
     };
@@ -65,16 +95,17 @@ pub fn run(args: Args, env: Env) -> Outcome {
     let mut analyser =
         vision::load(vision, prompts).map_err(|error| Failure::new(Exit::Unavailable, error))?;
     let setup = Setup::new(vision, started.elapsed().as_secs_f64() * 1000.0);
-    let report = bench::run(
-        analyser.as_mut(),
-        &setup,
-        &bench::frame(pixels),
-        &args.question,
-        args.split,
-        args.max_new_tokens,
-        args.runs,
-    )
-    .map_err(|error| Failure::new(Exit::Failed, error))?;
+    let frame = bench::frame(pixels);
+    let case = Case {
+        frame: &frame,
+        question: &args.question,
+        split: args.split,
+        clip_frames: args.clip_frames,
+        max_new_tokens: args.max_new_tokens,
+        runs: args.runs,
+    };
+    let report = bench::run(analyser.as_mut(), &setup, &case)
+        .map_err(|error| Failure::new(Exit::Failed, error))?;
     if args.json {
         println!(
             "{}",
@@ -88,9 +119,19 @@ pub fn run(args: Args, env: Env) -> Outcome {
 
 /// The report as a table of medians, one stage a line.
 fn print_table(report: &Report) {
+    let picture = match report.clip_frames {
+        0 => "frame".to_owned(),
+        frames => format!("frame as a clip of {frames} frames"),
+    };
     println!(
-        "model {} on a {}x{} frame, split {}, {} runs (medians):",
-        report.model, report.width, report.height, report.split, report.runs
+        "model {} ({} decoder) on a {}x{} {picture}, split {}, {} runs (medians), prompt of {} tokens:",
+        report.model,
+        report.graphs,
+        report.width,
+        report.height,
+        report.split,
+        report.runs,
+        report.prompt_tokens
     );
     println!("  load           {:>9.1} ms", report.load_ms);
     println!("  preprocess     {:>9.1} ms", report.preprocess_ms);
@@ -116,22 +157,33 @@ fn print_table(report: &Report) {
         report.cpu_ms_per_answer
     );
     println!(
-        "  bandwidth      {:>9.1} GB/s read; decode at {:.0}% of its bound ({:.0} MB of weights per token)",
+        "  bandwidth      {:>9.1} GB/s read; decode at {:.0}% of its bound ({:.0} MB a token: {:.0} MB of weights and the cache)",
         report.memory_read_gb_per_s,
         report.decode_bandwidth_fraction * 100.0,
+        report.decode_bytes_per_token as f64 / 1e6,
         report.decoder_weight_bytes as f64 / 1e6
     );
-    println!(
-        "  3 yes/no       {:>9.2} x the time of one (same frame, one job)",
-        report.three_yes_no_ratio
-    );
-    println!(
-        "  3 text (32)    {:>9.2} x the time of one (same frame, one job)",
-        report.three_text_ratio
-    );
-    println!(
-        "  2 cameras      {:>9.2} x the time of answering them in turn (a text question each)",
-        report.two_cameras_ratio
-    );
+    let ratios = [
+        (
+            "3 yes/no    ",
+            report.three_yes_no_ratio,
+            "the time of one (same frame, one job)",
+        ),
+        (
+            "3 text (32) ",
+            report.three_text_ratio,
+            "the time of one (same frame, one job)",
+        ),
+        (
+            "2 cameras   ",
+            report.two_cameras_ratio,
+            "the time of answering them in turn (a text question each)",
+        ),
+    ];
+    for (name, ratio, against) in ratios {
+        if let Some(ratio) = ratio {
+            println!("  {name}   {ratio:>9.2} x {against}");
+        }
+    }
     println!("  peak RSS       {:>9.1} MB", report.peak_rss_mb);
 }

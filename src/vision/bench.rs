@@ -14,19 +14,24 @@
 //! jobs, one 32-token text question each, cost answered together (their answers decoded as one batch)
 //! against answered one after the other.
 //!
-//! Decoding one token reads every decoder weight once, so memory bandwidth bounds its speed: the
-//! report measures this machine's read bandwidth (with the configured threads) and gives the decode
-//! speed as a fraction of weights-bytes-per-token over that bandwidth.
+//! A clip (`clip_frames`): the picture repeated as the frames of a clip one second apart, answered as
+//! SmolVLM2's video prompt; the several-questions ratios are measured on still frames only.
+//!
+//! Decoding one token reads every decoder weight once and the key/value rows cached so far, so memory
+//! bandwidth bounds its speed: the report measures this machine's read bandwidth (with the configured
+//! threads: each sums its share of a 1 GiB buffer with independent accumulators, the best of five
+//! passes, the way that reaches the machine's best) and gives the decode speed as a fraction of that
+//! bandwidth over the bytes a step reads (the weights, and the cache rows at the answer's middle).
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::model::ModelSpec;
+use super::model::{ChosenDecoder, ModelSpec, chosen_decoder};
 use super::preprocess::{ImageSettings, preprocess, resampling_kernel};
-use super::{AnalyseError, Analyser, LocalAnswer, VisionConfig, variant_suffix};
-use crate::message::{AnswerKind, Frame, Origin, Request};
+use super::{AnalyseError, Analyser, Graphs, LocalAnswer, VisionConfig, variant_suffix};
+use crate::message::{AnswerKind, Clip, ClipFrame, Frame, Origin, Request};
 
 /// One benchmark's result (milliseconds unless named otherwise).
 #[derive(Debug, Serialize)]
@@ -51,19 +56,42 @@ pub struct Report {
     pub answer_ms: f64,
     /// Processor time (all threads) per whole answer.
     pub cpu_ms_per_answer: f64,
+    /// Which decoder answered: `lookout` (built from the checkpoint) or `official`.
+    pub graphs: &'static str,
+    /// The decoder graph file.
+    pub decoder: String,
+    /// The frames of the clip answered about (0: a still frame).
+    pub clip_frames: usize,
+    /// The prompt's length in tokens.
+    pub prompt_tokens: usize,
     /// Bytes of decoder weights, read once per generated token.
     pub decoder_weight_bytes: u64,
+    /// Bytes of one cached position (keys and values of every layer).
+    pub kv_bytes_per_position: u64,
+    /// Bytes a decoding step reads on average: the weights, and the cache rows at the answer's middle.
+    pub decode_bytes_per_token: u64,
     /// This machine's memory read bandwidth, measured with the configured threads.
     pub memory_read_gb_per_s: f64,
-    /// Decode speed over its bandwidth bound (bandwidth / weight bytes per token).
+    /// Decode speed over its bandwidth bound (bandwidth / bytes read per token).
     pub decode_bandwidth_fraction: f64,
-    /// Three different yes/no questions about the frame in one job, against one.
-    pub three_yes_no_ratio: f64,
+    /// Three different yes/no questions about the frame in one job, against one (still frames).
+    pub three_yes_no_ratio: Option<f64>,
     /// Three different 32-token text questions about the frame in one job, against one.
-    pub three_text_ratio: f64,
+    pub three_text_ratio: Option<f64>,
     /// Two cameras' jobs of one 32-token text question each, answered together, against in turn.
-    pub two_cameras_ratio: f64,
+    pub two_cameras_ratio: Option<f64>,
     pub peak_rss_mb: f64,
+}
+
+/// What to answer: a question about a frame, or about a clip of it.
+pub struct Case<'a> {
+    pub frame: &'a Frame,
+    pub question: &'a str,
+    pub split: bool,
+    /// 0: the frame itself; else a clip of this many copies of it.
+    pub clip_frames: usize,
+    pub max_new_tokens: u32,
+    pub runs: usize,
 }
 
 /// Questions for the several-questions measurement: different texts, as different tasks ask.
@@ -116,24 +144,23 @@ fn cpu_time_ms() -> f64 {
 }
 
 /// Memory read bandwidth in bytes per second: `threads` threads (0: one per core) summing their share
-/// of a 512 MiB buffer, the best of three passes.
+/// of a 1 GiB buffer, eight independent sums each (so the adds never wait on one another), the best of
+/// five passes.
 pub(crate) fn memory_read_bandwidth(threads: usize) -> f64 {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
         threads
     };
-    let buffer: Vec<u64> = (0..64u64 << 20).collect();
+    let buffer: Vec<u64> = (0..128u64 << 20).collect();
     let chunk = buffer.len().div_ceil(threads);
     let mut best = f64::INFINITY;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let started = Instant::now();
         let total = std::thread::scope(|scope| {
             let parts: Vec<_> = buffer
                 .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || part.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
-                })
+                .map(|part| scope.spawn(move || sum_words(part)))
                 .collect();
             parts
                 .into_iter()
@@ -145,12 +172,30 @@ pub(crate) fn memory_read_bandwidth(threads: usize) -> f64 {
     (buffer.len() * std::mem::size_of::<u64>()) as f64 / best
 }
 
+/// The wrapping sum of `words`, in eight lanes.
+fn sum_words(words: &[u64]) -> u64 {
+    let mut lanes = [0u64; 8];
+    let chunks = words.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, word) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.wrapping_add(*word);
+        }
+    }
+    lanes
+        .iter()
+        .chain(rest)
+        .fold(0u64, |sum, word| sum.wrapping_add(*word))
+}
+
 /// How the model was set up: its load time, its processor settings, and what the bandwidth bound needs.
 pub struct Setup {
     pub load_ms: f64,
     /// The model's processor settings, for timing preprocessing alone.
     pub image: ImageSettings,
-    pub decoder_weight_bytes: u64,
+    /// The decoder graph the model answers with.
+    pub decoder: ChosenDecoder,
+    pub kv_bytes_per_position: u64,
     pub threads: usize,
 }
 
@@ -158,48 +203,59 @@ impl Setup {
     /// The setup of the model `config` names, loaded in `load_ms`; a folder whose processor settings
     /// cannot be read is timed with SmolVLM2's.
     pub fn new(config: &VisionConfig, load_ms: f64) -> Setup {
+        let spec = ModelSpec::read(&config.model_dir).ok();
+        let suffix = config
+            .resolve_variant()
+            .ok()
+            .and_then(variant_suffix)
+            .unwrap_or_default();
         Setup {
             load_ms,
-            image: ModelSpec::read(&config.model_dir)
-                .map_or(ImageSettings::SMOLVLM2, |spec| spec.image),
-            decoder_weight_bytes: decoder_weight_bytes(config),
+            image: spec
+                .as_ref()
+                .map_or(ImageSettings::SMOLVLM2, |spec| spec.image.clone()),
+            decoder: chosen_decoder(&config.model_dir, &suffix, config.graphs == Graphs::Lookout),
+            kv_bytes_per_position: spec.map_or(0, |spec| spec.kv_bytes_per_position as u64),
             threads: config.threads,
         }
     }
 }
 
-/// The bytes of the decoder graph of the configured variant (its weights, external data included).
-fn decoder_weight_bytes(config: &VisionConfig) -> u64 {
-    let suffix = config
-        .resolve_variant()
-        .ok()
-        .and_then(variant_suffix)
-        .unwrap_or_default();
-    let graph = config
-        .model_dir
-        .join("onnx")
-        .join(format!("decoder_model_merged{suffix}.onnx"));
-    let size = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
-    size(&graph) + size(&graph.with_extension("onnx_data"))
-}
-
-/// Answers `question` about `frame` `runs` times and reports the medians.
+/// Answers the case's question `runs` times and reports the medians.
 pub fn run(
     analyser: &mut dyn Analyser,
     setup: &Setup,
-    frame: &Frame,
-    question: &str,
-    split: bool,
-    max_new_tokens: u32,
-    runs: usize,
+    case: &Case,
 ) -> Result<Report, AnalyseError> {
+    let Case {
+        frame,
+        question,
+        split,
+        clip_frames,
+        max_new_tokens,
+        runs,
+    } = *case;
     let request = bench_request(question, AnswerKind::Text, split, max_new_tokens);
+    let clip = Clip {
+        frames: (0..clip_frames)
+            .map(|second| ClipFrame {
+                image: Arc::new(frame.image.clone()),
+                offset_s: second as f64,
+            })
+            .collect(),
+        duration_s: clip_frames as f64,
+    };
     let mut answers: Vec<(LocalAnswer, f64)> = Vec::with_capacity(runs);
     let cpu_before = cpu_time_ms();
     for _ in 0..runs.max(1) {
         let started = Instant::now();
-        let answer = analyser
-            .answer(frame, std::slice::from_ref(&request))
+        let requests = std::slice::from_ref(&request);
+        let mut results = if clip_frames > 0 {
+            analyser.answer_clip(&clip, requests)
+        } else {
+            analyser.answer(frame, requests)
+        };
+        let answer = results
             .pop()
             .unwrap_or_else(|| Err(AnalyseError::Model("no answer".to_owned())))?;
         answers.push((answer, started.elapsed().as_secs_f64() * 1000.0));
@@ -230,9 +286,16 @@ pub fn run(
             })
             .collect(),
     );
-    let three_yes_no_ratio = three(AnswerKind::YesNo, 1, analyser)?;
-    let three_text_ratio = three(AnswerKind::Text, 32, analyser)?;
-    let two_cameras_ratio = two_cameras_ratio(analyser, frame, split, runs)?;
+    let still = clip_frames == 0;
+    let three_yes_no_ratio = still
+        .then(|| three(AnswerKind::YesNo, 1, analyser))
+        .transpose()?;
+    let three_text_ratio = still
+        .then(|| three(AnswerKind::Text, 32, analyser))
+        .transpose()?;
+    let two_cameras_ratio = still
+        .then(|| two_cameras_ratio(analyser, frame, split, runs))
+        .transpose()?;
     let decode_ms = stage(|answer| answer.timings.decode);
     let decode_tokens_per_s = if decode_ms > 0.0 {
         (tokens.saturating_sub(1)) as f64 / (decode_ms / 1000.0)
@@ -242,6 +305,15 @@ pub fn run(
     // Read before the bandwidth measurement allocates its buffer.
     let peak_rss_mb = peak_rss_mb();
     let bandwidth = memory_read_bandwidth(setup.threads);
+    let prompt_tokens = answers[0].0.prompt_tokens;
+    let decoder_weight_bytes = setup.decoder.bytes();
+    let cached_mid_answer = (prompt_tokens + tokens / 2) as u64;
+    let decode_bytes_per_token =
+        decoder_weight_bytes + setup.kv_bytes_per_position * cached_mid_answer;
+    let (graphs, decoder) = match &setup.decoder {
+        ChosenDecoder::Built { path, .. } => ("lookout", path),
+        ChosenDecoder::Official(path) => ("official", path),
+    };
     Ok(Report {
         model: analyser.model().to_owned(),
         width: frame.image.width(),
@@ -259,10 +331,15 @@ pub fn run(
         tokens,
         answer_ms: median(answers.iter().map(|(_, ms)| *ms).collect()),
         cpu_ms_per_answer,
-        decoder_weight_bytes: setup.decoder_weight_bytes,
+        graphs,
+        decoder: decoder.display().to_string(),
+        clip_frames,
+        prompt_tokens,
+        decoder_weight_bytes,
+        kv_bytes_per_position: setup.kv_bytes_per_position,
+        decode_bytes_per_token,
         memory_read_gb_per_s: bandwidth / 1e9,
-        decode_bandwidth_fraction: decode_tokens_per_s * setup.decoder_weight_bytes as f64
-            / bandwidth,
+        decode_bandwidth_fraction: decode_tokens_per_s * decode_bytes_per_token as f64 / bandwidth,
         three_yes_no_ratio,
         three_text_ratio,
         two_cameras_ratio,

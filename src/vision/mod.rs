@@ -295,6 +295,8 @@ pub struct LocalAnswer {
     pub min_probability: Option<f64>,
     /// The generated token ids.
     pub tokens: Vec<u32>,
+    /// The prompt's length in tokens (image rows included).
+    pub prompt_tokens: usize,
     pub timings: StageTimings,
 }
 

@@ -26,6 +26,8 @@ pub struct ModelSpec {
     pub vocab_size: usize,
     /// The most positions the text model takes (`max_position_embeddings`; 8192 if unsaid).
     pub max_positions: usize,
+    /// The bytes one position of the key/value cache takes (a key and a value of every layer, f32).
+    pub kv_bytes_per_position: usize,
 }
 
 /// Why a model folder cannot be used.
@@ -66,12 +68,67 @@ pub(crate) fn variants_present(dir: &Path) -> Result<Vec<&'static str>, ModelErr
         .collect())
 }
 
+/// `config.json`'s cache size per position: a key and a value of `num_key_value_heads` heads of
+/// `head_dim` (else hidden size over heads) f32 values per layer; 0 when the fields are missing.
+fn kv_bytes_per_position(config: &Value) -> usize {
+    let number = |field: &str| {
+        config
+            .pointer(&format!("/text_config/{field}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize
+    };
+    let head_dim = match number("head_dim") {
+        0 => number("hidden_size") / number("num_attention_heads").max(1),
+        head_dim => head_dim,
+    };
+    2 * number("num_hidden_layers") * number("num_key_value_heads") * head_dim * size_of::<f32>()
+}
+
 /// Lookout's own decoder for a precision (fp32, int8, int4), built from the folder's checkpoint by
 /// `lookout models build`: `onnx/lookout_decoder_<precision>.onnx`, its weights in the same name plus
 /// `.data`. The name never collides with an official export's graphs.
 pub fn built_decoder_path(dir: &Path, precision: &str) -> PathBuf {
     dir.join("onnx")
         .join(format!("lookout_decoder_{precision}.onnx"))
+}
+
+/// The decoder graph a folder's variant of graph suffix `suffix` answers with: Lookout's own for the
+/// variant's precision when `own` is wanted and the folder holds it, else the official export's.
+pub fn chosen_decoder(dir: &Path, suffix: &str, own: bool) -> ChosenDecoder {
+    let variant = suffix.strip_prefix('_').unwrap_or("fp32");
+    let built = super::built_precision(variant)
+        .map(|precision| (precision, built_decoder_path(dir, precision)))
+        .filter(|(_, path)| own && path.is_file());
+    match built {
+        Some((precision, path)) => ChosenDecoder::Built { precision, path },
+        None => ChosenDecoder::Official(
+            dir.join("onnx")
+                .join(format!("decoder_model_merged{suffix}.onnx")),
+        ),
+    }
+}
+
+/// See `chosen_decoder`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChosenDecoder {
+    Built {
+        precision: &'static str,
+        path: PathBuf,
+    },
+    Official(PathBuf),
+}
+
+impl ChosenDecoder {
+    /// The bytes of the graph and its weights (external data included).
+    pub fn bytes(&self) -> u64 {
+        let graph = match self {
+            ChosenDecoder::Built { path, .. } | ChosenDecoder::Official(path) => path,
+        };
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+        let mut data = graph.as_os_str().to_owned();
+        data.push(".data");
+        size(graph) + size(&graph.with_extension("onnx_data")) + size(Path::new(&data))
+    }
 }
 
 /// The metadata keys a built decoder carries: its precision, and the block size of its quantized
@@ -185,6 +242,7 @@ impl ModelSpec {
                 .pointer("/text_config/max_position_embeddings")
                 .and_then(Value::as_u64)
                 .map_or(8192, |positions| positions as usize),
+            kv_bytes_per_position: kv_bytes_per_position(&config),
         })
     }
 }

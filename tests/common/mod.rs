@@ -413,6 +413,7 @@ fn pixel_answers(
                 confidence: 0.75,
                 min_probability: None,
                 tokens: vec![mean as u32],
+                prompt_tokens: 0,
                 timings: StageTimings::default(),
             })
         })

@@ -13,10 +13,10 @@ use super::SmolVlm;
 use super::decode::{CacheLayout, CacheShape, Decoder, FixedDecoder, GrowingDecoder};
 use super::inputs::Embedder;
 use crate::vision::embedding::EmbeddingTable;
-use crate::vision::model::{ModelError, ModelSpec, built_decoder_path};
+use crate::vision::model::{ChosenDecoder, ModelError, ModelSpec, chosen_decoder};
 use crate::vision::prompt::{PromptError, Prompter};
 use crate::vision::runtime::{self, Provider, RuntimeError};
-use crate::vision::{Graphs, PromptBounds, built_precision};
+use crate::vision::{Graphs, PromptBounds};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -128,17 +128,16 @@ impl GraphFiles<'_> {
 
 impl GraphFiles<'_> {
     /// The official export's decoder, whose cache grows step by step.
-    fn open_growing(&self, spec: &ModelSpec) -> Result<Decoder, LoadError> {
-        let path = self.path("decoder_model_merged");
+    fn open_growing(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let (inputs, outputs) = decoder_ports(spec.layers);
-        let (session, _) = self.open(&path, &inputs, &outputs)?;
+        let (session, _) = self.open(path, &inputs, &outputs)?;
         let declared: Vec<(&str, &ValueType)> = session
             .inputs()
             .iter()
             .map(|input| (input.name(), input.dtype()))
             .collect();
         let layout =
-            cache_layout(&declared, spec.layers).map_err(|problem| contract(&path, problem))?;
+            cache_layout(&declared, spec.layers).map_err(|problem| contract(path, problem))?;
         Ok(Decoder::Growing(GrowingDecoder { session, layout }))
     }
 
@@ -223,21 +222,22 @@ impl SmolVlm {
                 Embedder::Graph(session)
             }
         };
-        let variant = options.suffix.strip_prefix('_').unwrap_or("fp32");
-        let built = built_precision(variant)
-            .map(|precision| (precision, built_decoder_path(&options.model_dir, precision)))
-            .filter(|(_, path)| options.graphs == Graphs::Lookout && path.is_file());
-        let (decoder, name) = match built {
-            Some((precision, path)) => {
+        let chosen = chosen_decoder(
+            &options.model_dir,
+            &options.suffix,
+            options.graphs == Graphs::Lookout,
+        );
+        let (decoder, name) = match chosen {
+            ChosenDecoder::Built { precision, path } => {
                 let decoder = graphs.open_fixed(&path, &spec)?;
                 let name = model_name(&options.model_dir, &format!("_lookout_{precision}"));
                 (decoder, name)
             }
-            None => {
+            ChosenDecoder::Official(path) => {
                 if options.graphs == Graphs::Lookout {
                     tracing::info!(model_dir = %options.model_dir.display(), variant_suffix = %options.suffix, "No decoder of Lookout's own for this variant (`lookout models build` makes one from the folder's checkpoint): the official decoder answers.");
                 }
-                let decoder = graphs.open_growing(&spec)?;
+                let decoder = graphs.open_growing(&path, &spec)?;
                 (decoder, model_name(&options.model_dir, &options.suffix))
             }
         };

@@ -154,6 +154,7 @@ impl SmolVlm {
             confidence,
             min_probability: None,
             tokens: option_ids.swap_remove(index),
+            prompt_tokens: ids.len(),
             timings: StageTimings::default(),
         })
     }

@@ -63,6 +63,8 @@ struct Decoding {
     place: usize,
     /// The logits for its next token.
     logits: Vec<f32>,
+    /// The prompt's positions.
+    prompt_len: usize,
     /// Positions in its cache (prompt and tokens fed back).
     cached: usize,
     max_new: u32,
@@ -83,6 +85,7 @@ impl Decoding {
         let row = Decoding {
             place,
             logits: prefilled.logits,
+            prompt_len: prefilled.prompt_len,
             cached: prefilled.prompt_len,
             max_new: prefilled.max_new.min(room),
             tokens: Vec::new(),
@@ -405,6 +408,7 @@ impl SmolVlm {
             confidence,
             min_probability,
             tokens: row.tokens,
+            prompt_tokens: row.prompt_len,
             timings: row.timings,
         }
     }
@@ -418,6 +422,7 @@ mod tests {
         Decoding {
             place: 0,
             logits,
+            prompt_len: 5,
             cached: 5,
             max_new,
             tokens: Vec::new(),
