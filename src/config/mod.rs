@@ -680,6 +680,22 @@ mod tests {
     }
 
     #[test]
+    fn the_decoder_settings_are_checked() {
+        let problems = problems_of("[vision]\ngraphs = \"fast\"\n").join("\n");
+        assert!(
+            problems.contains("vision.graphs: unknown variant `fast`, expected `lookout` or `official`"),
+            "{problems}"
+        );
+        let problems = problems_of("[vision]\nmax_context = 9000\n").join("\n");
+        assert!(
+            problems.contains(
+                "vision.max_context: must be at most 8192 (0: sized from the tasks), not 9000"
+            ),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn escalation_settings_are_checked_against_cameras_and_tasks() {
         let text = r#"
             [[cameras]]
