@@ -16,6 +16,7 @@ mod clips;
 mod daemon_smolvlm;
 mod dataset;
 mod dataset_process;
+mod decoder_precision;
 mod embedded_broker;
 mod embedding;
 mod escalation;

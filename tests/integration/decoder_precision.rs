@@ -1,0 +1,195 @@
+//! How far Lookout's quantized decoders (int8, int4; `lookout models build`) move the answers of its fp32
+//! decoder, on the golden cases' prompts: the KL divergence of the first token's distribution, and how
+//! many of the first greedy tokens agree. The graphs run as the daemon runs them (ONNX Runtime, the
+//! fixture's embedding rows); the image rows are the `<image>` token's embedding, which is what the
+//! decoder sees of a prompt's length and layout without the vision encoder. Bounds: the measured
+//! figures (printed on every run), with some room. A random-weight model's next-token distributions
+//! are nearly flat (logits within about 0.7 of each other), so a small change of a logit can change
+//! the greedy choice: int4's agreement here says little of a trained model's, its KL more.
+
+use std::path::Path;
+
+use lookout::vision::embedding::EmbeddingTable;
+use lookout::vision::{Provider, runtime};
+use ort::session::Session;
+use ort::value::Tensor;
+use serde_json::Value;
+
+use crate::common::config::smolvlm_built_fixture;
+
+/// Greedy tokens compared per case.
+const STEPS: usize = 16;
+
+/// One built decoder graph, run with a cache of `CAPACITY` positions passed from step to step.
+struct Graph {
+    session: Session,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+const CAPACITY: usize = 1280;
+
+impl Graph {
+    fn open(environment: &ort::environment::Environment, dir: &Path, precision: &str) -> Graph {
+        let path = dir.join(format!("onnx/lookout_decoder_{precision}.onnx"));
+        let (session, _) = runtime::load_session(environment, &path, &[Provider::Cpu], 1).unwrap();
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let text = &config["text_config"];
+        Graph {
+            session,
+            layers: text["num_hidden_layers"].as_u64().unwrap() as usize,
+            kv_heads: text["num_key_value_heads"].as_u64().unwrap() as usize,
+            head_dim: text["head_dim"].as_u64().unwrap() as usize,
+        }
+    }
+
+    /// The first token's logits after `prompt`, and `STEPS` greedy tokens.
+    fn answer(&mut self, table: &EmbeddingTable, prompt: &[u32]) -> (Vec<f32>, Vec<u32>) {
+        let shape = [1, self.kv_heads, CAPACITY, self.head_dim];
+        let mut cache: Vec<ort::value::DynValue> = (0..2 * self.layers)
+            .map(|_| {
+                Tensor::from_array((shape, vec![0f32; shape.iter().product()]))
+                    .unwrap()
+                    .into_dyn()
+            })
+            .collect();
+        let mut ids = prompt.to_vec();
+        let mut fed = 0;
+        let mut first = Vec::new();
+        let mut tokens = Vec::new();
+        while tokens.len() < STEPS {
+            let new = &ids[fed..];
+            let embeds = table.lookup(new).unwrap();
+            let hidden = embeds.len() / new.len();
+            let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
+                (
+                    "inputs_embeds".into(),
+                    Tensor::from_array(([1, new.len(), hidden], embeds))
+                        .unwrap()
+                        .into(),
+                ),
+                (
+                    "attention_mask".into(),
+                    Tensor::from_array(([1, ids.len()], vec![1i64; ids.len()]))
+                        .unwrap()
+                        .into(),
+                ),
+                (
+                    "num_logits_to_keep".into(),
+                    Tensor::from_array(([0usize; 0], vec![1i64]))
+                        .unwrap()
+                        .into(),
+                ),
+            ];
+            for (index, value) in cache.drain(..).enumerate() {
+                let kind = ["key", "value"][index % 2];
+                inputs.push((
+                    format!("past_key_values.{}.{kind}", index / 2),
+                    value.into(),
+                ));
+            }
+            let mut outputs = self.session.run(inputs).unwrap();
+            let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
+            let logits = logits.to_vec();
+            for layer in 0..self.layers {
+                for kind in ["key", "value"] {
+                    cache.push(outputs.remove(&format!("present.{layer}.{kind}")).unwrap());
+                }
+            }
+            if first.is_empty() {
+                first.clone_from(&logits);
+            }
+            let next = logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(index, _)| index as u32)
+                .unwrap();
+            tokens.push(next);
+            fed = ids.len();
+            ids.push(next);
+        }
+        (first, tokens)
+    }
+}
+
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|l| (*l as f64 - max).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+/// KL(p || q) in nats.
+fn kl(p: &[f64], q: &[f64]) -> f64 {
+    p.iter()
+        .zip(q)
+        .filter(|(p, _)| **p > 0.0)
+        .map(|(p, q)| p * (p / q).ln())
+        .sum()
+}
+
+#[test]
+fn quantized_decoders_stay_close_to_fp32_on_the_golden_prompts() {
+    let dir = smolvlm_built_fixture();
+    let library = runtime::resolve_library(
+        std::env::var_os("ORT_DYLIB_PATH")
+            .map(std::path::PathBuf::from)
+            .as_deref(),
+    )
+    .unwrap();
+    let environment = runtime::environment(&library).unwrap();
+    let table = EmbeddingTable::open(&dir.join("onnx/embed_tokens.onnx")).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let prompts: Vec<Vec<u32>> = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| serde_json::from_value(case["input_ids"].clone()).unwrap())
+        .collect();
+    let mut fp32 = Graph::open(&environment, &dir, "fp32");
+    let reference: Vec<(Vec<f32>, Vec<u32>)> = prompts
+        .iter()
+        .map(|prompt| fp32.answer(&table, prompt))
+        .collect();
+    // (precision, largest KL allowed, least greedy agreement, fewest first tokens equal); measured on
+    // 2026-12-06: int8 KL 2.2e-6, agreement 1.0, 12 of 12 first tokens; int4 KL 5.0e-4, agreement 0.17,
+    // 8 of 12 first tokens.
+    for (precision, max_kl, min_agreement, min_first) in
+        [("int8", 2e-5, 0.95, 12), ("int4", 1e-3, 0.1, 6)]
+    {
+        let mut graph = Graph::open(&environment, &dir, precision);
+        let (mut worst_kl, mut agreeing, mut first_equal) = (0f64, 0usize, 0usize);
+        for (prompt, (first, tokens)) in prompts.iter().zip(&reference) {
+            let (quantized_first, quantized_tokens) = graph.answer(&table, prompt);
+            worst_kl = worst_kl.max(kl(&softmax(first), &softmax(&quantized_first)));
+            let agreed = tokens
+                .iter()
+                .zip(&quantized_tokens)
+                .take_while(|(a, b)| a == b)
+                .count();
+            agreeing += agreed;
+            first_equal += usize::from(agreed > 0);
+        }
+        let agreement = agreeing as f64 / (STEPS * prompts.len()) as f64;
+        println!(
+            "{precision}: worst first-token KL {worst_kl:.2e} nats; greedy agreement {agreement:.3} \
+             (tokens equal to fp32's before the first that differs, {STEPS} a case); first token \
+             equal in {first_equal} of {} cases",
+            prompts.len()
+        );
+        assert!(worst_kl <= max_kl, "{precision}: KL {worst_kl}");
+        assert!(
+            agreement >= min_agreement,
+            "{precision}: agreement {agreement}"
+        );
+        assert!(
+            first_equal >= min_first,
+            "{precision}: {first_equal} first tokens"
+        );
+    }
+}
