@@ -96,7 +96,7 @@ impl Graph {
             let logits = logits.to_vec();
             for layer in 0..self.layers {
                 for kind in ["key", "value"] {
-                    cache.push(outputs.remove(&format!("present.{layer}.{kind}")).unwrap());
+                    cache.push(outputs.remove(format!("present.{layer}.{kind}")).unwrap());
                 }
             }
             if first.is_empty() {
