@@ -683,7 +683,9 @@ mod tests {
     fn the_decoder_settings_are_checked() {
         let problems = problems_of("[vision]\ngraphs = \"fast\"\n").join("\n");
         assert!(
-            problems.contains("vision.graphs: unknown variant `fast`, expected `lookout` or `official`"),
+            problems.contains(
+                "vision.graphs: unknown variant `fast`, expected `lookout` or `official`"
+            ),
             "{problems}"
         );
         let problems = problems_of("[vision]\nmax_context = 9000\n").join("\n");
