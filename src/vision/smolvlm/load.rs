@@ -129,7 +129,8 @@ impl GraphFiles<'_> {
 impl GraphFiles<'_> {
     /// The official export's decoder, whose cache grows step by step.
     fn open_growing(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
-        let (inputs, outputs) = decoder_ports(spec.layers);
+        let positions = port("position_ids", TensorElementType::Int64, 2);
+        let (inputs, outputs) = decoder_ports(spec.layers, positions);
         let (session, _) = self.open(path, &inputs, &outputs)?;
         let declared: Vec<(&str, &ValueType)> = session
             .inputs()
@@ -143,7 +144,8 @@ impl GraphFiles<'_> {
 
     /// Lookout's own decoder at `path`, with its cache buffers of `max_context` positions.
     fn open_fixed(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
-        let (inputs, outputs) = built_decoder_ports(spec.layers);
+        let keep = port("num_logits_to_keep", TensorElementType::Int64, 0);
+        let (inputs, outputs) = decoder_ports(spec.layers, keep);
         let (session, _) = self.open(path, &inputs, &outputs)?;
         let declared: Vec<(&str, &ValueType)> = session
             .inputs()
@@ -266,37 +268,16 @@ fn model_name(model_dir: &Path, suffix: &str) -> String {
         .unwrap_or_else(|| "smolvlm2".to_owned())
 }
 
-/// The decoder's inputs and outputs: the embeddings, mask and positions in, the logits out, and a key
-/// and a value cache of every layer in (`past_key_values.*`) and out (`present.*`).
-fn decoder_ports(layers: usize) -> (Vec<Port>, Vec<Port>) {
+/// The decoder's inputs and outputs: the embeddings and mask in, then the third input: `position_ids`
+/// (official graphs) or `num_logits_to_keep` (Lookout's, whose positions come from the mask); the
+/// logits out, and a key and a value cache of every layer in (`past_key_values.*`) and out
+/// (`present.*`).
+fn decoder_ports(layers: usize, third: Port) -> (Vec<Port>, Vec<Port>) {
     use TensorElementType::{Float32, Int64};
     let mut inputs = vec![
         port("inputs_embeds", Float32, 3),
         port("attention_mask", Int64, 2),
-        port("position_ids", Int64, 2),
-    ];
-    inputs.extend(
-        cache_names("past_key_values", layers)
-            .into_iter()
-            .map(|name| port(name, Float32, 4)),
-    );
-    let mut outputs = vec![port("logits", Float32, 3)];
-    outputs.extend(
-        cache_names("present", layers)
-            .into_iter()
-            .map(|name| port(name, Float32, 4)),
-    );
-    (inputs, outputs)
-}
-
-/// Lookout's decoder's inputs and outputs: as the official decoder's, but the positions come from the
-/// attention mask (no `position_ids`) and `num_logits_to_keep` is required.
-fn built_decoder_ports(layers: usize) -> (Vec<Port>, Vec<Port>) {
-    use TensorElementType::{Float32, Int64};
-    let mut inputs = vec![
-        port("inputs_embeds", Float32, 3),
-        port("attention_mask", Int64, 2),
-        port("num_logits_to_keep", Int64, 0),
+        third,
     ];
     inputs.extend(
         cache_names("past_key_values", layers)
@@ -390,7 +371,7 @@ mod tests {
 
     #[test]
     fn the_decoder_declares_a_key_and_a_value_per_layer_in_and_out() {
-        let (inputs, outputs) = decoder_ports(2);
+        let (inputs, outputs) = decoder_ports(2, port("position_ids", Int64, 2));
         assert_eq!(
             inputs,
             [
