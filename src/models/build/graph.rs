@@ -46,18 +46,13 @@ impl Builder<'_> {
         let output: Vec<String> = (0..outputs)
             .map(|index| format!("{name}/{index}"))
             .collect();
+        // ONNX Runtime's own operators; SimplifiedLayerNormalization, though one of them, is
+        // registered in the default domain.
         let domain = match op_type {
-            "GroupQueryAttention"
-            | "MatMulNBits"
-            | "SimplifiedLayerNormalization"
-            | "SkipSimplifiedLayerNormalization" => "com.microsoft",
+            "GroupQueryAttention" | "MatMulNBits" | "SkipSimplifiedLayerNormalization" => {
+                "com.microsoft"
+            }
             _ => "",
-        };
-        // SimplifiedLayerNormalization is in ONNX Runtime's default domain though a contrib operator.
-        let domain = if op_type == "SimplifiedLayerNormalization" {
-            ""
-        } else {
-            domain
         };
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|input| (*input).to_owned()).collect(),
@@ -73,6 +68,7 @@ impl Builder<'_> {
         output
     }
 
+    /// A node of one output; its name.
     fn one(
         &mut self,
         op_type: &str,
@@ -230,7 +226,7 @@ fn rotary_caches(config: &TextConfig) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// The names of a layer's cache tensors, as the official export names them.
-pub fn cache_names(layer: usize) -> [(String, String); 2] {
+fn cache_names(layer: usize) -> [(String, String); 2] {
     ["key", "value"].map(|kind| {
         (
             format!("past_key_values.{layer}.{kind}"),

@@ -20,8 +20,7 @@ mod weights;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use checkpoint::Checkpoint;
-pub use checkpoint::TextConfig;
+use checkpoint::{Checkpoint, TextConfig};
 use onnx::{IR_VERSION, ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use weights::WeightsFile;
 
