@@ -168,8 +168,7 @@ impl GraphFiles<'_> {
             capacity,
         };
         let batch = self.options.batch.max(1);
-        let rows = if batch > 1 { 1 + batch } else { 1 };
-        tracing::info!(graph = %path.display(), capacity = shape.capacity, rows, megabytes = (rows * shape.bytes_per_row()) as f64 / 1e6, "Allocating the decoder's cache: one row to prefill in, one per answer decoded together.");
+        tracing::info!(graph = %path.display(), capacity = shape.capacity, megabytes_per_row = shape.bytes_per_row() as f64 / 1e6, batch, "Allocating the decoder's cache: a row to prefill in now, and one per answer decoded together when several first are.");
         let decoder =
             FixedDecoder::new(session, shape, batch, limit).map_err(|error| LoadError::Cache {
                 graph: path.to_owned(),

@@ -1,11 +1,13 @@
 //! Lookout's own decoder (`lookout models build`): one key and one value buffer per layer, of a fixed
-//! capacity, allocated at load and bound once as both the graph's `past_key_values.N.*` input and its
+//! capacity, allocated once and bound once as both the graph's `past_key_values.N.*` input and its
 //! `present.N.*` output. GroupQueryAttention writes each step's new positions into the buffer at the
 //! sequence's length and reads only the valid positions, so a decoding step neither copies nor
 //! concatenates the cache, whatever its length.
 //!
-//! Two sets of buffers: one of a single row, where every prompt is prefilled and a text answer decoded
-//! alone, and one of `batch` rows where several text answers are decoded together. A prefilled prompt's
+//! Two sets of buffers: one of a single row, allocated at load, where every prompt is prefilled and a
+//! text answer decoded alone; and one of `batch` rows where several text answers are decoded together,
+//! allocated the first time there are several (ONNX Runtime fills a new buffer with zeros, so all of it
+//! is resident: a box that never decodes two answers at once never pays for it). A prefilled prompt's
 //! positions are copied out of the single row ("parked", compact: only its valid positions) so that the
 //! row is free for the next prompt; a shared prefix is parked once and copied back in under each
 //! question. Decoding copies each answer's parked positions into its row once, then steps in place. A
@@ -145,11 +147,6 @@ impl FixedDecoder {
         limit: usize,
     ) -> Result<FixedDecoder, AnalyseError> {
         let single = KvBuffer::new(&session, &shape, 1)?;
-        let several = if batch > 1 {
-            Some(KvBuffer::new(&session, &shape, batch)?)
-        } else {
-            None
-        };
         Ok(FixedDecoder {
             session,
             allocator: Allocator::default(),
@@ -157,7 +154,7 @@ impl FixedDecoder {
             batch,
             limit: limit.max(shape.capacity),
             single,
-            several,
+            several: None,
         })
     }
 
@@ -187,12 +184,10 @@ impl FixedDecoder {
             to = shape.capacity,
             "The decoder's cache grows for a longer prompt."
         );
-        // The old buffers go first: both sets at once could be more memory than the box has.
+        // The old buffers go first: both sets at once could be more memory than the box has. The
+        // batch buffer comes back when next needed.
         self.several = None;
         self.single = KvBuffer::new(&self.session, &shape, 1)?;
-        if self.batch > 1 {
-            self.several = Some(KvBuffer::new(&self.session, &shape, self.batch)?);
-        }
         self.shape = shape;
         Ok(())
     }
@@ -301,6 +296,9 @@ impl FixedDecoder {
     ) -> Result<FixedBatch, AnalyseError> {
         self.make_room(positions)?;
         let several = caches.len() > 1;
+        if several && self.several.is_none() {
+            self.several = Some(KvBuffer::new(&self.session, &self.shape, self.batch)?);
+        }
         let room = match &self.several {
             Some(buffer) if several => buffer.rows,
             _ => 1,
