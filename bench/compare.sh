@@ -72,6 +72,7 @@ done
 help="$("$lookout" bench --help)"
 graphs_flag=0; grep -q -- "--graphs" <<<"$help" && graphs_flag=1
 cases="image tiles"; grep -q -- "--clip-frames" <<<"$help" && cases="image tiles clip"
+cases="${BENCH_CASES:-$cases}"  # e.g. BENCH_CASES=tiles to run the 13-tile rows only
 # Without `--graphs`, a config file chooses the decoder (vision.graphs).
 for g in official lookout; do printf '[vision]\ngraphs = "%s"\n' "$g" > "$work/graphs_$g.toml"; done
 
