@@ -5,7 +5,9 @@
 //! decoder sees of a prompt's length and layout without the vision encoder. Bounds: the measured
 //! figures (printed on every run), with some room. A random-weight model's next-token distributions
 //! are nearly flat (logits within about 0.7 of each other), so a small change of a logit can change
-//! the greedy choice: int4's agreement here says little of a trained model's, its KL more.
+//! the greedy choice: int8's greedy tokens all agree and are held to it, int4's agreement is printed
+//! but says little of a trained model's (bench/results.md compares on the full-size model against
+//! transformers), so only its KL is held.
 
 use std::path::Path;
 
@@ -156,12 +158,10 @@ fn quantized_decoders_stay_close_to_fp32_on_the_golden_prompts() {
         .iter()
         .map(|prompt| fp32.answer(&table, prompt))
         .collect();
-    // (precision, largest KL allowed, least greedy agreement, fewest first tokens equal); measured on
-    // 2026-12-06: int8 KL 2.2e-6, agreement 1.0, 12 of 12 first tokens; int4 KL 5.0e-4, agreement 0.17,
-    // 8 of 12 first tokens.
-    for (precision, max_kl, min_agreement, min_first) in
-        [("int8", 2e-5, 0.95, 12), ("int4", 1e-3, 0.1, 6)]
-    {
+    // (precision, largest KL allowed, least greedy agreement); measured on 2026-12-06: int8 KL 3.2e-6
+    // nats, agreement 1.0, 12 of 12 first tokens; int4 KL 2.9e-4, agreement 0.0, 0 of 12 first tokens
+    // (with the scale of an earlier scheme, |w_max| / 7: KL 5.0e-4, 8 of 12 first tokens).
+    for (precision, max_kl, min_agreement) in [("int8", 2e-5, 1.0), ("int4", 1e-3, 0.0)] {
         let mut graph = Graph::open(&environment, &dir, precision);
         let (mut worst_kl, mut agreeing, mut first_equal) = (0f64, 0usize, 0usize);
         for (prompt, (first, tokens)) in prompts.iter().zip(&reference) {
@@ -186,10 +186,6 @@ fn quantized_decoders_stay_close_to_fp32_on_the_golden_prompts() {
         assert!(
             agreement >= min_agreement,
             "{precision}: agreement {agreement}"
-        );
-        assert!(
-            first_equal >= min_first,
-            "{precision}: {first_equal} first tokens"
         );
     }
 }

@@ -1,11 +1,14 @@
 //! Block-wise weight quantization for ONNX Runtime's `com.microsoft` `MatMulNBits`.
 //!
 //! The scheme: a weight `W` of `[n, k]` (out features by in features, the checkpoint's layout) is cut
-//! along `k` into blocks of `BLOCK` values; each block gets one f32 scale, `max |w| / q_max` (127 for
-//! 8 bits, 7 for 4 bits), and its values are stored as `round(w / scale)` offset by the zero point
-//! `MatMulNBits` assumes when none is given (128 for 8 bits, 8 for 4 bits): symmetric, no zero-point
-//! tensor. A row whose `k` is not a multiple of the block is padded with zeros. 4-bit values are packed
-//! two to a byte, the first in the low nibble.
+//! along `k` into blocks of `BLOCK` values; each block gets one f32 scale, and its values are stored as
+//! `round(w / scale)` clamped to the signed range (-8..=7 for 4 bits, -128..=127 for 8) and offset by
+//! the zero point `MatMulNBits` assumes when none is given (8, 128): symmetric, no zero-point tensor.
+//! The scale is the block's largest-magnitude value over the range's negative end (`w_max / -8`), so
+//! that value is exact at -8 and every level of the range is used (`|w_max| / 7` would leave -8
+//! unused and make each step 8/7 as coarse); a scale may be negative. A row whose `k` is not a multiple
+//! of the block is padded with zeros. 4-bit values are packed two to a byte, the first in the low
+//! nibble.
 
 /// Values per block: 32, what ONNX Runtime's own quantizer and the onnxruntime-genai builder use.
 pub const BLOCK: usize = 32;
@@ -25,18 +28,9 @@ impl Bits {
         }
     }
 
-    fn max_level(self) -> f32 {
-        match self {
-            Bits::Four => 7.0,
-            Bits::Eight => 127.0,
-        }
-    }
-
+    /// The zero point, and the magnitude of the range's negative end: 8 for 4 bits, 128 for 8.
     fn zero_point(self) -> i32 {
-        match self {
-            Bits::Four => 8,
-            Bits::Eight => 128,
-        }
+        1 << (self.count() - 1)
     }
 }
 
@@ -58,19 +52,25 @@ pub fn quantize(weight: &[f32], n: usize, k: usize, bits: Bits) -> Quantized {
     for row in weight.chunks_exact(k) {
         for block in 0..blocks {
             let values = &row[block * BLOCK..((block + 1) * BLOCK).min(k)];
-            let max = values.iter().fold(0f32, |max, value| max.max(value.abs()));
-            let scale = if max > 0.0 {
-                max / bits.max_level()
+            let extreme = values.iter().copied().fold(0f32, |extreme, value| {
+                if value.abs() > extreme.abs() {
+                    value
+                } else {
+                    extreme
+                }
+            });
+            let zero_point = bits.zero_point();
+            let scale = if extreme != 0.0 {
+                extreme / -(zero_point as f32)
             } else {
                 1.0
             };
             scales.push(scale);
-            levels.fill(bits.zero_point() as u8);
+            levels.fill(zero_point as u8);
+            let (lowest, highest) = (-(zero_point as f32), (zero_point - 1) as f32);
             for (level, value) in levels.iter_mut().zip(values) {
-                let q = (value / scale)
-                    .round()
-                    .clamp(-bits.max_level(), bits.max_level());
-                *level = (q as i32 + bits.zero_point()) as u8;
+                let q = (value / scale).round().clamp(lowest, highest);
+                *level = (q as i32 + zero_point) as u8;
             }
             match bits {
                 Bits::Eight => data.extend_from_slice(&levels),
@@ -120,8 +120,11 @@ mod tests {
             .collect()
     }
 
+    /// Each value is within half a step of its block's scale, but for one of the opposite sign to the
+    /// block's extreme beyond the range's positive end (7.5 steps for 4 bits), which is stored at that
+    /// end.
     #[test]
-    fn each_value_is_within_half_a_step_of_its_block_scale() {
+    fn each_value_is_within_half_a_step_or_clamped_at_the_top() {
         for bits in [Bits::Four, Bits::Eight] {
             // 40 columns: a full block and a padded one.
             let (n, k) = (3, 40);
@@ -132,24 +135,29 @@ mod tests {
             let restored = dequantize(&quantized, n, k, bits);
             for (index, (a, b)) in original.iter().zip(&restored).enumerate() {
                 let scale = quantized.scales[(index / k) * 2 + (index % k) / BLOCK];
-                assert!(
-                    (a - b).abs() <= scale / 2.0 + 1e-6,
-                    "{bits:?} {index}: {a} vs {b}"
-                );
+                let top = (bits.zero_point() - 1) as f32;
+                let within = (a - b).abs() <= scale.abs() / 2.0 + 1e-6;
+                let clamped = a / scale > top + 0.5 && *b == top * scale;
+                assert!(within || clamped, "{bits:?} {index}: {a} vs {b}");
             }
         }
     }
 
     #[test]
-    fn the_largest_value_of_a_block_is_exact_and_zero_stays_zero() {
-        let mut original = vec![0f32; BLOCK];
-        original[3] = -2.5;
-        original[4] = 1.0;
-        let quantized = quantize(&original, 1, BLOCK, Bits::Four);
-        let restored = dequantize(&quantized, 1, BLOCK, Bits::Four);
-        assert_eq!(restored[3], -2.5);
-        assert_eq!(restored[0], 0.0);
-        // Low nibble first: values 2 and 3 share byte 1, value 3 in its high nibble.
-        assert_eq!(quantized.data[1] >> 4, (-7i32 + 8) as u8);
+    fn the_largest_value_of_a_block_is_exact_at_the_ranges_negative_end() {
+        for extreme in [-2.5f32, 2.5] {
+            let mut original = vec![0f32; BLOCK];
+            original[3] = extreme;
+            original[4] = 1.0;
+            let quantized = quantize(&original, 1, BLOCK, Bits::Four);
+            let restored = dequantize(&quantized, 1, BLOCK, Bits::Four);
+            assert_eq!(restored[3], extreme);
+            assert_eq!(restored[0], 0.0);
+            // Steps of 2.5 / 8: 1.0 is 3.2 steps, stored as 3 of them.
+            assert_eq!(restored[4], 3.0 * 2.5 / 8.0);
+            // Low nibble first: values 2 and 3 share byte 1, value 3 (level -8, stored as 0) in its
+            // high nibble.
+            assert_eq!(quantized.data[1] >> 4, 0);
+        }
     }
 }
