@@ -2,9 +2,11 @@
 //!
 //! Three graphs of the official export work together (see the model's ONNX contract): `vision_encoder`
 //! turns the preprocessed tiles into 64 feature rows per tile, `embed_tokens` turns prompt ids into
-//! embeddings, and the rows of `<image>` placeholders are replaced by the image features in order;
-//! `decoder_model_merged` then runs the prompt once (prefill) and one token at a time after it, carrying
-//! its key/value cache.
+//! embeddings, and the rows of `<image>` placeholders are replaced by the image features in order; the
+//! decoder then runs the prompt once (prefill) and one token at a time after it, carrying its key/value
+//! cache. The decoder is Lookout's own (`lookout models build`, its cache written in place) where the
+//! folder holds one for the variant and `vision.graphs` allows, else the export's
+//! `decoder_model_merged` (see `decode`).
 //!
 //! Several questions about one frame share work: the frame is encoded once per splitting mode, and the
 //! prompt prefix they have in common (the chat header and the whole image block) is prefilled once; each
