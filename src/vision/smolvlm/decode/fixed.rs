@@ -328,7 +328,13 @@ impl FixedDecoder {
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>, AnalyseError> {
         let width = cached.iter().copied().max().unwrap_or(0) + 1;
-        self.make_room(width)?;
+        // `start` made room for the whole answers; growing now would drop the rows being decoded.
+        if width > self.shape.capacity {
+            return Err(AnalyseError::Model(format!(
+                "a decoding step needs {width} cache positions, past the {} made room for",
+                self.shape.capacity
+            )));
+        }
         let rows = match (batch.several, &self.several) {
             (true, Some(buffer)) => buffer.rows,
             _ => 1,
