@@ -130,7 +130,19 @@ impl GraphFiles<'_> {
     /// The official export's decoder, whose cache grows step by step.
     fn open_growing(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let positions = port("position_ids", TensorElementType::Int64, 2);
-        let (inputs, outputs) = decoder_ports(spec.layers, positions);
+        let (session, layout) = self.open_decoder(path, spec, positions)?;
+        Ok(Decoder::Growing(GrowingDecoder { session, layout }))
+    }
+
+    /// A decoder graph at `path` whose third input is `third`, checked against the contract, and the
+    /// layout of its cache.
+    fn open_decoder(
+        &self,
+        path: &Path,
+        spec: &ModelSpec,
+        third: Port,
+    ) -> Result<(Session, CacheLayout), LoadError> {
+        let (inputs, outputs) = decoder_ports(spec.layers, third);
         let (session, _) = self.open(path, &inputs, &outputs)?;
         let declared: Vec<(&str, &ValueType)> = session
             .inputs()
@@ -139,21 +151,13 @@ impl GraphFiles<'_> {
             .collect();
         let layout =
             cache_layout(&declared, spec.layers).map_err(|problem| contract(path, problem))?;
-        Ok(Decoder::Growing(GrowingDecoder { session, layout }))
+        Ok((session, layout))
     }
 
     /// Lookout's own decoder at `path`, with its cache buffers of `max_context` positions.
     fn open_fixed(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let keep = port("num_logits_to_keep", TensorElementType::Int64, 0);
-        let (inputs, outputs) = decoder_ports(spec.layers, keep);
-        let (session, _) = self.open(path, &inputs, &outputs)?;
-        let declared: Vec<(&str, &ValueType)> = session
-            .inputs()
-            .iter()
-            .map(|input| (input.name(), input.dtype()))
-            .collect();
-        let layout =
-            cache_layout(&declared, spec.layers).map_err(|problem| contract(path, problem))?;
+        let (session, layout) = self.open_decoder(path, spec, keep)?;
         let (capacity, limit) = match self.options.max_context {
             MaxContext::Positions(positions) => (positions, positions),
             MaxContext::Largest(bounds) => (

@@ -45,9 +45,9 @@ impl CacheShape {
         2 * self.layers * self.kv_heads * self.capacity * self.head_dim * size_of::<f32>()
     }
 
-    /// Where position `position` of `head` of `row` starts in a buffer.
-    fn offset(&self, row: usize, head: usize, position: usize) -> usize {
-        ((row * self.kv_heads + head) * self.capacity + position) * self.head_dim
+    /// Where the positions of `head` of `row` start in a buffer.
+    fn head_start(&self, row: usize, head: usize) -> usize {
+        (row * self.kv_heads + head) * self.capacity * self.head_dim
     }
 }
 
@@ -62,7 +62,7 @@ pub(in crate::vision::smolvlm) struct ParkedRows {
 fn park(buffer: &[f32], shape: &CacheShape, row: usize, len: usize) -> Vec<f32> {
     let mut parked = Vec::with_capacity(shape.kv_heads * len * shape.head_dim);
     for head in 0..shape.kv_heads {
-        let start = shape.offset(row, head, 0);
+        let start = shape.head_start(row, head);
         parked.extend_from_slice(&buffer[start..start + len * shape.head_dim]);
     }
     parked
@@ -76,7 +76,7 @@ fn unpark(buffer: &mut [f32], shape: &CacheShape, row: usize, parked: &[f32], le
         .enumerate()
         .take(shape.kv_heads)
     {
-        let start = shape.offset(row, head, 0);
+        let start = shape.head_start(row, head);
         buffer[start..start + block].copy_from_slice(values);
     }
 }
