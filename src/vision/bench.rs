@@ -209,13 +209,25 @@ impl Setup {
             .ok()
             .and_then(variant_suffix)
             .unwrap_or_default();
+        let decoder = chosen_decoder(&config.model_dir, &suffix, config.graphs == Graphs::Lookout);
+        let kv_bytes_per_position = spec.as_ref().map_or(0, |spec| {
+            // Lookout's fp16 decoder caches in half precision; every other decoder Lookout runs, in f32.
+            let half = matches!(
+                decoder,
+                ChosenDecoder::Built {
+                    precision: "fp16",
+                    ..
+                }
+            );
+            (spec.kv_bytes_per_position / if half { 2 } else { 1 }) as u64
+        });
         Setup {
             load_ms,
             image: spec
                 .as_ref()
                 .map_or(ImageSettings::SMOLVLM2, |spec| spec.image.clone()),
-            decoder: chosen_decoder(&config.model_dir, &suffix, config.graphs == Graphs::Lookout),
-            kv_bytes_per_position: spec.map_or(0, |spec| spec.kv_bytes_per_position as u64),
+            decoder,
+            kv_bytes_per_position,
             threads: config.threads,
         }
     }

@@ -191,11 +191,12 @@ pub(crate) fn preferred_variants(_providers: &[Provider]) -> [&'static str; 8] {
     ]
 }
 
-/// The precision of Lookout's own decoder that stands in for an official variant's: fp32 for fp32,
-/// int8 for the 8-bit variants, int4 for the 4-bit ones; none for fp16 (not built yet).
+/// The precision of Lookout's own decoder that stands in for an official variant's: fp32 and fp16 for
+/// themselves, int8 for the 8-bit variants, int4 for the 4-bit ones.
 pub fn built_precision(variant: &str) -> Option<&'static str> {
     match variant {
         "fp32" => Some("fp32"),
+        "fp16" => Some("fp16"),
         "int8" | "uint8" | "quantized" => Some("int8"),
         "q4" | "bnb4" | "q4f16" => Some("int4"),
         _ => None,

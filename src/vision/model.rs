@@ -84,7 +84,7 @@ fn kv_bytes_per_position(config: &Value) -> usize {
     2 * number("num_hidden_layers") * number("num_key_value_heads") * head_dim * size_of::<f32>()
 }
 
-/// Lookout's own decoder for a precision (fp32, int8, int4), built from the folder's checkpoint by
+/// Lookout's own decoder for a precision (fp32, fp16, int8, int4), built from the folder's checkpoint by
 /// `lookout models build`: `onnx/lookout_decoder_<precision>.onnx`, its weights in the same name plus
 /// `.data`. The name never collides with an official export's graphs.
 pub fn built_decoder_path(dir: &Path, precision: &str) -> PathBuf {

@@ -14,7 +14,7 @@ pub fn smolvlm_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro")
 }
 
-/// The committed fixture model with Lookout's own decoders (fp32, int8, int4) built from its checkpoint
+/// The committed fixture model with Lookout's own decoders (fp32, fp16, int8, int4) built from its checkpoint
 /// by `lookout::models::build`, the way `lookout models build` builds them: a copy in this test
 /// process's own folder under the target directory (the committed folder stays as committed), built
 /// once per process.

@@ -1,11 +1,11 @@
-//! How far Lookout's quantized decoders (int8, int4; `lookout models build`) move the answers of its fp32
-//! decoder, on the golden cases' prompts: the KL divergence of the first token's distribution, and how
+//! How far Lookout's half-precision and quantized decoders (fp16, int8, int4; `lookout models build`)
+//! move the answers of its fp32 decoder, on the golden cases' prompts: the KL divergence of the first token's distribution, and how
 //! many of the first greedy tokens agree. The graphs run as the daemon runs them (ONNX Runtime, the
 //! fixture's embedding rows); the image rows are the `<image>` token's embedding, which is what the
 //! decoder sees of a prompt's length and layout without the vision encoder. Bounds: the measured
 //! figures (printed on every run), with some room. A random-weight model's next-token distributions
 //! are nearly flat (logits within about 0.7 of each other), so a small change of a logit can change
-//! the greedy choice: int8's greedy tokens all agree and are held to it, int4's agreement is printed
+//! the greedy choice: fp16's and int8's greedy tokens all agree and are held to it, int4's agreement is printed
 //! but says little of a trained model's (bench/results.md compares on the full-size model against
 //! transformers), so only its KL is held.
 
@@ -14,7 +14,7 @@ use std::path::Path;
 use lookout::vision::embedding::EmbeddingTable;
 use lookout::vision::{Provider, runtime};
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorElementType, ValueType};
 use serde_json::Value;
 
 use crate::common::config::smolvlm_built_fixture;
@@ -28,6 +28,8 @@ struct Graph {
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// The cache is f16 (an fp16 graph), else f32.
+    half_cache: bool,
 }
 
 const CAPACITY: usize = 1280;
@@ -40,7 +42,18 @@ impl Graph {
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
         let text = &config["text_config"];
+        let half_cache = session.inputs().iter().any(|input| {
+            input.name() == "past_key_values.0.key"
+                && matches!(
+                    input.dtype(),
+                    ValueType::Tensor {
+                        ty: TensorElementType::Float16,
+                        ..
+                    }
+                )
+        });
         Graph {
+            half_cache,
             session,
             layers: text["num_hidden_layers"].as_u64().unwrap() as usize,
             kv_heads: text["num_key_value_heads"].as_u64().unwrap() as usize,
@@ -51,11 +64,15 @@ impl Graph {
     /// The first token's logits after `prompt`, and `STEPS` greedy tokens.
     fn answer(&mut self, table: &EmbeddingTable, prompt: &[u32]) -> (Vec<f32>, Vec<u32>) {
         let shape = [1, self.kv_heads, CAPACITY, self.head_dim];
+        let zeros = shape.iter().product();
         let mut cache: Vec<ort::value::DynValue> = (0..2 * self.layers)
-            .map(|_| {
-                Tensor::from_array((shape, vec![0f32; shape.iter().product()]))
+            .map(|_| match self.half_cache {
+                true => Tensor::from_array((shape, vec![half::f16::ZERO; zeros]))
                     .unwrap()
-                    .into_dyn()
+                    .into_dyn(),
+                false => Tensor::from_array((shape, vec![0f32; zeros]))
+                    .unwrap()
+                    .into_dyn(),
             })
             .collect();
         let mut ids = prompt.to_vec();
@@ -135,7 +152,7 @@ fn kl(p: &[f64], q: &[f64]) -> f64 {
 }
 
 #[test]
-fn quantized_decoders_stay_close_to_fp32_on_the_golden_prompts() {
+fn half_precision_and_quantized_decoders_stay_close_to_fp32_on_the_golden_prompts() {
     let dir = smolvlm_built_fixture();
     let library = runtime::resolve_library(
         std::env::var_os("ORT_DYLIB_PATH")
@@ -161,7 +178,12 @@ fn quantized_decoders_stay_close_to_fp32_on_the_golden_prompts() {
     // (precision, largest KL allowed, least greedy agreement); measured on 2026-12-06: int8 KL 3.2e-6
     // nats, agreement 1.0, 12 of 12 first tokens; int4 KL 2.9e-4, agreement 0.0, 0 of 12 first tokens
     // (with the scale of an earlier scheme, |w_max| / 7: KL 5.0e-4, 8 of 12 first tokens).
-    for (precision, max_kl, min_agreement) in [("int8", 2e-5, 1.0), ("int4", 1e-3, 0.0)] {
+    // fp16, measured on 2026-12-06: KL 7.9e-9, agreement 1.0, 12 of 12 first tokens.
+    for (precision, max_kl, min_agreement) in [
+        ("fp16", 1e-7, 1.0),
+        ("int8", 2e-5, 1.0),
+        ("int4", 1e-3, 0.0),
+    ] {
         let mut graph = Graph::open(&environment, &dir, precision);
         let (mut worst_kl, mut agreeing, mut first_equal) = (0f64, 0usize, 0usize);
         for (prompt, (first, tokens)) in prompts.iter().zip(&reference) {

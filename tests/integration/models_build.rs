@@ -279,7 +279,7 @@ fn an_unknown_precision_is_a_usage_error() {
     let output = build(&model, "int3");
     assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("expected one of fp32, int8, int4"),
+        stderr(&output).contains("expected one of fp32, fp16, int8, int4"),
         "{}",
         stderr(&output)
     );

@@ -445,6 +445,55 @@ fn text_answers_decoded_together_equal_the_reference_with(decoder: Decoder) {
     assert!(left_early > 0, "no answer left its batch early");
 }
 
+/// The fp16 variant (half-precision vision encoder, Lookout's fp16 decoder: its cache in half precision,
+/// parked, copied into batch rows and stepped in place) on every golden text case, alone and decoded
+/// together: the greedy tokens are transformers' (fp32), the confidences within FP16_CONFIDENCE.
+#[test]
+fn the_fp16_variant_answers_as_transformers_alone_and_together() {
+    // Measured on 2026-12-06: tokens all equal, confidences within 5.6e-8.
+    const FP16_CONFIDENCE: f64 = 1e-6;
+    let mut model = load_variant(Decoder::Lookout, "_fp16");
+    assert!(
+        model.model().ends_with("_lookout_fp16"),
+        "{}",
+        model.model()
+    );
+    let max_new = golden()["meta"]["max_new_tokens"].as_u64().unwrap() as u32;
+    let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
+    let cases = cases();
+    let frames: Vec<Frame> = cases.iter().map(frame_of).collect();
+    let requests: Vec<Vec<Request>> = cases
+        .iter()
+        .map(|case| {
+            let question = case["question"].as_str().unwrap();
+            let split = case["split"].as_bool().unwrap();
+            vec![request(question, AnswerKind::Text, split, max_new)]
+        })
+        .collect();
+    let jobs: Vec<(&Frame, &[Request])> = frames
+        .iter()
+        .zip(&requests)
+        .map(|(frame, requests)| (frame, requests.as_slice()))
+        .collect();
+    let together = model.answer_jobs(&jobs);
+    let mut worst = 0f64;
+    for ((case, (frame, requests)), together) in cases.iter().zip(&jobs).zip(together) {
+        let alone = model.answer(frame, requests).remove(0);
+        let (expected, kept) = reference_text(case, usize::MAX, &stops);
+        let confidence = geometric_mean(&kept);
+        for (how, answer) in [
+            ("alone", alone),
+            ("together", together.into_iter().next().unwrap()),
+        ] {
+            let answer = answer.unwrap_or_else(|error| panic!("{} {how}: {error}", label(case)));
+            assert_eq!(answer.tokens, expected, "{} {how}", label(case));
+            worst = worst.max((answer.confidence - confidence).abs());
+        }
+    }
+    println!("fp16: confidences within {worst:.2e} of transformers'");
+    assert!(worst < FP16_CONFIDENCE, "{worst}");
+}
+
 /// The vision worker takes the jobs of several cameras that are waiting together and answers them in one
 /// call: every request must get its own answer, under its own camera and task, equal to the answer
 /// the same model gives the job alone.

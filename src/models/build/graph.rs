@@ -14,6 +14,10 @@
 //! ones then zeros: each row's valid length) gives `seqlens_k` (its row sums less one) and
 //! `total_sequence_length` (its width). `num_logits_to_keep` (a scalar) keeps the LM head to the last
 //! positions: a prefill needs one row of logits, not one per prompt token.
+//!
+//! An fp16 graph computes and caches in half precision, but takes f32 embeddings and gives f32
+//! logits (a Cast at each end), so one decoding loop drives every precision; only its cache buffers'
+//! element type differs.
 
 use super::checkpoint::{Checkpoint, TextConfig};
 use super::onnx::{
@@ -30,6 +34,9 @@ struct Builder<'w> {
     initializers: Vec<TensorProto>,
     weights: &'w mut WeightsFile,
     precision: Precision,
+    /// The element type of the activations, the cache and every float weight: FLOAT16 for fp16,
+    /// else FLOAT.
+    float: i32,
 }
 
 impl Builder<'_> {
@@ -135,21 +142,43 @@ impl Builder<'_> {
         Ok(name.to_owned())
     }
 
-    fn weight_f32(
+    /// A float weight, in the graph's float type.
+    fn weight_float(
         &mut self,
         name: &str,
         dims: &[usize],
         values: &[f32],
     ) -> Result<String, BuildError> {
-        let bytes: Vec<u8> = values
-            .iter()
-            .flat_map(|value| value.to_le_bytes())
-            .collect();
-        self.weight(name, dims, data_type::FLOAT, &bytes)
+        let bytes: Vec<u8> = if self.float == data_type::FLOAT16 {
+            values
+                .iter()
+                .flat_map(|value| half::f16::from_f32(*value).to_le_bytes())
+                .collect()
+        } else {
+            values
+                .iter()
+                .flat_map(|value| value.to_le_bytes())
+                .collect()
+        };
+        self.weight(name, dims, self.float, &bytes)
+    }
+
+    /// `input` cast to `to` at the edge of a half-precision graph, whose inputs and logits are f32;
+    /// in the other graphs, whose activations are f32 throughout, `input` itself.
+    fn cast(&mut self, name: &str, input: &str, to: i32) -> String {
+        if self.float == data_type::FLOAT {
+            return input.to_owned();
+        }
+        self.one(
+            "Cast",
+            name,
+            &[input],
+            vec![("to", Attribute::Int(i64::from(to)))],
+        )
     }
 
     /// `input` times the linear layer `weight` (`[n, k]`, out by in, as checkpoints store it), in the
-    /// build's precision: a MatMul by its transpose (fp32), or MatMulNBits (int8, int4).
+    /// build's precision: a MatMul by its transpose (fp32, fp16), or MatMulNBits (int8, int4).
     fn linear(
         &mut self,
         name: &str,
@@ -159,14 +188,14 @@ impl Builder<'_> {
         k: usize,
     ) -> Result<String, BuildError> {
         let bits = match self.precision {
-            Precision::Fp32 => {
+            Precision::Fp32 | Precision::Fp16 => {
                 let mut transposed = vec![0f32; n * k];
                 for (row, values) in weight.chunks_exact(k).enumerate() {
                     for (column, value) in values.iter().enumerate() {
                         transposed[column * n + row] = *value;
                     }
                 }
-                let b = self.weight_f32(&format!("{name}.weight"), &[k, n], &transposed)?;
+                let b = self.weight_float(&format!("{name}.weight"), &[k, n], &transposed)?;
                 return Ok(self.one("MatMul", name, &[input, &b], vec![]));
             }
             Precision::Int8 => Bits::Eight,
@@ -180,7 +209,7 @@ impl Builder<'_> {
             data_type::UINT8,
             &quantized.data,
         )?;
-        let scales = self.weight_f32(
+        let scales = self.weight_float(
             &format!("{name}.scales"),
             &[n * quantized.blocks],
             &quantized.scales,
@@ -242,11 +271,16 @@ pub fn decoder(
     precision: Precision,
     weights: &mut WeightsFile,
 ) -> Result<GraphProto, BuildError> {
+    let float = match precision {
+        Precision::Fp16 => data_type::FLOAT16,
+        Precision::Fp32 | Precision::Int8 | Precision::Int4 => data_type::FLOAT,
+    };
     let mut b = Builder {
         nodes: Vec::new(),
         initializers: Vec::new(),
         weights,
         precision,
+        float,
     };
     let TextConfig {
         hidden,
@@ -292,18 +326,19 @@ pub fn decoder(
 
     let (cos, sin) = rotary_caches(config);
     let half = head_dim / 2;
-    let cos = b.weight_f32("rotary.cos", &[config.max_positions, half], &cos)?;
-    let sin = b.weight_f32("rotary.sin", &[config.max_positions, half], &sin)?;
+    let cos = b.weight_float("rotary.cos", &[config.max_positions, half], &cos)?;
+    let sin = b.weight_float("rotary.sin", &[config.max_positions, half], &sin)?;
 
     let q_size = heads * head_dim;
     let kv_size = kv_heads * head_dim;
-    let mut stream = "inputs_embeds".to_owned();
+    let embeds = b.cast("inputs_embeds.cast", "inputs_embeds", data_type::FLOAT16);
+    let mut stream = embeds.clone();
     let mut residual: Option<String> = None;
     for layer in 0..config.layers {
         let l = format!("{p}layers.{layer}.");
         let name = format!("layers.{layer}");
         let norm = checkpoint.tensor(&format!("{l}input_layernorm.weight"), &[hidden])?;
-        let norm = b.weight_f32(&format!("{name}.input_layernorm.weight"), &[hidden], &norm)?;
+        let norm = b.weight_float(&format!("{name}.input_layernorm.weight"), &[hidden], &norm)?;
         let (normed, sum) = match &residual {
             None => {
                 let out = b.one(
@@ -367,7 +402,7 @@ pub fn decoder(
         let attended = b.linear(&format!("{name}.o_proj"), &attention[0], &o, hidden, q_size)?;
 
         let norm = checkpoint.tensor(&format!("{l}post_attention_layernorm.weight"), &[hidden])?;
-        let norm = b.weight_f32(
+        let norm = b.weight_float(
             &format!("{name}.post_attention_layernorm.weight"),
             &[hidden],
             &norm,
@@ -441,7 +476,7 @@ pub fn decoder(
         vec![],
     );
     let start = b.one("Neg", "logits.start", &[&keep], vec![]);
-    let residual = residual.unwrap_or_else(|| "inputs_embeds".to_owned());
+    let residual = residual.unwrap_or(embeds);
     let kept_stream = b.one(
         "Slice",
         "logits.stream",
@@ -455,7 +490,7 @@ pub fn decoder(
         vec![],
     );
     let norm = checkpoint.tensor(&format!("{p}norm.weight"), &[hidden])?;
-    let norm = b.weight_f32("norm.weight", &[hidden], &norm)?;
+    let norm = b.weight_float("norm.weight", &[hidden], &norm)?;
     let (normed, _) = b.skip_norm("norm", &kept_stream, &kept_residual, &norm, config);
     let head_name = if config.tied_head {
         format!("{p}embed_tokens.weight")
@@ -463,7 +498,8 @@ pub fn decoder(
         "lm_head.weight".to_owned()
     };
     let head = checkpoint.tensor(&head_name, &[vocab, hidden])?;
-    b.linear("lm_head", &normed, &head, vocab, hidden)?;
+    let logits = b.linear("lm_head", &normed, &head, vocab, hidden)?;
+    b.cast("logits.cast", &logits, data_type::FLOAT);
     rename_output(&mut b.nodes, 0, "logits");
 
     let batch = Dim::Named("batch_size");
@@ -497,8 +533,8 @@ pub fn decoder(
     )];
     for layer in 0..config.layers {
         for (past, present) in cache_names(layer) {
-            input.push(value_info(&past, data_type::FLOAT, &cache_dims));
-            output.push(value_info(&present, data_type::FLOAT, &cache_dims));
+            input.push(value_info(&past, float, &cache_dims));
+            output.push(value_info(&present, float, &cache_dims));
         }
     }
     Ok(GraphProto {

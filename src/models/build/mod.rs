@@ -35,16 +35,25 @@ pub const CHECKPOINT_FILE: &str = "model.safetensors";
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Precision {
     Fp32,
+    /// Half-precision weights, activations and cache: the accelerators' graph. The graph's inputs and
+    /// logits stay f32 (a cast at each end), so the decoding loop is the same for every precision.
+    Fp16,
     Int8,
     Int4,
 }
 
 impl Precision {
-    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Int8, Precision::Int4];
+    pub const ALL: [Precision; 4] = [
+        Precision::Fp32,
+        Precision::Fp16,
+        Precision::Int8,
+        Precision::Int4,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
             Precision::Int8 => "int8",
             Precision::Int4 => "int4",
         }

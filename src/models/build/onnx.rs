@@ -99,6 +99,7 @@ pub(super) mod data_type {
     pub const UINT8: i32 = 2;
     pub const INT32: i32 = 6;
     pub const INT64: i32 = 7;
+    pub const FLOAT16: i32 = 10;
 }
 
 /// `TensorProto.DataLocation.EXTERNAL`: the bytes are in another file, named by `external_data`.

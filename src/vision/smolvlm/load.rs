@@ -10,7 +10,7 @@ use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
 use super::SmolVlm;
-use super::decode::{CacheLayout, CacheShape, Decoder, FixedDecoder, GrowingDecoder};
+use super::decode::{CacheElement, CacheLayout, CacheShape, Decoder, FixedDecoder, GrowingDecoder};
 use super::inputs::Embedder;
 use crate::vision::embedding::EmbeddingTable;
 use crate::vision::model::{ChosenDecoder, ModelError, ModelSpec, chosen_decoder};
@@ -112,18 +112,29 @@ impl GraphFiles<'_> {
             &self.options.providers,
             self.options.threads,
         )?;
-        for (kind, wanted, declared) in [
-            ("input", inputs, session.inputs()),
-            ("output", outputs, session.outputs()),
-        ] {
-            let declared: Vec<(&str, &ValueType)> = declared
-                .iter()
-                .map(|outlet| (outlet.name(), outlet.dtype()))
-                .collect();
-            check_ports(kind, wanted, &declared).map_err(|problem| contract(path, problem))?;
-        }
+        check_session(path, &session, inputs, outputs)?;
         Ok((session, providers))
     }
+}
+
+/// Checks that `session` declares every port.
+fn check_session(
+    path: &Path,
+    session: &Session,
+    inputs: &[Port],
+    outputs: &[Port],
+) -> Result<(), LoadError> {
+    for (kind, wanted, declared) in [
+        ("input", inputs, session.inputs()),
+        ("output", outputs, session.outputs()),
+    ] {
+        let declared: Vec<(&str, &ValueType)> = declared
+            .iter()
+            .map(|outlet| (outlet.name(), outlet.dtype()))
+            .collect();
+        check_ports(kind, wanted, &declared).map_err(|problem| contract(path, problem))?;
+    }
+    Ok(())
 }
 
 impl GraphFiles<'_> {
@@ -131,19 +142,34 @@ impl GraphFiles<'_> {
     fn open_growing(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let positions = port("position_ids", TensorElementType::Int64, 2);
         let (session, layout) = self.open_decoder(path, spec, positions)?;
+        if layout.element != CacheElement::F32 {
+            return Err(contract(
+                path,
+                format!(
+                    "its cache is {:?}; official decoders run with an f32 cache",
+                    layout.element.tensor_type()
+                ),
+            ));
+        }
         Ok(Decoder::Growing(GrowingDecoder { session, layout }))
     }
 
     /// A decoder graph at `path` whose third input is `third`, checked against the contract, and the
-    /// layout of its cache.
+    /// layout of its cache (its element type as the graph declares it).
     fn open_decoder(
         &self,
         path: &Path,
         spec: &ModelSpec,
         third: Port,
     ) -> Result<(Session, CacheLayout), LoadError> {
-        let (inputs, outputs) = decoder_ports(spec.layers, third);
-        let (session, _) = self.open(path, &inputs, &outputs)?;
+        let (session, _) = runtime::load_session(
+            self.environment,
+            path,
+            &self.options.providers,
+            self.options.threads,
+        )?;
+        let (inputs, outputs) = decoder_ports(third);
+        check_session(path, &session, &inputs, &outputs)?;
         let declared: Vec<(&str, &ValueType)> = session
             .inputs()
             .iter()
@@ -151,6 +177,8 @@ impl GraphFiles<'_> {
             .collect();
         let layout =
             cache_layout(&declared, spec.layers).map_err(|problem| contract(path, problem))?;
+        let (past, present) = cache_ports(spec.layers, layout.element.tensor_type());
+        check_session(path, &session, &past, &present)?;
         Ok((session, layout))
     }
 
@@ -170,6 +198,7 @@ impl GraphFiles<'_> {
             kv_heads: layout.kv_heads as usize,
             head_dim: layout.head_dim as usize,
             capacity,
+            element: layout.element,
         };
         let batch = self.options.batch.max(1);
         tracing::info!(graph = %path.display(), capacity = shape.capacity, megabytes_per_row = shape.bytes_per_row() as f64 / 1e6, batch, "Allocating the decoder's cache: a row to prefill in now, and one per answer decoded together when several first are.");
@@ -271,29 +300,29 @@ fn model_name(model_dir: &Path, suffix: &str) -> String {
         .unwrap_or_else(|| "smolvlm2".to_owned())
 }
 
-/// The decoder's inputs and outputs: the embeddings and mask in, then the third input: `position_ids`
-/// (official graphs) or `num_logits_to_keep` (Lookout's, whose positions come from the mask); the
-/// logits out, and a key and a value cache of every layer in (`past_key_values.*`) and out
-/// (`present.*`).
-fn decoder_ports(layers: usize, third: Port) -> (Vec<Port>, Vec<Port>) {
+/// The decoder's inputs and outputs besides its cache: the embeddings and mask in, then the third
+/// input: `position_ids` (official graphs) or `num_logits_to_keep` (Lookout's, whose positions come
+/// from the mask); the logits out.
+fn decoder_ports(third: Port) -> (Vec<Port>, Vec<Port>) {
     use TensorElementType::{Float32, Int64};
-    let mut inputs = vec![
+    let inputs = vec![
         port("inputs_embeds", Float32, 3),
         port("attention_mask", Int64, 2),
         third,
     ];
-    inputs.extend(
-        cache_names("past_key_values", layers)
+    (inputs, vec![port("logits", Float32, 3)])
+}
+
+/// The decoder's cache: a key and a value of every layer, of `element`s, in (`past_key_values.*`) and
+/// out (`present.*`).
+fn cache_ports(layers: usize, element: TensorElementType) -> (Vec<Port>, Vec<Port>) {
+    let ports = |prefix| {
+        cache_names(prefix, layers)
             .into_iter()
-            .map(|name| port(name, Float32, 4)),
-    );
-    let mut outputs = vec![port("logits", Float32, 3)];
-    outputs.extend(
-        cache_names("present", layers)
-            .into_iter()
-            .map(|name| port(name, Float32, 4)),
-    );
-    (inputs, outputs)
+            .map(|name| port(name, element, 4))
+            .collect()
+    };
+    (ports("past_key_values"), ports("present"))
 }
 
 /// The names of the cache tensors: `{prefix}.{layer}.key` and `.value`, layer after layer.
@@ -332,16 +361,32 @@ fn check_ports(kind: &str, wanted: &[Port], declared: &[(&str, &ValueType)]) -> 
     Ok(())
 }
 
-/// The cache layout from the decoder's declared inputs (already checked by `check_ports`): the key and
-/// value heads and head size must be fixed numbers.
+/// The cache layout from the decoder's declared inputs: the element type (f32 or f16) and the key and
+/// value heads and head size, which must be fixed numbers. The first layer's key gives them; every
+/// cache port is then checked against them (`check_ports`).
 fn cache_layout(inputs: &[(&str, &ValueType)], layers: usize) -> Result<CacheLayout, String> {
     let first = inputs
         .iter()
         .find(|(name, _)| *name == "past_key_values.0.key")
         .map(|(_, dtype)| *dtype);
-    let Some(ValueType::Tensor { shape, .. }) = first else {
+    let Some(ValueType::Tensor { ty, shape, .. }) = first else {
         return Err("past_key_values.0.key is not a tensor".to_owned());
     };
+    let element = match ty {
+        TensorElementType::Float32 => CacheElement::F32,
+        TensorElementType::Float16 => CacheElement::F16,
+        other => {
+            return Err(format!(
+                "past_key_values.0.key is {other:?}; a cache is Float32 or Float16"
+            ));
+        }
+    };
+    if shape.len() != 4 {
+        return Err(format!(
+            "past_key_values.0.key has rank {}, expected 4",
+            shape.len()
+        ));
+    }
     let (kv_heads, head_dim) = (shape[1], shape[3]);
     if kv_heads <= 0 || head_dim <= 0 {
         return Err(format!(
@@ -353,6 +398,7 @@ fn cache_layout(inputs: &[(&str, &ValueType)], layers: usize) -> Result<CacheLay
         present_names: cache_names("present", layers),
         kv_heads,
         head_dim,
+        element,
         has_logits_to_keep: inputs.iter().any(|(name, _)| *name == "num_logits_to_keep"),
     })
 }
@@ -362,7 +408,7 @@ mod tests {
     use ort::value::{Shape, SymbolicDimensions};
 
     use super::*;
-    use ort::value::TensorElementType::{Float32, Int32, Int64};
+    use ort::value::TensorElementType::{Float16, Float32, Int32, Int64};
 
     fn tensor(ty: TensorElementType, shape: &[i64]) -> ValueType {
         ValueType::Tensor {
@@ -374,27 +420,33 @@ mod tests {
 
     #[test]
     fn the_decoder_declares_a_key_and_a_value_per_layer_in_and_out() {
-        let (inputs, outputs) = decoder_ports(2, port("position_ids", Int64, 2));
+        let (inputs, outputs) = decoder_ports(port("position_ids", Int64, 2));
         assert_eq!(
             inputs,
             [
                 port("inputs_embeds", Float32, 3),
                 port("attention_mask", Int64, 2),
                 port("position_ids", Int64, 2),
-                port("past_key_values.0.key", Float32, 4),
-                port("past_key_values.0.value", Float32, 4),
-                port("past_key_values.1.key", Float32, 4),
-                port("past_key_values.1.value", Float32, 4),
+            ]
+        );
+        assert_eq!(outputs, [port("logits", Float32, 3)]);
+        let (past, present) = cache_ports(2, Float16);
+        assert_eq!(
+            past,
+            [
+                port("past_key_values.0.key", Float16, 4),
+                port("past_key_values.0.value", Float16, 4),
+                port("past_key_values.1.key", Float16, 4),
+                port("past_key_values.1.value", Float16, 4),
             ]
         );
         assert_eq!(
-            outputs,
+            present,
             [
-                port("logits", Float32, 3),
-                port("present.0.key", Float32, 4),
-                port("present.0.value", Float32, 4),
-                port("present.1.key", Float32, 4),
-                port("present.1.value", Float32, 4),
+                port("present.0.key", Float16, 4),
+                port("present.0.value", Float16, 4),
+                port("present.1.key", Float16, 4),
+                port("present.1.value", Float16, 4),
             ]
         );
     }
@@ -455,6 +507,7 @@ mod tests {
             panic!("the layout is refused");
         };
         assert_eq!((layout.kv_heads, layout.head_dim), (3, 64));
+        assert_eq!(layout.element, CacheElement::F32);
         assert_eq!(
             layout.past_names,
             ["past_key_values.0.key", "past_key_values.0.value"]
@@ -465,6 +518,23 @@ mod tests {
             panic!("the layout is refused");
         };
         assert!(!layout.has_logits_to_keep);
+    }
+
+    #[test]
+    fn a_half_precision_cache_is_read_as_such_and_an_integer_one_refused() {
+        let half = tensor(Float16, &[-1, 3, -1, 64]);
+        let Ok(layout) = cache_layout(&[("past_key_values.0.key", &half)], 1) else {
+            panic!("the layout is refused");
+        };
+        assert_eq!(layout.element, CacheElement::F16);
+        let int = tensor(Int32, &[-1, 3, -1, 64]);
+        let Err(problem) = cache_layout(&[("past_key_values.0.key", &int)], 1) else {
+            panic!("an Int32 cache is accepted");
+        };
+        assert_eq!(
+            problem,
+            "past_key_values.0.key is Int32; a cache is Float32 or Float16"
+        );
     }
 
     #[test]

@@ -24,53 +24,114 @@
 
 use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
-use ort::value::Tensor;
+use ort::value::{DynTensor, Tensor, TensorElementType};
 
 use super::wanted_logits;
 use crate::vision::AnalyseError;
 use crate::vision::smolvlm::ort_error;
 
-/// The cache tensors' sizes: `[rows, kv_heads, capacity, head_dim]`, two per layer.
+/// The cache tensors' sizes: `[rows, kv_heads, capacity, head_dim]`, two per layer, and their element
+/// type.
 #[derive(Debug, Clone, Copy)]
 pub(in crate::vision::smolvlm) struct CacheShape {
     pub(in crate::vision::smolvlm) layers: usize,
     pub(in crate::vision::smolvlm) kv_heads: usize,
     pub(in crate::vision::smolvlm) head_dim: usize,
     pub(in crate::vision::smolvlm) capacity: usize,
+    pub(in crate::vision::smolvlm) element: CacheElement,
+}
+
+/// What the cache holds: the graph's float type (f16 in a half-precision graph). The loop only copies
+/// cache positions around, so it handles them as bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(in crate::vision::smolvlm) enum CacheElement {
+    F32,
+    F16,
+}
+
+impl CacheElement {
+    pub(in crate::vision::smolvlm) fn tensor_type(self) -> TensorElementType {
+        match self {
+            CacheElement::F32 => TensorElementType::Float32,
+            CacheElement::F16 => TensorElementType::Float16,
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            CacheElement::F32 => size_of::<f32>(),
+            CacheElement::F16 => size_of::<half::f16>(),
+        }
+    }
+
+    /// A cache tensor's bytes.
+    fn bytes(self, tensor: &DynTensor) -> Result<&[u8], AnalyseError> {
+        Ok(match self {
+            CacheElement::F32 => {
+                bytemuck::cast_slice(tensor.try_extract_tensor::<f32>().map_err(ort_error)?.1)
+            }
+            CacheElement::F16 => bytemuck::cast_slice(
+                tensor
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(ort_error)?
+                    .1,
+            ),
+        })
+    }
+
+    fn bytes_mut(self, tensor: &mut DynTensor) -> Result<&mut [u8], AnalyseError> {
+        Ok(match self {
+            CacheElement::F32 => bytemuck::cast_slice_mut(
+                tensor.try_extract_tensor_mut::<f32>().map_err(ort_error)?.1,
+            ),
+            CacheElement::F16 => bytemuck::cast_slice_mut(
+                tensor
+                    .try_extract_tensor_mut::<half::f16>()
+                    .map_err(ort_error)?
+                    .1,
+            ),
+        })
+    }
 }
 
 impl CacheShape {
     /// The bytes of one row's buffers: a key and a value tensor per layer.
     pub(in crate::vision::smolvlm) fn bytes_per_row(&self) -> usize {
-        2 * self.layers * self.kv_heads * self.capacity * self.head_dim * size_of::<f32>()
+        2 * self.layers * self.kv_heads * self.capacity * self.position_bytes()
     }
 
-    /// Where the positions of `head` of `row` start in a buffer.
+    /// The bytes of one head's position.
+    fn position_bytes(&self) -> usize {
+        self.head_dim * self.element.size()
+    }
+
+    /// Where the positions of `head` of `row` start in a buffer, in bytes.
     fn head_start(&self, row: usize, head: usize) -> usize {
-        (row * self.kv_heads + head) * self.capacity * self.head_dim
+        (row * self.kv_heads + head) * self.capacity * self.position_bytes()
     }
 }
 
 /// A sequence's cache kept aside: its first `len` positions of every cache tensor, each
-/// `[kv_heads, len, head_dim]`.
+/// `[kv_heads, len, head_dim]`, as bytes.
 pub(in crate::vision::smolvlm) struct ParkedRows {
     len: usize,
-    tensors: Vec<Vec<f32>>,
+    tensors: Vec<Vec<u8>>,
 }
 
 /// The valid positions of `row` of `buffer`.
-fn park(buffer: &[f32], shape: &CacheShape, row: usize, len: usize) -> Vec<f32> {
-    let mut parked = Vec::with_capacity(shape.kv_heads * len * shape.head_dim);
+fn park(buffer: &[u8], shape: &CacheShape, row: usize, len: usize) -> Vec<u8> {
+    let block = len * shape.position_bytes();
+    let mut parked = Vec::with_capacity(shape.kv_heads * block);
     for head in 0..shape.kv_heads {
         let start = shape.head_start(row, head);
-        parked.extend_from_slice(&buffer[start..start + len * shape.head_dim]);
+        parked.extend_from_slice(&buffer[start..start + block]);
     }
     parked
 }
 
 /// Puts `parked` (`len` positions) back at the start of `row` of `buffer`.
-fn unpark(buffer: &mut [f32], shape: &CacheShape, row: usize, parked: &[f32], len: usize) {
-    let block = len * shape.head_dim;
+fn unpark(buffer: &mut [u8], shape: &CacheShape, row: usize, parked: &[u8], len: usize) {
+    let block = len * shape.position_bytes();
     for (head, values) in parked
         .chunks_exact(block.max(1))
         .enumerate()
@@ -84,7 +145,7 @@ fn unpark(buffer: &mut [f32], shape: &CacheShape, row: usize, parked: &[f32], le
 /// One set of cache buffers, bound to the graph as past and present.
 struct KvBuffer {
     rows: usize,
-    tensors: Vec<Tensor<f32>>,
+    tensors: Vec<DynTensor>,
     binding: IoBinding,
 }
 
@@ -95,8 +156,9 @@ impl KvBuffer {
         let mut tensors = Vec::with_capacity(2 * shape.layers);
         for layer in 0..shape.layers {
             for kind in ["key", "value"] {
-                let mut tensor = Tensor::<f32>::new(
+                let mut tensor = DynTensor::new(
                     &allocator,
+                    shape.element.tensor_type(),
                     [rows, shape.kv_heads, shape.capacity, shape.head_dim],
                 )
                 .map_err(ort_error)?;
@@ -247,7 +309,7 @@ impl FixedDecoder {
         let total = past_len + count;
         self.make_room(total)?;
         if let Some(past) = past {
-            self.load(false, 0, past);
+            self.load(false, 0, past)?;
         }
         let keep = if all_positions { count } else { 1 };
         let logits = self.run(false, embeds, count, vec![1; total], keep)?;
@@ -257,8 +319,8 @@ impl FixedDecoder {
             .single
             .tensors
             .iter()
-            .map(|tensor| park(tensor.extract_tensor().1, &shape, 0, total))
-            .collect();
+            .map(|tensor| Ok(park(shape.element.bytes(tensor)?, &shape, 0, total)))
+            .collect::<Result<_, AnalyseError>>()?;
         Ok((
             logits,
             ParkedRows {
@@ -269,21 +331,17 @@ impl FixedDecoder {
     }
 
     /// Copies `parked` into `row` of the single or the batch buffer.
-    fn load(&mut self, several: bool, row: usize, parked: &ParkedRows) {
+    fn load(&mut self, several: bool, row: usize, parked: &ParkedRows) -> Result<(), AnalyseError> {
         let shape = self.shape;
         let buffer = match (several, self.several.as_mut()) {
             (true, Some(buffer)) => buffer,
             _ => &mut self.single,
         };
         for (tensor, values) in buffer.tensors.iter_mut().zip(&parked.tensors) {
-            unpark(
-                tensor.extract_tensor_mut().1,
-                &shape,
-                row,
-                values,
-                parked.len,
-            );
+            let bytes = shape.element.bytes_mut(tensor)?;
+            unpark(bytes, &shape, row, values, parked.len);
         }
+        Ok(())
     }
 
     /// Starts decoding the sequences `caches` together, which will hold at most `positions`: alone
@@ -310,7 +368,7 @@ impl FixedDecoder {
             )));
         }
         for (row, cache) in caches.iter().enumerate() {
-            self.load(several, row, cache);
+            self.load(several, row, cache)?;
         }
         Ok(FixedBatch {
             several,
@@ -395,6 +453,7 @@ mod tests {
         kv_heads: 2,
         head_dim: 2,
         capacity: 3,
+        element: CacheElement::F32,
     };
 
     #[test]
@@ -402,10 +461,11 @@ mod tests {
         // Two rows of 2 heads x 3 positions x 2 values: 24 values numbered in order.
         let buffer: Vec<f32> = (0..24).map(|value| value as f32).collect();
         // Row 1, 2 valid positions: head 0 starts at 12, head 1 at 18.
-        let parked = park(&buffer, &SHAPE, 1, 2);
-        assert_eq!(parked, [12.0, 13.0, 14.0, 15.0, 18.0, 19.0, 20.0, 21.0]);
+        let parked = park(bytemuck::cast_slice(&buffer), &SHAPE, 1, 2);
+        let values: &[f32] = bytemuck::cast_slice(&parked);
+        assert_eq!(values, [12.0, 13.0, 14.0, 15.0, 18.0, 19.0, 20.0, 21.0]);
         let mut target = vec![-1f32; 24];
-        unpark(&mut target, &SHAPE, 0, &parked, 2);
+        unpark(bytemuck::cast_slice_mut(&mut target), &SHAPE, 0, &parked, 2);
         assert_eq!(
             &target[..12],
             [
@@ -413,6 +473,23 @@ mod tests {
             ]
         );
         assert!(target[12..].iter().all(|value| *value == -1.0));
+    }
+
+    #[test]
+    fn half_precision_positions_are_half_the_bytes() {
+        let half = CacheShape {
+            element: CacheElement::F16,
+            ..SHAPE
+        };
+        // Two rows of 2 heads x 3 positions x 2 values.
+        let buffer: Vec<half::f16> = (0..24)
+            .map(|value| half::f16::from_f32(value as f32))
+            .collect();
+        let parked = park(bytemuck::cast_slice(&buffer), &half, 1, 2);
+        let values: &[half::f16] = bytemuck::cast_slice(&parked);
+        let values: Vec<f32> = values.iter().map(|value| value.to_f32()).collect();
+        assert_eq!(values, [12.0, 13.0, 14.0, 15.0, 18.0, 19.0, 20.0, 21.0]);
+        assert_eq!(half.bytes_per_row(), SHAPE.bytes_per_row() / 2);
     }
 
     #[test]

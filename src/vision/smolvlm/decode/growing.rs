@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
-use super::wanted_logits;
+use super::{CacheElement, wanted_logits};
 use crate::vision::AnalyseError;
 use crate::vision::smolvlm::ort_error;
 
@@ -24,6 +24,7 @@ pub(in crate::vision::smolvlm) struct CacheLayout {
     pub(in crate::vision::smolvlm) present_names: Vec<String>,
     pub(in crate::vision::smolvlm) kv_heads: i64,
     pub(in crate::vision::smolvlm) head_dim: i64,
+    pub(in crate::vision::smolvlm) element: CacheElement,
     pub(in crate::vision::smolvlm) has_logits_to_keep: bool,
 }
 

@@ -21,7 +21,7 @@ use super::score::{argmax, log_sum_exp, text_confidence};
 use super::{SmolVlm, millis};
 use crate::message::StageTimings;
 use crate::vision::{AnalyseError, LocalAnswer};
-pub(super) use fixed::{CacheShape, FixedDecoder};
+pub(super) use fixed::{CacheElement, CacheShape, FixedDecoder};
 pub(super) use growing::{CacheLayout, GrowingDecoder};
 
 /// The decoder graph, of either kind.
