@@ -7,7 +7,7 @@ Python ONNX Runtime loop (no onnxruntime-genai runtime), and compared with Looko
       model.safetensors from DIR/model.safetensors' model.text_model.* -> model.* and lm_head.weight, the
       tokenizer files), then runs `python -m onnxruntime_genai.models.builder` on it for each precision into
       GENAI/<precision> (exclude_embeds=true: `inputs_embeds` in; prune_lm_head=true: one row of logits out
-      at prefill, as Lookout's num_logits_to_keep=1; int8/int4: MatMulNBits, accuracy_level=4, block_size=32,
+      at prefill, as Lookout's num_logits_to_keep=1; int8/int4: MatMulNBits, accuracy_level=4, block_size=128,
       symmetric, as Lookout's builder).
   run_genai.py bench --model DIR --graph FILE --kind genai|lookout --prompt P --max-new N --threads T --runs R
       One graph, one Python loop: prefill P positions of embeddings (the checkpoint's embedding rows of random
@@ -62,7 +62,7 @@ def prepare(a):
             continue
         options = ["exclude_embeds=true", "prune_lm_head=true"]
         if precision in ("int4", "int8"):
-            options += ["accuracy_level=4", "block_size=32", "is_symmetric=true"]
+            options += ["accuracy_level=4", "block_size=128", "is_symmetric=true"]
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", text, "-o", dest, "-p", precision,
                    "-e", "cpu", "-c", os.path.join(a.out, "cache"), "--extra_options", *options]
         print(" ".join(command), file=sys.stderr)

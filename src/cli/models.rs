@@ -37,7 +37,7 @@ pub enum Action {
             default_value = "models/SmolVLM2-256M-Video-Instruct"
         )]
         dir: PathBuf,
-        /// fp32, fp16, int8 or int4 (block-wise, 32 values a block).
+        /// fp32, fp16, int8 or int4 (block-wise, 128 values a block).
         #[arg(long, default_value = "int8")]
         precision: String,
     },
