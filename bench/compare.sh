@@ -3,7 +3,7 @@
 # the Python ONNX Runtime reference loop and transformers' PyTorch `generate`, on the same image(s) and
 # thread count, in one run (the machine is shared and noisy: compare the ratios, not the absolute figures
 # across runs).
-#   bench/compare.sh            -> bench/results.md and bench/results.png
+#   bench/compare.sh            -> bench/results.md and bench/results.png (BENCH_OUT=bench/results-500m: elsewhere)
 # For each variant (fp32, int8, q4 <-> Lookout's int4) and case (1 image, 13 tiles = --split on the 640x480
 # frame, and a 16-frame clip where `lookout bench` offers --clip-frames), in BENCH_ROUNDS rounds (default 1):
 #   lookout bench --graphs official and --graphs lookout (Lookout's own decoder, `lookout models build`),
@@ -25,6 +25,7 @@ tokens="${BENCH_TOKENS:-64}"
 rounds="${BENCH_ROUNDS:-1}"
 variants="${BENCH_VARIANTS:-fp32 int8 q4}"
 clip_frames="${BENCH_CLIP_FRAMES:-16}"
+out="${BENCH_OUT:-$here/results}"
 mkdir -p "$work"
 
 if [[ ! -x "$work/venv/bin/python" ]]; then
@@ -149,5 +150,5 @@ done
 
 "$py" "$here/reference/report.py" --results "$results" --model "$model" --genai "$genai" --threads "$threads" \
   --tokens "$tokens" --rounds "$rounds" --ort "$ort_version" --genai-version "$genai_version" --preset "$preset" \
-  --graphs-flag "$graphs_flag" --notes "${BENCH_NOTES:-}" --png "$here/results.png" > "$here/results.md"
-cat "$here/results.md"
+  --graphs-flag "$graphs_flag" --notes "${BENCH_NOTES:-}" --png "$out.png" > "$out.md"
+cat "$out.md"

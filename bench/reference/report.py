@@ -119,7 +119,7 @@ def main():
              "with `[vision] graphs = \"official\"|\"lookout\"` chose the decoder."))
     print("- **genai graph, Python loop**: `bench/reference/run_genai.py bench`: the onnxruntime-genai model "
           "builder's decoder (`-e cpu`, `exclude_embeds=true prune_lm_head=true`, and for int8/int4 "
-          "`accuracy_level=4 block_size=32 is_symmetric=true`) of the same checkpoint's text model, prefilled "
+          "`accuracy_level=4 block_size=128 is_symmetric=true`) of the same checkpoint's text model, prefilled "
           "with the case's prompt length of embedding rows (random token ids) and greedy-decoded in a plain "
           "ONNX Runtime loop, the KV buffer (capacity prompt+new) bound as past and present with IOBinding. "
           "Text only: no vision encoder, so its TTFT column is its prefill.")
