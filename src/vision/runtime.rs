@@ -33,13 +33,6 @@ use std::sync::Mutex;
 
 use ort::environment::Environment;
 use ort::ep;
-#[cfg(any(
-    feature = "cuda",
-    feature = "tensorrt",
-    feature = "openvino",
-    feature = "qnn",
-    feature = "coreml"
-))]
 use ort::ep::ExecutionProvider;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
@@ -122,33 +115,27 @@ pub fn environment(library: &Path) -> Result<Environment, RuntimeError> {
     Ok(environment)
 }
 
-/// The provider's name, and its registration if this build of Lookout includes it (cargo feature).
-fn dispatch(
-    provider: Provider,
-) -> (
+/// An accelerator's provider: its name, whether the loaded runtime library has it, and its
+/// registration; `None` for the CPU, which `with_providers` registers last with its own settings.
+type Accelerator = (
     &'static str,
-    Option<ort::Result<bool>>,
-    Option<ep::ExecutionProviderDispatch>,
-) {
-    macro_rules! provider {
-        ($name:literal, $feature:literal, $kind:ident) => {{
-            #[cfg(feature = $feature)]
-            let found = (
-                Some(ep::$kind::is_available()),
-                Some(ep::$kind::default().build()),
-            );
-            #[cfg(not(feature = $feature))]
-            let found = (None, None);
-            ($name, found.0, found.1)
-        }};
+    ort::Result<bool>,
+    ep::ExecutionProviderDispatch,
+);
+
+fn accelerator(provider: Provider) -> Option<Accelerator> {
+    fn found<P: ExecutionProvider + Default + Into<ep::ExecutionProviderDispatch>>(
+        name: &'static str,
+    ) -> Option<Accelerator> {
+        Some((name, P::is_available(), P::default().into()))
     }
     match provider {
-        Provider::Cuda => provider!("cuda", "cuda", CUDA),
-        Provider::Tensorrt => provider!("tensorrt", "tensorrt", TensorRT),
-        Provider::Openvino => provider!("openvino", "openvino", OpenVINO),
-        Provider::Qnn => provider!("qnn", "qnn", QNN),
-        Provider::Coreml => provider!("coreml", "coreml", CoreML),
-        Provider::Cpu => ("cpu", Some(Ok(true)), None),
+        Provider::Cuda => found::<ep::CUDA>("cuda"),
+        Provider::Tensorrt => found::<ep::TensorRT>("tensorrt"),
+        Provider::Openvino => found::<ep::OpenVINO>("openvino"),
+        Provider::Qnn => found::<ep::QNN>("qnn"),
+        Provider::Coreml => found::<ep::CoreML>("coreml"),
+        Provider::Cpu => None,
     }
 }
 
@@ -159,19 +146,11 @@ fn with_providers(
     wanted: &[Provider],
 ) -> (SessionBuilder, Vec<&'static str>) {
     let mut used = Vec::new();
-    for provider in wanted
-        .iter()
-        .take_while(|provider| **provider != Provider::Cpu)
+    // The providers after the CPU's would never be reached.
+    for (name, available, registration) in
+        wanted.iter().map_while(|provider| accelerator(*provider))
     {
-        let (name, available, registration) = dispatch(*provider);
-        let Some(registration) = registration else {
-            warn!(
-                provider = name,
-                "This build of Lookout does not include this execution provider (cargo feature {name}); falling back."
-            );
-            continue;
-        };
-        if !matches!(available, Some(Ok(true))) {
+        if !matches!(available, Ok(true)) {
             warn!(
                 provider = name,
                 "This ONNX Runtime build has no such execution provider; falling back."

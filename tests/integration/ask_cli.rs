@@ -516,3 +516,51 @@ fn an_absent_variant_names_the_variants_present() {
     let (_, output) = chosen_variant(empty.path(), &[]);
     assert_unavailable(&output, "has no complete variant; it holds: nothing");
 }
+
+/// Every build includes the accelerators' providers; the runtime library decides which work. On the
+/// CPU-only runtime the tests use, each one the config lists is skipped with a warning that names it,
+/// and the CPU answers as it does alone.
+#[test]
+fn providers_the_runtime_lacks_are_named_and_the_cpu_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lookout.toml");
+    std::fs::write(
+        &config,
+        "[vision]\nproviders = [\"cuda\", \"tensorrt\", \"openvino\", \"qnn\", \"coreml\", \"cpu\"]\n",
+    )
+    .unwrap();
+    let model = fixture();
+    let square = image("square_300.png");
+    let args = |config: Option<&Path>| {
+        let mut args = vec![
+            "--image".to_owned(),
+            square.to_str().unwrap().to_owned(),
+            "--model".to_owned(),
+            model.to_str().unwrap().to_owned(),
+            "--json".to_owned(),
+            "--max-new-tokens".to_owned(),
+            "4".to_owned(),
+        ];
+        if let Some(config) = config {
+            args.extend(["--config".to_owned(), config.to_str().unwrap().to_owned()]);
+        }
+        args.push("What is here?".to_owned());
+        args
+    };
+    let run = |config: Option<&Path>| {
+        let args = args(config);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ask(&args, &[])
+    };
+    let accelerated = run(Some(&config));
+    for provider in ["cuda", "tensorrt", "openvino", "qnn", "coreml"] {
+        assert!(
+            stderr(&accelerated).contains(&format!(
+                "This ONNX Runtime build has no such execution provider; falling back. provider=\"{provider}\""
+            )),
+            "{provider}: {}",
+            stderr(&accelerated)
+        );
+    }
+    assert_eq!(json(&accelerated)["tokens"], json(&run(None))["tokens"]);
+}
