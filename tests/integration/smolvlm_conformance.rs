@@ -247,6 +247,28 @@ fn reference_text(case: &Value, limit: usize, stops: &[u32]) -> (Vec<u32>, Vec<f
     (tokens, kept)
 }
 
+/// Each case's text question alone, the case at `index` allowed `max_new(index)` tokens.
+fn text_requests(cases: &[Value], max_new: impl Fn(usize) -> u32) -> Vec<Vec<Request>> {
+    cases
+        .iter()
+        .enumerate()
+        .map(|(index, case)| {
+            let question = case["question"].as_str().unwrap();
+            let split = case["split"].as_bool().unwrap();
+            vec![request(question, AnswerKind::Text, split, max_new(index))]
+        })
+        .collect()
+}
+
+/// The jobs of `frames`, each with its requests.
+fn jobs<'a>(frames: &'a [Frame], requests: &'a [Vec<Request>]) -> Vec<(&'a Frame, &'a [Request])> {
+    frames
+        .iter()
+        .zip(requests)
+        .map(|(frame, requests)| (frame, requests.as_slice()))
+        .collect()
+}
+
 fn geometric_mean(probabilities: &[f64]) -> f64 {
     (probabilities.iter().map(|p| p.ln()).sum::<f64>() / probabilities.len() as f64).exp()
 }
@@ -404,26 +426,8 @@ fn text_answers_decoded_together_equal_the_reference_with(decoder: Decoder) {
     let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
     let cases = cases();
     let frames: Vec<Frame> = cases.iter().map(frame_of).collect();
-    let requests: Vec<Vec<Request>> = cases
-        .iter()
-        .enumerate()
-        .map(|(index, case)| {
-            let question = case["question"].as_str().unwrap();
-            let split = case["split"].as_bool().unwrap();
-            vec![request(
-                question,
-                AnswerKind::Text,
-                split,
-                max_new - (index % 3) as u32,
-            )]
-        })
-        .collect();
-    let jobs: Vec<(&Frame, &[Request])> = frames
-        .iter()
-        .zip(&requests)
-        .map(|(frame, requests)| (frame, requests.as_slice()))
-        .collect();
-    let answers = model.answer_jobs(&jobs);
+    let requests = text_requests(&cases, |index| max_new - (index % 3) as u32);
+    let answers = model.answer_jobs(&jobs(&frames, &requests));
     assert_eq!(answers.len(), cases.len());
     let mut left_early = 0;
     for ((case, requests), answers) in cases.iter().zip(&requests).zip(answers) {
@@ -462,19 +466,8 @@ fn the_fp16_variant_answers_as_transformers_alone_and_together() {
     let stops: Vec<u32> = serde_json::from_value(golden()["meta"]["stop_ids"].clone()).unwrap();
     let cases = cases();
     let frames: Vec<Frame> = cases.iter().map(frame_of).collect();
-    let requests: Vec<Vec<Request>> = cases
-        .iter()
-        .map(|case| {
-            let question = case["question"].as_str().unwrap();
-            let split = case["split"].as_bool().unwrap();
-            vec![request(question, AnswerKind::Text, split, max_new)]
-        })
-        .collect();
-    let jobs: Vec<(&Frame, &[Request])> = frames
-        .iter()
-        .zip(&requests)
-        .map(|(frame, requests)| (frame, requests.as_slice()))
-        .collect();
+    let requests = text_requests(&cases, |_| max_new);
+    let jobs = jobs(&frames, &requests);
     let together = model.answer_jobs(&jobs);
     let mut worst = 0f64;
     for ((case, (frame, requests)), together) in cases.iter().zip(&jobs).zip(together) {
