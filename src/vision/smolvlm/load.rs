@@ -162,14 +162,8 @@ impl GraphFiles<'_> {
         spec: &ModelSpec,
         third: Port,
     ) -> Result<(Session, CacheLayout), LoadError> {
-        let (session, _) = runtime::load_session(
-            self.environment,
-            path,
-            &self.options.providers,
-            self.options.threads,
-        )?;
         let (inputs, outputs) = decoder_ports(third);
-        check_session(path, &session, &inputs, &outputs)?;
+        let (session, _) = self.open(path, &inputs, &outputs)?;
         let declared: Vec<(&str, &ValueType)> = session
             .inputs()
             .iter()
