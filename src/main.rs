@@ -47,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         action: cli::dataset::Action,
     },
+    /// What this box offers the model: the runtime library, the devices it sees, its accelerator
+    /// providers, and whether the systemd unit lets the accelerators through.
+    Doctor(cli::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Models { action } => cli::models::run(action, &env),
         Command::Config { action } => cli::config::run(action, &env),
         Command::Dataset { action } => cli::dataset::run(action, &env),
+        Command::Doctor(args) => cli::doctor::run(args, env),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

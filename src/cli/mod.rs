@@ -7,6 +7,7 @@ pub mod ask;
 pub mod bench;
 pub mod config;
 pub mod dataset;
+pub mod doctor;
 pub mod models;
 pub mod run;
 

@@ -13,6 +13,7 @@
 //! writes in two pieces is still found.
 
 mod broker_log;
+pub mod devices;
 pub mod notify;
 pub(crate) mod watchdog;
 

@@ -139,6 +139,52 @@ fn accelerator(provider: Provider) -> Option<Accelerator> {
     }
 }
 
+/// A device ONNX Runtime sees, as `lookout doctor` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeenDevice {
+    /// cpu, gpu, npu or fpga.
+    pub kind: &'static str,
+    pub vendor: String,
+    /// The execution provider that runs on it, e.g. `CPUExecutionProvider`.
+    pub provider: String,
+}
+
+/// The devices the runtime library of `environment` sees, with the provider of each.
+pub fn devices(environment: &Environment) -> Vec<SeenDevice> {
+    use ort::memory::DeviceType;
+    environment
+        .devices()
+        .map(|device| {
+            let hardware = device.hardware_device();
+            SeenDevice {
+                kind: match hardware.ty() {
+                    DeviceType::CPU => "cpu",
+                    DeviceType::GPU => "gpu",
+                    DeviceType::NPU => "npu",
+                    DeviceType::FPGA => "fpga",
+                },
+                vendor: hardware.vendor().unwrap_or("unknown").to_owned(),
+                provider: device.ep().unwrap_or("unknown").to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Each accelerator provider Lookout can register, and whether the loaded runtime library has it.
+pub fn accelerator_providers() -> Vec<(&'static str, bool)> {
+    [
+        Provider::Cuda,
+        Provider::Tensorrt,
+        Provider::Openvino,
+        Provider::Qnn,
+        Provider::Coreml,
+    ]
+    .into_iter()
+    .filter_map(accelerator)
+    .map(|(name, available, _)| (name, matches!(available, Ok(true))))
+    .collect()
+}
+
 /// Registers the usable providers of `wanted`, in order, on `builder`; returns it with the names in use.
 /// The CPU provider is always there, last.
 fn with_providers(

@@ -183,3 +183,38 @@ fn the_log_names_the_health_address_actually_bound() {
     let _ = daemon.wait();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+/// `lookout doctor` on the CPU-only runtime the tests use: it names the library and the file it links
+/// to, the CPU device with its provider, and every accelerator provider as not in this runtime; a
+/// missing or too old runtime is the same one-line error, exit 69, as for `run`.
+#[test]
+fn doctor_says_what_the_runtime_offers() {
+    let output = lookout(&["doctor"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("/libonnxruntime.so.1."),
+        "the versioned file: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("  cpu (") && line.ends_with("): CPUExecutionProvider")),
+        "{text}"
+    );
+    assert!(
+        text.contains("accelerator providers in this runtime: none\nnot in it: cuda, tensorrt, openvino, qnn, coreml\n"),
+        "{text}"
+    );
+    assert!(text.contains("accelerator device nodes: "), "{text}");
+
+    let missing = lookout(
+        &["doctor"],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert_eq!(missing.status.code(), Some(69), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("no ONNX Runtime library found"));
+    let old = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/old/lib/libonnxruntime.so");
+    let refused = lookout(&["doctor"], &[("ORT_DYLIB_PATH", old.to_str().unwrap())]);
+    assert_eq!(refused.status.code(), Some(69), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("1.22"), "{}", stderr(&refused));
+}
