@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use lookout::config::ConfigOrigin;
 use lookout::env::Env;
-use lookout::service::devices::{UNIT_PATHS, accelerator_nodes, missing_device_allows};
+use lookout::service::devices::{accelerator_nodes, installed_unit, missing_device_allows};
 use lookout::vision::runtime;
 
 use super::{Exit, Failure, Outcome};
@@ -68,19 +68,17 @@ fn sandbox(dev: &Path) {
         .map(|node| node.display().to_string())
         .collect();
     println!("accelerator device nodes: {}", listed.join(", "));
-    let Some((unit, text)) = UNIT_PATHS
-        .iter()
-        .find_map(|path| Some((*path, std::fs::read_to_string(path).ok()?)))
-    else {
+    let Some((unit, text)) = installed_unit(Path::new("/")) else {
         println!("systemd unit: not installed (deploy/install.sh installs it)");
         return;
     };
     let missing = missing_device_allows(&text, dev, &nodes);
     if missing.is_empty() {
-        println!("systemd unit {unit}: lets them through");
+        println!("systemd unit {}: lets them through", unit.display());
     } else {
         println!(
-            "systemd unit {unit}: its sandbox hides some; add under [Service] (systemctl edit lookout):"
+            "systemd unit {}: its sandbox hides some; add under [Service] (systemctl edit lookout):",
+            unit.display()
         );
         for line in missing {
             println!("  {line}");

@@ -15,11 +15,41 @@ const CLASSES: [(&str, &str); 4] = [
     ("/dev/nvidia-uvm", "DeviceAllow=char-nvidia-uvm rw"),
 ];
 
-/// Where `deploy/install.sh` and the Debian package put the unit; an override under /etc wins.
-pub const UNIT_PATHS: [&str; 2] = [
-    "/etc/systemd/system/lookout.service",
-    "/usr/lib/systemd/system/lookout.service",
+/// Where `deploy/install.sh` and the Debian package put the unit; a copy under /etc wins.
+const UNIT_PATHS: [&str; 2] = [
+    "etc/systemd/system/lookout.service",
+    "usr/lib/systemd/system/lookout.service",
 ];
+
+/// The installed unit under `root` (normally `/`): its path, and its text with every drop-in's
+/// (`lookout.service.d/*.conf` beside either copy, where `systemctl edit` writes) after it.
+pub fn installed_unit(root: &Path) -> Option<(PathBuf, String)> {
+    let path = UNIT_PATHS
+        .iter()
+        .map(|path| root.join(path))
+        .find(|path| path.is_file())?;
+    let mut text = std::fs::read_to_string(&path).ok()?;
+    for unit in UNIT_PATHS {
+        let mut folder = root.join(unit).into_os_string();
+        folder.push(".d");
+        let mut drop_ins: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|extension| extension == "conf")
+            })
+            .collect();
+        drop_ins.sort();
+        for drop_in in drop_ins {
+            text.push('\n');
+            text.push_str(&std::fs::read_to_string(drop_in).unwrap_or_default());
+        }
+    }
+    Some((path, text))
+}
 
 /// The accelerator device nodes in `dev` (normally `/dev`): DRM and accel nodes, NVIDIA's.
 pub fn accelerator_nodes(dev: &Path) -> Vec<PathBuf> {
@@ -120,6 +150,31 @@ mod tests {
             ),
             ["DeviceAllow=char-drm rw"]
         );
+    }
+
+    #[test]
+    fn the_unit_is_read_with_the_drop_ins_systemctl_edit_writes() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(installed_unit(root.path()).is_none());
+        let shipped = root.path().join("usr/lib/systemd/system");
+        std::fs::create_dir_all(shipped.join("lookout.service.d")).unwrap();
+        std::fs::write(shipped.join("lookout.service"), SHIPPED).unwrap();
+        let edits = root.path().join("etc/systemd/system/lookout.service.d");
+        std::fs::create_dir_all(&edits).unwrap();
+        std::fs::write(
+            edits.join("override.conf"),
+            "[Service]\nDeviceAllow=char-nvidia-frontend rw\nDeviceAllow=char-nvidia-uvm rw\n",
+        )
+        .unwrap();
+        std::fs::write(edits.join("notes.txt"), "DeviceAllow=char-other rw").unwrap();
+        let (path, text) = installed_unit(root.path()).unwrap();
+        assert_eq!(path, shipped.join("lookout.service"));
+        assert!(
+            !text.contains("char-other"),
+            "only .conf files are drop-ins"
+        );
+        let found = nodes(&["nvidia0", "nvidia-uvm", "dri/renderD128"]);
+        assert!(missing_device_allows(&text, Path::new("/dev"), &found).is_empty());
     }
 
     #[test]
