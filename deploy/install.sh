@@ -3,7 +3,9 @@
 #   /usr/bin/lookout                           the daemon
 #   /usr/lib/systemd/system/lookout.service    the unit (sandboxed; Type=notify with a watchdog)
 #   /usr/lib/sysusers.d/lookout.conf           the system user lookout (groups video and render)
-#   /usr/lib/lookout/libonnxruntime.so         the pinned ONNX Runtime library
+#   /usr/lib/lookout/libonnxruntime.so         the pinned ONNX Runtime library, with what lies beside it:
+#                                              the providers of a GPU build, and folders of accelerator
+#                                              libraries (cuda/, plugin providers such as openvino/)
 #   /etc/lookout/lookout.toml                  the config (the documented defaults; never overwritten)
 #   /etc/lookout/hf_token                      the cloud token, read through LoadCredential= (empty: none)
 #   /var/lib/lookout/                          state; models/ under it (the config's default model_dir)
@@ -13,7 +15,8 @@
 # Options:
 #   --destdir DIR       install under DIR, as a package build does (no users, no systemctl)
 #   --binary FILE       the lookout binary (default: target/release/lookout, built if missing)
-#   --onnxruntime DIR   a folder holding libonnxruntime.so (default: fetched by fetch-onnxruntime.sh)
+#   --onnxruntime DIR   a folder holding libonnxruntime.so (default: fetched by fetch-onnxruntime.sh; its
+#                       CUDA build when `fetch-onnxruntime.sh --gpu` put one in .ort/gpu)
 #   --with-model [V]    also fetch the default model, variant V (default int8), with `lookout models fetch`
 #   --no-start          enable the service but do not (re)start it
 set -euo pipefail
@@ -111,6 +114,9 @@ fi
 if [[ -z "$onnxruntime" ]]; then
   onnxruntime="$here/.ort/lib"
   "$here/deploy/fetch-onnxruntime.sh" "$here/.ort"
+  if [[ -f "$here/.ort/gpu/lib/libonnxruntime.so" ]]; then
+    onnxruntime="$here/.ort/gpu/lib"
+  fi
 fi
 library="$(readlink -f "$onnxruntime/libonnxruntime.so" 2>/dev/null || true)"
 if [[ ! -f "$library" ]]; then
@@ -124,6 +130,24 @@ install -m 0644 "$here/systemd/lookout.service" "$unit_path"
 install -m 0644 "$here/deploy/sysusers.d/lookout.conf" "$sysusers_path"
 # The versioned file under the unversioned name the unit's ORT_DYLIB_PATH gives.
 install -m 0644 "$library" "$lib_dir/libonnxruntime.so"
+# What the library and Lookout find beside it: a GPU build's providers, which ONNX Runtime loads from its
+# own folder, and folders of accelerator libraries (cuda/, which Lookout preloads; plugin providers such
+# as openvino/, which it registers). Replaced whole, so an update leaves no stale file.
+for provider in "$onnxruntime"/libonnxruntime_providers_*.so; do
+  if [[ -f "$provider" ]]; then
+    install -m 0644 "$provider" "$lib_dir/"
+  fi
+done
+for folder in "$onnxruntime"/*/; do
+  if [[ ! -d "$folder" ]]; then
+    continue
+  fi
+  name="$(basename "$folder")"
+  rm -rf "$lib_dir/$name.new"
+  cp -R "$folder" "$lib_dir/$name.new"
+  rm -rf "$lib_dir/$name"
+  mv "$lib_dir/$name.new" "$lib_dir/$name"
+done
 
 if $live; then
   systemd-sysusers "$sysusers_path"

@@ -144,6 +144,50 @@ fn installs_the_layout_again_and_again_then_uninstalls_and_purges() {
     assert!(!root.join("var/lib/lookout").exists());
 }
 
+/// A runtime with accelerators beside it (a GPU build's providers, a `cuda/` folder, a plugin provider's
+/// folder) is installed with them, where the library and Lookout look; an update replaces the folders
+/// whole, so a file the new runtime lacks does not linger.
+#[test]
+fn the_accelerator_libraries_beside_the_runtime_are_installed_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir_all(runtime.join("cuda")).unwrap();
+    std::fs::create_dir_all(runtime.join("openvino")).unwrap();
+    let library = std::fs::canonicalize(repo().join(".ort/lib/libonnxruntime.so")).unwrap();
+    std::os::unix::fs::symlink(&library, runtime.join("libonnxruntime.so")).unwrap();
+    let beside = [
+        "libonnxruntime_providers_cuda.so",
+        "cuda/libcudart.so.13",
+        "openvino/libonnxruntime_providers_openvino_plugin.so",
+        "openvino/libopenvino.so.2641",
+    ];
+    for file in beside {
+        std::fs::write(runtime.join(file), file).unwrap();
+    }
+    let root = dir.path().join("root");
+    let mut list = into(&root);
+    list[5] = runtime.display().to_string();
+    succeeded(&install(&args(&list)));
+    let lib = root.join("usr/lib/lookout");
+    for file in beside {
+        assert_eq!(
+            std::fs::read_to_string(lib.join(file)).unwrap(),
+            file,
+            "{file}"
+        );
+    }
+    std::fs::remove_file(runtime.join("openvino/libopenvino.so.2641")).unwrap();
+    succeeded(&install(&args(&list)));
+    assert!(
+        lib.join("openvino/libonnxruntime_providers_openvino_plugin.so")
+            .exists()
+    );
+    assert!(
+        !lib.join("openvino/libopenvino.so.2641").exists(),
+        "a stale file stayed"
+    );
+}
+
 #[test]
 fn bad_options_and_missing_inputs_are_refused_clearly_and_install_nothing() {
     let dir = tempfile::tempdir().unwrap();
