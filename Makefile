@@ -1,5 +1,5 @@
 # Entry points; each installs what is missing first (system packages, the ONNX Runtime library).
-.PHONY: deps test-deps run test lint deb
+.PHONY: deps test-deps run test test-accelerators lint deb
 
 deps:
 	deploy/install-deps.sh
@@ -12,13 +12,22 @@ test-deps:
 	tests/dataset/python-env.sh  # Hugging Face datasets, which loads the dataset exports in the tests
 
 # The daemon on its embedded defaults (LOOKOUT_CONFIG or ARGS="--config FILE" to change that); its first
-# start fetches the default model from the Hugging Face Hub when models/ has none.
+# start fetches the default model from the Hugging Face Hub when models/ has none. It loads the CUDA build
+# of the runtime when `deploy/fetch-onnxruntime.sh --gpu` installed one (ORT_DYLIB_PATH names another).
+RUNTIME := $(or $(ORT_DYLIB_PATH),$(wildcard $(CURDIR)/.ort/gpu/lib/libonnxruntime.so),$(CURDIR)/.ort/lib/libonnxruntime.so)
 run: deps
-	cargo run --release -- run $(ARGS)
+	ORT_DYLIB_PATH=$(RUNTIME) cargo run --release -- run $(ARGS)
 
 # Every test: unit tests and integration tests against real brokers and servers on loopback.
 test: test-deps
 	cargo test --all-targets
+
+# The accelerator runtimes (about 2.5 GB: the CUDA build with NVIDIA's CUDA and cuDNN libraries, and
+# OpenVINO's plugin provider) and the tests that need them; they need no GPU or NPU, and check what a box
+# without one does. Kept out of `make test` for the size of the download.
+test-accelerators: test-deps
+	deploy/fetch-onnxruntime.sh --gpu --openvino .ort/accelerators
+	cargo test --test integration accelerator_ -- --ignored
 
 lint:
 	cargo fmt --check

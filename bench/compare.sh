@@ -14,6 +14,9 @@
 # Builds (once) a full-size random-weight SmolVLM2-256M export (BENCH_PRESET=500m for the 500M geometry) with
 # its int8 and q4 variants, its checkpoint, Lookout's and genai's decoders in $BENCH_WORK (default
 # bench/.work; about 3 GB, a few minutes, Python packages from PyPI); speed does not depend on the weights.
+# BENCH_DEVICE (default cpu) is where Lookout runs (`lookout bench --device`: cpu, gpu, npu, auto) and
+# BENCH_RUNTIME the ONNX Runtime library it loads (default: the Python loops' own; on a GPU box the CUDA build,
+# e.g. .ort/gpu/lib/libonnxruntime.so); results.md's device column says where each Lookout row ran.
 # BENCH_NOTES names a Markdown file of notes on the run (what else ran on the machine...) for results.md.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -26,6 +29,7 @@ rounds="${BENCH_ROUNDS:-1}"
 variants="${BENCH_VARIANTS:-fp32 int8 q4}"
 clip_frames="${BENCH_CLIP_FRAMES:-16}"
 out="${BENCH_OUT:-$here/results}"
+device="${BENCH_DEVICE:-cpu}"  # where Lookout runs (lookout bench --device): cpu, gpu, npu or auto
 mkdir -p "$work"
 
 if [[ ! -x "$work/venv/bin/python" ]]; then
@@ -59,8 +63,8 @@ if [[ -z "$lookout" ]]; then
   lookout="$target/release/lookout"
 fi
 # Lookout loads the very ONNX Runtime library the Python loops use: the comparison is of the code around it.
-ORT_DYLIB_PATH="$("$py" -c 'import glob, os, onnxruntime
-print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*"))[0])')"
+ORT_DYLIB_PATH="${BENCH_RUNTIME:-$("$py" -c 'import glob, os, onnxruntime
+print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*"))[0])')}"
 export ORT_DYLIB_PATH
 ort_version="$("$py" -c 'import onnxruntime; print(onnxruntime.__version__)')"
 genai_version="$("$py" -c 'import onnxruntime_genai; print(onnxruntime_genai.__version__)')"
@@ -73,6 +77,7 @@ done
 
 help="$("$lookout" bench --help)"
 graphs_flag=0; grep -q -- "--graphs" <<<"$help" && graphs_flag=1
+device_flag=(); grep -q -- "--device" <<<"$help" && device_flag=(--device "$device")
 cases="image tiles"; grep -q -- "--clip-frames" <<<"$help" && cases="image tiles clip"
 cases="${BENCH_CASES:-$cases}"  # e.g. BENCH_CASES=tiles to run the 13-tile rows only
 # Without `--graphs`, a config file chooses the decoder (vision.graphs).
@@ -104,7 +109,7 @@ for round in $(seq "$rounds"); do
         if [[ "$graphs_flag" == 1 ]]; then gflag=(--graphs "$g"); else gflag=(--config "$work/graphs_$g.toml"); fi
         # shellcheck disable=SC2086
         json="$(LOOKOUT_LOG=warn "$lookout" bench --model "$model" --variant "$variant" --image "$work/frame.png" $flag \
-          "${gflag[@]}" --threads "$threads" --runs "$runs" --max-new-tokens "$tokens" --json)"
+          "${gflag[@]}" "${device_flag[@]}" --threads "$threads" --runs "$runs" --max-new-tokens "$tokens" --json)"
         record "$variant" "$case" "$round" "lookout_$g" "$json"
         p="$("$py" -c 'import json, sys; print(json.loads(sys.argv[1]).get("prompt_tokens", ""))' "$json")"
         [[ -n "$p" ]] && prompt_len[$case]="$p"

@@ -139,8 +139,8 @@ impl Default for AnswerMetrics {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelState {
     pub name: String,
-    /// Execution providers in use, in order of preference (`cpu` last).
-    pub providers: Vec<&'static str>,
+    /// Where it runs: `cpu`, `cuda:0`, `openvino:npu`...
+    pub runs_on: String,
     pub load_time: Duration,
 }
 
@@ -245,6 +245,8 @@ pub struct Stats {
     clip_buffers: Mutex<BTreeMap<String, ClipBufferState>>,
     pub dataset: DatasetStats,
     pub published_answers: AnswerMetrics,
+    /// The local model's time per answer (preprocessing to the last token), by where it ran.
+    inference_seconds: Mutex<BTreeMap<String, Histogram>>,
     /// `None` until the vision worker starts with its model.
     pub model: Mutex<Option<ModelState>>,
     pub progress: Progress,
@@ -279,6 +281,7 @@ impl Default for Stats {
             clip_buffers: Mutex::default(),
             dataset: DatasetStats::default(),
             published_answers: AnswerMetrics::default(),
+            inference_seconds: Mutex::default(),
             model: Mutex::default(),
             progress: Progress::default(),
         }
@@ -420,6 +423,25 @@ pub struct Latency {
 }
 
 impl Stats {
+    /// Counts one local answer that took `seconds` of model time on `runs_on`.
+    pub(crate) fn observe_inference(&self, runs_on: &str, seconds: f64) {
+        let mut histograms = self.inference_seconds.lock().unwrap();
+        if !histograms.contains_key(runs_on) {
+            histograms.insert(runs_on.to_owned(), Histogram::new(LATENCY_BOUNDS_S));
+        }
+        histograms[runs_on].observe(seconds);
+    }
+
+    /// The local model's time per answer, by where it ran.
+    pub fn inference_seconds(&self) -> Vec<(String, HistogramSnapshot)> {
+        self.inference_seconds
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(runs_on, histogram)| (runs_on.clone(), histogram.snapshot()))
+            .collect()
+    }
+
     /// Records `camera`'s clip buffer; a stopped buffer (no frames, no bytes) is forgotten.
     pub(crate) fn set_clip_buffer(&self, camera: &str, frames: u64, bytes: u64) {
         let mut buffers = self.clip_buffers.lock().unwrap();

@@ -133,14 +133,22 @@ def main():
     if a.notes:
         print(open(a.notes).read().strip() + "\n")
     print("## Decode speed (tokens/s)\n")
-    print("| variant | case | prompt tokens | Lookout, own graphs | Lookout, official graphs | own / official | "
+    print("Device: where Lookout ran (`runs_on` of `lookout bench`, own graphs / official graphs; the Python "
+          "loops and PyTorch run on the CPU).\n")
+    print("| variant | case | device | prompt tokens | Lookout, own graphs | Lookout, official graphs | own / official | "
           "genai graph, Python loop | own / genai | Lookout graph, Python loop | official, Python loop | "
           "PyTorch fp32 | own / PyTorch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def device(v, c):
+        seen = [sorted({r["result"].get("runs_on", "cpu") for r in runs(v, c, runner)})
+                for runner in ("lookout_lookout", "lookout_official")]
+        return " / ".join(",".join(s) or "-" for s in seen)
+
     for v, c in groups:
         own, off, gen = tok_s(v, c, "lookout_lookout"), tok_s(v, c, "lookout_official"), tok_s(v, c, "genai")
         torch = tok_s(v, c, "torch")
-        print(f"| {v} | {CASES[c]} | {fmt(prompt(v, c), '{}')} | {fmt(own)} | {fmt(off)} | "
+        print(f"| {v} | {CASES[c]} | {device(v, c)} | {fmt(prompt(v, c), '{}')} | {fmt(own)} | {fmt(off)} | "
               f"{fmt(ratio(own, off), '{:.2f}')} | {fmt(gen)} | {fmt(ratio(own, gen), '{:.2f}')} | "
               f"{fmt(tok_s(v, c, 'python_lookout_graph'))} | {fmt(tok_s(v, c, 'python_official'))} | "
               f"{fmt(torch)} | {fmt(ratio(own, torch), '{:.2f}')} |")

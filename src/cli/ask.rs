@@ -100,7 +100,7 @@ pub fn run(args: Args, env: Env) -> Outcome {
         None => return Err(Failure::reported(Exit::Failed)),
     };
     if args.json {
-        print_json(&answer, analyser.model(), &picture);
+        print_json(&answer, analyser.as_ref(), &picture);
     } else {
         print_text(&answer);
     }
@@ -150,16 +150,17 @@ fn read(input: &Input) -> Result<Picture, Failure> {
     }
 }
 
-/// `--json`: the answer with its confidence, tokens, timings and model, and what it is about
-/// (`image`: its size, or `clip`: its duration and each frame's file, time and size).
-fn print_json(answer: &LocalAnswer, model: &str, picture: &Picture) {
+/// `--json`: the answer with its confidence, tokens, timings, model and where it ran, and what it is
+/// about (`image`: its size, or `clip`: its duration and each frame's file, time and size).
+fn print_json(answer: &LocalAnswer, analyser: &dyn Analyser, picture: &Picture) {
     let mut printed = serde_json::json!({
         "answer": answer.text,
         "confidence": answer.confidence,
         "confidence_min": answer.min_probability,
         "tokens": answer.tokens,
         "timings_ms": answer.timings,
-        "model": model,
+        "model": analyser.model(),
+        "runs_on": analyser.runs_on(),
     });
     match picture {
         Picture::Frame(frame) => {

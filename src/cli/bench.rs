@@ -9,7 +9,7 @@ use lookout::env::Env;
 use lookout::message::MAX_CLIP_FRAMES;
 use lookout::source::picture;
 use lookout::vision::bench::{self, Case, Report, Setup};
-use lookout::vision::{self, Graphs, PromptBounds};
+use lookout::vision::{self, DeviceChoice, Graphs, PromptBounds};
 
 use super::{Exit, Failure, Outcome, with_variant};
 
@@ -40,6 +40,9 @@ pub struct Args {
     /// Threads per model run (0: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the model runs: auto, cpu, gpu or npu (default: vision.device).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
     #[arg(long, default_value = "Can you describe this image?")]
     question: String,
     #[arg(long)]
@@ -59,6 +62,20 @@ pub fn run(args: Args, env: Env) -> Outcome {
     }
     if let Some(threads) = args.threads {
         vision.threads = threads;
+    }
+    if let Some(device) = &args.device {
+        vision.device = match device.as_str() {
+            "auto" => DeviceChoice::Auto,
+            "cpu" => DeviceChoice::Cpu,
+            "gpu" => DeviceChoice::Gpu,
+            "npu" => DeviceChoice::Npu,
+            other => {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    format!("unknown device {other:?}; expected auto, cpu, gpu or npu"),
+                ));
+            }
+        };
     }
     if let Some(graphs) = &args.graphs {
         vision.graphs = match graphs.as_str() {
@@ -94,7 +111,11 @@ pub fn run(args: Args, env: Env) -> Outcome {
     let started = std::time::Instant::now();
     let mut analyser =
         vision::load(vision, prompts).map_err(|error| Failure::new(Exit::Unavailable, error))?;
-    let setup = Setup::new(vision, started.elapsed().as_secs_f64() * 1000.0);
+    let setup = Setup::new(
+        vision,
+        analyser.as_ref(),
+        started.elapsed().as_secs_f64() * 1000.0,
+    );
     let frame = bench::frame(pixels);
     let case = Case {
         frame: &frame,
@@ -124,9 +145,10 @@ fn print_table(report: &Report) {
         frames => format!("frame as a clip of {frames} frames"),
     };
     println!(
-        "model {} ({} decoder) on a {}x{} {picture}, split {}, {} runs (medians), prompt of {} tokens:",
+        "model {} ({} decoder, on {}) on a {}x{} {picture}, split {}, {} runs (medians), prompt of {} tokens:",
         report.model,
         report.graphs,
+        report.runs_on,
         report.width,
         report.height,
         report.split,

@@ -403,6 +403,9 @@ impl Config {
         if self.device.state_dir.as_os_str().is_empty() {
             self.device.state_dir = default_state_dir(env);
         }
+        if self.vision.compiled_dir.as_os_str().is_empty() {
+            self.vision.compiled_dir = self.device.state_dir.join("compiled");
+        }
     }
 
     fn validate(&self, problems: &mut Problems) {

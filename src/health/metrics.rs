@@ -148,6 +148,11 @@ static METRICS: &[&[Family]] = &[
             )
         },
     )],
+    &[histogram(
+        "lookout_inference_seconds",
+        "The local model's time per answer (preprocessing to the last token), by where it ran.",
+        |s| by("runs_on", s.stats.inference_seconds()),
+    )],
     &[counter(
         "lookout_escalations_total",
         "Answers the escalation stage reviewed, by outcome.",
@@ -250,15 +255,14 @@ static METRICS: &[&[Family]] = &[
     &[
         gauge(
             "lookout_model_info",
-            "The local model answering and the ONNX Runtime execution provider it runs on.",
+            "The local model answering and where it runs (cpu, cuda:0, openvino:npu...).",
             |s| {
                 let model = s.stats.model.lock().unwrap();
                 let info = |model: &ModelState| {
-                    let provider = model.providers.first().copied().unwrap_or("cpu");
                     Sample::new(
                         [
                             ("model", model.name.clone()),
-                            ("provider", provider.to_owned()),
+                            ("runs_on", model.runs_on.clone()),
                         ],
                         1.0,
                     )
@@ -541,6 +545,7 @@ mod tests {
             histogram.observe(0.004 * (step + 1) as f64);
         }
         answers.stage_seconds[6].observe(1.75);
+        stats.observe_inference("cpu", 0.8);
         stats.answer_failures.add(1);
         for outcome in ["answered", "answered", "confident", "queued"] {
             stats.count_escalation(outcome);
@@ -566,7 +571,7 @@ mod tests {
         stats.broker_connects.add(2);
         stats.set_model(ModelState {
             name: "SmolVLM2-256M-Video-Instruct".to_owned(),
-            providers: vec!["cpu"],
+            runs_on: "cpu".to_owned(),
             load_time: Duration::from_millis(1_500),
         });
         // Both stages run past a zero limit, the one started first the longest.
@@ -782,6 +787,24 @@ lookout_stage_latency_seconds_bucket{stage="total",le="60"} 2
 lookout_stage_latency_seconds_bucket{stage="total",le="+Inf"} 2
 lookout_stage_latency_seconds_sum{stage="total"} 1.778
 lookout_stage_latency_seconds_count{stage="total"} 2
+# HELP lookout_inference_seconds The local model's time per answer (preprocessing to the last token), by where it ran.
+# TYPE lookout_inference_seconds histogram
+lookout_inference_seconds_bucket{runs_on="cpu",le="0.005"} 0
+lookout_inference_seconds_bucket{runs_on="cpu",le="0.01"} 0
+lookout_inference_seconds_bucket{runs_on="cpu",le="0.025"} 0
+lookout_inference_seconds_bucket{runs_on="cpu",le="0.05"} 0
+lookout_inference_seconds_bucket{runs_on="cpu",le="0.1"} 0
+lookout_inference_seconds_bucket{runs_on="cpu",le="0.25"} 0
+lookout_inference_seconds_bucket{runs_on="cpu",le="0.5"} 0
+lookout_inference_seconds_bucket{runs_on="cpu",le="1"} 1
+lookout_inference_seconds_bucket{runs_on="cpu",le="2.5"} 1
+lookout_inference_seconds_bucket{runs_on="cpu",le="5"} 1
+lookout_inference_seconds_bucket{runs_on="cpu",le="10"} 1
+lookout_inference_seconds_bucket{runs_on="cpu",le="30"} 1
+lookout_inference_seconds_bucket{runs_on="cpu",le="60"} 1
+lookout_inference_seconds_bucket{runs_on="cpu",le="+Inf"} 1
+lookout_inference_seconds_sum{runs_on="cpu"} 0.8
+lookout_inference_seconds_count{runs_on="cpu"} 1
 # HELP lookout_escalations_total Answers the escalation stage reviewed, by outcome.
 # TYPE lookout_escalations_total counter
 lookout_escalations_total{outcome="answered"} 2
@@ -832,11 +855,11 @@ lookout_broker_connected 1
 # HELP lookout_broker_connects_total Connections made to the MQTT broker.
 # TYPE lookout_broker_connects_total counter
 lookout_broker_connects_total 2
-# HELP lookout_model_info The local model answering and the ONNX Runtime execution provider it runs on.
+# HELP lookout_model_info The local model answering and where it runs (cpu, cuda:0, openvino:npu...).
 # TYPE lookout_model_info gauge
 # HELP lookout_model_load_seconds How long loading the answering model took.
 # TYPE lookout_model_load_seconds gauge
-lookout_model_info{model="SmolVLM2-256M-Video-Instruct",provider="cpu"} 1
+lookout_model_info{model="SmolVLM2-256M-Video-Instruct",runs_on="cpu"} 1
 lookout_model_load_seconds 1.5
 # HELP lookout_stage_stuck 1 for a stage whose current unit of work has run past device.stall_timeout_secs.
 # TYPE lookout_stage_stuck gauge

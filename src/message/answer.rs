@@ -37,6 +37,9 @@ pub struct Answer {
     pub confidence_min: Option<f64>,
     pub tier: Tier,
     pub model: String,
+    /// Where a local answer's model ran: `cpu`, `cuda:0`, `openvino:npu`... (`device` names the box).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
     pub escalated: bool,
     /// Why the answer was or was not escalated (`below_threshold`, `confident`, `queued`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +89,8 @@ pub struct LocalVerdict {
     pub answer: String,
     pub confidence: Option<f64>,
     pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

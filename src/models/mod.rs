@@ -26,7 +26,8 @@ pub fn default_dir(name: &str) -> PathBuf {
 
 /// The variant of `DEFAULT_MODEL` that `lookout run` must fetch before it starts: some when `vision`
 /// names the default folder and that folder holds no complete variant (it is missing, or an
-/// interrupted fetch left it incomplete); for `auto`, the providers' first choice. A folder the config
+/// interrupted fetch left it incomplete); for `auto`, the first choice on the device asked for (the
+/// CPU's unless `vision.device` names an accelerator). A folder the config
 /// names on purpose is never filled by itself.
 pub fn default_variant_to_fetch(vision: &VisionConfig) -> Option<&str> {
     let dir = &vision.model_dir;
@@ -36,7 +37,7 @@ pub fn default_variant_to_fetch(vision: &VisionConfig) -> Option<&str> {
         return None;
     }
     Some(if vision.variant == AUTO_VARIANT {
-        preferred_variants(&vision.providers)[0]
+        preferred_variants(vision.device.kind())[0]
     } else {
         vision.variant.as_str()
     })

@@ -51,24 +51,6 @@ pub fn installed_unit(root: &Path) -> Option<(PathBuf, String)> {
     Some((path, text))
 }
 
-/// The accelerator device nodes in `dev` (normally `/dev`): DRM and accel nodes, NVIDIA's.
-pub fn accelerator_nodes(dev: &Path) -> Vec<PathBuf> {
-    let mut nodes = Vec::new();
-    for folder in ["dri", "accel"] {
-        if let Ok(entries) = std::fs::read_dir(dev.join(folder)) {
-            nodes.extend(entries.flatten().map(|entry| entry.path()));
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(dev) {
-        nodes.extend(entries.flatten().map(|entry| entry.path()).filter(|path| {
-            path.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("nvidia"))
-        }));
-    }
-    nodes.sort();
-    nodes
-}
-
 /// The `DeviceAllow=` lines `unit` (the unit file's text) lacks for `nodes` (found under `dev`), in
 /// order, each once.
 pub fn missing_device_allows(unit: &str, dev: &Path, nodes: &[PathBuf]) -> Vec<&'static str> {
@@ -178,31 +160,10 @@ mod tests {
     }
 
     #[test]
-    fn nodes_are_found_in_their_folders() {
-        let dev = tempfile::tempdir().unwrap();
-        for folder in ["dri", "accel"] {
-            std::fs::create_dir(dev.path().join(folder)).unwrap();
-        }
-        for node in [
-            "dri/renderD128",
-            "accel/accel0",
-            "nvidia0",
-            "nvidia-uvm",
-            "null",
-        ] {
-            std::fs::write(dev.path().join(node), "").unwrap();
-        }
-        let found = accelerator_nodes(dev.path());
-        let names: Vec<String> = found
-            .iter()
-            .map(|node| node.strip_prefix(dev.path()).unwrap().display().to_string())
-            .collect();
+    fn nvidia_nodes_need_their_own_classes() {
+        let found = nodes(&["accel/accel0", "dri/renderD128", "nvidia-uvm", "nvidia0"]);
         assert_eq!(
-            names,
-            ["accel/accel0", "dri/renderD128", "nvidia-uvm", "nvidia0"]
-        );
-        assert_eq!(
-            missing_device_allows(SHIPPED, dev.path(), &found),
+            missing_device_allows(SHIPPED, Path::new("/dev"), &found),
             [
                 "DeviceAllow=char-nvidia-uvm rw",
                 "DeviceAllow=char-nvidia-frontend rw"

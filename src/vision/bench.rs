@@ -37,6 +37,8 @@ use crate::message::{AnswerKind, Clip, ClipFrame, Frame, Origin, Request};
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub model: String,
+    /// Where it ran: `cpu`, `cuda:0`, `openvino:npu`...
+    pub runs_on: String,
     pub width: u32,
     pub height: u32,
     pub split: bool,
@@ -200,16 +202,22 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// The setup of the model `config` names, loaded in `load_ms`; a folder whose processor settings
-    /// cannot be read is timed with SmolVLM2's.
-    pub fn new(config: &VisionConfig, load_ms: f64) -> Setup {
+    /// The setup of `analyser`, the model `config` names, loaded in `load_ms`: its decoder is the last
+    /// graph it opened (for an analyser without graphs, the one `config` would choose on the CPU). A
+    /// folder whose processor settings cannot be read is timed with SmolVLM2's.
+    pub fn new(config: &VisionConfig, analyser: &dyn Analyser, load_ms: f64) -> Setup {
         let spec = ModelSpec::read(&config.model_dir).ok();
-        let suffix = config
-            .resolve_variant()
-            .ok()
-            .and_then(variant_suffix)
-            .unwrap_or_default();
-        let decoder = chosen_decoder(&config.model_dir, &suffix, config.graphs == Graphs::Lookout);
+        let decoder = match analyser.assignments().last() {
+            Some(decoder) => ChosenDecoder::of_graph(&config.model_dir, &decoder.graph),
+            None => {
+                let suffix = config
+                    .resolve_variant(None)
+                    .ok()
+                    .and_then(variant_suffix)
+                    .unwrap_or_default();
+                chosen_decoder(&config.model_dir, &suffix, config.graphs == Graphs::Lookout)
+            }
+        };
         let kv_bytes_per_position = spec.as_ref().map_or(0, |spec| {
             // Lookout's fp16 decoder caches in half precision; every other decoder Lookout runs, in f32.
             let half = matches!(
@@ -328,6 +336,7 @@ pub fn run(
     };
     Ok(Report {
         model: analyser.model().to_owned(),
+        runs_on: analyser.runs_on().to_owned(),
         width: frame.image.width(),
         height: frame.image.height(),
         split,

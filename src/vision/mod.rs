@@ -9,6 +9,7 @@
 //! newest frame per camera.
 
 pub mod bench;
+pub mod device;
 pub mod embedding;
 pub mod model;
 pub mod preprocess;
@@ -33,7 +34,10 @@ use crate::message::{
 };
 use crate::stats::{ModelState, Stats};
 use crate::validate::Problems;
+pub use device::DeviceChoice;
+use device::{AcceleratorKind, Assignment, Offer};
 use preprocess::ImageSettings;
+use runtime::Placement;
 pub use runtime::Provider;
 pub use smolvlm::{LoadError, LoadOptions, MaxContext, SmolVlm};
 
@@ -43,12 +47,22 @@ pub use smolvlm::{LoadError, LoadOptions, MaxContext, SmolVlm};
 pub struct VisionConfig {
     /// A folder in the official SmolVLM2 ONNX export layout.
     pub model_dir: PathBuf,
-    /// Which weights of the export: `auto` (the fastest the folder holds for the providers, see
+    /// Which weights of the export: `auto` (the fastest the folder holds for the device, see
     /// `preferred_variants`), or one of fp32, fp16, int8, uint8, quantized, q4, q4f16, bnb4.
     pub variant: String,
     /// The ONNX Runtime library; default: ORT_DYLIB_PATH, else the first of `runtime::DEFAULT_LIBRARY_PATHS`.
     pub runtime_library: Option<PathBuf>,
-    /// Execution providers in order of preference; the CPU is always the last resort.
+    /// Where the model runs: `auto` (an accelerator that runs the graphs, else the CPU), `cpu`, `gpu`
+    /// or `npu` (an error when the box cannot); see `device`.
+    pub device: DeviceChoice,
+    /// Plugin provider libraries to register (a vendor's NPU provider...), besides those installed
+    /// beside the runtime library.
+    pub provider_libraries: Vec<PathBuf>,
+    /// Where providers that compile the graphs for their device keep the compiled form, so that only
+    /// the first start pays for it; empty: `compiled` in `device.state_dir`.
+    pub compiled_dir: PathBuf,
+    /// Execution providers by hand, in order of preference, instead of `device`; the CPU is always
+    /// the last resort. Empty: `device` chooses.
     pub providers: Vec<Provider>,
     /// Threads per graph run; 0 lets ONNX Runtime choose (one per core).
     pub threads: usize,
@@ -146,7 +160,10 @@ impl Default for VisionConfig {
             model_dir: PathBuf::from("models/SmolVLM2-256M-Video-Instruct"),
             variant: AUTO_VARIANT.to_owned(),
             runtime_library: None,
-            providers: vec![Provider::Cpu],
+            device: DeviceChoice::Auto,
+            provider_libraries: Vec::new(),
+            compiled_dir: PathBuf::new(),
+            providers: Vec::new(),
             threads: 0,
             batch: 4,
             graphs: Graphs::Lookout,
@@ -174,21 +191,50 @@ pub const VARIANTS: [&str; 8] = [
 /// `variant = "auto"`: the fastest variant the model folder holds.
 pub(crate) const AUTO_VARIANT: &str = "auto";
 
-/// The variants in order of preference on `providers`, fastest first. On CPUs the 8-bit exports are the
-/// fastest (bench/results.md: int8 against fp32), then fp32; the 4-bit ones unpack their weights on
-/// every run, and half precision has few CPU kernels, so fp16 comes last. The choice for GPUs (fp16
-/// first) belongs here when it is measured.
-pub(crate) fn preferred_variants(_providers: &[Provider]) -> [&'static str; 8] {
-    [
-        "int8",
-        "uint8",
-        "quantized",
-        "fp32",
-        "q4",
-        "bnb4",
-        "q4f16",
-        "fp16",
-    ]
+/// The variants in order of preference on a kind of device (`None`: the CPU), fastest first.
+/// - CPUs: the 8-bit exports are the fastest (bench/results.md: int8 against fp32), then fp32; the
+///   4-bit ones unpack their weights on every run, and half precision has few CPU kernels, so fp16
+///   comes last.
+/// - GPUs: half precision, which their tensor cores and memory bandwidth are built for and the official
+///   export ships; the 8-bit exports quantize activations on the fly with operators GPU providers
+///   mostly lack, so they come after fp32.
+/// - NPUs: half precision too (OpenVINO's NPU plugin and QNN's HTP run fp16 graphs; neither runs
+///   the dynamic quantization of the 8-bit exports natively), then fp32, then 8-bit.
+///
+/// The GPU and NPU orders follow what their providers document; they were not measured here.
+pub(crate) fn preferred_variants(device: Option<AcceleratorKind>) -> [&'static str; 8] {
+    match device {
+        None => [
+            "int8",
+            "uint8",
+            "quantized",
+            "fp32",
+            "q4",
+            "bnb4",
+            "q4f16",
+            "fp16",
+        ],
+        Some(AcceleratorKind::Gpu) => [
+            "fp16",
+            "fp32",
+            "q4f16",
+            "q4",
+            "int8",
+            "uint8",
+            "quantized",
+            "bnb4",
+        ],
+        Some(AcceleratorKind::Npu) => [
+            "fp16",
+            "fp32",
+            "int8",
+            "uint8",
+            "quantized",
+            "q4f16",
+            "q4",
+            "bnb4",
+        ],
+    }
 }
 
 /// The precision of Lookout's own decoder that stands in for an official variant's: fp32 and fp16 for
@@ -213,12 +259,16 @@ pub fn variant_suffix(variant: &str) -> Option<String> {
 }
 
 impl VisionConfig {
-    /// The variant to load: the configured one if the folder holds it, or for `auto` the first of
-    /// `preferred_variants` that it holds. The error names the variants the folder does hold.
-    pub(crate) fn resolve_variant(&self) -> Result<&'static str, model::ModelError> {
+    /// The variant to load on `device` (`None`: the CPU): the configured one if the folder holds it,
+    /// or for `auto` the first of `preferred_variants` that it holds. The error names the variants
+    /// the folder does hold.
+    pub(crate) fn resolve_variant(
+        &self,
+        device: Option<AcceleratorKind>,
+    ) -> Result<&'static str, model::ModelError> {
         let present = model::variants_present(&self.model_dir)?;
         let chosen = if self.variant == AUTO_VARIANT {
-            preferred_variants(&self.providers)
+            preferred_variants(device)
                 .into_iter()
                 .find(|variant| present.contains(variant))
         } else {
@@ -256,11 +306,22 @@ impl VisionConfig {
                 ),
             );
         }
-        if self.providers.is_empty() {
+        if !self.providers.is_empty() && self.device != DeviceChoice::Auto {
             problems.push(
                 format!("{path}.providers"),
-                "list at least one provider, e.g. [\"cpu\"]",
+                format!(
+                    "lists providers by hand, so device must stay \"auto\", not \"{}\" (use one or the other)",
+                    self.device
+                ),
             );
+        }
+        for (index, library) in self.provider_libraries.iter().enumerate() {
+            if !library.is_absolute() {
+                problems.push(
+                    format!("{path}.provider_libraries[{index}]"),
+                    format!("{} must be an absolute path", library.display()),
+                );
+            }
         }
         if self.threads > 256 {
             problems.push(
@@ -317,8 +378,13 @@ pub trait Analyser: Send {
     /// The model's name, reported in every answer.
     fn model(&self) -> &str;
 
-    /// The execution providers it runs on, in order of preference (`cpu` last).
-    fn providers(&self) -> &[&'static str];
+    /// Where it runs, as answers say it: `cpu`, `cuda:0`, `openvino:npu`...
+    fn runs_on(&self) -> &str;
+
+    /// Where ONNX Runtime put the nodes of each of its graphs (none for a model without graphs).
+    fn assignments(&self) -> &[Assignment] {
+        &[]
+    }
 
     /// How long loading it took.
     fn load_time(&self) -> Duration;
@@ -357,20 +423,92 @@ pub trait Analyser: Send {
 }
 
 /// Loads the SmolVLM2 analyser `config` names, its cache sized for the prompts within `prompts` (see
-/// `PromptBounds::of` for a config's tasks) unless `max_context` says.
+/// `PromptBounds::of` for a config's tasks) unless `max_context` says, on the device `vision.device`
+/// chooses (see `device`): each accelerator worth trying is loaded and warmed up in turn, and under
+/// `auto` the CPU answers when none passes.
 pub fn load(config: &VisionConfig, prompts: PromptBounds) -> Result<Box<dyn Analyser>, LoadError> {
     if config.variant != AUTO_VARIANT && variant_suffix(&config.variant).is_none() {
         return Err(LoadError::Variant(config.variant.clone()));
     }
-    let variant = config.resolve_variant()?;
+    let library = runtime::resolve_library(config.runtime_library.as_deref())?;
+    let environment = runtime::environment(&library)?;
+    runtime::register_provider_libraries(
+        &environment,
+        &runtime::provider_libraries(&library, &config.provider_libraries),
+    )?;
+    if !config.providers.is_empty() {
+        return load_on(
+            config,
+            prompts,
+            &library,
+            Placement::Listed(config.providers.clone()),
+        );
+    }
+    // A folder without a model fails here, before any accelerator is blamed for it.
+    config.resolve_variant(None)?;
+    let inventory = runtime::inventory(&environment, &library, std::path::Path::new("/dev"));
+    let mut tried: Vec<(Offer, String)> = Vec::new();
+    for offer in device::candidates(config.device, &inventory)? {
+        if runtime::compiles(&offer) {
+            info!(runs_on = %offer.runs_on, compiled_dir = %config.compiled_dir.display(), "Trying the accelerator: its provider compiles the graphs on the first start (the slow one) and keeps them for the next.");
+        } else {
+            info!(runs_on = %offer.runs_on, provider = %offer.provider, "Trying the accelerator.");
+        }
+        let started = std::time::Instant::now();
+        let why = match load_on(
+            config,
+            prompts,
+            &library,
+            Placement::Accelerator(offer.clone(), config.compiled_dir.clone()),
+        ) {
+            Ok(analyser) => match accept(config.device, analyser) {
+                Ok(analyser) => {
+                    info!(runs_on = %offer.runs_on, seconds = started.elapsed().as_secs_f64(), "Loaded and warmed up on the accelerator.");
+                    return Ok(analyser);
+                }
+                Err(why) => why,
+            },
+            // What fails only on the accelerator: a graph its provider cannot open, a cache it
+            // cannot hold. Anything else (the folder, the tokenizer) fails on every device.
+            Err(error @ (LoadError::Runtime(_) | LoadError::Cache { .. })) => error.to_string(),
+            Err(error) => return Err(error),
+        };
+        tried.push((offer, why.trim_end().to_owned()));
+    }
+    match config.device {
+        DeviceChoice::Gpu | DeviceChoice::Npu => {
+            return Err(device::unusable(config.device, &tried).into());
+        }
+        DeviceChoice::Auto => {
+            if let Some(found) = device::cpu_reason(&inventory, &tried) {
+                warn!(found = %found, "An accelerator was found but cannot answer; the CPU answers.");
+            }
+        }
+        DeviceChoice::Cpu => {}
+    }
+    load_on(config, prompts, &library, Placement::Cpu)
+}
+
+/// Loads the analyser on `placement`, with the variant that suits it.
+fn load_on(
+    config: &VisionConfig,
+    prompts: PromptBounds,
+    library: &std::path::Path,
+    placement: Placement,
+) -> Result<Box<dyn Analyser>, LoadError> {
+    let kind = match &placement {
+        Placement::Accelerator(offer, _) => Some(offer.kind),
+        Placement::Cpu | Placement::Listed(_) => None,
+    };
+    let variant = config.resolve_variant(kind)?;
     if config.variant == AUTO_VARIANT {
-        info!(model_dir = %config.model_dir.display(), variant = %variant, "Chose the fastest model variant this folder holds for the configured providers.");
+        info!(model_dir = %config.model_dir.display(), variant = %variant, "Chose the fastest model variant this folder holds for the device.");
     }
     let options = LoadOptions {
         model_dir: config.model_dir.clone(),
         suffix: variant_suffix(variant).unwrap_or_default(),
-        library: runtime::resolve_library(config.runtime_library.as_deref())?,
-        providers: config.providers.clone(),
+        library: library.to_owned(),
+        placement,
         threads: config.threads,
         batch: config.batch,
         graphs: config.graphs,
@@ -380,6 +518,26 @@ pub fn load(config: &VisionConfig, prompts: PromptBounds) -> Result<Box<dyn Anal
         },
     };
     Ok(Box::new(SmolVlm::load(&options)?))
+}
+
+/// An analyser loaded on an accelerator, if it keeps its graphs there and answers a warm-up frame. Under
+/// `auto` a graph whose heavy operators fell back to the CPU is refused; on an accelerator asked for by
+/// name it only earns a warning.
+fn accept(
+    choice: DeviceChoice,
+    mut analyser: Box<dyn Analyser>,
+) -> Result<Box<dyn Analyser>, String> {
+    for assignment in analyser.assignments() {
+        info!(graph = %assignment.graph, provider = %assignment.provider, nodes = assignment.nodes, on_cpu = assignment.fell_back.len(), "Graph placed.");
+        if let Some(refusal) = assignment.refusal() {
+            if choice == DeviceChoice::Auto {
+                return Err(refusal);
+            }
+            warn!(runs_on = %analyser.runs_on(), "{refusal}");
+        }
+    }
+    warm_up(analyser.as_mut())?;
+    Ok(analyser)
 }
 
 /// A model loaded in the background (a new config), waiting for the worker to take it between two
@@ -397,21 +555,27 @@ impl Replacement {
     }
 }
 
-/// Loads the analyser `config` names and has it answer one question about a plain frame, so that a
-/// model is only put in service once it is known to answer.
 fn model_state(analyser: &dyn Analyser) -> ModelState {
     ModelState {
         name: analyser.model().to_owned(),
-        providers: analyser.providers().to_vec(),
+        runs_on: analyser.runs_on().to_owned(),
         load_time: analyser.load_time(),
     }
 }
 
+/// Loads the analyser `config` names and has it answer one question about a plain frame, so that a
+/// model is only put in service once it is known to answer.
 pub(crate) fn load_and_warm_up(
     config: &VisionConfig,
     prompts: PromptBounds,
 ) -> Result<Box<dyn Analyser>, String> {
     let mut analyser = load(config, prompts).map_err(|error| error.to_string())?;
+    warm_up(analyser.as_mut())?;
+    Ok(analyser)
+}
+
+/// Has `analyser` answer one question about a plain frame.
+fn warm_up(analyser: &mut dyn Analyser) -> Result<(), String> {
     let frame = Frame {
         camera: Arc::from("warm-up"),
         seq: 0,
@@ -433,7 +597,7 @@ pub(crate) fn load_and_warm_up(
     }))
     .map_err(|_| "the model panicked on the warm-up frame".to_owned())?;
     match answers.into_iter().next() {
-        Some(Ok(_)) => Ok(analyser),
+        Some(Ok(_)) => Ok(()),
         Some(Err(error)) => Err(format!("the model failed the warm-up frame: {error}")),
         None => Err("the model gave no answer to the warm-up frame".to_owned()),
     }
@@ -472,14 +636,14 @@ pub fn run_blocking(
     stats: Arc<Stats>,
     replacement: Replacement,
 ) {
-    let mut model = analyser.model().to_owned();
-    stats.set_model(model_state(analyser.as_ref()));
+    let mut model = model_state(analyser.as_ref());
+    stats.set_model(model.clone());
     while let Some(first) = jobs.pop_blocking() {
         if let Some(new) = replacement.take() {
             analyser = new;
-            model = analyser.model().to_owned();
-            stats.set_model(model_state(analyser.as_ref()));
-            info!(model = %model, "The new model is answering.");
+            model = model_state(analyser.as_ref());
+            stats.set_model(model.clone());
+            info!(model = %model.name, runs_on = %model.runs_on, "The new model is answering.");
         }
         let mut batch = vec![first];
         while batch.len() < analyser.batch() {
@@ -544,7 +708,7 @@ fn outcome(
     frame: &Frame,
     request: &Request,
     result: Result<LocalAnswer, AnalyseError>,
-    model: &str,
+    model: &ModelState,
     stats: &Stats,
 ) -> Outcome {
     let (task, ask_id) = request.origin.task_and_ask_id();
@@ -557,6 +721,10 @@ fn outcome(
             stats.answers.inc();
             stats.answer_total_ms.add(total.as_millis() as u64);
             stats.answer_last_ms.set(total.as_millis() as u64);
+            let timings = &local.timings;
+            let inference_ms =
+                timings.preprocess + timings.vision + timings.prefill + timings.decode;
+            stats.observe_inference(&model.runs_on, inference_ms / 1000.0);
             debug!(camera = %frame.camera, task = %task, confidence = local.confidence, "Answered.");
             Outcome::Answered(Box::new(Answer {
                 id: Uuid::now_v7(),
@@ -569,7 +737,8 @@ fn outcome(
                 confidence: Some(local.confidence),
                 confidence_min: local.min_probability,
                 tier: Tier::Local,
-                model: model.to_owned(),
+                model: model.name.clone(),
+                runs_on: Some(model.runs_on.clone()),
                 escalated: false,
                 escalation: None,
                 endpoint: None,

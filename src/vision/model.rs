@@ -119,6 +119,18 @@ pub enum ChosenDecoder {
 }
 
 impl ChosenDecoder {
+    /// The decoder a loaded model answers with, from its graph's file name in `dir`'s `onnx/`.
+    pub fn of_graph(dir: &Path, file_name: &str) -> ChosenDecoder {
+        let path = dir.join("onnx").join(file_name);
+        let built = ["fp32", "fp16", "int8", "int4"]
+            .into_iter()
+            .find(|precision| file_name == format!("lookout_decoder_{precision}.onnx"));
+        match built {
+            Some(precision) => ChosenDecoder::Built { precision, path },
+            None => ChosenDecoder::Official(path),
+        }
+    }
+
     /// The bytes of the graph and its weights (external data included).
     pub fn bytes(&self) -> u64 {
         let graph = match self {

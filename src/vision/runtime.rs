@@ -6,8 +6,17 @@
 //! through `ort::init_from`, which returns an error for a missing or too old library instead of panicking;
 //! ONNX Runtime allows one environment per process, so it is created once and shared.
 //!
-//! Execution providers are tried in the configured order; one that this runtime build lacks or that fails
-//! to register is skipped with a warning naming it, and the CPU provider always remains as the last resort.
+//! A session is placed by a `Placement`: the CPU, an accelerator `device::candidates` chose, or the
+//! execution providers `vision.providers` lists by hand, tried in order (one that this runtime build
+//! lacks or that fails to register is skipped with a warning naming it). The CPU provider always takes
+//! what the others cannot run. Every session records where ONNX Runtime put each node
+//! (`Assignment`), which says whether an accelerator really runs the graph.
+//!
+//! Runtimes come with their accelerators beside them, as `deploy/fetch-onnxruntime.sh` lays them out:
+//! the CUDA and cuDNN libraries of the GPU build in a `cuda/` folder next to the library (preloaded
+//! before any session, so a box needs only NVIDIA's driver), and plugin provider libraries such as
+//! OpenVINO's in a folder of their own next to it (registered with the environment, like those
+//! `vision.provider_libraries` names).
 //!
 //! Session settings are chosen for a box that runs one model for months next to other work:
 //! - every graph optimisation ONNX Runtime has (`All`, its own default; `ort`'s `Level3` stops short of
@@ -31,6 +40,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::device::{AcceleratorKind, Assignment, Inventory, Offer, Route};
+
 use ort::environment::Environment;
 use ort::ep;
 use ort::ep::ExecutionProvider;
@@ -44,6 +55,12 @@ pub(crate) const DEFAULT_LIBRARY_PATHS: [&str; 2] = [
     ".ort/lib/libonnxruntime.so",
     "/usr/lib/lookout/libonnxruntime.so",
 ];
+
+/// The folder beside the runtime library that holds the CUDA and cuDNN libraries of a GPU build.
+const CUDA_FOLDER: &str = "cuda";
+
+/// How plugin provider libraries are named (`libonnxruntime_providers_openvino_plugin.so`...).
+const PLUGIN_PREFIX: &str = "libonnxruntime_providers_";
 
 /// An execution provider, in the config's `vision.providers` list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,6 +88,8 @@ pub enum RuntimeError {
     Environment(String),
     #[error("cannot load the graph {path}: {reason}")]
     Session { path: PathBuf, reason: String },
+    #[error("cannot register the provider library {path}: {reason}")]
+    ProviderLibrary { path: PathBuf, reason: String },
 }
 
 /// The library to load: the configured path, else the first default that exists.
@@ -111,8 +130,170 @@ pub fn environment(library: &Path) -> Result<Environment, RuntimeError> {
         .build()
         .map_err(|error| RuntimeError::Environment(error.to_string()))?;
     info!(library = %library.display(), "ONNX Runtime loaded.");
+    preload_cuda(library);
     *shared = Some(environment.clone());
     Ok(environment)
+}
+
+/// Loads the CUDA and cuDNN libraries of a GPU build from the `cuda/` folder beside `library`, so that
+/// its CUDA provider finds them without `LD_LIBRARY_PATH`. A failure is only a warning: the provider
+/// then fails to start with its own message, and the CPU answers.
+fn preload_cuda(library: &Path) {
+    let Some(folder) = library.parent().map(|parent| parent.join(CUDA_FOLDER)) else {
+        return;
+    };
+    if !folder.is_dir() {
+        return;
+    }
+    // cuDNN's runtime-compiled engines need the driver's library: without a driver there is nothing
+    // to preload for.
+    if let Err(missing) = nvidia_driver() {
+        info!(folder = %folder.display(), "{missing}: the CUDA libraries are not loaded.");
+        return;
+    }
+    // Libraries NVIDIA's load at run time by their bare names, which ort's list lacks: nvJitLink (cuFFT,
+    // cuDNN) and NVRTC's builtins (NVRTC has no run path to find them beside itself).
+    let mut late: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name().is_some_and(|name| {
+                let name = name.to_string_lossy();
+                name.starts_with("libnvJitLink.so") || name.starts_with("libnvrtc-builtins.so")
+            })
+        })
+        .collect();
+    late.sort();
+    let loaded = late
+        .iter()
+        .try_for_each(|path| {
+            ort::util::preload_dylib(path.as_path())
+                .map_err(|error| ort::Error::new(format!("{}: {error}", path.display())))
+        })
+        .and_then(|()| ep::cuda::preload_dylibs(Some(&folder), Some(&folder)));
+    match loaded {
+        Ok(()) => info!(folder = %folder.display(), "CUDA and cuDNN libraries loaded."),
+        Err(error) => {
+            warn!(folder = %folder.display(), error = %error, "Cannot load the CUDA libraries; the CUDA provider will not start.")
+        }
+    }
+}
+
+/// Whether NVIDIA's driver library loads: without it no CUDA provider can start, whatever else is
+/// installed, and this says why in words a user can act on.
+fn nvidia_driver() -> Result<(), String> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            ort::util::preload_dylib("libcuda.so.1").map_err(|_| {
+                "no NVIDIA driver (libcuda.so.1 does not load), so no NVIDIA GPU to run on"
+                    .to_owned()
+            })
+        })
+        .clone()
+}
+
+/// Names of the provider libraries registered with the process's environment, so each is registered
+/// once however many models are loaded.
+static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The plugin provider libraries to register: those `configured`, then those installed beside
+/// `library` (`libonnxruntime_providers_*.so` in a folder next to it, as `--openvino` installs).
+pub fn provider_libraries(library: &Path, configured: &[PathBuf]) -> Vec<PathBuf> {
+    let mut libraries = configured.to_vec();
+    // Absolute: ONNX Runtime resolves a relative library path against its own folder.
+    let folders = library
+        .parent()
+        .and_then(|parent| std::path::absolute(parent).ok())
+        .and_then(|parent| std::fs::read_dir(parent).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir());
+    let mut beside: Vec<PathBuf> = folders
+        .filter_map(|folder| std::fs::read_dir(folder).ok())
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name().is_some_and(|name| {
+                let name = name.to_string_lossy();
+                name.starts_with(PLUGIN_PREFIX) && name.ends_with(".so")
+            })
+        })
+        .collect();
+    beside.sort();
+    libraries.extend(beside);
+    libraries
+}
+
+/// Registers each plugin provider library of `libraries` with `environment` (once per process), so the
+/// devices it drives join the environment's discovery.
+pub fn register_provider_libraries(
+    environment: &Environment,
+    libraries: &[PathBuf],
+) -> Result<(), RuntimeError> {
+    let mut registered = REGISTERED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for path in libraries {
+        if registered.contains(path) {
+            continue;
+        }
+        let fail = |reason: String| RuntimeError::ProviderLibrary {
+            path: path.clone(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(fail("the file does not exist".to_owned()));
+        }
+        // The registration name only has to be unique: the file's own name is.
+        let name = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        environment
+            .register_ep_library(&name, path)
+            .map_err(|error| fail(error.to_string()))?;
+        info!(library = %path.display(), "Provider library registered.");
+        registered.push(path.clone());
+    }
+    Ok(())
+}
+
+/// What the box offers: the accelerators among the devices `environment` discovers, the built-in
+/// accelerator providers of its runtime library, and the accelerator device nodes under `dev`.
+pub fn inventory(environment: &Environment, library: &Path, dev: &Path) -> Inventory {
+    use ort::memory::DeviceType;
+    let mut offers: Vec<Offer> = environment
+        .devices()
+        .enumerate()
+        .filter_map(|(index, device)| {
+            let kind = match device.hardware_device().ty() {
+                DeviceType::GPU => AcceleratorKind::Gpu,
+                DeviceType::NPU => AcceleratorKind::Npu,
+                _ => return None,
+            };
+            Some(Offer::discovered(index, kind, device.ep().ok()?))
+        })
+        .collect();
+    let built_in: Vec<Offer> = [Provider::Cuda, Provider::Qnn]
+        .into_iter()
+        .filter(|provider| {
+            accelerator(*provider).is_some_and(|(_, available, _)| matches!(available, Ok(true)))
+        })
+        .filter_map(Offer::built_in)
+        .filter(|offer| !offers.iter().any(|seen| seen.provider == offer.provider))
+        .collect();
+    offers.extend(built_in);
+    Inventory {
+        offers,
+        nodes: super::device::accelerator_nodes(dev),
+        library: library.to_owned(),
+    }
 }
 
 /// An accelerator's provider: its name, whether the loaded runtime library has it, and its
@@ -185,13 +366,53 @@ pub fn accelerator_providers() -> Vec<(&'static str, bool)> {
     .collect()
 }
 
-/// Registers the usable providers of `wanted`, in order, on `builder`; returns it with the names in use.
-/// The CPU provider is always there, last.
+/// Where a model's sessions run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// The CPU provider alone.
+    Cpu,
+    /// One accelerator of the box's inventory, and the folder where its provider keeps the graphs it
+    /// compiles; the CPU takes what it cannot run.
+    Accelerator(Offer, PathBuf),
+    /// `vision.providers`, listed by hand: each this runtime has, in order, then the CPU.
+    Listed(Vec<Provider>),
+}
+
+impl Placement {
+    /// Whether the sessions' inputs and outputs live in host memory (no accelerator placed).
+    pub fn host_memory(&self) -> bool {
+        match self {
+            Placement::Cpu => true,
+            Placement::Accelerator(..) => false,
+            Placement::Listed(providers) => providers.iter().all(|p| *p == Provider::Cpu),
+        }
+    }
+}
+
+/// A graph opened on its placement.
+pub struct Opened {
+    pub session: Session,
+    /// Where it runs, as answers say it: `cpu`, `cuda:0`, `openvino:npu`, or the first listed
+    /// provider that registered.
+    pub runs_on: String,
+    /// Where ONNX Runtime put its nodes.
+    pub assignment: Assignment,
+}
+
+/// The CPU provider with Lookout's settings (the arena: see the module's notes).
+fn cpu_provider() -> ep::ExecutionProviderDispatch {
+    ep::CPU::default().with_arena_allocator(true).build()
+}
+
+/// Registers the usable providers of `wanted`, in order, on `builder`; returns it with the names in use
+/// and ONNX Runtime's name of the first (the CPU's when none registered). The CPU provider is always
+/// there, last.
 fn with_providers(
     mut builder: SessionBuilder,
     wanted: &[Provider],
-) -> (SessionBuilder, Vec<&'static str>) {
+) -> (SessionBuilder, Vec<&'static str>, &'static str) {
     let mut used = Vec::new();
+    let mut first = ep::CPU::NAME;
     // The providers after the CPU's would never be reached.
     for (name, available, registration) in
         wanted.iter().map_while(|provider| accelerator(*provider))
@@ -203,8 +424,12 @@ fn with_providers(
             );
             continue;
         }
+        let provider_name = registration.name();
         builder = match builder.with_execution_providers([registration.error_on_failure()]) {
             Ok(builder) => {
+                if used.is_empty() {
+                    first = provider_name;
+                }
                 used.push(name);
                 builder
             }
@@ -215,23 +440,189 @@ fn with_providers(
         };
     }
     used.push("cpu");
-    let cpu = ep::CPU::default().with_arena_allocator(true).build();
-    match builder.with_execution_providers([cpu]) {
-        Ok(builder) => (builder, used),
+    match builder.with_execution_providers([cpu_provider()]) {
+        Ok(builder) => (builder, used, first),
         Err(error) => {
             warn!(error = %error, "The CPU provider's settings were refused; using its defaults.");
-            (error.recover(), used)
+            (error.recover(), used, first)
         }
     }
 }
 
-/// Loads one graph with the configured providers and threads; returns it with the providers in use.
+/// `builder` with the CPU provider alone, chosen as a device. Appending the CPU provider is not
+/// enough: a session with no other provider appended falls to ONNX Runtime's device selection policy
+/// (ort sets one), which hands the graph to a registered plugin's CPU device (OpenVINO's) instead.
+/// The CPU memory arena stays on, as sessions have it by default.
+fn only_cpu(environment: &Environment, builder: SessionBuilder) -> ort::Result<SessionBuilder> {
+    let cpu = environment
+        .devices()
+        .find(|device| device.ep().is_ok_and(|name| name == ep::CPU::NAME))
+        .ok_or_else(|| ort::Error::new("the runtime lists no CPU device"))?;
+    Ok(builder.with_devices([cpu], None)?)
+}
+
+/// `builder` with its providers for `placement`; returns it with where it runs and ONNX Runtime's
+/// name of the provider asked for.
+fn placed(
+    environment: &Environment,
+    builder: SessionBuilder,
+    placement: &Placement,
+) -> ort::Result<(SessionBuilder, String, String)> {
+    match placement {
+        Placement::Cpu => Ok((
+            only_cpu(environment, builder)?,
+            "cpu".to_owned(),
+            ep::CPU::NAME.to_owned(),
+        )),
+        Placement::Listed(providers) => {
+            let (builder, used, first) = with_providers(builder, providers);
+            let builder = if first == ep::CPU::NAME {
+                only_cpu(environment, builder)?
+            } else {
+                builder
+            };
+            Ok((builder, used[0].to_owned(), first.to_owned()))
+        }
+        Placement::Accelerator(offer, compiled) => {
+            let builder = match offer.route {
+                Route::Discovered(index) => {
+                    let device = environment.devices().nth(index).ok_or_else(|| {
+                        ort::Error::new(format!("the device {index} is no longer discovered"))
+                    })?;
+                    let options = compiled_cache(offer, compiled);
+                    builder.with_devices([device], options.as_deref())?
+                }
+                Route::BuiltIn(provider) => {
+                    if matches!(provider, Provider::Cuda | Provider::Tensorrt) {
+                        nvidia_driver().map_err(ort::Error::new)?;
+                    }
+                    let (_, _, registration) = accelerator(provider).ok_or_else(|| {
+                        ort::Error::new(format!("{provider:?} is not an accelerator"))
+                    })?;
+                    builder
+                        .with_execution_providers([registration.error_on_failure()])?
+                        .with_execution_providers([cpu_provider()])?
+                }
+            };
+            Ok((builder, offer.runs_on.clone(), offer.provider.clone()))
+        }
+    }
+}
+
+/// Whether `offer`'s provider compiles the graphs for its device at load, which `compiled_cache` keeps:
+/// OpenVINO's. (TensorRT's and QNN's compile too; they are reached through `vision.providers`, uncached.)
+pub fn compiles(offer: &Offer) -> bool {
+    offer.provider == "OpenVINOExecutionProvider"
+}
+
+/// The options that have `offer`'s provider keep what it compiles in a folder of its own under
+/// `compiled` (OpenVINO's plugin takes the folder per device in `load_config`; it ignores `cache_dir`);
+/// `None` for providers that do not compile, or when the folder cannot be made (then every start
+/// compiles, which is only slower).
+fn compiled_cache(offer: &Offer, compiled: &Path) -> Option<Vec<(String, String)>> {
+    if !compiles(offer) {
+        return None;
+    }
+    let folder = compiled.join("openvino");
+    if let Err(error) = std::fs::create_dir_all(&folder) {
+        warn!(folder = %folder.display(), error = %error, "Cannot keep the compiled graphs; each start compiles them again.");
+        return None;
+    }
+    let device = match offer.kind {
+        AcceleratorKind::Gpu => "GPU",
+        AcceleratorKind::Npu => "NPU",
+    };
+    let config = serde_json::json!({ device: { "CACHE_DIR": folder } });
+    Some(vec![(
+        format!("{}.load_config", offer.provider),
+        config.to_string(),
+    )])
+}
+
+/// Where ONNX Runtime put the nodes of `session` (made with `session.record_ep_graph_assignment_info`),
+/// against `provider`, the one asked for. ort has no wrapper for this part of the C API, hence the only
+/// unsafe code in Lookout: each pointer comes from ONNX Runtime and lives as long as the session.
+#[allow(unsafe_code)]
+fn assignment(session: &Session, graph: &Path, provider: &str) -> ort::Result<Assignment> {
+    use ort::AsPointer;
+    use std::ffi::{CStr, c_char};
+    let text = |pointer: *const c_char| -> String {
+        if pointer.is_null() {
+            String::new()
+        } else {
+            // SAFETY: ONNX Runtime returns NUL-terminated strings owned by the session.
+            unsafe { CStr::from_ptr(pointer) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let api = ort::api();
+    let mut subgraphs: *const *const ort::sys::OrtEpAssignedSubgraph = std::ptr::null();
+    let mut count = 0usize;
+    // SAFETY: the session outlives the arrays, which it owns; each call's status is checked.
+    unsafe {
+        ort::Error::result_from_status((api.Session_GetEpGraphAssignmentInfo)(
+            session.ptr(),
+            &mut subgraphs,
+            &mut count,
+        ))?;
+    }
+    let subgraphs = if count == 0 {
+        &[][..]
+    } else {
+        // SAFETY: ONNX Runtime returned `count` subgraph pointers.
+        unsafe { std::slice::from_raw_parts(subgraphs, count) }
+    };
+    let mut placed = Assignment {
+        graph: graph
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        provider: provider.to_owned(),
+        ..Assignment::default()
+    };
+    for subgraph in subgraphs {
+        let mut name: *const c_char = std::ptr::null();
+        let mut nodes: *const *const ort::sys::OrtEpAssignedNode = std::ptr::null();
+        let mut node_count = 0usize;
+        // SAFETY: as above.
+        unsafe {
+            ort::Error::result_from_status((api.EpAssignedSubgraph_GetEpName)(
+                *subgraph, &mut name,
+            ))?;
+            ort::Error::result_from_status((api.EpAssignedSubgraph_GetNodes)(
+                *subgraph,
+                &mut nodes,
+                &mut node_count,
+            ))?;
+        }
+        placed.nodes += node_count;
+        if text(name) == provider || node_count == 0 {
+            continue;
+        }
+        // SAFETY: ONNX Runtime returned `node_count` node pointers.
+        for node in unsafe { std::slice::from_raw_parts(nodes, node_count) } {
+            let mut operator: *const c_char = std::ptr::null();
+            // SAFETY: as above.
+            unsafe {
+                ort::Error::result_from_status((api.EpAssignedNode_GetOperatorType)(
+                    *node,
+                    &mut operator,
+                ))?;
+            }
+            placed.fell_back.push(text(operator));
+        }
+    }
+    Ok(placed)
+}
+
+/// Loads one graph on `placement` with `threads` threads per run.
 pub fn load_session(
     environment: &Environment,
     path: &Path,
-    providers: &[Provider],
+    placement: &Placement,
     threads: usize,
-) -> Result<(Session, Vec<&'static str>), RuntimeError> {
+) -> Result<Opened, RuntimeError> {
     let fail = |reason: String| RuntimeError::Session {
         path: path.to_owned(),
         reason,
@@ -246,6 +637,8 @@ pub fn load_session(
         .with_memory_pattern(false)
         .map_err(|error| fail(error.to_string()))?
         .with_config_entry("session.force_spinning_stop", "1")
+        .map_err(|error| fail(error.to_string()))?
+        .with_config_entry("session.record_ep_graph_assignment_info", "1")
         .map_err(|error| fail(error.to_string()))?;
     let builder = if threads > 0 {
         builder
@@ -254,9 +647,16 @@ pub fn load_session(
     } else {
         builder
     };
-    let (mut builder, used) = with_providers(builder, providers);
+    let (mut builder, runs_on, provider) =
+        placed(environment, builder, placement).map_err(|error| fail(error.to_string()))?;
     let session = builder
         .commit_from_file(path)
         .map_err(|error| fail(error.to_string()))?;
-    Ok((session, used))
+    let assignment =
+        assignment(&session, path, &provider).map_err(|error| fail(error.to_string()))?;
+    Ok(Opened {
+        session,
+        runs_on,
+        assignment,
+    })
 }

@@ -355,8 +355,8 @@ impl Analyser for PixelAnalyser {
         "test-pixel-analyser"
     }
 
-    fn providers(&self) -> &[&'static str] {
-        &["cpu"]
+    fn runs_on(&self) -> &str {
+        "cpu"
     }
 
     fn load_time(&self) -> Duration {

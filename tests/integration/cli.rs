@@ -185,8 +185,9 @@ fn the_log_names_the_health_address_actually_bound() {
 }
 
 /// `lookout doctor` on the CPU-only runtime the tests use: it names the library and the file it links
-/// to, the CPU device with its provider, and every accelerator provider as not in this runtime; a
-/// missing or too old runtime is the same one-line error, exit 69, as for `run`.
+/// to, the CPU device with its provider, every accelerator provider as not in this runtime, and where
+/// the configured model lands (each graph's nodes, none falling back); a device that cannot be had, or
+/// a missing or too old runtime, is the same one-line error, exit 69, as for `run`.
 #[test]
 fn doctor_says_what_the_runtime_offers() {
     let output = lookout(&["doctor"], &[]);
@@ -206,6 +207,48 @@ fn doctor_says_what_the_runtime_offers() {
         "{text}"
     );
     assert!(text.contains("accelerator device nodes: "), "{text}");
+    assert!(text.contains("provider libraries: none\n"), "{text}");
+    assert!(text.contains("vision.device: auto\n"), "{text}");
+    assert!(text.contains("model: not loaded (no model in "), "{text}");
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro");
+    let fixture = fixture.to_str().unwrap();
+    let placed = lookout(&["doctor"], &[("LOOKOUT_MODEL_DIR", fixture)]);
+    assert!(placed.status.success(), "{}", stderr(&placed));
+    let text = String::from_utf8(placed.stdout).unwrap();
+    assert!(
+        text.contains("model: smolvlm-micro_int8 on cpu\n"),
+        "{text}"
+    );
+    for graph in ["vision_encoder_int8.onnx", "decoder_model_merged_int8.onnx"] {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&format!("  {graph}: ")))
+            .unwrap_or_else(|| panic!("no line for {graph}: {text}"));
+        let nodes: usize = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(nodes > 100, "{line}");
+        assert!(
+            line.ends_with(" nodes on CPUExecutionProvider, 0 fall back to the CPU"),
+            "{line}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = dir.path().join("gpu.toml");
+    std::fs::write(&gpu, "[vision]\ndevice = \"gpu\"\n").unwrap();
+    let refused = lookout(
+        &["doctor", "--config", gpu.to_str().unwrap()],
+        &[("LOOKOUT_MODEL_DIR", fixture)],
+    );
+    assert_eq!(refused.status.code(), Some(69), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("vision.device = \"gpu\", but this box offers no gpu"),
+        "{}",
+        stderr(&refused)
+    );
 
     let missing = lookout(
         &["doctor"],

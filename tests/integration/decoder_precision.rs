@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use lookout::vision::embedding::EmbeddingTable;
-use lookout::vision::{Provider, runtime};
+use lookout::vision::runtime::{self, Placement};
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use serde_json::Value;
@@ -37,7 +37,9 @@ const CAPACITY: usize = 1280;
 impl Graph {
     fn open(environment: &ort::environment::Environment, dir: &Path, precision: &str) -> Graph {
         let path = dir.join(format!("onnx/lookout_decoder_{precision}.onnx"));
-        let (session, _) = runtime::load_session(environment, &path, &[Provider::Cpu], 1).unwrap();
+        let session = runtime::load_session(environment, &path, &Placement::Cpu, 1)
+            .unwrap()
+            .session;
         let config: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();

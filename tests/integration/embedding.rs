@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use lookout::vision::embedding::{EmbeddingTable, LookupError};
-use lookout::vision::{Provider, runtime};
+use lookout::vision::runtime::{self, Placement};
 use ort::value::Tensor;
 
 fn fixture_graph(name: &str) -> PathBuf {
@@ -24,7 +24,9 @@ fn rows_read_from_the_file_equal_the_graph_run_by_onnx_runtime() {
     )
     .unwrap();
     let environment = runtime::environment(&library).unwrap();
-    let (mut session, _) = runtime::load_session(&environment, &path, &[Provider::Cpu], 1).unwrap();
+    let mut session = runtime::load_session(&environment, &path, &Placement::Cpu, 1)
+        .unwrap()
+        .session;
     // The first and last rows, rows in between, and one twice.
     let last = table_rows(&table) - 1;
     let ids: Vec<u32> = vec![0, 1, 17, last / 2, last, 17];

@@ -50,6 +50,7 @@ async fn answers_status_stats_and_asks_follow_the_contract() {
         "confidence",
         "tier",
         "model",
+        "runs_on",
         "escalated",
         "frame",
         "timings_ms",

@@ -267,6 +267,14 @@ async fn bad_pushes_are_refused_with_their_errors_and_change_nothing() {
             "vision",
         ),
         (
+            "a device the box does not have",
+            patch(
+                5,
+                json!({"vision": {"model_dir": Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/smolvlm-micro"), "device": "gpu"}}),
+            ),
+            "but this box offers no gpu",
+        ),
+        (
             "a task on no camera",
             patch(
                 5,

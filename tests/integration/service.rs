@@ -183,8 +183,8 @@ impl Analyser for HangingAccelerator {
         self.inner.model()
     }
 
-    fn providers(&self) -> &[&'static str] {
-        &["cuda", "cpu"]
+    fn runs_on(&self) -> &str {
+        "cuda:0"
     }
 
     fn load_time(&self) -> Duration {
@@ -476,7 +476,7 @@ async fn healthz_readyz_and_metrics_answer_over_http() {
     assert_eq!(
         value(
             &scraped,
-            "lookout_model_info{model=\"test-pixel-analyser\",provider=\"cuda\"}"
+            "lookout_model_info{model=\"test-pixel-analyser\",runs_on=\"cuda:0\"}"
         ),
         1.0
     );

@@ -18,9 +18,10 @@ use lookout::stats::Stats;
 use lookout::vision::model::ModelSpec;
 use lookout::vision::preprocess::preprocess;
 use lookout::vision::prompt::Prompter;
+use lookout::vision::runtime::Placement;
 use lookout::vision::{
-    self, Analyser, Graphs, LoadOptions, LocalAnswer, MaxContext, PromptBounds, Provider,
-    Replacement, SmolVlm, runtime,
+    self, Analyser, Graphs, LoadOptions, LocalAnswer, MaxContext, PromptBounds, Replacement,
+    SmolVlm, runtime,
 };
 
 use crate::common::config::smolvlm_built_fixture;
@@ -192,7 +193,7 @@ fn load_with_context(decoder: Decoder, suffix: &str, max_context: MaxContext) ->
         model_dir,
         suffix: suffix.to_owned(),
         library,
-        providers: vec![Provider::Cpu],
+        placement: Placement::Cpu,
         threads: 1,
         batch: 4,
         graphs,

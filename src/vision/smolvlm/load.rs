@@ -12,10 +12,11 @@ use ort::value::{TensorElementType, ValueType};
 use super::SmolVlm;
 use super::decode::{CacheElement, CacheLayout, CacheShape, Decoder, FixedDecoder, GrowingDecoder};
 use super::inputs::Embedder;
+use crate::vision::device::{Assignment, DeviceError};
 use crate::vision::embedding::EmbeddingTable;
 use crate::vision::model::{ChosenDecoder, ModelError, ModelSpec, chosen_decoder};
 use crate::vision::prompt::{PromptError, Prompter};
-use crate::vision::runtime::{self, Provider, RuntimeError};
+use crate::vision::runtime::{self, Placement, RuntimeError};
 use crate::vision::{Graphs, PromptBounds};
 
 /// Why a model could not be loaded.
@@ -27,6 +28,8 @@ pub enum LoadError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Prompt(#[from] PromptError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error(
         "unknown model variant {0:?}; expected one of fp32, fp16, int8, uint8, quantized, q4, q4f16, bnb4"
     )]
@@ -48,7 +51,7 @@ pub struct LoadOptions {
     /// The file suffix of the variant: "" for fp32, "_int8", "_q4"...
     pub suffix: String,
     pub library: PathBuf,
-    pub providers: Vec<Provider>,
+    pub placement: Placement,
     pub threads: usize,
     /// The most text answers decoded together, one decoder run per token for all of them (1: one at a
     /// time).
@@ -84,10 +87,12 @@ fn port(name: impl Into<String>, dtype: TensorElementType, rank: usize) -> Port 
     }
 }
 
-/// The graphs of one variant in a model folder, opened on one environment.
+/// The graphs of one variant in a model folder, opened on one environment; where ONNX Runtime put
+/// each one's nodes is kept as they open.
 struct GraphFiles<'a> {
     environment: &'a Environment,
     options: &'a LoadOptions,
+    assignments: Vec<Assignment>,
 }
 
 impl GraphFiles<'_> {
@@ -98,22 +103,22 @@ impl GraphFiles<'_> {
             .join(format!("{name}{}.onnx", self.options.suffix))
     }
 
-    /// Loads the graph at `path` and checks that it declares every port; also returns the execution
-    /// providers it runs on.
+    /// Loads the graph at `path` and checks that it declares every port; also returns where it runs.
     fn open(
-        &self,
+        &mut self,
         path: &Path,
         inputs: &[Port],
         outputs: &[Port],
-    ) -> Result<(Session, Vec<&'static str>), LoadError> {
-        let (session, providers) = runtime::load_session(
+    ) -> Result<(Session, String), LoadError> {
+        let opened = runtime::load_session(
             self.environment,
             path,
-            &self.options.providers,
+            &self.options.placement,
             self.options.threads,
         )?;
-        check_session(path, &session, inputs, outputs)?;
-        Ok((session, providers))
+        check_session(path, &opened.session, inputs, outputs)?;
+        self.assignments.push(opened.assignment);
+        Ok((opened.session, opened.runs_on))
     }
 }
 
@@ -139,7 +144,7 @@ fn check_session(
 
 impl GraphFiles<'_> {
     /// The official export's decoder, whose cache grows step by step.
-    fn open_growing(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
+    fn open_growing(&mut self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let positions = port("position_ids", TensorElementType::Int64, 2);
         let (session, layout) = self.open_decoder(path, spec, positions)?;
         if layout.element != CacheElement::F32 {
@@ -157,7 +162,7 @@ impl GraphFiles<'_> {
     /// A decoder graph at `path` whose third input is `third`, checked against the contract, and the
     /// layout of its cache (its element type as the graph declares it).
     fn open_decoder(
-        &self,
+        &mut self,
         path: &Path,
         spec: &ModelSpec,
         third: Port,
@@ -177,7 +182,7 @@ impl GraphFiles<'_> {
     }
 
     /// Lookout's own decoder at `path`, with its cache buffers of `max_context` positions.
-    fn open_fixed(&self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
+    fn open_fixed(&mut self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let keep = port("num_logits_to_keep", TensorElementType::Int64, 0);
         let (session, layout) = self.open_decoder(path, spec, keep)?;
         let (capacity, limit) = match self.options.max_context {
@@ -224,13 +229,14 @@ impl SmolVlm {
             spec.image_seq_len,
         )?;
         let environment = runtime::environment(&options.library)?;
-        let graphs = GraphFiles {
+        let mut graphs = GraphFiles {
             environment: &environment,
             options,
+            assignments: Vec::new(),
         };
         use TensorElementType::{Bool, Float32, Int64};
 
-        let (vision, providers) = graphs.open(
+        let (vision, runs_on) = graphs.open(
             &graphs.path("vision_encoder"),
             &[
                 port("pixel_values", Float32, 5),
@@ -250,11 +256,13 @@ impl SmolVlm {
                 Embedder::Graph(session)
             }
         };
-        let chosen = chosen_decoder(
-            &options.model_dir,
-            &options.suffix,
-            options.graphs == Graphs::Lookout,
-        );
+        // Lookout's decoder keeps its cache in host memory, bound in place: on an accelerator every step
+        // would copy the whole cache to the device and back, so there the official decoder answers.
+        let own_decoder = options.graphs == Graphs::Lookout && options.placement.host_memory();
+        if options.graphs == Graphs::Lookout && !own_decoder {
+            tracing::info!(runs_on = %runs_on, "Lookout's decoder keeps its cache in host memory: on an accelerator the official decoder answers.");
+        }
+        let chosen = chosen_decoder(&options.model_dir, &options.suffix, own_decoder);
         let (decoder, name) = match chosen {
             ChosenDecoder::Built { precision, path } => {
                 let decoder = graphs.open_fixed(&path, &spec)?;
@@ -262,14 +270,14 @@ impl SmolVlm {
                 (decoder, name)
             }
             ChosenDecoder::Official(path) => {
-                if options.graphs == Graphs::Lookout {
+                if own_decoder {
                     tracing::info!(model_dir = %options.model_dir.display(), variant_suffix = %options.suffix, "No decoder of Lookout's own for this variant (`lookout models build` makes one from the folder's checkpoint): the official decoder answers.");
                 }
                 let decoder = graphs.open_growing(&path, &spec)?;
                 (decoder, model_name(&options.model_dir, &options.suffix))
             }
         };
-        tracing::info!(model = %name, providers = ?providers, "SmolVLM2 loaded.");
+        tracing::info!(model = %name, runs_on = %runs_on, "SmolVLM2 loaded.");
         Ok(SmolVlm {
             name,
             spec,
@@ -277,7 +285,8 @@ impl SmolVlm {
             vision,
             embedder,
             decoder,
-            providers,
+            runs_on,
+            assignments: graphs.assignments,
             threads: options.threads,
             batch: options.batch.max(1),
             load_time: started.elapsed(),

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 
+use super::device::Assignment;
 use super::model::ModelSpec;
 use super::preprocess::{Pixels, preprocess, preprocess_clip};
 use super::prompt::{PromptError, Prompter};
@@ -48,7 +49,10 @@ pub struct SmolVlm {
     vision: Session,
     embedder: Embedder,
     decoder: Decoder,
-    providers: Vec<&'static str>,
+    /// Where it runs, as answers say it (`cpu`, `cuda:0`...).
+    runs_on: String,
+    /// Where ONNX Runtime put the nodes of each graph.
+    assignments: Vec<Assignment>,
     /// The configured thread count, also used for resampling (0: one per core).
     threads: usize,
     /// The most text answers decoded together.
@@ -322,8 +326,12 @@ impl Analyser for SmolVlm {
         &self.name
     }
 
-    fn providers(&self) -> &[&'static str] {
-        &self.providers
+    fn runs_on(&self) -> &str {
+        &self.runs_on
+    }
+
+    fn assignments(&self) -> &[Assignment] {
+        &self.assignments
     }
 
     fn load_time(&self) -> Duration {
