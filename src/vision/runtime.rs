@@ -153,19 +153,9 @@ fn preload_cuda(library: &Path) {
     }
     // Libraries NVIDIA's load at run time by their bare names, which ort's list lacks: nvJitLink (cuFFT,
     // cuDNN) and NVRTC's builtins (NVRTC has no run path to find them beside itself).
-    let mut late: Vec<PathBuf> = std::fs::read_dir(&folder)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name().is_some_and(|name| {
-                let name = name.to_string_lossy();
-                name.starts_with("libnvJitLink.so") || name.starts_with("libnvrtc-builtins.so")
-            })
-        })
-        .collect();
-    late.sort();
+    let late = files_named(&folder, |name| {
+        name.starts_with("libnvJitLink.so") || name.starts_with("libnvrtc-builtins.so")
+    });
     let loaded = late
         .iter()
         .try_for_each(|path| {
@@ -204,30 +194,36 @@ static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 pub fn provider_libraries(library: &Path, configured: &[PathBuf]) -> Vec<PathBuf> {
     let mut libraries = configured.to_vec();
     // Absolute: ONNX Runtime resolves a relative library path against its own folder.
-    let folders = library
+    let Some(parent) = library
         .parent()
         .and_then(|parent| std::path::absolute(parent).ok())
-        .and_then(|parent| std::fs::read_dir(parent).ok())
+    else {
+        return libraries;
+    };
+    for folder in files_named(&parent, |_| true) {
+        if folder.is_dir() {
+            libraries.extend(files_named(&folder, |name| {
+                name.starts_with(PLUGIN_PREFIX) && name.ends_with(".so")
+            }));
+        }
+    }
+    libraries
+}
+
+/// The files in `folder` whose names `wanted` takes, in name order.
+fn files_named(folder: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
         .into_iter()
         .flatten()
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.is_dir());
-    let mut beside: Vec<PathBuf> = folders
-        .filter_map(|folder| std::fs::read_dir(folder).ok())
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
         .filter(|path| {
-            path.file_name().is_some_and(|name| {
-                let name = name.to_string_lossy();
-                name.starts_with(PLUGIN_PREFIX) && name.ends_with(".so")
-            })
+            path.file_name()
+                .is_some_and(|name| wanted(&name.to_string_lossy()))
         })
         .collect();
-    beside.sort();
-    libraries.extend(beside);
-    libraries
+    files.sort();
+    files
 }
 
 /// Registers each plugin provider library of `libraries` with `environment` (once per process), so the
