@@ -24,6 +24,7 @@ Python ONNX Runtime loop (no onnxruntime-genai runtime), and compared with Looko
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, time
 import numpy as np
+import onnx
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
@@ -145,7 +146,19 @@ class Loop:
         return tokens, logits, prefill, step_times
 
 
+def lookout_only(graph):
+    """Why `graph` runs only inside Lookout (it uses Lookout's own attention operator, which Python's
+    onnxruntime does not have), or None."""
+    model = onnx.load(graph, load_external_data=False)
+    if any(opset.domain == "ai.lookout" for opset in model.opset_import):
+        return "uses Lookout's own operator (ai.lookout.DecoderAttention): runs only inside Lookout"
+    return None
+
+
 def bench(a):
+    if lookout_only(a.graph):
+        print(json.dumps({"skipped": lookout_only(a.graph)}))
+        return
     config = text_config(a.model)
     table = embed_table(a.model)
     ids = prompt_ids(config["vocab_size"], a.prompt)
@@ -203,6 +216,9 @@ def compare(a):
     for name, (kind, path) in graphs.items():
         if not os.path.exists(path):
             report["graphs"][name] = {"missing": path}
+            continue
+        if lookout_only(path):
+            report["graphs"][name] = {"missing": lookout_only(path)}
             continue
         loop = Loop(path, kind, config, a.threads, a.prompt + a.steps + 1)
         graph_tokens, graph_logits, _, _ = loop.generate(table, ids, a.steps + 1, forced=tokens[:-1])

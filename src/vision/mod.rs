@@ -8,6 +8,7 @@
 //! full: answers are never dropped here, and the job queue upstream absorbs the wait by keeping only the
 //! newest frame per camera.
 
+pub mod attention;
 pub mod bench;
 pub mod device;
 pub mod embedding;

@@ -635,6 +635,8 @@ pub fn load_session(
         .with_config_entry("session.force_spinning_stop", "1")
         .map_err(|error| fail(error.to_string()))?
         .with_config_entry("session.record_ep_graph_assignment_info", "1")
+        .map_err(|error| fail(error.to_string()))?
+        .with_operators(super::attention::operators().map_err(|error| fail(error.to_string()))?)
         .map_err(|error| fail(error.to_string()))?;
     let builder = if threads > 0 {
         builder

@@ -2,13 +2,14 @@
 //!
 //! Per layer: `SkipSimplifiedLayerNormalization` (the residual add and RMSNorm in one node; the first
 //! layer's has no residual yet and is a `SimplifiedLayerNormalization`), one MatMul for the fused Q, K
-//! and V projections, `GroupQueryAttention` (rotary embedding inside, grouped heads, the key/value
-//! cache read and written in place), the output projection, a second skip-norm, one MatMul for the
+//! and V projections, the attention (rotary embedding inside, grouped heads, the key/value cache read
+//! and written in place: Lookout's `DecoderAttention` for an f32 cache, ONNX Runtime's
+//! `GroupQueryAttention` for the fp16 graph's half-precision one), the output projection, a second skip-norm, one MatMul for the
 //! fused gate and up projections, SiLU (`Sigmoid` and `Mul`, which ONNX Runtime fuses), and the down
 //! projection. About a dozen nodes a layer, where the official export has ~70.
 //!
 //! The cache is one buffer per layer of a fixed capacity, `[batch, kv_heads, capacity, head_dim]`, the
-//! same buffer bound as `past_key_values.N.*` and `present.N.*`: GroupQueryAttention writes the new
+//! same buffer bound as `past_key_values.N.*` and `present.N.*`: the attention writes the new
 //! positions at each sequence's length (`seqlens_k`, from the attention mask) and reads only the valid
 //! ones, so a step neither copies nor concatenates the cache. `attention_mask` (`[batch, total]`,
 //! ones then zeros: each row's valid length) gives `seqlens_k` (its row sums less one) and
@@ -26,6 +27,7 @@ use super::onnx::{
 use super::quantize::{BLOCK, Bits, quantize};
 use super::weights::WeightsFile;
 use super::{BuildError, Precision};
+use crate::vision::attention;
 
 /// The graph's nodes and initializers as they are added; the weights' bytes go straight to the
 /// external data file.
@@ -59,6 +61,7 @@ impl Builder<'_> {
             "GroupQueryAttention" | "MatMulNBits" | "SkipSimplifiedLayerNormalization" => {
                 "com.microsoft"
             }
+            attention::NAME => attention::DOMAIN,
             _ => "",
         };
         self.nodes.push(NodeProto {
@@ -374,28 +377,44 @@ pub fn decoder(
             hidden,
         )?;
         let [(past_key, present_key), (past_value, present_value)] = cache_names(layer);
-        let attention = b.node(
-            "GroupQueryAttention",
-            &format!("{name}.attention"),
-            &[
-                &qkv,
-                "",
-                "",
-                &past_key,
-                &past_value,
-                &seqlens_k,
-                &total,
-                &cos,
-                &sin,
-            ],
-            3,
-            vec![
-                ("num_heads", Attribute::Int(heads as i64)),
-                ("kv_num_heads", Attribute::Int(kv_heads as i64)),
+        let heads_attributes = vec![
+            ("num_heads", Attribute::Int(heads as i64)),
+            ("kv_num_heads", Attribute::Int(kv_heads as i64)),
+        ];
+        // An f32 cache: Lookout's own attention operator; a half-precision one (a graph meant for
+        // accelerators): ONNX Runtime's GroupQueryAttention.
+        let attention = if precision == Precision::Fp16 {
+            let mut attributes = heads_attributes;
+            attributes.extend([
                 ("do_rotary", Attribute::Int(1)),
                 ("rotary_interleaved", Attribute::Int(0)),
-            ],
-        );
+            ]);
+            b.node(
+                "GroupQueryAttention",
+                &format!("{name}.attention"),
+                &[
+                    &qkv,
+                    "",
+                    "",
+                    &past_key,
+                    &past_value,
+                    &seqlens_k,
+                    &total,
+                    &cos,
+                    &sin,
+                ],
+                3,
+                attributes,
+            )
+        } else {
+            b.node(
+                attention::NAME,
+                &format!("{name}.attention"),
+                &[&qkv, &past_key, &past_value, &seqlens_k, &cos, &sin],
+                3,
+                heads_attributes,
+            )
+        };
         rename_output(&mut b.nodes, 1, &present_key);
         rename_output(&mut b.nodes, 2, &present_value);
         let o = checkpoint.tensor(&format!("{l}self_attn.o_proj.weight"), &[hidden, q_size])?;

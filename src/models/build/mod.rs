@@ -146,6 +146,10 @@ pub fn build(dir: &Path, precision: Precision) -> Result<Built, BuildError> {
                 domain: "com.microsoft".to_owned(),
                 version: 1,
             },
+            OperatorSetIdProto {
+                domain: crate::vision::attention::DOMAIN.to_owned(),
+                version: 1,
+            },
         ],
         metadata_props: vec![
             StringStringEntryProto {

@@ -1,6 +1,6 @@
 //! Lookout's own decoder (`lookout models build`): one key and one value buffer per layer, of a fixed
 //! capacity, allocated once and bound once as both the graph's `past_key_values.N.*` input and its
-//! `present.N.*` output. GroupQueryAttention writes each step's new positions into the buffer at the
+//! `present.N.*` output. The attention node writes each step's new positions into the buffer at the
 //! sequence's length and reads only the valid positions, so a decoding step neither copies nor
 //! concatenates the cache, whatever its length.
 //!
