@@ -442,7 +442,7 @@ pub fn load(config: &VisionConfig, prompts: PromptBounds) -> Result<Box<dyn Anal
             config,
             prompts,
             &library,
-            Placement::Listed(config.providers.clone()),
+            Placement::Listed(config.providers.clone(), config.compiled_dir.clone()),
         );
     }
     // A folder without a model fails here, before any accelerator is blamed for it.
@@ -499,7 +499,7 @@ fn load_on(
 ) -> Result<Box<dyn Analyser>, LoadError> {
     let kind = match &placement {
         Placement::Accelerator(offer, _) => Some(offer.kind),
-        Placement::Cpu | Placement::Listed(_) => None,
+        Placement::Cpu | Placement::Listed(..) => None,
     };
     let variant = config.resolve_variant(kind)?;
     if config.variant == AUTO_VARIANT {

@@ -370,8 +370,9 @@ pub enum Placement {
     /// One accelerator of the box's inventory, and the folder where its provider keeps the graphs it
     /// compiles; the CPU takes what it cannot run.
     Accelerator(Offer, PathBuf),
-    /// `vision.providers`, listed by hand: each this runtime has, in order, then the CPU.
-    Listed(Vec<Provider>),
+    /// `vision.providers`, listed by hand: each this runtime has, in order, then the CPU; and the folder
+    /// where TensorRT keeps the engines it compiles.
+    Listed(Vec<Provider>, PathBuf),
 }
 
 impl Placement {
@@ -380,7 +381,7 @@ impl Placement {
         match self {
             Placement::Cpu => true,
             Placement::Accelerator(..) => false,
-            Placement::Listed(providers) => providers.iter().all(|p| *p == Provider::Cpu),
+            Placement::Listed(providers, _) => providers.iter().all(|p| *p == Provider::Cpu),
         }
     }
 }
@@ -400,18 +401,37 @@ fn cpu_provider() -> ep::ExecutionProviderDispatch {
     ep::CPU::default().with_arena_allocator(true).build()
 }
 
-/// Registers the usable providers of `wanted`, in order, on `builder`; returns it with the names in use
-/// and ONNX Runtime's name of the first (the CPU's when none registered). The CPU provider is always
-/// there, last.
+/// TensorRT with its engines and timing cache kept in `tensorrt/` under `compiled`, so that only the
+/// first start compiles them (minutes for a large graph).
+fn tensorrt_cached(compiled: &Path) -> ep::ExecutionProviderDispatch {
+    let folder = compiled.join("tensorrt");
+    if let Err(error) = std::fs::create_dir_all(&folder) {
+        warn!(folder = %folder.display(), error = %error, "Cannot keep TensorRT's engines; each start compiles them again.");
+        return ep::TensorRT::default().build();
+    }
+    let folder = folder.display().to_string();
+    ep::TensorRT::default()
+        .with_engine_cache(true)
+        .with_engine_cache_path(&folder)
+        .with_timing_cache(true)
+        .with_timing_cache_path(&folder)
+        .build()
+}
+
+/// Registers the usable providers of `wanted`, in order, on `builder` (TensorRT keeping its engines
+/// under `compiled`); returns it with the names in use and ONNX Runtime's name of the first (the CPU's
+/// when none registered). The CPU provider is always there, last.
 fn with_providers(
     mut builder: SessionBuilder,
     wanted: &[Provider],
+    compiled: &Path,
 ) -> (SessionBuilder, Vec<&'static str>, &'static str) {
     let mut used = Vec::new();
     let mut first = ep::CPU::NAME;
     // The providers after the CPU's would never be reached.
-    for (name, available, registration) in
-        wanted.iter().map_while(|provider| accelerator(*provider))
+    for (provider, (name, available, registration)) in wanted
+        .iter()
+        .map_while(|provider| accelerator(*provider).map(|found| (provider, found)))
     {
         if !matches!(available, Ok(true)) {
             warn!(
@@ -420,6 +440,10 @@ fn with_providers(
             );
             continue;
         }
+        let registration = match provider {
+            Provider::Tensorrt => tensorrt_cached(compiled),
+            _ => registration,
+        };
         let provider_name = registration.name();
         builder = match builder.with_execution_providers([registration.error_on_failure()]) {
             Ok(builder) => {
@@ -470,8 +494,8 @@ fn placed(
             "cpu".to_owned(),
             ep::CPU::NAME.to_owned(),
         )),
-        Placement::Listed(providers) => {
-            let (builder, used, first) = with_providers(builder, providers);
+        Placement::Listed(providers, compiled) => {
+            let (builder, used, first) = with_providers(builder, providers, compiled);
             let builder = if first == ep::CPU::NAME {
                 only_cpu(environment, builder)?
             } else {
@@ -506,7 +530,8 @@ fn placed(
 }
 
 /// Whether `offer`'s provider compiles the graphs for its device at load, which `compiled_cache` keeps:
-/// OpenVINO's. (TensorRT's and QNN's compile too; they are reached through `vision.providers`, uncached.)
+/// OpenVINO's. (TensorRT, reached through `vision.providers`, keeps its engines by `tensorrt_cached`;
+/// QNN's compiled context is not kept.)
 pub fn compiles(offer: &Offer) -> bool {
     offer.provider == "OpenVINOExecutionProvider"
 }
