@@ -10,7 +10,8 @@
 //! Here the query heads of one key/value head are taken together, so the cached rows come from memory
 //! once for all of them. A decoding step also splits the cached positions into chunks, so that both
 //! threads stream the cache however few the heads, and merges the chunks' partial softmaxes (as
-//! flash-decoding does): 20-35% faster decoding at 13 tiles than one head a thread.
+//! flash-decoding does). Timed inside one process, alternating the two ways step by step, the
+//! operator took 13-17% less time than with one head a thread, at 100 and at 900 cached positions.
 //!
 //! Inputs: the packed `qkv` projections `[batch, sequence, (heads + 2 kv_heads) x head_dim]`, the cache
 //! buffers `past_key` and `past_value` `[batch, kv_heads, capacity, head_dim]` (bound as the outputs
@@ -394,7 +395,7 @@ fn attend_block(
     result
 }
 
-/// The cached positions one unit of a decoding step reads: a chunk's keys and values (64 KB for a
+/// The cached positions one unit of a decoding step reads: a chunk's keys and values (32 KB for a
 /// head size of 64) stay in the core's cache while each head of the group goes over them.
 const STEP_CHUNK: usize = 64;
 
