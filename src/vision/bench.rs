@@ -82,6 +82,10 @@ pub struct Report {
     pub three_text_ratio: Option<f64>,
     /// Two cameras' jobs of one 32-token text question each, answered together, against in turn.
     pub two_cameras_ratio: Option<f64>,
+    /// Peak resident memory once the timed answers are done: answering one question at a time.
+    pub answer_peak_rss_mb: f64,
+    /// Peak resident memory after the several-questions and two-cameras measurements too, which
+    /// hold several answers' caches at once.
     pub peak_rss_mb: f64,
 }
 
@@ -284,6 +288,7 @@ pub fn run(
         median(answers.iter().map(|(answer, _)| pick(answer)).collect())
     };
     let cpu_ms_per_answer = (cpu_time_ms() - cpu_before) / answers.len() as f64;
+    let answer_peak_rss_mb = peak_rss_mb();
     let tokens = answers[0].0.tokens.len();
     let three = |kind: AnswerKind, max_new_tokens: u32, analyser: &mut dyn Analyser| {
         let requests: Vec<Request> = QUESTIONS
@@ -364,6 +369,7 @@ pub fn run(
         three_yes_no_ratio,
         three_text_ratio,
         two_cameras_ratio,
+        answer_peak_rss_mb,
         peak_rss_mb,
     })
 }
