@@ -4,19 +4,19 @@
 //! sequence's length and reads only the valid positions, so a decoding step neither copies nor
 //! concatenates the cache, whatever its length.
 //!
-//! Two sets of buffers: one of a single row, allocated at load, where every prompt is prefilled and a
-//! text answer decoded alone; and one of `batch` rows where several text answers are decoded together,
-//! allocated the first time there are several. Their pages are given back to the system once
-//! allocated (`release_pages`), so only what answers write becomes resident: a buffer sized for the
-//! largest prompt costs what the prompts in it fill, and batch rows no batch reaches cost nothing
-//! (`lookout bench`, int8 256M, 13 tiles: the peak of one answer 618 MB against 655, and with the
-//! several-questions runs 868 MB against 1079). A prefilled prompt's
-//! positions are copied out of the single row ("parked", compact: only its valid positions) so that the
-//! row is free for the next prompt; a shared prefix is parked once and copied back in under each
-//! question, whose own parked positions refer to the prefix's rather than copy them (868 MB down to
-//! 831 in the run above). Decoding copies each answer's parked positions into its row once, then steps in place. A
-//! row whose answer is complete stays in the batch, idle (one masked position), until the batch ends:
-//! moving the others would be a copy, and the idle row costs a few multiply-adds a step.
+//! Two sets of buffers: one of a single row, allocated at load, where every prompt is prefilled and
+//! a text answer decoded alone; and one of `batch` rows where several text answers are decoded
+//! together, allocated the first time there are several. Their pages are given back to the system
+//! once allocated (`release_pages`), so only what answers write becomes resident: a buffer sized
+//! for the largest prompt costs what the prompts in it fill, and batch rows no batch reaches cost
+//! nothing (`lookout bench`, int8 256M, 13 tiles: the peak of one answer 618 MB against 655, and
+//! with the several-questions runs 868 MB against 1079). A prefilled prompt's positions are copied
+//! out of the single row ("parked", compact: only its valid positions) so that the row is free for
+//! the next prompt; a shared prefix is parked once and copied back in under each question, whose
+//! own parked positions refer to the prefix's rather than copy them (868 MB down to 831 in the run
+//! above). Decoding copies each answer's parked positions into its row once, then steps in place. A
+//! row whose answer is complete stays in the batch, idle (one masked position), until the batch
+//! ends: moving the others would be a copy, and the idle row costs a few multiply-adds a step.
 //!
 //! The single row and the batch rows are separate buffers because ONNX Runtime binds a whole tensor:
 //! a prefill with one row cannot run on a tensor of several.
