@@ -8,12 +8,12 @@
 //! full: answers are never dropped here, and the job queue upstream absorbs the wait by keeping only the
 //! newest frame per camera.
 
-pub mod attention;
 pub mod bench;
 pub mod device;
 pub mod embedding;
 mod loading;
 pub mod model;
+pub mod operators;
 pub mod preprocess;
 pub mod prompt;
 pub mod runtime;

@@ -707,7 +707,7 @@ pub fn load_session(
         .map_err(|error| fail(error.to_string()))?
         .with_config_entry("session.use_env_allocators", "1")
         .map_err(|error| fail(error.to_string()))?
-        .with_operators(super::attention::operators().map_err(|error| fail(error.to_string()))?)
+        .with_operators(super::operators::operators().map_err(|error| fail(error.to_string()))?)
         .map_err(|error| fail(error.to_string()))?;
     let builder = if threads > 0 {
         builder

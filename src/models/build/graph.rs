@@ -4,9 +4,10 @@
 //! layer's has no residual yet and is a `SimplifiedLayerNormalization`), one MatMul for the fused Q, K
 //! and V projections, the attention (rotary embedding inside, grouped heads, the key/value cache read
 //! and written in place: Lookout's `DecoderAttention` for an f32 cache, ONNX Runtime's
-//! `GroupQueryAttention` for the fp16 graph's half-precision one), the output projection, a second skip-norm, one MatMul for the
-//! fused gate and up projections, SiLU (`Sigmoid` and `Mul`, which ONNX Runtime fuses), and the down
-//! projection. About a dozen nodes a layer, where the official export has ~70.
+//! `GroupQueryAttention` for the fp16 graph's half-precision one), the output projection, a second
+//! skip-norm, one MatMul for the fused gate and up projections, the gate (`silu(gate) · up`:
+//! Lookout's `SwiGlu` on f32 activations, `Split`, `Sigmoid` and `Mul`s on half-precision ones), and
+//! the down projection. Eight nodes a layer, where the official export has ~70.
 //!
 //! The cache is one buffer per layer of a fixed capacity, `[batch, kv_heads, capacity, head_dim]`, the
 //! same buffer bound as `past_key_values.N.*` and `present.N.*`: the attention writes the new
@@ -27,7 +28,7 @@ use super::onnx::{
 use super::quantize::{BLOCK, Bits, quantize};
 use super::weights::WeightsFile;
 use super::{BuildError, Precision};
-use crate::vision::attention;
+use crate::vision::operators::{self, attention, swiglu};
 
 /// The graph's nodes and initializers as they are added; the weights' bytes go straight to the
 /// external data file.
@@ -61,7 +62,7 @@ impl Builder<'_> {
             "GroupQueryAttention" | "MatMulNBits" | "SkipSimplifiedLayerNormalization" => {
                 "com.microsoft"
             }
-            attention::NAME => attention::DOMAIN,
+            attention::NAME | swiglu::NAME => operators::DOMAIN,
             _ => "",
         };
         self.nodes.push(NodeProto {
@@ -445,34 +446,45 @@ pub fn decoder(
             2 * intermediate,
             hidden,
         )?;
-        let halves = b.node(
-            "Split",
-            &format!("{name}.mlp.split"),
-            &[&gate_up],
-            2,
-            vec![
-                ("axis", Attribute::Int(-1)),
-                ("num_outputs", Attribute::Int(2)),
-            ],
-        );
-        let sigmoid = b.one(
-            "Sigmoid",
-            &format!("{name}.mlp.sigmoid"),
-            &[&halves[0]],
-            vec![],
-        );
-        let silu = b.one(
-            "Mul",
-            &format!("{name}.mlp.silu"),
-            &[&halves[0], &sigmoid],
-            vec![],
-        );
-        let product = b.one(
-            "Mul",
-            &format!("{name}.mlp.product"),
-            &[&silu, &halves[1]],
-            vec![],
-        );
+        // SiLU of the gate times up: Lookout's one-pass operator on f32 activations, ONNX Runtime's
+        // Sigmoid and Muls on half-precision ones (accelerators).
+        let product = if precision == Precision::Fp16 {
+            let halves = b.node(
+                "Split",
+                &format!("{name}.mlp.split"),
+                &[&gate_up],
+                2,
+                vec![
+                    ("axis", Attribute::Int(-1)),
+                    ("num_outputs", Attribute::Int(2)),
+                ],
+            );
+            let sigmoid = b.one(
+                "Sigmoid",
+                &format!("{name}.mlp.sigmoid"),
+                &[&halves[0]],
+                vec![],
+            );
+            let silu = b.one(
+                "Mul",
+                &format!("{name}.mlp.silu"),
+                &[&halves[0], &sigmoid],
+                vec![],
+            );
+            b.one(
+                "Mul",
+                &format!("{name}.mlp.product"),
+                &[&silu, &halves[1]],
+                vec![],
+            )
+        } else {
+            b.one(
+                swiglu::NAME,
+                &format!("{name}.mlp.swiglu"),
+                &[&gate_up],
+                vec![],
+            )
+        };
         let down =
             checkpoint.tensor(&format!("{l}mlp.down_proj.weight"), &[hidden, intermediate])?;
         stream = b.linear(

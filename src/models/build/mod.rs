@@ -147,7 +147,7 @@ pub fn build(dir: &Path, precision: Precision) -> Result<Built, BuildError> {
                 version: 1,
             },
             OperatorSetIdProto {
-                domain: crate::vision::attention::DOMAIN.to_owned(),
+                domain: crate::vision::operators::DOMAIN.to_owned(),
                 version: 1,
             },
         ],

@@ -1,6 +1,6 @@
-//! The vector arithmetic of `DecoderAttention`: dot products, weighted sums of rows and the softmax,
-//! written as plain code over `pulp`'s vectors, so that one build runs the widest instructions the
-//! CPU has (AVX2 and FMA, AVX-512, NEON), chosen at run time.
+//! The vector arithmetic of Lookout's operators: dot products, weighted sums of rows, the softmax and
+//! its exponential, written as plain code over `pulp`'s vectors, so that one build runs the widest
+//! instructions the CPU has (AVX2 and FMA, AVX-512, NEON), chosen at run time.
 
 /// The most vectors of a row that [`weighted_sum`] sums at once.
 const SUM_VECTORS: usize = 4;
@@ -126,7 +126,7 @@ impl pulp::WithSimd for Exponentials<'_> {
 /// largest score's 1) it is 0: products of such weights are subnormal numbers, which the CPU handles
 /// a hundred times slower (a decoding step took 13 times as long on them).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     let negligible = x < -80.0;
     let x = x.max(-80.0);
     let n = (x * std::f32::consts::LOG2_E).round_ties_even();

@@ -1,5 +1,4 @@
-//! `DecoderAttention`: the attention of Lookout's own decoder, an ONNX Runtime custom operator
-//! (domain `ai.lookout`) registered with every session.
+//! `DecoderAttention`: the attention of Lookout's own decoder.
 //!
 //! It does what ONNX Runtime's `GroupQueryAttention` does in Lookout's graph (rotary embedding of the
 //! new queries and keys, the new keys and values written into the cache buffer in place, causal
@@ -31,16 +30,11 @@ use std::sync::Mutex;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use ort::operator::{
-    ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
+    ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput,
 };
 use ort::value::{TensorElementType, TensorValueType, ValueRef};
 
-use arithmetic::{Exponentials, dot, softmax, weighted_sum};
-
-mod arithmetic;
-
-/// The custom operators' domain, as graphs name it.
-pub const DOMAIN: &str = "ai.lookout";
+use super::arithmetic::{Exponentials, dot, softmax, weighted_sum};
 
 /// The operator's name in graphs.
 pub const NAME: &str = "DecoderAttention";
@@ -49,12 +43,7 @@ pub const NAME: &str = "DecoderAttention";
 /// its last query, so causal attention costs about half the full product.
 const QUERY_BLOCK: usize = 128;
 
-/// The domain to register with a session so that it can run Lookout's decoder.
-pub fn operators() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(DecoderAttention)
-}
-
-struct DecoderAttention;
+pub(super) struct DecoderAttention;
 
 impl Operator for DecoderAttention {
     type Kernel<'attr> = Attention;

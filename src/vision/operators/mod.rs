@@ -1,0 +1,23 @@
+//! Lookout's own ONNX Runtime operators (domain `ai.lookout`), registered with every session, for
+//! what the runtime's CPU kernels do slower in Lookout's decoder graph (`lookout models build`):
+//! - `DecoderAttention` (`attention`): grouped-query attention on the fixed cache buffers, each cached
+//!   row read once for all the query heads that share it;
+//! - `SwiGlu` (`swiglu`): a Llama MLP's gate in one pass, where the runtime runs three kernels.
+//!
+//! They compute in f32: the fp16 graph, meant for accelerators, uses the runtime's own operators.
+
+mod arithmetic;
+pub mod attention;
+pub mod swiglu;
+
+use ort::operator::OperatorDomain;
+
+/// The operators' domain, as graphs name it.
+pub const DOMAIN: &str = "ai.lookout";
+
+/// The domain to register with a session so that it can run Lookout's decoder.
+pub fn operators() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?
+        .add(attention::DecoderAttention)?
+        .add(swiglu::SwiGlu)
+}
