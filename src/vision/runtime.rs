@@ -135,15 +135,18 @@ pub fn environment(library: &Path) -> Result<Environment, RuntimeError> {
         .build()
         .map_err(|error| RuntimeError::Environment(error.to_string()))?;
     info!(library = %library.display(), "ONNX Runtime loaded.");
-    share_cpu_arena(&environment).map_err(|error| RuntimeError::Environment(error.to_string()))?;
+    if let Err(error) = share_cpu_arena(&environment) {
+        warn!(error = %error, "Cannot share one CPU memory arena between the sessions; each keeps its own.");
+    }
     preload_cuda(library);
     *shared = Some(environment.clone());
     Ok(environment)
 }
 
 /// Registers one CPU memory arena with the environment, for every session made with
-/// `session.use_env_allocators` (see the module's notes on the arena). It grows by what is asked, not
-/// by powers of two. ort has no wrapper for this part of the C API.
+/// `session.use_env_allocators` (see the module's notes on the arena; without it, each session makes
+/// its own). It grows by what is asked, not by powers of two. ort has no wrapper for this part of the
+/// C API.
 #[allow(unsafe_code)]
 fn share_cpu_arena(environment: &Environment) -> ort::Result<()> {
     use ort::AsPointer;
@@ -605,8 +608,8 @@ fn compiled_cache(offer: &Offer, compiled: &Path) -> Option<Vec<(String, String)
 }
 
 /// Where ONNX Runtime put the nodes of `session` (made with `session.record_ep_graph_assignment_info`),
-/// against `provider`, the one asked for. ort has no wrapper for this part of the C API, hence the only
-/// unsafe code in Lookout: each pointer comes from ONNX Runtime and lives as long as the session.
+/// against `provider`, the one asked for. ort has no wrapper for this part of the C API, hence unsafe
+/// code: each pointer comes from ONNX Runtime and lives as long as the session.
 #[allow(unsafe_code)]
 fn assignment(session: &Session, graph: &Path, provider: &str) -> ort::Result<Assignment> {
     use ort::AsPointer;
