@@ -14,9 +14,11 @@
 //! out of the single row ("parked", compact: only its valid positions) so that the row is free for
 //! the next prompt; a shared prefix is parked once and copied back in under each question, whose
 //! own parked positions refer to the prefix's rather than copy them (868 MB down to 831 in the run
-//! above). Decoding copies each answer's parked positions into its row once, then steps in place. A
-//! row whose answer is complete stays in the batch, idle (one masked position), until the batch
-//! ends: moving the others would be a copy, and the idle row costs a few multiply-adds a step.
+//! above). Parking gives the row's pages back, and loading frees what it copies unless another
+//! question shares it, so a sequence is never held twice in full (831 down to 799). Decoding copies
+//! each answer's parked positions into its row once, then steps in place. A row whose answer is
+//! complete stays in the batch, idle (one masked position), until the batch ends: moving the others
+//! would be a copy, and the idle row costs a few multiply-adds a step.
 //!
 //! The single row and the batch rows are separate buffers because ONNX Runtime binds a whole tensor:
 //! a prefill with one row cannot run on a tensor of several.
@@ -72,20 +74,6 @@ impl CacheElement {
     }
 
     /// A cache tensor's bytes.
-    fn bytes(self, tensor: &DynTensor) -> Result<&[u8], AnalyseError> {
-        Ok(match self {
-            CacheElement::F32 => {
-                bytemuck::cast_slice(tensor.try_extract_tensor::<f32>().map_err(ort_error)?.1)
-            }
-            CacheElement::F16 => bytemuck::cast_slice(
-                tensor
-                    .try_extract_tensor::<half::f16>()
-                    .map_err(ort_error)?
-                    .1,
-            ),
-        })
-    }
-
     fn bytes_mut(self, tensor: &mut DynTensor) -> Result<&mut [u8], AnalyseError> {
         Ok(match self {
             CacheElement::F32 => bytemuck::cast_slice_mut(
@@ -130,6 +118,12 @@ struct Segment {
     start: usize,
     len: usize,
     tensors: Vec<Vec<u8>>,
+}
+
+impl Segment {
+    fn positions(&self) -> Range<usize> {
+        self.start..self.start + self.len
+    }
 }
 
 impl ParkedRows {
@@ -365,18 +359,25 @@ impl FixedDecoder {
         self.make_room(total)?;
         if let Some(past) = past {
             debug_assert_eq!(past.len(), past_len, "the past holds the positions before");
-            self.load(false, 0, past)?;
+            self.load(false, 0, past.segments.clone())?;
         }
         let keep = if all_positions { count } else { 1 };
         let logits = self.run(false, embeds, count, vec![1; total], keep)?;
         let logits = wanted_logits(&logits, vocab, 1, count, all_positions);
         let shape = self.shape;
         let own = past_len..total;
+        // Each tensor's pages go back to the system once parked, so that the sequence is not held
+        // twice in full.
         let tensors = self
             .single
             .tensors
-            .iter()
-            .map(|tensor| Ok(park(shape.element.bytes(tensor)?, &shape, 0, own.clone())))
+            .iter_mut()
+            .map(|tensor| {
+                let bytes = shape.element.bytes_mut(tensor)?;
+                let parked = park(bytes, &shape, 0, own.clone());
+                release_pages(bytes);
+                Ok(parked)
+            })
             .collect::<Result<_, AnalyseError>>()?;
         let mut segments = past.map_or_else(Vec::new, |past| past.segments.clone());
         segments.push(Arc::new(Segment {
@@ -387,18 +388,40 @@ impl FixedDecoder {
         Ok((logits, ParkedRows { segments }))
     }
 
-    /// Copies `parked` into `row` of the single or the batch buffer.
-    fn load(&mut self, several: bool, row: usize, parked: &ParkedRows) -> Result<(), AnalyseError> {
+    /// Copies the segments of a parked sequence into `row` of the single or the batch buffer, tensor
+    /// by tensor. What no other sequence shares is freed as soon as it is copied, so that a sequence
+    /// is not held twice in full.
+    fn load(
+        &mut self,
+        several: bool,
+        row: usize,
+        segments: Vec<Arc<Segment>>,
+    ) -> Result<(), AnalyseError> {
         let shape = self.shape;
         let buffer = match (several, self.several.as_mut()) {
             (true, Some(buffer)) => buffer,
             _ => &mut self.single,
         };
+        let mut segments: Vec<Result<Segment, Arc<Segment>>> =
+            segments.into_iter().map(Arc::try_unwrap).collect();
         for (index, tensor) in buffer.tensors.iter_mut().enumerate() {
             let bytes = shape.element.bytes_mut(tensor)?;
-            for segment in &parked.segments {
-                let positions = segment.start..segment.start + segment.len;
-                unpark(bytes, &shape, row, &segment.tensors[index], positions);
+            for segment in &mut segments {
+                match segment {
+                    Ok(own) => {
+                        let values = std::mem::take(&mut own.tensors[index]);
+                        unpark(bytes, &shape, row, &values, own.positions());
+                    }
+                    Err(shared) => {
+                        unpark(
+                            bytes,
+                            &shape,
+                            row,
+                            &shared.tensors[index],
+                            shared.positions(),
+                        );
+                    }
+                }
             }
         }
         Ok(())
@@ -427,13 +450,11 @@ impl FixedDecoder {
                 caches.len()
             )));
         }
-        for (row, cache) in caches.iter().enumerate() {
-            self.load(several, row, cache)?;
+        let rows = (0..caches.len()).collect();
+        for (row, cache) in caches.into_iter().enumerate() {
+            self.load(several, row, cache.segments)?;
         }
-        Ok(FixedBatch {
-            several,
-            rows: (0..caches.len()).collect(),
-        })
+        Ok(FixedBatch { several, rows })
     }
 
     /// One decoding step of the batch's answers (`embeds`: one position each, holding `cached`
