@@ -115,17 +115,10 @@ pub(in crate::vision::smolvlm) struct ParkedRows {
     segments: Vec<Arc<Segment>>,
 }
 
-/// Positions `start..start + len` of every cache tensor, each `[kv_heads, len, head_dim]`, as bytes.
+/// Positions `positions` of every cache tensor, each `[kv_heads, positions, head_dim]`, as bytes.
 struct Segment {
-    start: usize,
-    len: usize,
+    positions: Range<usize>,
     tensors: Vec<Vec<u8>>,
-}
-
-impl Segment {
-    fn positions(&self) -> Range<usize> {
-        self.start..self.start + self.len
-    }
 }
 
 impl ParkedRows {
@@ -133,7 +126,7 @@ impl ParkedRows {
     fn len(&self) -> usize {
         self.segments
             .last()
-            .map_or(0, |segment| segment.start + segment.len)
+            .map_or(0, |segment| segment.positions.end)
     }
 }
 
@@ -383,8 +376,7 @@ impl FixedDecoder {
             .collect::<Result<_, AnalyseError>>()?;
         let mut segments = past.map_or_else(Vec::new, |past| past.segments.clone());
         segments.push(Arc::new(Segment {
-            start: own.start,
-            len: own.len(),
+            positions: own,
             tensors,
         }));
         Ok((logits, ParkedRows { segments }))
@@ -413,7 +405,7 @@ impl FixedDecoder {
                     Ok(own) => {
                         // Freed memory would stay resident in the allocator's heap until reused.
                         let mut values = std::mem::take(&mut own.tensors[index]);
-                        unpark(bytes, &shape, row, &values, own.positions());
+                        unpark(bytes, &shape, row, &values, own.positions.clone());
                         release_pages(&mut values);
                     }
                     Err(shared) => {
@@ -422,7 +414,7 @@ impl FixedDecoder {
                             &shape,
                             row,
                             &shared.tensors[index],
-                            shared.positions(),
+                            shared.positions.clone(),
                         );
                     }
                 }
