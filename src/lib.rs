@@ -26,7 +26,7 @@
 //! the dataset, push acks); each stage owns its config struct and checks it with the leaf `validate`.
 //! The other leaves: `stats` (the counters every stage counts into and marks its units of work in, for
 //! the watchdog), `backoff` (the one retry delay), `durable` (whole-file writes), `env` (the process
-//! environment as a value), `errors` (error chains, and the secrets the process knows: every log line,
+//! environment as a value), `https` (the one HTTPS client builder, its TLS provider installed), `errors` (error chains, and the secrets the process knows: every log line,
 //! MQTT payload and record on disk passes it on the way out and leaves without them) and `outbox` (the
 //! on-disk log that both the publisher's outbox and escalation's offline queue are).
 //!
@@ -58,6 +58,7 @@ pub mod errors;
 pub mod escalate;
 pub mod gate;
 pub mod health;
+pub mod https;
 pub mod message;
 pub mod models;
 pub mod outbox;

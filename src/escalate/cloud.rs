@@ -105,7 +105,7 @@ pub struct Cloud {
 
 impl Cloud {
     pub fn new(config: &EscalationConfig, env: Env, stats: Arc<Stats>) -> Cloud {
-        let http = reqwest::Client::builder()
+        let http = crate::https::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("lookout/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -109,12 +109,12 @@ impl Fetch {
             url: url.to_owned(),
             reason,
         };
-        let metadata_client = reqwest::Client::builder()
+        let metadata_client = crate::https::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(20))
             .build()
             .map_err(|error| http(&self.endpoint, error.to_string()))?;
-        let download_client = reqwest::Client::builder()
+        let download_client = crate::https::client_builder()
             .connect_timeout(std::time::Duration::from_secs(20))
             .read_timeout(std::time::Duration::from_secs(60))
             .build()

@@ -46,7 +46,7 @@ impl HttpSource {
         timeout: Duration,
         auth: Option<HttpAuth>,
     ) -> Result<HttpSource, SourceError> {
-        let client = reqwest::Client::builder()
+        let client = crate::https::client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()

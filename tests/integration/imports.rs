@@ -17,8 +17,8 @@ const STAGES: [(&str, Option<&str>); 6] = [
 
 /// Modules every other may use; they name no stage and nothing outside the leaves. `outbox` is the
 /// on-disk log both queues use (the publisher's outbox and escalation's offline queue).
-const LEAVES: [&str; 8] = [
-    "message", "validate", "errors", "stats", "backoff", "durable", "env", "outbox",
+const LEAVES: [&str; 9] = [
+    "message", "validate", "errors", "stats", "backoff", "durable", "env", "outbox", "https",
 ];
 
 /// The modules of the crate that `text` (a file under src/) names with `crate::`, comments left out.
