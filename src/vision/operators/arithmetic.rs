@@ -73,6 +73,26 @@ pub(super) fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
         + a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum::<f32>()
 }
 
+/// Asks the CPU to start loading `row` into its nearest cache, a line (64 bytes) at a time, ahead of
+/// its use. Only a hint: it reads nothing into the program and never faults. On CPUs other than x86-64
+/// it does nothing (Rust has no stable prefetch there), and the hardware's own prefetching is all.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(super) fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: a prefetch has no effect the program can observe and cannot fault, whatever the
+        // address; this one is a live slice's.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
 /// `scores` turned into probabilities in place.
 pub(super) fn softmax(scores: &mut [f32]) {
     let (_, sum) = pulp::Arch::new().dispatch(Exponentials(scores));

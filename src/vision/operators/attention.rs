@@ -11,6 +11,10 @@
 //! threads stream the cache however few the heads, and merges the chunks' partial softmaxes (as
 //! flash-decoding does). Timed inside one process, alternating the two ways step by step, the
 //! operator took 13-17% less time than with one head a thread, at 100 and at 900 cached positions.
+//! While a chunk's keys are scored, its value rows are prefetched: the scoring gives the loads time to
+//! arrive before the weighted sums read the rows. On its own, over 30 layers' caches of 884 and 2,000
+//! positions (far past the CPU's caches), a step took 19-25% less time with it on 2 threads, and
+//! 20-22% on one (alternating with and without, in one process).
 //!
 //! Inputs: the packed `qkv` projections `[batch, sequence, (heads + 2 kv_heads) x head_dim]`, the cache
 //! buffers `past_key` and `past_value` `[batch, kv_heads, capacity, head_dim]` (bound as the outputs
@@ -34,7 +38,7 @@ use ort::operator::{
 };
 use ort::value::{TensorElementType, TensorValueType, ValueRef};
 
-use super::arithmetic::{Exponentials, dot, softmax, weighted_sum};
+use super::arithmetic::{Exponentials, dot, prefetch, softmax, weighted_sum};
 
 /// The operator's name in graphs.
 pub const NAME: &str = "DecoderAttention";
@@ -542,7 +546,14 @@ impl pulp::WithSimd for StepChunk<'_> {
         let heads = queries.len() / head_dim;
         let positions = keys.len() / head_dim;
         let mut weights = vec![0.0f32; heads * positions];
-        for (t, key) in keys.chunks_exact(head_dim).enumerate() {
+        for ((t, key), value) in keys
+            .chunks_exact(head_dim)
+            .enumerate()
+            .zip(values.chunks_exact(head_dim))
+        {
+            // The value rows come next: asked for while the keys are scored, they are in the cache
+            // when the weighted sums need them, instead of each load waiting on memory then.
+            prefetch(value);
             for (j, query) in queries.chunks_exact(head_dim).enumerate() {
                 weights[j * positions + t] = dot(simd, query, key);
             }
