@@ -32,7 +32,7 @@ use ort::ep;
 use ort::ep::ExecutionProvider;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Provider, RuntimeError, accelerator, nvidia_driver};
 use crate::vision::device::{AcceleratorKind, Assignment, Offer, Route};
@@ -204,11 +204,12 @@ fn placed(
     }
 }
 
-/// Whether `offer`'s provider compiles the graphs for its device at load, which `compiled_cache` keeps:
-/// OpenVINO's. (TensorRT, reached through `vision.providers`, keeps its engines by `tensorrt_cached`;
-/// QNN's compiled context is not kept.)
+/// Whether `offer`'s provider compiles the graphs for its device at load, and Lookout keeps what it
+/// compiles: OpenVINO's (its cache folder, `compiled_cache`) and QNN's (its compiled context,
+/// `CompiledContext`). TensorRT, reached through `vision.providers`, keeps its engines by
+/// `tensorrt_cached`.
 pub fn compiles(offer: &Offer) -> bool {
-    offer.provider == "OpenVINOExecutionProvider"
+    offer.provider == "OpenVINOExecutionProvider" || offer.provider == ep::QNN::NAME
 }
 
 /// The options that have `offer`'s provider keep what it compiles in a folder of its own under
@@ -351,9 +352,11 @@ pub fn load_session(
     };
     let (mut builder, runs_on, provider) =
         placed(environment, builder, placement).map_err(|error| fail(error.to_string()))?;
-    let session = builder
-        .commit_from_file(path)
-        .map_err(|error| fail(error.to_string()))?;
+    let session = match CompiledContext::of(placement, path) {
+        Some(context) => context.open(builder, path),
+        None => builder.commit_from_file(path),
+    }
+    .map_err(|error| fail(error.to_string()))?;
     let assignment =
         assignment(&session, path, &provider).map_err(|error| fail(error.to_string()))?;
     Ok(Opened {
@@ -361,4 +364,158 @@ pub fn load_session(
         runs_on,
         assignment,
     })
+}
+
+/// QNN's compiled form of one graph, kept as an EPContext model (ONNX Runtime's `ep.context_*`
+/// session options, the context binary embedded in it) in `qnn/` under the compiled folder. QNN
+/// compiles a graph for the NPU at every session otherwise, the slowest part of a start. The first
+/// start compiles and writes it; later starts open it in place of the graph. Its name carries the
+/// graph's name, the folder it is in, its size and its modification time, so a graph replaced or
+/// rebuilt (`lookout models build`) is compiled anew; one that will not open is removed and compiled
+/// again.
+struct CompiledContext {
+    kept: PathBuf,
+}
+
+impl CompiledContext {
+    /// The compiled context of `graph` on `placement`: when the accelerator `vision.device` chose is
+    /// QNN's (a hand-made `vision.providers` list compiles at every start); `None` for a graph that
+    /// cannot be read.
+    fn of(placement: &Placement, graph: &Path) -> Option<CompiledContext> {
+        use sha2::Digest;
+        let Placement::Accelerator(offer, compiled) = placement else {
+            return None;
+        };
+        if offer.provider != ep::QNN::NAME {
+            return None;
+        }
+        let metadata = std::fs::metadata(graph).ok()?;
+        let modified = metadata
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        let folder = sha2::Sha256::digest(graph.parent()?.as_os_str().as_encoded_bytes());
+        let folder: String = folder[..4]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let stem = graph.file_stem()?.to_string_lossy();
+        Some(CompiledContext {
+            kept: compiled.join("qnn").join(format!(
+                "{stem}-{folder}-{:x}-{modified:x}.onnx",
+                metadata.len()
+            )),
+        })
+    }
+
+    /// The session of `graph`: from the kept compiled context when there is one that opens, else
+    /// compiled from the graph, its compiled context written for the next start.
+    fn open(&self, mut builder: SessionBuilder, graph: &Path) -> ort::Result<Session> {
+        if self.kept.is_file() {
+            match builder.commit_from_file(&self.kept) {
+                Ok(session) => return Ok(session),
+                Err(error) => {
+                    warn!(kept = %self.kept.display(), error = %error, "The kept compiled context does not open; compiling the graph again.");
+                    let _ = std::fs::remove_file(&self.kept);
+                }
+            }
+        }
+        // Written under another name and renamed once whole, so that a start cut short leaves no
+        // half-written context for the next to open.
+        let partial = self.kept.with_extension("onnx.partial");
+        let folder = self.kept.parent().unwrap_or(Path::new("."));
+        if let Err(error) = std::fs::create_dir_all(folder) {
+            warn!(folder = %folder.display(), error = %error, "Cannot keep QNN's compiled context; each start compiles the graph again.");
+            return builder.commit_from_file(graph);
+        }
+        let _ = std::fs::remove_file(&partial);
+        info!(graph = %graph.display(), kept = %self.kept.display(), "Compiling the graph for QNN; its compiled context is kept for the next start.");
+        let started = std::time::Instant::now();
+        let session = builder
+            .with_config_entry("ep.context_enable", "1")?
+            .with_config_entry("ep.context_embed_mode", "1")?
+            .with_config_entry("ep.context_file_path", partial.to_string_lossy())?
+            .commit_from_file(graph)?;
+        let seconds = started.elapsed().as_secs_f64();
+        match std::fs::rename(&partial, &self.kept) {
+            Ok(()) => {
+                info!(graph = %graph.display(), seconds, "Compiled the graph for QNN and kept its compiled context.")
+            }
+            Err(error) => {
+                warn!(graph = %graph.display(), seconds, error = %error, "Compiled the graph for QNN but could not keep its compiled context; the next start compiles it again.")
+            }
+        }
+        Ok(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::device::Offer;
+
+    fn qnn(compiled: &Path) -> Placement {
+        Placement::Accelerator(
+            Offer::built_in(Provider::Qnn).expect("QNN is an accelerator"),
+            compiled.to_owned(),
+        )
+    }
+
+    #[test]
+    fn qnn_keeps_a_compiled_context_per_graph_renamed_when_the_graph_changes() {
+        let folder = tempfile::tempdir().unwrap();
+        let compiled = folder.path().join("compiled");
+        let models = [folder.path().join("a"), folder.path().join("b")];
+        let graphs = models.each_ref().map(|model| {
+            std::fs::create_dir_all(model).unwrap();
+            let graph = model.join("decoder_model_merged_fp16.onnx");
+            std::fs::write(&graph, b"first").unwrap();
+            graph
+        });
+        let kept = |graph: &Path| CompiledContext::of(&qnn(&compiled), graph).unwrap().kept;
+        let first = kept(&graphs[0]);
+        assert!(
+            first.starts_with(compiled.join("qnn")),
+            "{}",
+            first.display()
+        );
+        let name = first.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("decoder_model_merged_fp16-") && name.ends_with(".onnx"),
+            "{name}"
+        );
+        assert_eq!(kept(&graphs[0]), first, "the same graph keeps its name");
+        assert_ne!(
+            kept(&graphs[1]),
+            first,
+            "a graph of another folder has its own"
+        );
+        std::fs::write(&graphs[0], b"rebuilt graph").unwrap();
+        assert_ne!(kept(&graphs[0]), first, "a rebuilt graph is compiled anew");
+    }
+
+    #[test]
+    fn only_qnn_placements_keep_a_compiled_context() {
+        let folder = tempfile::tempdir().unwrap();
+        let graph = folder.path().join("vision_encoder.onnx");
+        std::fs::write(&graph, b"graph").unwrap();
+        let compiled = folder.path().join("compiled");
+        let cuda =
+            Placement::Accelerator(Offer::built_in(Provider::Cuda).unwrap(), compiled.clone());
+        for placement in [
+            Placement::Cpu,
+            cuda,
+            Placement::Listed(vec![Provider::Qnn], compiled.clone()),
+        ] {
+            assert!(
+                CompiledContext::of(&placement, &graph).is_none(),
+                "{placement:?}"
+            );
+        }
+        assert!(
+            CompiledContext::of(&qnn(&compiled), &folder.path().join("missing.onnx")).is_none()
+        );
+    }
 }
