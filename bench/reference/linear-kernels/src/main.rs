@@ -1,0 +1,277 @@
+//! Int8 linear-layer kernels at SmolVLM2-256M's sizes, timed in one process against ONNX Runtime's
+//! MatMulNBits (8 bits, blocks of 128, accuracy_level 4): the groundwork for a decoder operator of
+//! Lookout's own. A tool, outside the build and CI.
+//!
+//! The chain is one decoding step's weights: 30 layers of qkv (960x576), o (576x576), gate/up
+//! (3072x576) and down (576x1536), then the LM head (49280x576), random levels and scales, written by
+//! `make_chain.py DIR` as an ONNX graph of MatMulNBits nodes and as raw bytes for the kernels here.
+//! Printed, alternating the ways round by round: MatMulNBits at 88 rows (a one-image prefill) against a
+//! kernel here taking 4 rows a pass; one row (a decoding step) through MatMulNBits, through the kernel
+//! here (activations quantized per block to 16 bits, `vpmaddwd` over the weights widened to 16 bits,
+//! two weight rows at a time, on two threads), and a plain sum over the same bytes with the same
+//! thread hand-offs (the bandwidth a kernel could reach).
+//!
+//!   python make_chain.py /tmp/chain && cargo build --release &&
+//!   CHAIN=/tmp/chain PF=1024 ORT_DYLIB_PATH=.../libonnxruntime.so target/release/linear-kernels [own-first]
+//!
+//! `PF`: how many bytes ahead of each weight row the kernel prefetches (0: none). `own-first`: load the
+//! kernel's copy of the weights before the session's (the order moved figures by up to 20% here).
+//! x86-64 with AVX2 and FMA only.
+
+use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::time::Instant;
+use ort::session::Session;
+use ort::value::Tensor;
+
+const BS: usize = 128;
+
+fn dir() -> String {
+    std::env::var("CHAIN").unwrap_or_else(|_| "/tmp/chain".to_owned())
+}
+struct W { n: usize, k: usize, blocks: usize, q: Vec<u8>, s: Vec<f32> }
+
+fn load() -> Vec<W> {
+    let bytes = std::fs::read(format!("{}/chain.bin", dir())).unwrap();
+    let mut at = 0;
+    let mut shapes = vec![];
+    for _ in 0..30 { shapes.extend([(960, 576), (576, 576), (3072, 576), (576, 1536)]); }
+    shapes.push((49280, 576));
+    shapes.into_iter().map(|(n, k): (usize, usize)| {
+        let blocks = k.div_ceil(BS);
+        let q = bytes[at..at + n * blocks * BS].to_vec(); at += n * blocks * BS;
+        let s: Vec<f32> = bytes[at..at + n * blocks * 4].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(); at += n * blocks * 4;
+        W { n, k, blocks, q, s }
+    }).collect()
+}
+
+struct Act { q: Vec<i16>, scale: Vec<f32>, corr: Vec<f32> }
+fn quantize(x: &[f32]) -> Act {
+    let blocks = x.len().div_ceil(BS);
+    let mut q = vec![0i16; blocks * BS]; let mut scale = vec![0f32; blocks]; let mut corr = vec![0f32; blocks];
+    for b in 0..blocks {
+        let xs = &x[b * BS..((b + 1) * BS).min(x.len())];
+        let m = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if m > 0.0 { m / 32767.0 } else { 1.0 };
+        let mut sum = 0i64;
+        for (i, v) in xs.iter().enumerate() { let t = (v / s).round() as i16; q[b * BS + i] = t; sum += t as i64; }
+        scale[b] = s; corr[b] = 128.0 * sum as f32;
+    }
+    Act { q, scale, corr }
+}
+
+static PF: AtomicUsize = AtomicUsize::new(0);
+static SUM: AtomicUsize = AtomicUsize::new(0);
+#[target_feature(enable = "avx2")]
+unsafe fn sum_rows(w: &W, out: *mut f32, r0: usize, r1: usize) { unsafe {
+    let p = w.q.as_ptr().add(r0 * w.blocks * BS); let len = (r1 - r0) * w.blocks * BS;
+    let mut acc = _mm256_setzero_si256(); let mut i = 0;
+    while i + 32 <= len { acc = _mm256_add_epi8(acc, _mm256_loadu_si256(p.add(i) as *const __m256i)); i += 32; }
+    let mut t = [0i8; 32]; _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, acc);
+    *out.add(r0) = t.iter().map(|&x| x as f32).sum();
+}}
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows(w: &W, a: &Act, out: *mut f32, r0: usize, r1: usize) { unsafe {
+    if SUM.load(Relaxed) == 1 { return sum_rows(w, out, r0, r1); }
+    let blocks = w.blocks;
+    let mut n = r0;
+    while n + 2 <= r1 {
+        let p0 = w.q.as_ptr().add(n * blocks * BS);
+        let p1 = p0.add(blocks * BS);
+        let mut f0 = _mm256_setzero_ps(); let mut f1 = _mm256_setzero_ps();
+        let mut c0 = 0f32; let mut c1 = 0f32;
+        for b in 0..blocks {
+            let mut a0 = _mm256_setzero_si256(); let mut a1 = _mm256_setzero_si256();
+            let ap = a.q.as_ptr().add(b * BS);
+            let d = PF.load(Relaxed);
+            if d > 0 { _mm_prefetch::<_MM_HINT_T0>(p0.add(b * BS + d) as *const i8); _mm_prefetch::<_MM_HINT_T0>(p0.add(b * BS + d + 64) as *const i8);
+                       _mm_prefetch::<_MM_HINT_T0>(p1.add(b * BS + d) as *const i8); _mm_prefetch::<_MM_HINT_T0>(p1.add(b * BS + d + 64) as *const i8); }
+            for c in 0..BS / 16 {
+                let av = _mm256_loadu_si256(ap.add(c * 16) as *const __m256i);
+                let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p0.add(b * BS + c * 16) as *const __m128i));
+                let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p1.add(b * BS + c * 16) as *const __m128i));
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w0, av));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w1, av));
+            }
+            let s0 = *w.s.get_unchecked(n * blocks + b) * a.scale[b];
+            let s1 = *w.s.get_unchecked((n + 1) * blocks + b) * a.scale[b];
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), _mm256_set1_ps(s0), f0);
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_set1_ps(s1), f1);
+            c0 += s0 * a.corr[b]; c1 += s1 * a.corr[b];
+        }
+        *out.add(n) = hsum(f0) - c0; *out.add(n + 1) = hsum(f1) - c1;
+        n += 2;
+    }
+}}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_multi(w: &W, acts: &[Act], out: *mut f32, stride: usize, r0: usize, r1: usize) { unsafe {
+    let blocks = w.blocks;
+    let m = acts.len();
+    for n in r0..r1 {
+        let p0 = w.q.as_ptr().add(n * blocks * BS);
+        let mut g = 0;
+        while g < m {
+            let take = (m - g).min(4);
+            let mut f = [_mm256_setzero_ps(); 4];
+            let mut corr = [0f32; 4];
+            for b in 0..blocks {
+                let mut acc = [_mm256_setzero_si256(); 4];
+                for c in 0..BS / 16 {
+                    let wv = _mm256_cvtepu8_epi16(_mm_loadu_si128(p0.add(b * BS + c * 16) as *const __m128i));
+                    for r in 0..4 { if r < take {
+                        let av = _mm256_loadu_si256(acts[g + r].q.as_ptr().add(b * BS + c * 16) as *const __m256i);
+                        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(wv, av));
+                    } }
+                }
+                let ws = *w.s.get_unchecked(n * blocks + b);
+                for r in 0..4 { if r < take {
+                    let sc = ws * acts[g + r].scale[b];
+                    f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(sc), f[r]);
+                    corr[r] += sc * acts[g + r].corr[b];
+                } }
+            }
+            for r in 0..take { *out.add((g + r) * stride + n) = hsum(f[r]) - corr[r]; }
+            g += take;
+        }
+    }
+}}
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 { unsafe {
+    let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    let s = _mm_hadd_ps(s, s); let s = _mm_hadd_ps(s, s); _mm_cvtss_f32(s)
+}}
+
+// a two-thread pool: the worker spins on `job`
+struct Pool { job: AtomicUsize, done: AtomicUsize, task: std::sync::Mutex<Option<(usize, usize, usize, usize)>> }
+
+fn main() {
+    let order_own_first = std::env::args().nth(1).as_deref() == Some("own-first");
+    PF.store(std::env::var("PF").map(|v| v.parse().unwrap()).unwrap_or(0), Relaxed);
+    let env = ort::init_from(std::env::var("ORT_DYLIB_PATH").unwrap()).unwrap().build().unwrap();
+    let (ws, mut session) = if order_own_first {
+        let ws = load();
+        let s = Session::builder(&env).unwrap().with_intra_threads(2).unwrap().with_config_entry("session.force_spinning_stop", "1").unwrap().commit_from_file(format!("{}/chain.onnx", dir())).unwrap();
+        (ws, s)
+    } else {
+        let s = Session::builder(&env).unwrap().with_intra_threads(2).unwrap().with_config_entry("session.force_spinning_stop", "1").unwrap().commit_from_file(format!("{}/chain.onnx", dir())).unwrap();
+        (load(), s)
+    };
+    let bytes: usize = ws.iter().map(|w| w.q.len() + w.s.len() * 4).sum();
+    let x576: Vec<f32> = (0..576).map(|i| ((i as f32) * 0.37).sin()).collect();
+    let x1536: Vec<f32> = (0..1536).map(|i| ((i as f32) * 0.11).cos()).collect();
+    // correctness: compare last node of ORT with own
+    let outs = session.run(ort::inputs!["x576" => Tensor::from_array(([1usize, 576], x576.clone())).unwrap(), "x1536" => Tensor::from_array(([1usize, 1536], x1536.clone())).unwrap()]).unwrap();
+    let ort_first: Vec<f32> = outs["w0"].try_extract_tensor::<f32>().unwrap().1.to_vec();
+    drop(outs);
+    let a576 = quantize(&x576); let a1536 = quantize(&x1536);
+    let mut out = vec![0f32; 49280];
+    unsafe { rows(&ws[0], &a576, out.as_mut_ptr(), 0, 960) };
+    let err = ort_first.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let mag = ort_first.iter().fold(0f32, |m, v| m.max(v.abs()));
+    println!("{} MB; max |ORT - own| on w0: {err} (of {mag})", bytes / 1_000_000);
+
+    {
+        let w = &ws[1]; let t = Instant::now();
+        for _ in 0..2000 { unsafe { rows(w, &a576, out.as_mut_ptr(), 0, w.n) }; }
+        let e = t.elapsed().as_secs_f64();
+        println!("own kernel, one thread, weights in L2: {:.1} GB/s", (w.q.len() * 2000) as f64 / e / 1e9);
+        SUM.store(1, Relaxed); let t = Instant::now();
+        for _ in 0..2000 { unsafe { rows(w, &a576, out.as_mut_ptr(), 0, w.n) }; }
+        let e = t.elapsed().as_secs_f64(); SUM.store(0, Relaxed);
+        println!("sum, one thread, in L2: {:.1} GB/s", (w.q.len() * 2000) as f64 / e / 1e9);
+    }
+
+    {
+        const M: usize = 88;
+        let x576m: Vec<f32> = (0..M * 576).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let x1536m: Vec<f32> = (0..M * 1536).map(|i| ((i as f32) * 0.11).cos()).collect();
+        let mut out = vec![0f32; M * 49280];
+        let mut t_ort = vec![]; let mut t_own = vec![];
+        for round in 0..6 {
+            for k in 0..2 {
+                let t = Instant::now();
+                if (round + k) % 2 == 0 {
+                    let o = session.run(ort::inputs!["x576" => Tensor::from_array(([M, 576], x576m.clone())).unwrap(), "x1536" => Tensor::from_array(([M, 1536], x1536m.clone())).unwrap()]).unwrap();
+                    drop(o); t_ort.push(t.elapsed().as_secs_f64());
+                } else {
+                    let a576: Vec<Act> = x576m.chunks(576).map(quantize).collect();
+                    let a1536: Vec<Act> = x1536m.chunks(1536).map(quantize).collect();
+                    let outp = out.as_mut_ptr() as usize;
+                    for w in ws.iter() {
+                        let acts = if w.k == 576 { &a576 } else { &a1536 };
+                        let half = w.n / 2;
+                        std::thread::scope(|sc| {
+                            sc.spawn(|| unsafe { rows_multi(w, acts, outp as *mut f32, w.n, half, w.n) });
+                            unsafe { rows_multi(w, acts, outp as *mut f32, w.n, 0, half) };
+                        });
+                    }
+                    t_own.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        t_ort.sort_by(|a, b| a.partial_cmp(b).unwrap()); t_own.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("prefill {M} rows: MatMulNBits {:.1} ms, own (i16 madd, 4 rows a pass) {:.1} ms (medians)", t_ort[3] * 1e3, t_own[3] * 1e3);
+        // correctness of multi-row against ORT on w0
+        let o = session.run(ort::inputs!["x576" => Tensor::from_array(([M, 576], x576m.clone())).unwrap(), "x1536" => Tensor::from_array(([M, 1536], x1536m.clone())).unwrap()]).unwrap();
+        let ort0: Vec<f32> = o["w0"].try_extract_tensor::<f32>().unwrap().1.to_vec();
+        let a576: Vec<Act> = x576m.chunks(576).map(quantize).collect();
+        let mut own0 = vec![0f32; M * 960];
+        unsafe { rows_multi(&ws[0], &a576, own0.as_mut_ptr(), 960, 0, 960) };
+        let err = ort0.iter().zip(&own0).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("max |ORT - own| prefill w0: {err}");
+    }
+    let pool = Pool { job: AtomicUsize::new(0), done: AtomicUsize::new(0), task: std::sync::Mutex::new(None) };
+    let outp = out.as_mut_ptr() as usize;
+    let stop = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let (pool, ws, a576, a1536, stop) = (&pool, &ws, &a576, &a1536, &stop);
+        let worker = scope.spawn(move || {
+            let mut seen = 0;
+            loop {
+                let j = pool.job.load(Acquire);
+                if j == seen { let st = stop.load(Acquire); if st == 1 { return; } if st == 2 { std::thread::park(); } std::hint::spin_loop(); continue; }
+                seen = j;
+                let (wi, r0, r1, o) = pool.task.lock().unwrap().unwrap();
+                let w = &ws[wi];
+                let a = if w.k == 576 { a576 } else { a1536 };
+                unsafe { rows(w, a, o as *mut f32, r0, r1) };
+                pool.done.fetch_add(1, Release);
+            }
+        });
+        stop.store(2, Release);
+        let own_chain = || {
+            for (wi, w) in ws.iter().enumerate() {
+                let half = (w.n / 2) & !1;
+                *pool.task.lock().unwrap() = Some((wi, half, w.n, outp));
+                let before = pool.done.load(Acquire);
+                pool.job.fetch_add(1, Release);
+                let a = if w.k == 576 { a576 } else { a1536 };
+                unsafe { rows(w, a, outp as *mut f32, 0, half) };
+                while pool.done.load(Acquire) == before { std::hint::spin_loop(); }
+            }
+        };
+        let mut t_ort = vec![]; let mut t_own = vec![]; let mut t_sum = vec![];
+        for round in 0..30 {
+            for k in 0..2 {
+                let ort_turn = (round + k) % 2 == 0;
+                let t = Instant::now();
+                if ort_turn {
+                    let o = session.run(ort::inputs!["x576" => Tensor::from_array(([1usize, 576], x576.clone())).unwrap(), "x1536" => Tensor::from_array(([1usize, 1536], x1536.clone())).unwrap()]).unwrap();
+                    drop(o);
+                    t_ort.push(t.elapsed().as_secs_f64());
+                } else { stop.store(0, Release); worker.thread().unpark(); own_chain(); t_own.push(t.elapsed().as_secs_f64());
+                    SUM.store(1, Relaxed); let t = Instant::now(); own_chain(); t_sum.push(t.elapsed().as_secs_f64()); SUM.store(0, Relaxed);
+                    stop.store(2, Release); }
+            }
+        }
+        stop.store(1, Release); worker.thread().unpark();
+        t_ort.sort_by(|a, b| a.partial_cmp(b).unwrap()); t_own.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let med = |v: &Vec<f64>| v[v.len() / 2];
+        println!("MatMulNBits chain: median {:.2} ms ({:.1} GB/s), best {:.2}", med(&t_ort) * 1e3, bytes as f64 / med(&t_ort) / 1e9, t_ort[0] * 1e3);
+        println!("own GEMV chain:    median {:.2} ms ({:.1} GB/s), best {:.2}", med(&t_own) * 1e3, bytes as f64 / med(&t_own) / 1e9, t_own[0] * 1e3);
+        t_sum.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("sum chain:         median {:.2} ms ({:.1} GB/s), best {:.2}", med(&t_sum) * 1e3, bytes as f64 / med(&t_sum) / 1e9, t_sum[0] * 1e3);
+        println!("ratio MatMulNBits/own median {:.2}", med(&t_ort) / med(&t_own));
+    });
+}
