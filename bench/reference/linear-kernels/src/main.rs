@@ -6,7 +6,7 @@
 //! (3072x576) and down (576x1536), then the LM head (49280x576), random levels and scales, written by
 //! `make_chain.py DIR` as an ONNX graph of MatMulNBits nodes and as raw bytes for the kernels here.
 //! Printed, alternating the ways round by round: MatMulNBits at 88 rows (a one-image prefill) against a
-//! kernel here taking 4 rows a pass; one row (a decoding step) through MatMulNBits, through the kernel
+//! kernel here taking 4 rows a pass over two weight rows; one row (a decoding step) through MatMulNBits, through the kernel
 //! here (activations quantized per block to 16 bits, `vpmaddwd` over the weights widened to 16 bits,
 //! two weight rows at a time, on two threads), and a plain sum over the same bytes with the same
 //! thread hand-offs (the bandwidth a kernel could reach).
@@ -104,36 +104,45 @@ unsafe fn rows(w: &W, a: &Act, out: *mut f32, r0: usize, r1: usize) { unsafe {
     }
 }}
 
+/// Several activation rows (a prefill), 4 a pass over two weight rows at a time: each weight load
+/// serves 4 rows and each activation load both weight rows.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_multi(w: &W, acts: &[Act], out: *mut f32, stride: usize, r0: usize, r1: usize) { unsafe {
     let blocks = w.blocks;
     let m = acts.len();
-    for n in r0..r1 {
+    let mut n = r0;
+    while n + 2 <= r1 {
         let p0 = w.q.as_ptr().add(n * blocks * BS);
+        let p1 = p0.add(blocks * BS);
         let mut g = 0;
         while g < m {
             let take = (m - g).min(4);
-            let mut f = [_mm256_setzero_ps(); 4];
-            let mut corr = [0f32; 4];
+            let mut f = [[_mm256_setzero_ps(); 2]; 4];
+            let mut corr = [[0f32; 2]; 4];
             for b in 0..blocks {
-                let mut acc = [_mm256_setzero_si256(); 4];
+                let mut acc = [[_mm256_setzero_si256(); 2]; 4];
                 for c in 0..BS / 16 {
-                    let wv = _mm256_cvtepu8_epi16(_mm_loadu_si128(p0.add(b * BS + c * 16) as *const __m128i));
+                    let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p0.add(b * BS + c * 16) as *const __m128i));
+                    let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p1.add(b * BS + c * 16) as *const __m128i));
                     for r in 0..4 { if r < take {
                         let av = _mm256_loadu_si256(acts[g + r].q.as_ptr().add(b * BS + c * 16) as *const __m256i);
-                        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(wv, av));
+                        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(w0, av));
+                        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(w1, av));
                     } }
                 }
-                let ws = *w.s.get_unchecked(n * blocks + b);
+                let ws = [*w.s.get_unchecked(n * blocks + b), *w.s.get_unchecked((n + 1) * blocks + b)];
                 for r in 0..4 { if r < take {
-                    let sc = ws * acts[g + r].scale[b];
-                    f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(sc), f[r]);
-                    corr[r] += sc * acts[g + r].corr[b];
+                    for j in 0..2 {
+                        let sc = ws[j] * acts[g + r].scale[b];
+                        f[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][j]), _mm256_set1_ps(sc), f[r][j]);
+                        corr[r][j] += sc * acts[g + r].corr[b];
+                    }
                 } }
             }
-            for r in 0..take { *out.add((g + r) * stride + n) = hsum(f[r]) - corr[r]; }
+            for r in 0..take { for j in 0..2 { *out.add((g + r) * stride + n + j) = hsum(f[r][j]) - corr[r][j]; } }
             g += take;
         }
+        n += 2;
     }
 }}
 #[inline(always)]
@@ -148,7 +157,7 @@ struct Pool { job: AtomicUsize, done: AtomicUsize, task: std::sync::Mutex<Option
 fn main() {
     let order_own_first = std::env::args().nth(1).as_deref() == Some("own-first");
     PF.store(std::env::var("PF").map(|v| v.parse().unwrap()).unwrap_or(0), Relaxed);
-    let env = ort::init_from(std::env::var("ORT_DYLIB_PATH").unwrap()).unwrap().build().unwrap();
+    let env = ort::init_from(std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH names the ONNX Runtime library")).unwrap().build().unwrap();
     let (ws, mut session) = if order_own_first {
         let ws = load();
         let s = Session::builder(&env).unwrap().with_intra_threads(2).unwrap().with_config_entry("session.force_spinning_stop", "1").unwrap().commit_from_file(format!("{}/chain.onnx", dir())).unwrap();
@@ -200,7 +209,7 @@ fn main() {
                     let outp = out.as_mut_ptr() as usize;
                     for w in ws.iter() {
                         let acts = if w.k == 576 { &a576 } else { &a1536 };
-                        let half = w.n / 2;
+                        let half = (w.n / 2) & !1;
                         std::thread::scope(|sc| {
                             sc.spawn(|| unsafe { rows_multi(w, acts, outp as *mut f32, w.n, half, w.n) });
                             unsafe { rows_multi(w, acts, outp as *mut f32, w.n, 0, half) };
@@ -211,7 +220,7 @@ fn main() {
             }
         }
         t_ort.sort_by(|a, b| a.partial_cmp(b).unwrap()); t_own.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("prefill {M} rows: MatMulNBits {:.1} ms, own (i16 madd, 4 rows a pass) {:.1} ms (medians)", t_ort[3] * 1e3, t_own[3] * 1e3);
+        println!("prefill {M} rows: MatMulNBits {:.1} ms, own (i16 madd, 2 weight rows by 4 activation rows) {:.1} ms (medians)", t_ort[3] * 1e3, t_own[3] * 1e3);
         // correctness of multi-row against ORT on w0
         let o = session.run(ort::inputs!["x576" => Tensor::from_array(([M, 576], x576m.clone())).unwrap(), "x1536" => Tensor::from_array(([M, 1536], x1536m.clone())).unwrap()]).unwrap();
         let ort0: Vec<f32> = o["w0"].try_extract_tensor::<f32>().unwrap().1.to_vec();
