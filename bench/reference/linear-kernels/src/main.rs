@@ -105,44 +105,48 @@ unsafe fn rows(w: &W, a: &Act, out: *mut f32, r0: usize, r1: usize) { unsafe {
 }}
 
 /// Several activation rows (a prefill), 4 a pass over two weight rows at a time: each weight load
-/// serves 4 rows and each activation load both weight rows.
+/// serves 4 rows and each activation load both weight rows. A last group of fewer than 4 rows repeats
+/// its first row in the missing places and drops their results.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_multi(w: &W, acts: &[Act], out: *mut f32, stride: usize, r0: usize, r1: usize) { unsafe {
     let blocks = w.blocks;
     let m = acts.len();
-    let mut n = r0;
-    while n + 2 <= r1 {
-        let p0 = w.q.as_ptr().add(n * blocks * BS);
-        let p1 = p0.add(blocks * BS);
-        let mut g = 0;
-        while g < m {
-            let take = (m - g).min(4);
+    let mut g = 0;
+    while g < m {
+        let take = (m - g).min(4);
+        let rows: [&Act; 4] = std::array::from_fn(|r| &acts[g + if r < take { r } else { 0 }]);
+        let a: [*const i16; 4] = rows.map(|row| row.q.as_ptr());
+        let mut n = r0;
+        while n + 2 <= r1 {
+            let p0 = w.q.as_ptr().add(n * blocks * BS);
+            let p1 = p0.add(blocks * BS);
             let mut f = [[_mm256_setzero_ps(); 2]; 4];
             let mut corr = [[0f32; 2]; 4];
             for b in 0..blocks {
                 let mut acc = [[_mm256_setzero_si256(); 2]; 4];
                 for c in 0..BS / 16 {
-                    let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p0.add(b * BS + c * 16) as *const __m128i));
-                    let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p1.add(b * BS + c * 16) as *const __m128i));
-                    for r in 0..4 { if r < take {
-                        let av = _mm256_loadu_si256(acts[g + r].q.as_ptr().add(b * BS + c * 16) as *const __m256i);
+                    let at = b * BS + c * 16;
+                    let w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p0.add(at) as *const __m128i));
+                    let w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p1.add(at) as *const __m128i));
+                    for r in 0..4 {
+                        let av = _mm256_loadu_si256(a[r].add(at) as *const __m256i);
                         acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(w0, av));
                         acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(w1, av));
-                    } }
+                    }
                 }
                 let ws = [*w.s.get_unchecked(n * blocks + b), *w.s.get_unchecked((n + 1) * blocks + b)];
-                for r in 0..4 { if r < take {
+                for r in 0..4 {
                     for j in 0..2 {
-                        let sc = ws[j] * acts[g + r].scale[b];
+                        let sc = ws[j] * rows[r].scale[b];
                         f[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][j]), _mm256_set1_ps(sc), f[r][j]);
-                        corr[r][j] += sc * acts[g + r].corr[b];
+                        corr[r][j] += sc * rows[r].corr[b];
                     }
-                } }
+                }
             }
             for r in 0..take { for j in 0..2 { *out.add((g + r) * stride + n + j) = hsum(f[r][j]) - corr[r][j]; } }
-            g += take;
+            n += 2;
         }
-        n += 2;
+        g += take;
     }
 }}
 #[inline(always)]
