@@ -49,6 +49,25 @@ pub struct Args {
     json: bool,
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Also time this variant of the model, its answers alternating with the benched one's in this
+    /// process, and report the ratios (default: the benched variant).
+    #[arg(long, value_name = "VARIANT")]
+    against_variant: Option<String>,
+    /// Also time this decoder (`lookout` or `official`) the same way (default: the benched one's).
+    #[arg(long, value_name = "GRAPHS")]
+    against_graphs: Option<String>,
+}
+
+/// `--graphs` and `--against-graphs`.
+fn graphs(name: &str) -> Result<Graphs, Failure> {
+    match name {
+        "lookout" => Ok(Graphs::Lookout),
+        "official" => Ok(Graphs::Official),
+        other => Err(Failure::new(
+            Exit::Usage,
+            format!("unknown graphs {other:?}; expected lookout or official"),
+        )),
+    }
 }
 
 pub fn run(args: Args, env: Env) -> Outcome {
@@ -77,18 +96,22 @@ pub fn run(args: Args, env: Env) -> Outcome {
             }
         };
     }
-    if let Some(graphs) = &args.graphs {
-        vision.graphs = match graphs.as_str() {
-            "lookout" => Graphs::Lookout,
-            "official" => Graphs::Official,
-            other => {
-                return Err(Failure::new(
-                    Exit::Usage,
-                    format!("unknown graphs {other:?}; expected lookout or official"),
-                ));
-            }
-        };
+    if let Some(name) = &args.graphs {
+        vision.graphs = graphs(name)?;
     }
+    // The setup to compare with, checked before anything is timed.
+    let against = if args.against_variant.is_some() || args.against_graphs.is_some() {
+        let mut other = vision.clone();
+        if let Some(variant) = &args.against_variant {
+            other.variant = variant.clone();
+        }
+        if let Some(name) = &args.against_graphs {
+            other.graphs = graphs(name)?;
+        }
+        Some(other)
+    } else {
+        None
+    };
     if args.clip_frames > MAX_CLIP_FRAMES {
         return Err(Failure::new(
             Exit::Usage,
@@ -125,8 +148,16 @@ pub fn run(args: Args, env: Env) -> Outcome {
         max_new_tokens: args.max_new_tokens,
         runs: args.runs,
     };
-    let report = bench::run(analyser.as_mut(), &setup, &case)
+    let mut report = bench::run(analyser.as_mut(), &setup, &case)
         .map_err(|error| Failure::new(Exit::Failed, error))?;
+    // Loaded after the run, so that its memory is not in the run's peak. The report is printed
+    // even when the comparison fails.
+    let compared = against
+        .map(|other| compare(analyser.as_mut(), &other, prompts, &case))
+        .transpose();
+    if let Ok(comparison) = &compared {
+        report.against = comparison.clone();
+    }
     if args.json {
         println!(
             "{}",
@@ -135,7 +166,26 @@ pub fn run(args: Args, env: Env) -> Outcome {
     } else {
         print_table(&report);
     }
-    Ok(())
+    compared.map(|_| ())
+}
+
+/// `analyser` against the model `other` describes, loaded for it.
+fn compare(
+    analyser: &mut dyn vision::Analyser,
+    other: &vision::VisionConfig,
+    prompts: PromptBounds,
+    case: &Case,
+) -> Result<bench::Comparison, Failure> {
+    let started = std::time::Instant::now();
+    let mut other_analyser =
+        vision::load(other, prompts).map_err(|error| Failure::new(Exit::Unavailable, error))?;
+    let setup = Setup::new(
+        other,
+        other_analyser.as_ref(),
+        started.elapsed().as_secs_f64() * 1000.0,
+    );
+    bench::compare(analyser, other_analyser.as_mut(), &setup.decoder, case)
+        .map_err(|error| Failure::new(Exit::Failed, error))
 }
 
 /// The report as a table of medians, one stage a line.
@@ -211,4 +261,15 @@ fn print_table(report: &Report) {
         "  peak RSS       {:>9.1} MB answering one question at a time, {:.1} MB with the several-questions runs",
         report.answer_peak_rss_mb, report.peak_rss_mb
     );
+    if let Some(against) = &report.against {
+        println!(
+            "  against {} ({} decoder), {} answers each, alternating in this process: decode {:.2} x, first token {:.2} x, prefill {:.2} x as fast",
+            against.model,
+            against.graphs,
+            against.rounds,
+            against.decode_ratio,
+            against.ttft_ratio,
+            against.prefill_ratio
+        );
+    }
 }

@@ -87,6 +87,28 @@ pub struct Report {
     /// Peak resident memory after the several-questions and two-cameras measurements too, which
     /// hold several answers' caches at once.
     pub peak_rss_mb: f64,
+    /// This model against another setup (`compare`), when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub against: Option<Comparison>,
+}
+
+/// This setup against another, measured in the same process, their answers alternating (`compare`):
+/// the ratios hold whatever the machine's speed while they ran, which moved by 15-25% from one
+/// process to the next on a shared machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The other setup's model, decoder (`lookout` or `official`) and decoder graph file.
+    pub model: String,
+    pub graphs: &'static str,
+    pub decoder: String,
+    /// Answers of each setup.
+    pub rounds: usize,
+    /// This setup's decode speed over the other's (medians of the rounds; above 1: this is faster).
+    pub decode_ratio: f64,
+    /// The other's time to first token over this one's (above 1: this is faster).
+    pub ttft_ratio: f64,
+    /// The other's prefill time over this one's (above 1: this is faster).
+    pub prefill_ratio: f64,
 }
 
 /// What to answer: a question about a frame, or about a clip of it.
@@ -253,36 +275,15 @@ pub fn run(
 ) -> Result<Report, AnalyseError> {
     let Case {
         frame,
-        question,
         split,
         clip_frames,
-        max_new_tokens,
         runs,
+        ..
     } = *case;
-    let request = bench_request(question, AnswerKind::Text, split, max_new_tokens);
-    let clip = Clip {
-        frames: (0..clip_frames)
-            .map(|second| ClipFrame {
-                image: Arc::new(frame.image.clone()),
-                offset_s: second as f64,
-            })
-            .collect(),
-        duration_s: clip_frames as f64,
-    };
     let mut answers: Vec<(LocalAnswer, f64)> = Vec::with_capacity(runs);
     let cpu_before = cpu_time_ms();
     for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        let requests = std::slice::from_ref(&request);
-        let mut results = if clip_frames > 0 {
-            analyser.answer_clip(&clip, requests)
-        } else {
-            analyser.answer(frame, requests)
-        };
-        let answer = results
-            .pop()
-            .unwrap_or_else(|| Err(AnalyseError::Model("no answer".to_owned())))?;
-        answers.push((answer, started.elapsed().as_secs_f64() * 1000.0));
+        answers.push(answer_case(analyser, case)?);
     }
     let stage = |pick: fn(&LocalAnswer) -> f64| {
         median(answers.iter().map(|(answer, _)| pick(answer)).collect())
@@ -321,12 +322,7 @@ pub fn run(
     let two_cameras_ratio = still
         .then(|| two_cameras_ratio(analyser, frame, split, runs))
         .transpose()?;
-    let decode_ms = stage(|answer| answer.timings.decode);
-    let decode_tokens_per_s = if decode_ms > 0.0 {
-        (tokens.saturating_sub(1)) as f64 / (decode_ms / 1000.0)
-    } else {
-        0.0
-    };
+    let decode_tokens_per_s = decode_speed(tokens, stage(|answer| answer.timings.decode));
     // Read before the bandwidth measurement allocates its buffer.
     let peak_rss_mb = peak_rss_mb();
     let bandwidth = memory_read_bandwidth(setup.threads);
@@ -335,10 +331,7 @@ pub fn run(
     let cached_mid_answer = (prompt_tokens + tokens / 2) as u64;
     let decode_bytes_per_token =
         decoder_weight_bytes + setup.kv_bytes_per_position * cached_mid_answer;
-    let (graphs, decoder) = match &setup.decoder {
-        ChosenDecoder::Built { path, .. } => ("lookout", path),
-        ChosenDecoder::Official(path) => ("official", path),
-    };
+    let (graphs, decoder) = names(&setup.decoder);
     Ok(Report {
         model: analyser.model().to_owned(),
         runs_on: analyser.runs_on().to_owned(),
@@ -358,7 +351,7 @@ pub fn run(
         answer_ms: median(answers.iter().map(|(_, ms)| *ms).collect()),
         cpu_ms_per_answer,
         graphs,
-        decoder: decoder.display().to_string(),
+        decoder,
         clip_frames,
         prompt_tokens,
         decoder_weight_bytes,
@@ -371,6 +364,96 @@ pub fn run(
         two_cameras_ratio,
         answer_peak_rss_mb,
         peak_rss_mb,
+        against: None,
+    })
+}
+
+/// Tokens a second after the first, of an answer of `tokens` whose decoding took `decode_ms`.
+fn decode_speed(tokens: usize, decode_ms: f64) -> f64 {
+    if decode_ms > 0.0 {
+        tokens.saturating_sub(1) as f64 / (decode_ms / 1000.0)
+    } else {
+        0.0
+    }
+}
+
+/// Which decoder `decoder` is (`lookout` or `official`), and its graph file.
+fn names(decoder: &ChosenDecoder) -> (&'static str, String) {
+    match decoder {
+        ChosenDecoder::Built { path, .. } => ("lookout", path.display().to_string()),
+        ChosenDecoder::Official(path) => ("official", path.display().to_string()),
+    }
+}
+
+/// The case's question answered once, with the whole answer's time in milliseconds.
+fn answer_case(
+    analyser: &mut dyn Analyser,
+    case: &Case,
+) -> Result<(LocalAnswer, f64), AnalyseError> {
+    let request = bench_request(
+        case.question,
+        AnswerKind::Text,
+        case.split,
+        case.max_new_tokens,
+    );
+    let requests = std::slice::from_ref(&request);
+    let started = Instant::now();
+    let mut results = if case.clip_frames > 0 {
+        let clip = Clip {
+            frames: (0..case.clip_frames)
+                .map(|second| ClipFrame {
+                    image: Arc::new(case.frame.image.clone()),
+                    offset_s: second as f64,
+                })
+                .collect(),
+            duration_s: case.clip_frames as f64,
+        };
+        analyser.answer_clip(&clip, requests)
+    } else {
+        analyser.answer(case.frame, requests)
+    };
+    let answer = results
+        .pop()
+        .unwrap_or_else(|| Err(AnalyseError::Model("no answer".to_owned())))?;
+    Ok((answer, started.elapsed().as_secs_f64() * 1000.0))
+}
+
+/// `this` against `other` (the setup `other_decoder` describes) on the case: `case.runs` rounds, each
+/// answering once with both, the first to answer swapped from round to round so that neither always
+/// meets a machine the other has just warmed or cooled.
+pub fn compare(
+    this: &mut dyn Analyser,
+    other: &mut dyn Analyser,
+    other_decoder: &ChosenDecoder,
+    case: &Case,
+) -> Result<Comparison, AnalyseError> {
+    let rounds = case.runs.max(1);
+    let mut times: [Vec<(f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for turn in 0..2 {
+            let which = (round + turn) % 2;
+            let analyser: &mut dyn Analyser = if which == 0 { this } else { other };
+            let (answer, _) = answer_case(analyser, case)?;
+            let timings = &answer.timings;
+            times[which].push((
+                decode_speed(answer.tokens.len(), timings.decode),
+                timings.vision + timings.prefill,
+                timings.prefill,
+            ));
+        }
+    }
+    let median_of = |which: usize, pick: fn(&(f64, f64, f64)) -> f64| {
+        median(times[which].iter().map(pick).collect())
+    };
+    let (graphs, decoder) = names(other_decoder);
+    Ok(Comparison {
+        model: other.model().to_owned(),
+        graphs,
+        decoder,
+        rounds,
+        decode_ratio: median_of(0, |t| t.0) / median_of(1, |t| t.0),
+        ttft_ratio: median_of(1, |t| t.1) / median_of(0, |t| t.1),
+        prefill_ratio: median_of(1, |t| t.2) / median_of(0, |t| t.2),
     })
 }
 

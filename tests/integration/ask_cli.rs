@@ -274,17 +274,22 @@ fn a_missing_or_old_runtime_is_a_one_line_error() {
     assert_unavailable(&refused, "1.22");
 }
 
-#[test]
-fn bench_reports_every_stage_and_the_cost_of_several_questions() {
+/// `lookout bench` with the fixture's extra arguments `args`.
+fn bench(args: &[&str]) -> Output {
     let model = fixture();
-    let output = Command::new(env!("CARGO_BIN_EXE_lookout"))
+    Command::new(env!("CARGO_BIN_EXE_lookout"))
         .args(["bench", "--model", model.to_str().unwrap(), "--runs", "1"])
-        .args(["--max-new-tokens", "4", "--json"])
+        .args(["--max-new-tokens", "4"])
+        .args(args)
         .env("LOOKOUT_LOG", "warn")
         .env_remove("LOOKOUT_CONFIG")
         .output()
-        .unwrap();
-    let report = json(&output);
+        .unwrap()
+}
+
+#[test]
+fn bench_reports_every_stage_and_the_cost_of_several_questions() {
+    let report = json(&bench(&["--json"]));
     let fields = [
         "preprocess_alone_ms",
         "ttft_ms",
@@ -305,6 +310,54 @@ fn bench_reports_every_stage_and_the_cost_of_several_questions() {
         let value = report[ratio].as_f64().unwrap();
         assert!(value.is_finite() && value > 0.0, "{ratio} = {value}");
     }
+}
+
+#[test]
+fn bench_compares_with_another_variant_in_the_same_process() {
+    let report = json(&bench(&[
+        "--variant",
+        "int8",
+        "--against-variant",
+        "fp32",
+        "--json",
+    ]));
+    let against = &report["against"];
+    assert_eq!(against["rounds"], 1, "{report}");
+    assert_ne!(against["model"], report["model"], "{report}");
+    assert!(
+        against["decoder"]
+            .as_str()
+            .unwrap()
+            .ends_with("decoder_model_merged.onnx"),
+        "{report}"
+    );
+    for ratio in ["decode_ratio", "ttft_ratio", "prefill_ratio"] {
+        let value = against[ratio].as_f64().unwrap();
+        assert!(value.is_finite() && value > 0.0, "{ratio} = {value}");
+    }
+    // Without a setup to compare with, there is no comparison.
+    let alone = json(&bench(&["--variant", "int8", "--json"]));
+    assert!(alone.get("against").is_none(), "{alone}");
+}
+
+#[test]
+fn bench_refuses_an_unknown_setup_to_compare_with_and_keeps_its_own_report() {
+    let graphs = bench(&["--against-graphs", "fastest"]);
+    assert_eq!(graphs.status.code(), Some(64), "{}", stderr(&graphs));
+    assert!(
+        stderr(&graphs).contains("unknown graphs \"fastest\"; expected lookout or official"),
+        "{}",
+        stderr(&graphs)
+    );
+    // A variant the folder lacks: the benched model's report is still printed.
+    let missing = bench(&["--variant", "int8", "--against-variant", "q4", "--json"]);
+    assert_eq!(missing.status.code(), Some(69), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("q4"), "{}", stderr(&missing));
+    let report: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert!(
+        report["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
 }
 
 #[test]
