@@ -131,14 +131,7 @@ pub fn run(args: Args, env: Env) -> Outcome {
         question_chars: args.question.chars().count(),
         max_new_tokens: args.max_new_tokens,
     };
-    let started = std::time::Instant::now();
-    let mut analyser =
-        vision::load(vision, prompts).map_err(|error| Failure::new(Exit::Unavailable, error))?;
-    let setup = Setup::new(
-        vision,
-        analyser.as_ref(),
-        started.elapsed().as_secs_f64() * 1000.0,
-    );
+    let (mut analyser, setup) = loaded(vision, prompts)?;
     let frame = bench::frame(pixels);
     let case = Case {
         frame: &frame,
@@ -169,6 +162,22 @@ pub fn run(args: Args, env: Env) -> Outcome {
     compared.map(|_| ())
 }
 
+/// The model `config` describes, loaded, with its setup (the load timed).
+fn loaded(
+    config: &vision::VisionConfig,
+    prompts: PromptBounds,
+) -> Result<(Box<dyn vision::Analyser>, Setup), Failure> {
+    let started = std::time::Instant::now();
+    let analyser =
+        vision::load(config, prompts).map_err(|error| Failure::new(Exit::Unavailable, error))?;
+    let setup = Setup::new(
+        config,
+        analyser.as_ref(),
+        started.elapsed().as_secs_f64() * 1000.0,
+    );
+    Ok((analyser, setup))
+}
+
 /// `analyser` against the model `other` describes, loaded for it.
 fn compare(
     analyser: &mut dyn vision::Analyser,
@@ -176,14 +185,7 @@ fn compare(
     prompts: PromptBounds,
     case: &Case,
 ) -> Result<bench::Comparison, Failure> {
-    let started = std::time::Instant::now();
-    let mut other_analyser =
-        vision::load(other, prompts).map_err(|error| Failure::new(Exit::Unavailable, error))?;
-    let setup = Setup::new(
-        other,
-        other_analyser.as_ref(),
-        started.elapsed().as_secs_f64() * 1000.0,
-    );
+    let (mut other_analyser, setup) = loaded(other, prompts)?;
     bench::compare(analyser, other_analyser.as_mut(), &setup.decoder, case)
         .map_err(|error| Failure::new(Exit::Failed, error))
 }

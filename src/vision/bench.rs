@@ -17,6 +17,10 @@
 //! A clip (`clip_frames`): the picture repeated as the frames of a clip one second apart, answered as
 //! SmolVLM2's video prompt; the several-questions ratios are measured on still frames only.
 //!
+//! Another setup of the model (another variant, the other decoder) can be timed against this one
+//! (`compare`): their answers alternate in this process, so their ratios hold however the shared
+//! machine's speed moves, which it did by 15-25% from one process to the next.
+//!
 //! Decoding one token reads every decoder weight once and the key/value rows cached so far, so memory
 //! bandwidth bounds its speed: the report measures this machine's read bandwidth (with the configured
 //! threads: each sums its share of a 1 GiB buffer with independent accumulators, the best of five
@@ -397,20 +401,21 @@ fn answer_case(
         case.max_new_tokens,
     );
     let requests = std::slice::from_ref(&request);
+    // The clip's frames are copied before the clock starts: the copies are the bench's, not the
+    // answer's.
+    let clip = (case.clip_frames > 0).then(|| Clip {
+        frames: (0..case.clip_frames)
+            .map(|second| ClipFrame {
+                image: Arc::new(case.frame.image.clone()),
+                offset_s: second as f64,
+            })
+            .collect(),
+        duration_s: case.clip_frames as f64,
+    });
     let started = Instant::now();
-    let mut results = if case.clip_frames > 0 {
-        let clip = Clip {
-            frames: (0..case.clip_frames)
-                .map(|second| ClipFrame {
-                    image: Arc::new(case.frame.image.clone()),
-                    offset_s: second as f64,
-                })
-                .collect(),
-            duration_s: case.clip_frames as f64,
-        };
-        analyser.answer_clip(&clip, requests)
-    } else {
-        analyser.answer(case.frame, requests)
+    let mut results = match &clip {
+        Some(clip) => analyser.answer_clip(clip, requests),
+        None => analyser.answer(case.frame, requests),
     };
     let answer = results
         .pop()
