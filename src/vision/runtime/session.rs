@@ -422,9 +422,10 @@ impl CompiledContext {
                 }
             }
         }
-        // Written under another name and renamed once whole, so that a start cut short leaves no
-        // half-written context for the next to open.
-        let partial = self.kept.with_extension("onnx.partial");
+        // Written under another name (still ending `.onnx`, as providers deriving file names from
+        // it expect) and renamed once whole, so that a start cut short leaves no half-written
+        // context for the next to open.
+        let partial = self.kept.with_extension("partial.onnx");
         let folder = self.kept.parent().unwrap_or(Path::new("."));
         if let Err(error) = std::fs::create_dir_all(folder) {
             warn!(folder = %folder.display(), error = %error, "Cannot keep QNN's compiled context; each start compiles the graph again.");
