@@ -56,6 +56,10 @@ pub struct Args {
     /// Also time this decoder (`lookout` or `official`) the same way (default: the benched one's).
     #[arg(long, value_name = "GRAPHS")]
     against_graphs: Option<String>,
+    /// Also time the model in this folder the same way, e.g. one whose decoder another version of
+    /// Lookout built (default: the benched folder).
+    #[arg(long, value_name = "DIR")]
+    against_model: Option<PathBuf>,
 }
 
 /// `--graphs` and `--against-graphs`.
@@ -100,8 +104,14 @@ pub fn run(args: Args, env: Env) -> Outcome {
         vision.graphs = graphs(name)?;
     }
     // The setup to compare with, checked before anything is timed.
-    let against = if args.against_variant.is_some() || args.against_graphs.is_some() {
+    let against = if args.against_variant.is_some()
+        || args.against_graphs.is_some()
+        || args.against_model.is_some()
+    {
         let mut other = vision.clone();
+        if let Some(model) = args.against_model {
+            other.model_dir = model;
+        }
         if let Some(variant) = &args.against_variant {
             other.variant = variant.clone();
         }

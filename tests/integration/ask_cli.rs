@@ -341,6 +341,41 @@ fn bench_compares_with_another_variant_in_the_same_process() {
 }
 
 #[test]
+fn bench_compares_with_the_model_of_another_folder() {
+    // Another folder holding the same files (as one another version of Lookout built would).
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-micro");
+    std::fs::create_dir(&other).unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), other.join(entry.file_name())).unwrap();
+    }
+    let report = json(&bench(&[
+        "--variant",
+        "int8",
+        "--against-model",
+        other.to_str().unwrap(),
+        "--json",
+    ]));
+    let against = &report["against"];
+    assert!(
+        against["model"].as_str().unwrap().starts_with("other-micro"),
+        "{report}"
+    );
+    assert!(
+        against["decoder"]
+            .as_str()
+            .unwrap()
+            .starts_with(other.to_str().unwrap()),
+        "{report}"
+    );
+    for ratio in ["decode_ratio", "ttft_ratio", "prefill_ratio"] {
+        let value = against[ratio].as_f64().unwrap();
+        assert!(value.is_finite() && value > 0.0, "{ratio} = {value}");
+    }
+}
+
+#[test]
 fn bench_refuses_an_unknown_setup_to_compare_with_and_keeps_its_own_report() {
     let graphs = bench(&["--against-graphs", "fastest"]);
     assert_eq!(graphs.status.code(), Some(64), "{}", stderr(&graphs));
@@ -358,6 +393,15 @@ fn bench_refuses_an_unknown_setup_to_compare_with_and_keeps_its_own_report() {
         report["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+    // A folder that is not there: named, and the report still printed.
+    let absent = bench(&["--against-model", "/nonexistent/model", "--json"]);
+    assert_eq!(absent.status.code(), Some(69), "{}", stderr(&absent));
+    assert!(
+        stderr(&absent).contains("/nonexistent/model"),
+        "{}",
+        stderr(&absent)
+    );
+    assert!(serde_json::from_slice::<serde_json::Value>(&absent.stdout).is_ok());
 }
 
 #[test]
