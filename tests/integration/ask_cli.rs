@@ -359,7 +359,10 @@ fn bench_compares_with_the_model_of_another_folder() {
     ]));
     let against = &report["against"];
     assert!(
-        against["model"].as_str().unwrap().starts_with("other-micro"),
+        against["model"]
+            .as_str()
+            .unwrap()
+            .starts_with("other-micro"),
         "{report}"
     );
     assert!(
