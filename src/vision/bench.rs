@@ -17,9 +17,9 @@
 //! A clip (`clip_frames`): the picture repeated as the frames of a clip one second apart, answered as
 //! SmolVLM2's video prompt; the several-questions ratios are measured on still frames only.
 //!
-//! Another setup of the model (another variant, the other decoder) can be timed against this one
-//! (`compare`): their answers alternate in this process, so their ratios hold however the shared
-//! machine's speed moves, which it did by 15-25% from one process to the next.
+//! Another setup of the model (another variant, the other decoder, another folder's build) can be
+//! timed against this one (`compare`): their answers alternate in this process, so their ratios hold
+//! however the shared machine's speed moves, which it did by 15-25% from one process to the next.
 //!
 //! Decoding one token reads every decoder weight once and the key/value rows cached so far, so memory
 //! bandwidth bounds its speed: the report measures this machine's read bandwidth (with the configured
