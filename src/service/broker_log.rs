@@ -1,9 +1,10 @@
 //! Which of the embedded broker's log events are noise.
 //!
 //! rumqttd logs some ordinary events at ERROR: a connection closed before its MQTT CONNECT (our own
-//! readiness probe, any port check), and both halves of a client's clean disconnect (the router lets go
-//! of the link, then hears of the disconnect again). `OrdinaryBrokerEvents`, installed with the
-//! daemon's logging, drops exactly those from the log, so an ERROR line from the broker means
+//! readiness probe, any port check), both halves of a client's clean disconnect (the router lets go
+//! of the link, then hears of the disconnect again), and a client whose socket was reset without a
+//! DISCONNECT (a subscriber killed, or closing with bytes unread). `OrdinaryBrokerEvents`, installed
+//! with the daemon's logging, drops exactly those from the log, so an ERROR line from the broker means
 //! something went wrong; every other one is kept.
 
 use tracing::field::{Field, Visit};
@@ -54,6 +55,9 @@ impl BrokerFields {
             || (message == "router-drop" && self.error.starts_with("Recv("))
             // The disconnect heard twice: from the DISCONNECT packet and from the closed link.
             || (message.starts_with("no-connection id ") && message.ends_with(" is already gone"))
+            // A connected client whose socket was reset (closed with bytes unread, or its process
+            // killed) without a DISCONNECT; a plain close, rumqttd itself logs at INFO.
+            || (message == "disconnected" && self.error.contains("ConnectionReset"))
     }
 }
 
@@ -98,6 +102,7 @@ mod tests {
         let ordinary = ordinary
             + logged(|| {
                 error!(target: "rumqttd::server::broker", error = ?reset, "Error while handling MQTT connect packet");
+                error!(target: "rumqttd::server::broker", error = ?format_args!("Network(Io({reset:?}))"), "disconnected");
             });
         assert_eq!(ordinary, 0);
         let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNECT");
@@ -105,10 +110,11 @@ mod tests {
             error!(target: "rumqttd::server::broker", error = ?timed_out, "Error while handling MQTT connect packet");
             error!(target: "rumqttd::server::broker", error = ?format_args!("Send(SendError {{ .. }})"), "router-drop");
             error!(target: "rumqttd::server::broker", error = "address in use", "Server error - V4");
+            error!(target: "rumqttd::server::broker", error = ?format_args!("Network(Io({timed_out:?}))"), "disconnected");
             // The same words from elsewhere, or below ERROR, are not the broker's to judge.
             error!(target: "lookout::publish", "router-drop");
             tracing::info!(target: "rumqttd::server::broker", error = ?aborted, "disconnected");
         });
-        assert_eq!(real, 5);
+        assert_eq!(real, 6);
     }
 }
