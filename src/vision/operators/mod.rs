@@ -5,8 +5,11 @@
 //! - `SwiGlu` (`swiglu`): a Llama MLP's gate in one pass, where the runtime runs three kernels.
 //!
 //! They compute in f32: the fp16 graph, meant for accelerators, uses the runtime's own operators.
+//! Their vectorized exponential also serves the decoding loop (`log_sum_exp`).
 
 mod arithmetic;
+
+pub(crate) use arithmetic::log_sum_exp;
 pub mod attention;
 pub mod swiglu;
 

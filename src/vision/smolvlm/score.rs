@@ -10,22 +10,8 @@ use super::SmolVlm;
 use super::decode::{Cache, Past};
 use crate::message::AnswerKind;
 use crate::message::StageTimings;
+use crate::vision::operators::log_sum_exp;
 use crate::vision::{AnalyseError, LocalAnswer};
-
-/// log(sum(exp(logits))), so that a token's log-probability is its logit minus this. One pass of f32
-/// exponentials in independent lanes (vectorisable): it runs on every generated token.
-pub(super) fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut lanes = [0f32; 8];
-    let chunks = logits.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|x| (x - max).exp()).sum();
-    for chunk in chunks {
-        for (lane, x) in lanes.iter_mut().zip(chunk) {
-            *lane += (x - max).exp();
-        }
-    }
-    max + (lanes.iter().sum::<f32>() + tail).ln()
-}
 
 /// The index and value of the largest value, the first of equals.
 pub(super) fn argmax(values: &[f32]) -> (usize, f32) {
@@ -169,18 +155,6 @@ mod tests {
             (actual - expected).abs() < 1e-6,
             "{actual} is not {expected}"
         );
-    }
-
-    #[test]
-    fn log_sum_exp_is_the_log_of_the_summed_exponentials() {
-        // ln(e^0 + e^ln 3) = ln 4.
-        assert!((log_sum_exp(&[0.0, 3f32.ln()]) - 4f32.ln()).abs() < 1e-6);
-        // Ten values: one pass of the eight lanes and a remainder of two.
-        assert!((log_sum_exp(&[2.0; 10]) - (2.0 + 10f32.ln())).abs() < 1e-6);
-        // Large logits do not overflow: 1000 + ln 2.
-        assert!((log_sum_exp(&[1000.0, 1000.0]) - (1000.0 + 2f32.ln())).abs() < 1e-3);
-        // A token that cannot be chosen adds nothing.
-        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY, 0.0]), 0.0);
     }
 
     #[test]

@@ -17,9 +17,10 @@ use std::time::Instant;
 
 use ort::value::DynValue;
 
-use super::score::{argmax, log_sum_exp, text_confidence};
+use super::score::{argmax, text_confidence};
 use super::{SmolVlm, millis};
 use crate::message::StageTimings;
+use crate::vision::operators::log_sum_exp;
 use crate::vision::{AnalyseError, LocalAnswer};
 pub(super) use fixed::{CacheElement, CacheShape, FixedDecoder};
 pub(super) use growing::{CacheLayout, GrowingDecoder};
