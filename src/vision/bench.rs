@@ -23,15 +23,17 @@
 //!
 //! Decoding one token reads every decoder weight once and the key/value rows cached so far, so memory
 //! bandwidth bounds its speed: the report measures this machine's read bandwidth (with the configured
-//! threads: each sums its share of a 1 GiB buffer with independent accumulators, the best of five
-//! passes, the way that reaches the machine's best) and gives the decode speed as a fraction of that
-//! bandwidth over the bytes a step reads (the weights, and the cache rows at the answer's middle).
+//! threads: each sums its share of a 1 GiB buffer, in huge pages as the weights are, with independent
+//! accumulators, the best of five passes, the way that reaches the machine's best) and gives the
+//! decode speed as a fraction of that bandwidth over the bytes a step reads (the weights, and the
+//! cache rows at the answer's middle).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use super::huge_pages;
 use super::model::{ChosenDecoder, ModelSpec, chosen_decoder};
 use super::preprocess::{ImageSettings, preprocess, resampling_kernel};
 use super::{AnalyseError, Analyser, Graphs, LocalAnswer, VisionConfig, variant_suffix};
@@ -176,15 +178,19 @@ fn cpu_time_ms() -> f64 {
 }
 
 /// Memory read bandwidth in bytes per second: `threads` threads (0: one per core) summing their share
-/// of a 1 GiB buffer, eight independent sums each (so the adds never wait on one another), the best of
-/// five passes.
+/// of a 1 GiB buffer in huge pages where the system gives them, eight independent sums each (so the
+/// adds never wait on one another), the best of five passes.
 pub(crate) fn memory_read_bandwidth(threads: usize) -> f64 {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
         threads
     };
-    let buffer: Vec<u64> = (0..128u64 << 20).collect();
+    let words = 128 << 20;
+    let mut buffer: Vec<u64> = Vec::with_capacity(words);
+    // In huge pages, as the model's weights are (`huge_pages`): the bound is the best read.
+    huge_pages::advise(buffer.spare_capacity_mut());
+    buffer.extend(0..words as u64);
     let chunk = buffer.len().div_ceil(threads);
     let mut best = f64::INFINITY;
     for _ in 0..5 {

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod device;
 pub mod embedding;
+mod huge_pages;
 mod loading;
 pub mod model;
 pub mod operators;

@@ -14,6 +14,7 @@ use super::decode::{CacheElement, CacheLayout, CacheShape, Decoder, FixedDecoder
 use super::inputs::Embedder;
 use crate::vision::device::{Assignment, DeviceError};
 use crate::vision::embedding::EmbeddingTable;
+use crate::vision::huge_pages;
 use crate::vision::model::{ChosenDecoder, ModelError, ModelSpec, chosen_decoder};
 use crate::vision::prompt::{PromptError, Prompter};
 use crate::vision::runtime::{self, Placement, RuntimeError};
@@ -277,7 +278,13 @@ impl SmolVlm {
                 (decoder, model_name(&options.model_dir, &options.suffix))
             }
         };
-        tracing::info!(model = %name, runs_on = %runs_on, "SmolVLM2 loaded.");
+        // The weights are in memory now; on the CPU, a decoding step reads them faster from huge pages.
+        let huge_pages_mb = if options.placement.host_memory() {
+            huge_pages::collapse_resident().bytes >> 20
+        } else {
+            0
+        };
+        tracing::info!(model = %name, runs_on = %runs_on, huge_pages_mb, "SmolVLM2 loaded.");
         Ok(SmolVlm {
             name,
             spec,
