@@ -105,14 +105,19 @@ fn anonymous_ranges(maps: &str) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+/// The part of `range` that starts and ends on multiples of `align` (empty if none).
+fn aligned_within(range: std::ops::Range<usize>, align: usize) -> std::ops::Range<usize> {
+    let first = range.start.next_multiple_of(align);
+    let end = range.end / align * align;
+    first..end.max(first)
+}
+
 /// The aligned spans of `huge_page` bytes wholly inside `range`.
 fn huge_spans(
     range: std::ops::Range<usize>,
     huge_page: usize,
 ) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let first = range.start.next_multiple_of(huge_page);
-    let end = range.end / huge_page * huge_page;
-    (first..end.max(first))
+    aligned_within(range, huge_page)
         .step_by(huge_page)
         .map(move |start| start..start + huge_page)
 }
@@ -167,16 +172,16 @@ pub fn advise<T>(memory: &mut [T]) {
         return;
     };
     let start = memory.as_mut_ptr() as usize;
-    let span = start..start + std::mem::size_of_val(memory);
-    let (first, end) = (
-        span.start.next_multiple_of(huge_page),
-        span.end / huge_page * huge_page,
-    );
-    if end > first {
-        // SAFETY: [first, end) lies inside `memory`, which this call holds exclusively; the advice
+    let span = aligned_within(start..start + std::mem::size_of_val(memory), huge_page);
+    if !span.is_empty() {
+        // SAFETY: the span lies inside `memory`, which this call holds exclusively; the advice
         // changes how its pages are backed, never what they hold.
         unsafe {
-            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+            libc::madvise(
+                span.start as *mut libc::c_void,
+                span.len(),
+                libc::MADV_HUGEPAGE,
+            );
         }
     }
 }

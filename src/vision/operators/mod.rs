@@ -8,10 +8,10 @@
 //! Their vectorized exponential also serves the decoding loop (`log_sum_exp`).
 
 mod arithmetic;
-
-pub(crate) use arithmetic::log_sum_exp;
 pub mod attention;
 pub mod swiglu;
+
+pub(crate) use arithmetic::log_sum_exp;
 
 use ort::operator::OperatorDomain;
 
