@@ -160,7 +160,24 @@ enum Decoder {
     Lookout,
 }
 
-const DECODERS: [Decoder; 2] = [Decoder::Official, Decoder::Lookout];
+/// One test per decoder (`NAME::official`, `NAME::lookout`) of a check `CHECK(Decoder)`, so that the
+/// two run side by side: each answers every golden case, for tens of seconds.
+macro_rules! with_each_decoder {
+    ($(#[$doc:meta])* $name:ident, $check:ident) => {
+        $(#[$doc])*
+        mod $name {
+            #[test]
+            fn official() {
+                super::$check(super::Decoder::Official);
+            }
+
+            #[test]
+            fn lookout() {
+                super::$check(super::Decoder::Lookout);
+            }
+        }
+    };
+}
 
 /// The fixture model's fp32 graphs, with `decoder`, on the runtime `cargo test` points ORT_DYLIB_PATH at
 /// (deploy/fetch-onnxruntime.sh).
@@ -274,13 +291,10 @@ fn geometric_mean(probabilities: &[f64]) -> f64 {
     (probabilities.iter().map(|p| p.ln()).sum::<f64>() / probabilities.len() as f64).exp()
 }
 
-#[test]
-fn greedy_tokens_and_confidences_equal_transformers() {
-    for decoder in DECODERS {
-        println!("with the {decoder:?} decoder");
-        greedy_tokens_and_confidences_equal_transformers_with(decoder);
-    }
-}
+with_each_decoder!(
+    greedy_tokens_and_confidences_equal_transformers,
+    greedy_tokens_and_confidences_equal_transformers_with
+);
 
 fn greedy_tokens_and_confidences_equal_transformers_with(decoder: Decoder) {
     let mut model = load_fixture(decoder);
@@ -409,17 +423,14 @@ fn a_fixed_context_refuses_longer_prompts_and_keeps_answering() {
     );
 }
 
-/// Text answers decoded together must be exactly the answers each gets alone, the reference's: every
-/// golden case is its own job (frames of different sizes and splitting modes, so prompts of different
-/// lengths share a batch and are padded), answered in one call, batches of 4; answers of different
-/// lengths (a shorter `max_new_tokens` in turn) leave the batch at different steps.
-#[test]
-fn text_answers_decoded_together_equal_the_reference() {
-    for decoder in DECODERS {
-        println!("with the {decoder:?} decoder");
-        text_answers_decoded_together_equal_the_reference_with(decoder);
-    }
-}
+with_each_decoder!(
+    /// Text answers decoded together must be exactly the answers each gets alone, the reference's: every
+    /// golden case is its own job (frames of different sizes and splitting modes, so prompts of different
+    /// lengths share a batch and are padded), answered in one call, batches of 4; answers of different
+    /// lengths (a shorter `max_new_tokens` in turn) leave the batch at different steps.
+    text_answers_decoded_together_equal_the_reference,
+    text_answers_decoded_together_equal_the_reference_with
+);
 
 fn text_answers_decoded_together_equal_the_reference_with(decoder: Decoder) {
     let mut model = load_fixture(decoder);
@@ -488,16 +499,13 @@ fn the_fp16_variant_answers_as_transformers_alone_and_together() {
     assert!(worst < FP16_CONFIDENCE, "{worst}");
 }
 
-/// The vision worker takes the jobs of several cameras that are waiting together and answers them in one
-/// call: every request must get its own answer, under its own camera and task, equal to the answer
-/// the same model gives the job alone.
-#[test]
-fn waiting_jobs_of_several_cameras_are_answered_together_as_each_alone() {
-    for decoder in DECODERS {
-        println!("with the {decoder:?} decoder");
-        waiting_jobs_are_answered_together_as_each_alone_with(decoder);
-    }
-}
+with_each_decoder!(
+    /// The vision worker takes the jobs of several cameras that are waiting together and answers them in one
+    /// call: every request must get its own answer, under its own camera and task, equal to the answer
+    /// the same model gives the job alone.
+    waiting_jobs_of_several_cameras_are_answered_together_as_each_alone,
+    waiting_jobs_are_answered_together_as_each_alone_with
+);
 
 fn waiting_jobs_are_answered_together_as_each_alone_with(decoder: Decoder) {
     let cases = cases();
@@ -666,13 +674,10 @@ mod video {
         }
     }
 
-    #[test]
-    fn greedy_tokens_about_a_clip_equal_transformers() {
-        for decoder in DECODERS {
-            println!("with the {decoder:?} decoder");
-            greedy_tokens_about_a_clip_equal_transformers_with(decoder);
-        }
-    }
+    with_each_decoder!(
+        greedy_tokens_about_a_clip_equal_transformers,
+        greedy_tokens_about_a_clip_equal_transformers_with
+    );
 
     fn greedy_tokens_about_a_clip_equal_transformers_with(decoder: Decoder) {
         let mut model = load_fixture(decoder);
