@@ -23,3 +23,10 @@ g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x576", T.FLOAT, ["m", 57
 m = h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)]); m.ir_version = 10
 onnx.save(m, os.path.join(out, "chain.onnx"), save_as_external_data=True, location="chain.onnx.data")
 print("ok", sum(N * (-(-K // BS)) * (BS + 4) for N, K in shapes) / 1e6, "MB")
+# One Gemm of dynamic sizes, B transposed (`[n, k]`, the weights' layout): ONNX Runtime's SGEMM, which a
+# kernel here feeds with weights it dequantized.
+g = h.make_graph([h.make_node("Gemm", ["x", "b"], ["y"], transB=1)], "gemm",
+                 [h.make_tensor_value_info("x", T.FLOAT, ["m", "k"]), h.make_tensor_value_info("b", T.FLOAT, ["n", "k"])],
+                 [h.make_tensor_value_info("y", T.FLOAT, ["m", "n"])])
+m = h.make_model(g, opset_imports=[h.make_opsetid("", 21)]); m.ir_version = 10
+onnx.save(m, os.path.join(out, "gemm.onnx"))
