@@ -319,7 +319,7 @@ pub struct Assignment {
 }
 
 /// Operators that carry a graph's weights or its attention: where they run is where the work is.
-const HEAVY_OPERATORS: [&str; 12] = [
+const HEAVY_OPERATORS: [&str; 13] = [
     "MatMul",
     "Gemm",
     "Conv",
@@ -332,6 +332,8 @@ const HEAVY_OPERATORS: [&str; 12] = [
     "MultiHeadAttention",
     "GroupQueryAttention",
     "FusedConv",
+    // Lookout's own, which only the CPU runs: the int8 decoder's projections.
+    crate::vision::operators::linear::NAME,
 ];
 
 impl Assignment {

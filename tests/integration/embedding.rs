@@ -24,9 +24,15 @@ fn rows_read_from_the_file_equal_the_graph_run_by_onnx_runtime() {
     )
     .unwrap();
     let environment = runtime::environment(&library).unwrap();
-    let mut session = runtime::load_session(&environment, &path, &Placement::Cpu, 1)
-        .unwrap()
-        .session;
+    let mut session = runtime::load_session(
+        &environment,
+        &path,
+        &Placement::Cpu,
+        1,
+        runtime::Weights::Mapped,
+    )
+    .unwrap()
+    .session;
     // The first and last rows, rows in between, and one twice.
     let last = table_rows(&table) - 1;
     let ids: Vec<u32> = vec![0, 1, 17, last / 2, last, 17];

@@ -28,7 +28,7 @@ use super::onnx::{
 use super::quantize::{BLOCK, Bits, quantize};
 use super::weights::WeightsFile;
 use super::{BuildError, Precision};
-use crate::vision::operators::{self, attention, swiglu};
+use crate::vision::operators::{self, attention, linear, swiglu};
 
 /// The graph's nodes and initializers as they are added; the weights' bytes go straight to the
 /// external data file.
@@ -62,7 +62,7 @@ impl Builder<'_> {
             "GroupQueryAttention" | "MatMulNBits" | "SkipSimplifiedLayerNormalization" => {
                 "com.microsoft"
             }
-            attention::NAME | swiglu::NAME => operators::DOMAIN,
+            attention::NAME | linear::NAME | swiglu::NAME => operators::DOMAIN,
             _ => "",
         };
         self.nodes.push(NodeProto {
@@ -182,7 +182,8 @@ impl Builder<'_> {
     }
 
     /// `input` times the linear layer `weight` (`[n, k]`, out by in, as checkpoints store it), in the
-    /// build's precision: a MatMul by its transpose (fp32, fp16), or MatMulNBits (int8, int4).
+    /// build's precision: a MatMul by its transpose (fp32, fp16), Lookout's `QuantizedLinear` (int8)
+    /// or MatMulNBits (int4), the quantized weights in the same layout.
     fn linear(
         &mut self,
         name: &str,
@@ -218,6 +219,9 @@ impl Builder<'_> {
             &[n * quantized.blocks],
             &quantized.scales,
         )?;
+        if bits == Bits::Eight {
+            return Ok(self.one(linear::NAME, name, &[input, &b, &scales], vec![]));
+        }
         Ok(self.one(
             "MatMulNBits",
             name,
@@ -228,7 +232,7 @@ impl Builder<'_> {
                 ("bits", Attribute::Int(bits.count() as i64)),
                 ("block_size", Attribute::Int(BLOCK as i64)),
                 // Integer arithmetic on int8 activations (VNNI where the CPU has it): 2-3x faster than
-                // the float path, and what ONNX Runtime's own int8 rewrite chooses.
+                // the float path.
                 ("accuracy_level", Attribute::Int(4)),
             ],
         ))

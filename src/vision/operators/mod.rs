@@ -2,13 +2,16 @@
 //! what the runtime's CPU kernels do slower in Lookout's decoder graph (`lookout models build`):
 //! - `DecoderAttention` (`attention`): grouped-query attention on the fixed cache buffers, each cached
 //!   row read once for all the query heads that share it;
-//! - `SwiGlu` (`swiglu`): a Llama MLP's gate in one pass, where the runtime runs three kernels.
+//! - `SwiGlu` (`swiglu`): a Llama MLP's gate in one pass, where the runtime runs three kernels;
+//! - `QuantizedLinear` (`linear`): the int8 graph's projections, faster than `MatMulNBits` one row at a
+//!   time and with the runtime's float GEMM for many.
 //!
 //! They compute in f32: the fp16 graph, meant for accelerators, uses the runtime's own operators.
 //! Their vectorized exponential also serves the decoding loop (`log_sum_exp`).
 
 mod arithmetic;
 pub mod attention;
+pub mod linear;
 pub mod swiglu;
 
 pub(crate) use arithmetic::log_sum_exp;
@@ -22,5 +25,6 @@ pub const DOMAIN: &str = "ai.lookout";
 pub fn operators() -> ort::Result<OperatorDomain> {
     OperatorDomain::new(DOMAIN)?
         .add(attention::DecoderAttention)?
+        .add(linear::QuantizedLinear)?
         .add(swiglu::SwiGlu)
 }

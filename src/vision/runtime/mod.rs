@@ -27,7 +27,7 @@ use std::sync::Mutex;
 
 mod session;
 
-pub use session::{Opened, Placement, compiles, load_session};
+pub use session::{Opened, Placement, Weights, compiles, load_session};
 
 use super::device::{AcceleratorKind, Inventory, Offer};
 

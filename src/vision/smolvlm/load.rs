@@ -3,6 +3,7 @@
 //! a wrong file fails at load with the name of what does not match, never mid-answer.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ort::environment::Environment;
@@ -17,7 +18,7 @@ use crate::vision::embedding::EmbeddingTable;
 use crate::vision::huge_pages;
 use crate::vision::model::{ChosenDecoder, ModelError, ModelSpec, chosen_decoder};
 use crate::vision::prompt::{PromptError, Prompter};
-use crate::vision::runtime::{self, Placement, RuntimeError};
+use crate::vision::runtime::{self, Placement, RuntimeError, Weights};
 use crate::vision::{Graphs, PromptBounds};
 
 /// Why a model could not be loaded.
@@ -94,6 +95,8 @@ struct GraphFiles<'a> {
     environment: &'a Environment,
     options: &'a LoadOptions,
     assignments: Vec<Assignment>,
+    /// The weights sessions read in place (`Weights::InMemory`).
+    held_weights: Vec<Arc<[u8]>>,
 }
 
 impl GraphFiles<'_> {
@@ -110,15 +113,18 @@ impl GraphFiles<'_> {
         path: &Path,
         inputs: &[Port],
         outputs: &[Port],
+        weights: Weights,
     ) -> Result<(Session, String), LoadError> {
         let opened = runtime::load_session(
             self.environment,
             path,
             &self.options.placement,
             self.options.threads,
+            weights,
         )?;
         check_session(path, &opened.session, inputs, outputs)?;
         self.assignments.push(opened.assignment);
+        self.held_weights.extend(opened.weights);
         Ok((opened.session, opened.runs_on))
     }
 }
@@ -147,7 +153,7 @@ impl GraphFiles<'_> {
     /// The official export's decoder, whose cache grows step by step.
     fn open_growing(&mut self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let positions = port("position_ids", TensorElementType::Int64, 2);
-        let (session, layout) = self.open_decoder(path, spec, positions)?;
+        let (session, layout) = self.open_decoder(path, spec, positions, Weights::Mapped)?;
         if layout.element != CacheElement::F32 {
             return Err(contract(
                 path,
@@ -167,9 +173,10 @@ impl GraphFiles<'_> {
         path: &Path,
         spec: &ModelSpec,
         third: Port,
+        weights: Weights,
     ) -> Result<(Session, CacheLayout), LoadError> {
         let (inputs, outputs) = decoder_ports(third);
-        let (session, _) = self.open(path, &inputs, &outputs)?;
+        let (session, _) = self.open(path, &inputs, &outputs, weights)?;
         let declared: Vec<(&str, &ValueType)> = session
             .inputs()
             .iter()
@@ -182,10 +189,17 @@ impl GraphFiles<'_> {
         Ok((session, layout))
     }
 
-    /// Lookout's own decoder at `path`, with its cache buffers of `max_context` positions.
-    fn open_fixed(&mut self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
+    /// Lookout's own decoder at `path`, in `precision`, with its cache buffers of `max_context`
+    /// positions.
+    fn open_fixed(
+        &mut self,
+        path: &Path,
+        spec: &ModelSpec,
+        precision: &str,
+    ) -> Result<Decoder, LoadError> {
         let keep = port("num_logits_to_keep", TensorElementType::Int64, 0);
-        let (session, layout) = self.open_decoder(path, spec, keep)?;
+        let weights = Weights::of_built_decoder(precision);
+        let (session, layout) = self.open_decoder(path, spec, keep, weights)?;
         let (capacity, limit) = match self.options.max_context {
             MaxContext::Positions(positions) => (positions, positions),
             MaxContext::Largest(bounds) => (
@@ -234,6 +248,7 @@ impl SmolVlm {
             environment: &environment,
             options,
             assignments: Vec::new(),
+            held_weights: Vec::new(),
         };
         use TensorElementType::{Bool, Float32, Int64};
 
@@ -244,6 +259,7 @@ impl SmolVlm {
                 port("pixel_attention_mask", Bool, 4),
             ],
             &[port("image_features", Float32, 3)],
+            Weights::Mapped,
         )?;
         let embed_path = graphs.path("embed_tokens");
         let embedder = match EmbeddingTable::open(&embed_path) {
@@ -253,6 +269,7 @@ impl SmolVlm {
                     &embed_path,
                     &[port("input_ids", Int64, 2)],
                     &[port("inputs_embeds", Float32, 3)],
+                    Weights::Mapped,
                 )?;
                 Embedder::Graph(session)
             }
@@ -267,7 +284,7 @@ impl SmolVlm {
         let decoder_bytes = chosen.bytes();
         let (decoder, name) = match chosen {
             ChosenDecoder::Built { precision, path } => {
-                let decoder = graphs.open_fixed(&path, &spec)?;
+                let decoder = graphs.open_fixed(&path, &spec, precision)?;
                 let name = model_name(&options.model_dir, &format!("_lookout_{precision}"));
                 (decoder, name)
             }
@@ -301,6 +318,7 @@ impl SmolVlm {
             batch: options.batch.max(1),
             load_time: started.elapsed(),
             pixel_buffer: Vec::new(),
+            _held_weights: graphs.held_weights,
         })
     }
 }

@@ -61,6 +61,9 @@ pub struct SmolVlm {
     /// The last answer's pixel values, reused by the next: a fresh buffer of 13 tiles costs about 30 ms
     /// of page faults. Kept only up to the largest still image's size (see `keep_pixel_buffer`).
     pixel_buffer: Vec<f32>,
+    /// The weights the sessions above read in place (`runtime::Weights::InMemory`). Last, so dropped
+    /// last: fields drop in the order they are declared.
+    _held_weights: Vec<std::sync::Arc<[u8]>>,
 }
 
 /// An answer as the first pass over a job leaves it: complete (a choice, a failure), or a text answer
