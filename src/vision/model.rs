@@ -92,6 +92,23 @@ pub fn built_decoder_path(dir: &Path, precision: &str) -> PathBuf {
         .join(format!("lookout_decoder_{precision}.onnx"))
 }
 
+/// The external data file of a built graph: `<graph>.data`.
+pub fn built_weights_path(graph: &Path) -> PathBuf {
+    let mut name = graph.as_os_str().to_owned();
+    name.push(".data");
+    PathBuf::from(name)
+}
+
+/// Whether the graph at `path` has operators that read their weights in place rather than pack a copy
+/// at load (Lookout's `QuantizedLinear`, in int8 graphs built since it exists). The graph file holds
+/// no weights (they are in its `.data`), and the operator's name appears in it only as a node's
+/// operator type, so looking for the name's bytes answers without parsing it. A file that cannot be
+/// read says no: its load reports why.
+pub fn reads_weights_in_place(path: &Path) -> bool {
+    let name = crate::vision::operators::linear::NAME.as_bytes();
+    std::fs::read(path).is_ok_and(|bytes| bytes.windows(name.len()).any(|window| window == name))
+}
+
 /// The decoder graph a folder's variant of graph suffix `suffix` answers with: Lookout's own for the
 /// variant's precision when `own` is wanted and the folder holds it, else the official export's.
 pub fn chosen_decoder(dir: &Path, suffix: &str, own: bool) -> ChosenDecoder {

@@ -44,7 +44,7 @@ impl Graph {
             &path,
             &Placement::Cpu,
             1,
-            runtime::Weights::of_built_decoder(precision),
+            runtime::Weights::of_graph(&path),
         )
         .unwrap();
         let session = opened.session;

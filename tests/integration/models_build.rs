@@ -284,3 +284,31 @@ fn an_unknown_precision_is_a_usage_error() {
         stderr(&output)
     );
 }
+
+/// Only the int8 graph reads its weights in place (`QuantizedLinear`), so only it is loaded with its
+/// weights in memory; the others' operators pack copies, which would hold the weights twice. A file
+/// that is not a graph says no.
+#[test]
+fn only_the_int8_graph_reads_its_weights_in_place() {
+    let dir = crate::common::config::smolvlm_built_fixture();
+    for (precision, in_place) in [
+        ("fp32", false),
+        ("fp16", false),
+        ("int8", true),
+        ("int4", false),
+    ] {
+        let graph = dir.join(format!("onnx/lookout_decoder_{precision}.onnx"));
+        assert!(graph.is_file(), "{}", graph.display());
+        assert_eq!(
+            lookout::vision::model::reads_weights_in_place(&graph),
+            in_place,
+            "{precision}"
+        );
+    }
+    assert!(!lookout::vision::model::reads_weights_in_place(
+        &dir.join("config.json")
+    ));
+    assert!(!lookout::vision::model::reads_weights_in_place(
+        &dir.join("onnx/missing.onnx")
+    ));
+}

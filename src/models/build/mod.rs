@@ -25,7 +25,7 @@ use onnx::{IR_VERSION, ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use weights::WeightsFile;
 
 use crate::vision::model::{
-    BUILT_DECODER_BLOCK_KEY, BUILT_DECODER_PRECISION_KEY, built_decoder_path,
+    BUILT_DECODER_BLOCK_KEY, BUILT_DECODER_PRECISION_KEY, built_decoder_path, built_weights_path,
 };
 
 /// The checkpoint a model folder holds.
@@ -121,7 +121,7 @@ pub fn build(dir: &Path, precision: Precision) -> Result<Built, BuildError> {
             source,
         })?;
     }
-    let data_path = data_path(&graph_path);
+    let data_path = built_weights_path(&graph_path);
     let partial = Partial::new(&graph_path, &data_path);
     let location = file_name(&data_path);
     let mut weights = WeightsFile::create(&partial.data, &location)?;
@@ -171,13 +171,6 @@ pub fn build(dir: &Path, precision: Precision) -> Result<Built, BuildError> {
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// The external data file of a built graph: `<graph>.data`.
-pub fn data_path(graph: &Path) -> PathBuf {
-    let mut name = graph.as_os_str().to_owned();
-    name.push(".data");
-    PathBuf::from(name)
 }
 
 fn file_name(path: &Path) -> String {

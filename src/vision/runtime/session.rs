@@ -331,10 +331,11 @@ pub enum Weights {
 }
 
 impl Weights {
-    /// How the weights of Lookout's decoder in `precision` (`lookout models build`) are best held:
-    /// in memory for int8, the one precision whose operators pack nothing.
-    pub fn of_built_decoder(precision: &str) -> Weights {
-        if precision == "int8" {
+    /// How the graph at `path` is best loaded: in memory if its operators read their weights in place
+    /// (`model::reads_weights_in_place`); mapped otherwise, since the runtime's packed copies would
+    /// hold the weights twice.
+    pub fn of_graph(path: &Path) -> Weights {
+        if crate::vision::model::reads_weights_in_place(path) {
             Weights::InMemory
         } else {
             Weights::Mapped
@@ -410,9 +411,7 @@ type WithWeights = (SessionBuilder, Option<Arc<[u8]>>);
 /// handed to ONNX Runtime to use in place, and that memory (ort's builder holds its reference only
 /// until the session is made; ONNX Runtime reads the buffer for as long as the session lives).
 fn weights_in_memory(builder: SessionBuilder, graph: &Path) -> Result<WithWeights, String> {
-    let mut name = graph.as_os_str().to_owned();
-    name.push(".data");
-    let data = PathBuf::from(name);
+    let data = crate::vision::model::built_weights_path(graph);
     let (Some(location), Ok(mut file)) = (data.file_name(), std::fs::File::open(&data)) else {
         return Ok((builder, None));
     };

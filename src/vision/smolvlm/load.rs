@@ -189,17 +189,10 @@ impl GraphFiles<'_> {
         Ok((session, layout))
     }
 
-    /// Lookout's own decoder at `path`, in `precision`, with its cache buffers of `max_context`
-    /// positions.
-    fn open_fixed(
-        &mut self,
-        path: &Path,
-        spec: &ModelSpec,
-        precision: &str,
-    ) -> Result<Decoder, LoadError> {
+    /// Lookout's own decoder at `path`, with its cache buffers of `max_context` positions.
+    fn open_fixed(&mut self, path: &Path, spec: &ModelSpec) -> Result<Decoder, LoadError> {
         let keep = port("num_logits_to_keep", TensorElementType::Int64, 0);
-        let weights = Weights::of_built_decoder(precision);
-        let (session, layout) = self.open_decoder(path, spec, keep, weights)?;
+        let (session, layout) = self.open_decoder(path, spec, keep, Weights::of_graph(path))?;
         let (capacity, limit) = match self.options.max_context {
             MaxContext::Positions(positions) => (positions, positions),
             MaxContext::Largest(bounds) => (
@@ -284,7 +277,7 @@ impl SmolVlm {
         let decoder_bytes = chosen.bytes();
         let (decoder, name) = match chosen {
             ChosenDecoder::Built { precision, path } => {
-                let decoder = graphs.open_fixed(&path, &spec, precision)?;
+                let decoder = graphs.open_fixed(&path, &spec)?;
                 let name = model_name(&options.model_dir, &format!("_lookout_{precision}"));
                 (decoder, name)
             }
