@@ -165,9 +165,10 @@ fn sizes(input: &[i64], weight: &[i64], scales: usize) -> ort::Result<Sizes> {
         blocks: dimension(*blocks)?,
         block: dimension(*block)?,
     };
-    if sizes.block == 0 || !sizes.block.is_multiple_of(16) {
+    // At most 256 values, so that a block's integer sums fit 32 bits (255 x 32,767 a product).
+    if sizes.block == 0 || !sizes.block.is_multiple_of(16) || sizes.block > 256 {
         return Err(fail(format!(
-            "the block must be a multiple of 16 values, not {}",
+            "the block must be a multiple of 16 values up to 256, not {}",
             sizes.block
         )));
     }
@@ -745,6 +746,7 @@ mod tests {
             sizes(input, weight, scales).err().unwrap().to_string()
         };
         assert!(problem(&[1, 200], &[37, 5, 40], 185).contains("multiple of 16"));
+        assert!(problem(&[1, 600], &[37, 2, 512], 74).contains("up to 256"));
         assert!(problem(&[1, 200], &[37, 3, 64], 111).contains("do not hold"));
         assert!(problem(&[1, 200], &[37, 4, 64], 100).contains("100 scales"));
         assert!(problem(&[1, 200], &[37, 4], 100).contains("[N, blocks, block]"));
