@@ -403,16 +403,12 @@ mod avx2 {
         out: &mut [&mut [f32]],
     ) {
         let (blocks, block) = (weight.sizes.blocks, weight.sizes.block);
-        let row_bytes = blocks * block;
         let levels: [*const i16; A] = group.map(|input| input.levels.as_ptr());
         let mut output = outputs.start;
         while output < outputs.end {
             // An odd last row is paired with itself and its second result dropped.
             let second = (output + 1).min(outputs.end - 1);
-            let rows = [
-                weight.levels[output * row_bytes..].as_ptr(),
-                weight.levels[second * row_bytes..].as_ptr(),
-            ];
+            let rows = [weight.row(output).as_ptr(), weight.row(second).as_ptr()];
             let scales = [weight.row_scales(output), weight.row_scales(second)];
             let mut sums = [[_mm256_setzero_ps(); 2]; A];
             let mut offsets = [[0f32; 2]; A];
@@ -429,7 +425,7 @@ mod avx2 {
                 let mut products = [[_mm256_setzero_si256(); 2]; A];
                 let mut at = start;
                 while at < start + block {
-                    // SAFETY: `at + 16 <= row_bytes`, the length of each weight row and input row.
+                    // SAFETY: `at + 16 <= blocks * block`, the length of each weight row and input row.
                     let (first, other) = unsafe {
                         (
                             _mm256_cvtepu8_epi16(_mm_loadu_si128(rows[0].add(at).cast())),
