@@ -1,50 +1,42 @@
 //! `QuantizedLinear`: `input` times an int8 weight stored in blocks, the layout ONNX Runtime's
 //! `MatMulNBits` reads (`lookout models build --precision int8`).
 //!
-//! Why not `MatMulNBits` itself: on the AVX2 CPU measured (2 cores), it multiplies a prefill's rows
-//! 1.1x (88 rows) to 1.6x (882 rows) slower than dequantizing the weight and calling the runtime's float
-//! GEMM (bench/reference/linear-kernels, the 121 weights of a 256M decoding step), which is what this
-//! operator does for many rows: in Lookout's int8 decoder, the prefill of one image ran 1.22-1.38x and
-//! of 13 tiles 1.40x faster than with `MatMulNBits` on the same weights. One row at a time, the kernel
-//! below read the chain's weights at 24.1-26.0 GB/s where `MatMulNBits` read 19.5-22.7, but in the
-//! decoder, where a step's small projections (368 KB to 2 MB) cost it a thread hand-off each, it
-//! decodes at 0.90-1.03x `MatMulNBits`' speed (bench/results.md).
+//! Why not `MatMulNBits` itself: on the AVX2 CPU measured (2 cores), its int8 kernel multiplies a
+//! prefill's rows more slowly than the runtime's float GEMM does, and reads a decoding step's weights
+//! more slowly than the row kernel below (bench/reference/linear-kernels: 19.5-22.7 GB/s against
+//! 24.1-26.0 on the 121 weights of a 256M decoding step). In the decoder, where a step's small
+//! projections (368 KB to 2 MB) cost a thread hand-off each, decoding runs at 0.90-1.03x
+//! `MatMulNBits`' speed; a prefill is faster (bench/results.md).
 //!
-//! Two ways, by the number of input rows:
-//! - a few rows (a decoding step, a batch of them, a short prompt; fewer than [`MANY_ROWS`]): each row
-//!   is quantized per block to 16 bits, and each weight row is read once for every input row, its
-//!   bytes widened to 16 bits and multiplied-and-added in pairs (`vpmaddwd` on AVX2, plain integer code
-//!   elsewhere), two weight rows at a time, loads of the next blocks asked for ahead. 16-bit
-//!   activations keep their first 4-5 digits where `MatMulNBits`' integer path keeps 2;
-//! - many rows (a prompt's prefill): the weight is dequantized to f32, once per call, into a buffer
-//!   every instance shares, and ONNX Runtime's own `Gemm` multiplies (its SGEMM, on its threads),
-//!   called through the C API's `InvokeOp`. The buffer stays allocated at the largest weight (7 MB for
-//!   256M's gate and up). A weight over [`LARGEST_DEQUANTIZED`] values takes the row kernel instead.
+//! Both ways multiply integers: the input rows are quantized per block to 16 bits, the weight's bytes
+//! widened to 16 bits, and products summed in pairs in 32 bits (`vpmaddwd` on AVX2, plain integer code
+//! elsewhere), each block's sum then scaled into a float. 16-bit activations keep their first 4-5
+//! digits where `MatMulNBits`' integer path keeps 2; `vpmaddwd` does twice the multiply-adds of a
+//! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second).
+//! - a few rows (a decoding step, a batch of them, a short prompt; fewer than [`MANY_ROWS`]): each
+//!   weight row is read once for up to [`ROWS_TOGETHER`] input rows, two weight rows at a time, loads of
+//!   the next blocks asked for ahead. The weight streams from memory; the kernel keeps up with it;
+//! - many rows (a prompt's prefill): a GEMM. [`PANEL`] weight rows at a time are widened into a small
+//!   packed panel, and each group of [`TILE_ROWS`] input rows is multiplied against it in registers, so
+//!   the weight is read from memory once a call and the multiplying, not the reading, sets the pace.
 //!
 //! Inputs: `input` `[..., K]` (f32); `weights` `[N, blocks, block]` (u8: the level plus 128, rows
 //! padded to whole blocks with 128); `scales` `[N × blocks]` (f32). Output: `[..., N]`.
 
 use std::sync::Mutex;
 
-use ort::AsPointer;
 use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput,
 };
-use ort::value::{TensorElementType, TensorRef, TensorRefMut};
+use ort::value::TensorElementType;
 
 /// The operator's name in graphs.
 pub const NAME: &str = "QuantizedLinear";
 
-/// From this many input rows on, the weight is dequantized and multiplied by the runtime's GEMM. Below,
-/// the row kernel reads the weight once per group of up to four rows; measured on the 256M decoding
-/// step's weights, dequantizing cost about what 13 rows through the row kernel do and the GEMM took
-/// 0.7x the row kernel's time a row, so the two meet at about 40 rows.
-const MANY_ROWS: usize = 32;
-
-/// The most values a weight may have to be dequantized (32 MB of f32): every layer's projections of
-/// SmolVLM2-256M and -500M (the largest, 500M's gate and up, 4.9 M), not their LM heads (28 M and 47 M),
-/// whose prefill keeps one row of logits a prompt.
-const LARGEST_DEQUANTIZED: usize = 1 << 23;
+/// From this many input rows on, the GEMM multiplies; below, the row kernel. Measured on one core,
+/// on a 256M gate-and-up weight (3072 x 576) read from memory: the GEMM took 1.39x the row kernel's
+/// time at 4 rows, 0.98x at 8, 0.80x at 12 and 0.69x at 32.
+const MANY_ROWS: usize = 8;
 
 /// The input rows the row kernel multiplies together, reading each weight row once for all of them.
 const ROWS_TOGETHER: usize = 4;
@@ -53,12 +45,16 @@ const ROWS_TOGETHER: usize = 4;
 /// choice (bench/reference/linear-kernels: 25.1-26.0 GB/s at 1,024 bytes, 24.1 at 2,048).
 const PREFETCH_AHEAD: usize = 1024;
 
-/// The weight rows one task dequantizes for the runtime's GEMM.
-const ROWS_A_TASK: usize = 64;
+/// The weight rows (output features) the GEMM packs together: two AVX2 registers of eight sums.
+const PANEL: usize = 16;
 
-/// The dequantized weight, shared by every instance: kernels of one session run one at a time, and
-/// sessions that run at once wait for each other only here.
-static DEQUANTIZED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+/// The input rows the GEMM multiplies against a panel at once: their 12 sums, the panel's two
+/// registers and a broadcast input take 15 of AVX2's 16 registers.
+const TILE_ROWS: usize = 6;
+
+/// The GEMM's tasks a core: the runtime's threads take them as they come free, so a core slowed by
+/// other work does fewer of them.
+const TASKS_A_CORE: usize = 4;
 
 pub(super) struct QuantizedLinear;
 
@@ -81,16 +77,12 @@ impl Operator for QuantizedLinear {
         [OperatorOutput::required(TensorElementType::Float32)]
     }
 
-    fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Linear> {
-        Ok(Linear {
-            gemm: Gemm::new(ctx)?,
-        })
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Linear> {
+        Ok(Linear)
     }
 }
 
-pub struct Linear {
-    gemm: Gemm,
-}
+pub struct Linear;
 
 fn fail(problem: impl std::fmt::Display) -> ort::Error {
     ort::Error::new(format!("{NAME}: {problem}"))
@@ -138,8 +130,8 @@ impl Kernel for Linear {
             scales,
             sizes,
         };
-        if sizes.rows >= MANY_ROWS && sizes.outputs * sizes.features <= LARGEST_DEQUANTIZED {
-            self.gemm.multiply(ctx, &weight, values, products)
+        if sizes.rows >= MANY_ROWS {
+            multiply_many(ctx, &weight, values, products)
         } else {
             multiply_rows(ctx, &weight, values, products)
         }
@@ -201,33 +193,20 @@ impl Weight<'_> {
         &self.levels[row * width..(row + 1) * width]
     }
 
-    fn row_scales(&self, row: usize) -> &[f32] {
-        &self.scales[row * self.sizes.blocks..(row + 1) * self.sizes.blocks]
+    /// Weight rows `rows`' bytes (none for an empty range).
+    fn rows(&self, rows: std::ops::Range<usize>) -> &[u8] {
+        let width = self.sizes.blocks * self.sizes.block;
+        &self.levels[rows.start.min(rows.end) * width..rows.end * width]
     }
 
-    /// Weight rows `rows` as f32, `[rows, K]`, into `out`.
-    fn dequantize(&self, first: usize, out: &mut [f32]) {
-        let Sizes {
-            features, block, ..
-        } = self.sizes;
-        for (index, values) in out.chunks_exact_mut(features).enumerate() {
-            let (levels, scales) = (self.row(first + index), self.row_scales(first + index));
-            for ((values, levels), scale) in values
-                .chunks_mut(block)
-                .zip(levels.chunks(block))
-                .zip(scales)
-            {
-                for (value, level) in values.iter_mut().zip(levels) {
-                    *value = f32::from(i16::from(*level) - 128) * scale;
-                }
-            }
-        }
+    fn row_scales(&self, row: usize) -> &[f32] {
+        &self.scales[row * self.sizes.blocks..(row + 1) * self.sizes.blocks]
     }
 }
 
 /// An input row quantized per block to 16 bits: `levels` (padded to whole blocks with zeros),
 /// each block's scale, and each block's sum of levels times 128, which takes the weights' offset
-/// back out of the integer products.
+/// back out of the row kernel's integer products (the GEMM's panels have it taken off their levels).
 struct QuantizedRow {
     levels: Vec<i16>,
     scales: Vec<f32>,
@@ -236,6 +215,18 @@ struct QuantizedRow {
 
 impl QuantizedRow {
     fn new(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return avx2::quantize_row(values, sizes);
+        }
+        QuantizedRow::quantize(values, sizes)
+    }
+
+    /// Always inlined, so that `avx2::quantize_row` compiles it with AVX2's rounding and vectors.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    fn quantize(values: &[f32], sizes: &Sizes) -> QuantizedRow {
         let mut levels = vec![0i16; sizes.blocks * sizes.block];
         let mut scales = Vec::with_capacity(sizes.blocks);
         let mut offsets = Vec::with_capacity(sizes.blocks);
@@ -251,10 +242,19 @@ impl QuantizedRow {
             } else {
                 1.0
             };
+            let inverse = scale.recip();
             let mut sum = 0i32;
             for (level, value) in levels.iter_mut().zip(values) {
-                // Within ±i16::MAX by the scale; `as` saturates a NaN to 0.
-                *level = (value / scale).round() as i16;
+                // Within ±i16::MAX by the scale; a NaN becomes 0. (`as i16` would say the same, but
+                // its checks keep the loop out of vectors.)
+                let scaled = (value * inverse).round_ties_even();
+                let scaled = if scaled.is_nan() {
+                    0.0
+                } else {
+                    scaled.clamp(-f32::from(i16::MAX), f32::from(i16::MAX))
+                };
+                // SAFETY: `scaled` is a whole number within i16's range.
+                *level = unsafe { scaled.to_int_unchecked::<i16>() };
                 sum += i32::from(*level);
             }
             scales.push(scale);
@@ -268,9 +268,77 @@ impl QuantizedRow {
     }
 }
 
+/// Splits a product over the runtime's threads by output columns: `products` (`[rows, N]`) cut into
+/// runs of `run` columns, each run's part of every row handed to one task as `work(first column of
+/// the run, its parts)`.
+fn by_columns(
+    ctx: &ComputeContext,
+    products: &mut [f32],
+    outputs: usize,
+    run: usize,
+    work: impl Fn(usize, &mut [&mut [f32]]) + Sync + Send,
+) -> ort::Result<()> {
+    let runs = outputs.div_ceil(run);
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..runs)
+        .map(|_| Vec::with_capacity(products.len() / outputs))
+        .collect();
+    for row in products.chunks_exact_mut(outputs) {
+        for (parts, part) in parts.iter_mut().zip(row.chunks_mut(run)) {
+            parts.push(part);
+        }
+    }
+    let parts: Vec<Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(Mutex::new).collect();
+    let task = |index: usize| {
+        let mut parts = parts[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(index * run, &mut parts);
+    };
+    if runs == 1 {
+        task(0);
+        Ok(())
+    } else {
+        ctx.par_for(runs, runs, task)
+    }
+}
+
+fn quantize_rows(values: &[f32], sizes: &Sizes) -> Vec<QuantizedRow> {
+    values
+        .chunks_exact(sizes.features)
+        .map(|row| QuantizedRow::new(row, sizes))
+        .collect()
+}
+
+/// [`quantize_rows`] for many rows, a run of rows a core.
+fn quantize_rows_on_every_core(
+    ctx: &ComputeContext,
+    values: &[f32],
+    sizes: &Sizes,
+) -> ort::Result<Vec<QuantizedRow>> {
+    let run = sizes.rows.div_ceil(cores()) * sizes.features;
+    let runs: Vec<Mutex<Vec<QuantizedRow>>> =
+        values.chunks(run).map(|_| Mutex::new(Vec::new())).collect();
+    ctx.par_for(runs.len(), runs.len(), |index| {
+        let rows = quantize_rows(
+            &values[index * run..((index + 1) * run).min(values.len())],
+            sizes,
+        );
+        *runs[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = rows;
+    })?;
+    Ok(runs
+        .into_iter()
+        .flat_map(|rows| {
+            rows.into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        })
+        .collect())
+}
+
 /// Fewer than [`MANY_ROWS`] input rows: the weight rows cut into one contiguous run a core (one
-/// stream through memory that the prefetchers follow), run on the runtime's threads, each
-/// multiplying its rows by groups of up to [`ROWS_TOGETHER`] input rows straight into the output.
+/// stream through memory that the prefetchers follow), each multiplying its rows by groups of up to
+/// [`ROWS_TOGETHER`] input rows straight into the output.
 fn multiply_rows(
     ctx: &ComputeContext,
     weight: &Weight,
@@ -278,41 +346,179 @@ fn multiply_rows(
     products: &mut [f32],
 ) -> ort::Result<()> {
     let sizes = weight.sizes;
-    let rows: Vec<QuantizedRow> = values
-        .chunks_exact(sizes.features)
-        .map(|row| QuantizedRow::new(row, &sizes))
-        .collect();
+    let rows = quantize_rows(values, &sizes);
     // Runs of an even number of rows, the kernel's pairs.
     let run = sizes.outputs.div_ceil(cores()).next_multiple_of(2);
-    let runs = sizes.outputs.div_ceil(run);
-    // Each run's part of each output row.
-    let mut parts: Vec<Vec<&mut [f32]>> =
-        (0..runs).map(|_| Vec::with_capacity(rows.len())).collect();
-    for output in products.chunks_exact_mut(sizes.outputs) {
-        for (parts, part) in parts.iter_mut().zip(output.chunks_mut(run)) {
-            parts.push(part);
-        }
-    }
-    let parts: Vec<Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(Mutex::new).collect();
-    let multiply = |index: usize| {
-        let first = index * run;
+    by_columns(ctx, products, sizes.outputs, run, |first, parts| {
         let outputs = first..(first + run).min(sizes.outputs);
-        let mut parts = parts[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (group, out) in rows
             .chunks(ROWS_TOGETHER)
             .zip(parts.chunks_mut(ROWS_TOGETHER))
         {
             dot_rows(weight, outputs.clone(), group, out);
         }
-    };
-    if runs == 1 {
-        multiply(0);
-    } else {
-        ctx.par_for(runs, runs, multiply)?;
+    })
+}
+
+/// [`MANY_ROWS`] input rows or more: runs of whole panels, [`TASKS_A_CORE`] a core; each task packs
+/// its panels one at a time and multiplies every input row against each.
+fn multiply_many(
+    ctx: &ComputeContext,
+    weight: &Weight,
+    values: &[f32],
+    products: &mut [f32],
+) -> ort::Result<()> {
+    let sizes = weight.sizes;
+    let rows = quantize_rows_on_every_core(ctx, values, &sizes)?;
+    let panels = sizes.outputs.div_ceil(PANEL);
+    let run = panels.div_ceil(cores() * TASKS_A_CORE) * PANEL;
+    by_columns(ctx, products, sizes.outputs, run, |first, parts| {
+        let end = (first + run).min(sizes.outputs);
+        let mut panel = Panel::new(&sizes);
+        for start in (first..end).step_by(PANEL) {
+            panel.pack(weight, start);
+            // The next panel's weight rows come from memory while this one is multiplied.
+            prefetch(weight.rows(start + PANEL..(start + 2 * PANEL).min(end)));
+            let columns = start - first..(start + PANEL).min(end) - first;
+            for (group, out) in rows.chunks(TILE_ROWS).zip(parts.chunks_mut(TILE_ROWS)) {
+                multiply_panel(&panel, group, out, columns.clone());
+            }
+        }
+    })
+}
+
+/// Asks for `bytes` to be brought into the cache (a hint: it never faults).
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch reads nothing the program sees, and `line` is a valid address.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            );
+        }
     }
-    Ok(())
+}
+
+/// [`PANEL`] weight rows widened to 16 bits, the 128 taken off, laid out for the GEMM: for each pair
+/// of features, the rows' two levels side by side (`[blocks × block / 2][PANEL][2]`), which one
+/// `vpmaddwd` multiplies by an input's pair; and the rows' scales (`[blocks][PANEL]`). Rows past the
+/// weight's last are zeros.
+struct Panel {
+    levels: Vec<i16>,
+    scales: Vec<f32>,
+    sizes: Sizes,
+}
+
+impl Panel {
+    fn new(sizes: &Sizes) -> Panel {
+        Panel {
+            levels: vec![0; sizes.blocks * sizes.block * PANEL],
+            scales: vec![0.0; sizes.blocks * PANEL],
+            sizes: *sizes,
+        }
+    }
+
+    /// Packs weight rows `first..first + PANEL`.
+    fn pack(&mut self, weight: &Weight, first: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if first + PANEL <= self.sizes.outputs && std::arch::is_x86_feature_detected!("avx2") {
+            avx2::pack_levels(&mut self.levels, weight, first);
+            self.pack_scales(weight, first);
+            return;
+        }
+        self.pack_portable(weight, first);
+    }
+
+    /// [`Panel::pack`] in plain code, for CPUs without AVX2 and a panel past the weight's last row.
+    fn pack_portable(&mut self, weight: &Weight, first: usize) {
+        for column in 0..PANEL {
+            let row = first + column;
+            for (index, pair) in self.levels.chunks_exact_mut(2 * PANEL).enumerate() {
+                let levels = if row < self.sizes.outputs {
+                    let levels = &weight.row(row)[2 * index..2 * index + 2];
+                    [i16::from(levels[0]) - 128, i16::from(levels[1]) - 128]
+                } else {
+                    [0, 0]
+                };
+                pair[2 * column..2 * column + 2].copy_from_slice(&levels);
+            }
+        }
+        self.pack_scales(weight, first);
+    }
+
+    fn pack_scales(&mut self, weight: &Weight, first: usize) {
+        for column in 0..PANEL {
+            let row = first + column;
+            for (b, scales) in self.scales.chunks_exact_mut(PANEL).enumerate() {
+                scales[column] = if row < self.sizes.outputs {
+                    weight.row_scales(row)[b]
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// Input rows `group` (up to [`TILE_ROWS`]) times the panel, into `out[row][columns]`, which hold the
+/// panel's first `columns.len()` outputs.
+fn multiply_panel(
+    panel: &Panel,
+    group: &[QuantizedRow],
+    out: &mut [&mut [f32]],
+    columns: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        match group {
+            [a] => return avx2::multiply_panel::<1>(panel, [a], out, columns),
+            [a, b] => return avx2::multiply_panel::<2>(panel, [a, b], out, columns),
+            [a, b, c] => return avx2::multiply_panel::<3>(panel, [a, b, c], out, columns),
+            [a, b, c, d] => return avx2::multiply_panel::<4>(panel, [a, b, c, d], out, columns),
+            [a, b, c, d, e] => {
+                return avx2::multiply_panel::<5>(panel, [a, b, c, d, e], out, columns);
+            }
+            [a, b, c, d, e, f] => {
+                return avx2::multiply_panel::<6>(panel, [a, b, c, d, e, f], out, columns);
+            }
+            _ => {}
+        }
+    }
+    multiply_panel_portable(panel, group, out, columns);
+}
+
+/// [`multiply_panel`] in plain integer code, for CPUs without AVX2: the same sums.
+fn multiply_panel_portable(
+    panel: &Panel,
+    group: &[QuantizedRow],
+    out: &mut [&mut [f32]],
+    columns: std::ops::Range<usize>,
+) {
+    let pairs = panel.sizes.block / 2;
+    for (input, out) in group.iter().zip(out.iter_mut()) {
+        let mut sums = [0f32; PANEL];
+        for (b, (levels, scales)) in panel
+            .levels
+            .chunks_exact(pairs * 2 * PANEL)
+            .zip(panel.scales.chunks_exact(PANEL))
+            .enumerate()
+        {
+            let mut products = [0i32; PANEL];
+            let inputs = &input.levels[b * 2 * pairs..(b + 1) * 2 * pairs];
+            for (weights, both) in levels.chunks_exact(2 * PANEL).zip(inputs.chunks_exact(2)) {
+                for (product, weight) in products.iter_mut().zip(weights.chunks_exact(2)) {
+                    *product += i32::from(both[0]) * i32::from(weight[0])
+                        + i32::from(both[1]) * i32::from(weight[1]);
+                }
+            }
+            for ((sum, product), scale) in sums.iter_mut().zip(products).zip(scales) {
+                *sum += product as f32 * (scale * input.scales[b]);
+            }
+        }
+        out[columns.clone()].copy_from_slice(&sums[..columns.len()]);
+    }
 }
 
 /// The CPU's cores, as many runs as the row kernel makes: asked once, since the standard library
@@ -370,15 +576,18 @@ fn dot_rows_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! The row kernel in AVX2: per block, each weight row's bytes widened to 16 bits (`vpmovzxbw`)
-    //! and multiplied in pairs by the input's 16-bit levels (`vpmaddwd`), summed in 32 bits; the block's
-    //! sum converted to f32 and scaled into a float accumulator. Two weight rows at a time, so that
-    //! each input load serves both; one call runs over every pair of a unit, its loop kept inside the
-    //! function compiled for AVX2.
+    //! The kernels in AVX2. Both multiply 16-bit levels in pairs (`vpmaddwd`), sum a block in 32
+    //! bits, then convert the block's sums to f32 and scale them into float accumulators; each call
+    //! runs its whole loop inside the function compiled for AVX2.
+    //! - The row kernel: each weight row's bytes widened to 16 bits (`vpmovzxbw`) as they are read,
+    //!   two weight rows at a time, so that each input load serves both.
+    //! - The GEMM's: an input's pair of levels broadcast to every lane (`vpbroadcastd`) against a
+    //!   packed panel's pair of registers, up to six input rows a pass, so each panel load serves
+    //!   twelve multiply-adds.
 
     use std::arch::x86_64::*;
 
-    use super::{PREFETCH_AHEAD, QuantizedRow, Weight};
+    use super::{PANEL, PREFETCH_AHEAD, Panel, QuantizedRow, Sizes, Weight};
 
     /// See [`super::dot_rows`]; `A` input rows. The caller has checked that the CPU has AVX2 and FMA.
     #[allow(unsafe_code)]
@@ -464,6 +673,173 @@ mod avx2 {
         }
     }
 
+    /// [`QuantizedRow::quantize`] compiled for AVX2. The caller has checked that the CPU has AVX2 and
+    /// FMA.
+    #[allow(unsafe_code)]
+    pub(super) fn quantize_row(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+        // SAFETY: the CPU has AVX2 and FMA (the caller checked).
+        unsafe { quantize_row_avx2(values, sizes) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn quantize_row_avx2(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+        QuantizedRow::quantize(values, sizes)
+    }
+
+    /// [`Panel::pack`]'s levels, for a panel of rows within the weight: eight rows at a time, 16
+    /// features of each loaded, offset to signed and widened to 16 bits, then the 8 x 8 pairs
+    /// transposed so that each register holds one pair of features of the eight rows.
+    #[allow(unsafe_code)]
+    pub(super) fn pack_levels(levels: &mut [i16], weight: &Weight, first: usize) {
+        assert!(first + PANEL <= weight.sizes.outputs);
+        assert_eq!(
+            levels.len(),
+            weight.sizes.blocks * weight.sizes.block * PANEL
+        );
+        // SAFETY: the CPU has AVX2 (the caller checked); the rows are within the weight (asserted),
+        // each `blocks × block` bytes, a multiple of 16, and `levels` holds `PANEL` levels a feature.
+        unsafe { pack_levels_avx2(levels, weight, first) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[allow(unsafe_code)]
+    unsafe fn pack_levels_avx2(levels: &mut [i16], weight: &Weight, first: usize) {
+        let width = weight.sizes.blocks * weight.sizes.block;
+        let flip = _mm_set1_epi8(i8::MIN);
+        let out = levels.as_mut_ptr();
+        for half in 0..2 {
+            let rows: [*const u8; 8] =
+                std::array::from_fn(|r| weight.row(first + 8 * half + r).as_ptr());
+            for feature in (0..width).step_by(16) {
+                // Eight registers of eight pairs: `pairs[r]` is row r's features `feature..+16`.
+                let pairs: [__m256i; 8] = std::array::from_fn(|r| {
+                    // SAFETY: `feature + 16 <= width`, the row's length.
+                    let bytes = unsafe { _mm_loadu_si128(rows[r].add(feature).cast()) };
+                    _mm256_cvtepi8_epi16(_mm_xor_si128(bytes, flip))
+                });
+                for (p, pair) in transpose(pairs).into_iter().enumerate() {
+                    // SAFETY: pair `feature / 2 + p` of `width / 2`; `PANEL` levels of `2 × PANEL`.
+                    unsafe {
+                        let at = out.add((feature / 2 + p) * 2 * PANEL + half * PANEL);
+                        _mm256_storeu_si256(at.cast(), pair);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An 8 x 8 transpose of 32-bit lanes: lane `p` of register `r` to lane `r` of register `p`.
+    #[target_feature(enable = "avx2")]
+    fn transpose(rows: [__m256i; 8]) -> [__m256i; 8] {
+        let pairs: [__m256i; 8] = std::array::from_fn(|i| {
+            let (a, b) = (
+                rows[i / 4 * 4 + i % 4 / 2 * 2],
+                rows[i / 4 * 4 + i % 4 / 2 * 2 + 1],
+            );
+            if i % 2 == 0 {
+                _mm256_unpacklo_epi32(a, b)
+            } else {
+                _mm256_unpackhi_epi32(a, b)
+            }
+        });
+        // `pairs`: for rows 0-3 then 4-7, [lo(0,1), hi(0,1), lo(2,3), hi(2,3)].
+        let quads: [__m256i; 8] = std::array::from_fn(|i| {
+            let base = i / 4 * 4;
+            let (a, b) = (pairs[base + i % 4 / 2], pairs[base + 2 + i % 4 / 2]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_epi64(a, b)
+            } else {
+                _mm256_unpackhi_epi64(a, b)
+            }
+        });
+        // `quads[i]` for i < 4: lanes i and i + 4 of rows 0-3, one in each 128-bit half; i >= 4,
+        // of rows 4-7.
+        std::array::from_fn(|p| {
+            let (a, b) = (quads[p % 4], quads[4 + p % 4]);
+            if p < 4 {
+                _mm256_permute2x128_si256::<0x20>(a, b)
+            } else {
+                _mm256_permute2x128_si256::<0x31>(a, b)
+            }
+        })
+    }
+
+    /// See [`super::multiply_panel`]; `R` input rows. The caller has checked that the CPU has AVX2 and
+    /// FMA.
+    #[allow(unsafe_code)]
+    pub(super) fn multiply_panel<const R: usize>(
+        panel: &Panel,
+        group: [&QuantizedRow; R],
+        out: &mut [&mut [f32]],
+        columns: std::ops::Range<usize>,
+    ) {
+        // SAFETY: the CPU has AVX2 and FMA (the caller checked); the panel holds `2 × PANEL` levels for
+        // each of the `blocks × block / 2` pairs of features and `PANEL` scales a block, each input
+        // row's levels are `blocks × block` long, and `out` holds `R` slices reaching `columns`.
+        unsafe { multiply_panel_avx2::<R>(panel, group, out, columns) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(unsafe_code)]
+    unsafe fn multiply_panel_avx2<const R: usize>(
+        panel: &Panel,
+        group: [&QuantizedRow; R],
+        out: &mut [&mut [f32]],
+        columns: std::ops::Range<usize>,
+    ) {
+        let pairs = panel.sizes.block / 2;
+        let levels = panel.levels.as_ptr();
+        let inputs: [*const i16; R] = group.map(|input| input.levels.as_ptr());
+        let mut sums = [[_mm256_setzero_ps(); 2]; R];
+        for (b, scales) in panel.scales.chunks_exact(PANEL).enumerate() {
+            let mut products = [[_mm256_setzero_si256(); 2]; R];
+            for pair in b * pairs..(b + 1) * pairs {
+                // SAFETY: `pair < blocks × block / 2` (see `multiply_panel`).
+                let (low, high) = unsafe {
+                    let weights = levels.add(pair * 2 * PANEL);
+                    (
+                        _mm256_loadu_si256(weights.cast()),
+                        _mm256_loadu_si256(weights.add(PANEL).cast()),
+                    )
+                };
+                for r in 0..R {
+                    // SAFETY: `2 × pair + 1 < blocks × block`, the input row's length.
+                    let both = unsafe { inputs[r].add(2 * pair).cast::<i32>().read_unaligned() };
+                    let both = _mm256_set1_epi32(both);
+                    products[r][0] = _mm256_add_epi32(products[r][0], _mm256_madd_epi16(both, low));
+                    products[r][1] =
+                        _mm256_add_epi32(products[r][1], _mm256_madd_epi16(both, high));
+                }
+            }
+            // SAFETY: `scales` is `PANEL` (16) values.
+            let scales = unsafe {
+                [
+                    _mm256_loadu_ps(scales.as_ptr()),
+                    _mm256_loadu_ps(scales.as_ptr().add(8)),
+                ]
+            };
+            for r in 0..R {
+                let input_scale = _mm256_set1_ps(group[r].scales[b]);
+                for half in 0..2 {
+                    sums[r][half] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(products[r][half]),
+                        _mm256_mul_ps(scales[half], input_scale),
+                        sums[r][half],
+                    );
+                }
+            }
+        }
+        for (sums, out) in sums.iter().zip(out.iter_mut()) {
+            let mut values = [0f32; PANEL];
+            // SAFETY: `values` holds two registers of eight.
+            unsafe {
+                _mm256_storeu_ps(values.as_mut_ptr(), sums[0]);
+                _mm256_storeu_ps(values.as_mut_ptr().add(8), sums[1]);
+            }
+            out[columns.clone()].copy_from_slice(&values[..columns.len()]);
+        }
+    }
+
     #[target_feature(enable = "avx2")]
     fn horizontal_sum(values: __m256) -> f32 {
         let halves = _mm_add_ps(
@@ -472,146 +848,6 @@ mod avx2 {
         );
         let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
         _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
-    }
-}
-
-/// ONNX Runtime's own `Gemm` (`transB = 1`: the weight as stored, `[N, K]`), created once per kernel
-/// and called through the C API, which ort does not wrap.
-struct Gemm {
-    operator: std::ptr::NonNull<ort::sys::OrtOp>,
-}
-
-// SAFETY: an OrtOp is a kernel the runtime created and never changes after; ONNX Runtime runs kernels
-// from any of its threads, and this one is released once, in `drop`.
-#[allow(unsafe_code)]
-unsafe impl Send for Gemm {}
-
-impl Gemm {
-    /// Every attribute is given: the runtime fills no defaults for an operator made this way.
-    #[allow(unsafe_code)]
-    fn new(ctx: &KernelContext) -> ort::Result<Gemm> {
-        use ort::sys::OrtOpAttrType::{ORT_OP_ATTR_FLOAT, ORT_OP_ATTR_INT};
-        let api = ort::api();
-        let (no, yes, one) = (0i64, 1i64, 1f32);
-        let wanted: [(&std::ffi::CStr, *const std::ffi::c_void, _); 4] = [
-            (c"transA", (&raw const no).cast(), ORT_OP_ATTR_INT),
-            (c"transB", (&raw const yes).cast(), ORT_OP_ATTR_INT),
-            (c"alpha", (&raw const one).cast(), ORT_OP_ATTR_FLOAT),
-            (c"beta", (&raw const one).cast(), ORT_OP_ATTR_FLOAT),
-        ];
-        let mut attributes: Vec<*mut ort::sys::OrtOpAttr> = Vec::with_capacity(wanted.len());
-        let mut operator: *mut ort::sys::OrtOp = std::ptr::null_mut();
-        let mut names = [c"T".as_ptr()];
-        let types = [ort::sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT];
-        // SAFETY: every pointer passed outlives its call; the attributes are released after the
-        // operator is made (ONNX Runtime copies them), and each status is checked.
-        let made = unsafe {
-            let mut made = Ok(());
-            for (name, value, kind) in wanted {
-                let mut attribute = std::ptr::null_mut();
-                made = ort::Error::result_from_status((api.CreateOpAttr)(
-                    name.as_ptr(),
-                    value,
-                    1,
-                    kind,
-                    &mut attribute,
-                ));
-                if made.is_err() {
-                    break;
-                }
-                attributes.push(attribute);
-            }
-            if made.is_ok() {
-                let given: Vec<*const ort::sys::OrtOpAttr> = attributes
-                    .iter()
-                    .map(|attribute| attribute.cast_const())
-                    .collect();
-                made = ort::Error::result_from_status((api.CreateOp)(
-                    ctx.ptr(),
-                    c"Gemm".as_ptr(),
-                    c"".as_ptr(),
-                    13,
-                    names.as_mut_ptr(),
-                    types.as_ptr(),
-                    1,
-                    given.as_ptr(),
-                    given.len() as i32,
-                    2,
-                    1,
-                    &mut operator,
-                ));
-            }
-            for attribute in attributes {
-                (api.ReleaseOpAttr)(attribute);
-            }
-            made
-        };
-        made?;
-        let operator =
-            std::ptr::NonNull::new(operator).ok_or_else(|| fail("the runtime made no Gemm"))?;
-        Ok(Gemm { operator })
-    }
-
-    /// `products = values · weightᵀ`, the weight dequantized into the shared buffer first.
-    #[allow(unsafe_code)]
-    fn multiply(
-        &self,
-        ctx: &ComputeContext,
-        weight: &Weight,
-        values: &[f32],
-        products: &mut [f32],
-    ) -> ort::Result<()> {
-        let Sizes {
-            rows,
-            features,
-            outputs,
-            ..
-        } = weight.sizes;
-        let mut dequantized = DEQUANTIZED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if dequantized.len() < outputs * features {
-            dequantized.resize(outputs * features, 0.0);
-        }
-        let buffer = &mut dequantized[..outputs * features];
-        let tasks: Vec<Mutex<&mut [f32]>> = buffer
-            .chunks_mut(ROWS_A_TASK * features)
-            .map(Mutex::new)
-            .collect();
-        ctx.par_for(tasks.len(), tasks.len(), |index| {
-            let mut out = tasks[index]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            weight.dequantize(index * ROWS_A_TASK, &mut out);
-        })?;
-        drop(tasks);
-        let input = TensorRef::from_array_view(([rows, features], values))?;
-        let weight = TensorRef::from_array_view(([outputs, features], &*buffer))?;
-        let output = TensorRefMut::from_array_view_mut(([rows, outputs], products))?;
-        let inputs = [input.ptr(), weight.ptr()];
-        // Gemm writes the output's data, which `output` borrows mutably, never the value itself.
-        let outputs = [output.ptr().cast_mut()];
-        let api = ort::api();
-        // SAFETY: the values outlive the call, the output is `[rows, N]` as Gemm writes it, and the
-        // operator was made for two float inputs and one output.
-        unsafe {
-            ort::Error::result_from_status((api.InvokeOp)(
-                ctx.ptr(),
-                self.operator.as_ptr(),
-                inputs.as_ptr(),
-                2,
-                outputs.as_ptr(),
-                1,
-            ))
-        }
-    }
-}
-
-impl Drop for Gemm {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: made by CreateOp in `new`, released once.
-        unsafe { (ort::api().ReleaseOp)(self.operator.as_ptr()) }
     }
 }
 
@@ -659,9 +895,43 @@ mod tests {
         }
     }
 
-    /// Each way of the row kernel (the CPU's, and the portable one) against the plain product in f64 of
-    /// the input and the dequantized weight, for 1 to 5 input rows (a group of 4 and one of 1), an odd
-    /// number of outputs (the last pair is one row) and a width that is no multiple of the block.
+    /// `rows` input rows of `features`, values from -5 to 5.
+    fn input_rows(rows: usize, features: usize) -> Vec<f32> {
+        (0..rows * features)
+            .map(|i| (i * 7919 % 1000) as f32 / 100.0 - 5.0)
+            .collect()
+    }
+
+    /// Checks `got` (`[rows, outputs]`) against the plain product in f64 of `input` and the
+    /// dequantized weight `values`: 16-bit inputs put each value within 2^-16 of its block's largest.
+    fn assert_near_the_product(
+        input: &[f32],
+        values: &[f32],
+        outputs: usize,
+        got: &[f32],
+        way: &str,
+    ) {
+        let features = values.len() / outputs;
+        let rows = input.len() / features;
+        for row in 0..rows {
+            for output in 0..outputs {
+                let products = (0..features).map(|f| {
+                    f64::from(input[row * features + f]) * f64::from(values[output * features + f])
+                });
+                let exact: f64 = products.clone().sum();
+                let bound = products.map(f64::abs).sum::<f64>() * 1e-4 + 1e-6;
+                let got = f64::from(got[row * outputs + output]);
+                assert!(
+                    (got - exact).abs() <= bound,
+                    "{way} rows={rows} [{row}, {output}]: {got} vs {exact}"
+                );
+            }
+        }
+    }
+
+    /// Each way of the row kernel (the CPU's, and the portable one), for 1 to 5 input rows (a group of
+    /// 4 and one of 1), an odd number of outputs (the last pair is one row) and a width that is no
+    /// multiple of the block.
     #[test]
     fn the_row_kernel_agrees_with_the_dequantized_product() {
         let (outputs, features, block) = (37, 200, 64);
@@ -673,13 +943,8 @@ mod tests {
                 scales: &scales,
                 sizes,
             };
-            let input: Vec<f32> = (0..rows * features)
-                .map(|i| (i * 7919 % 1000) as f32 / 100.0 - 5.0)
-                .collect();
-            let quantized: Vec<QuantizedRow> = input
-                .chunks_exact(features)
-                .map(|row| QuantizedRow::new(row, &sizes))
-                .collect();
+            let input = input_rows(rows, features);
+            let quantized = quantize_rows(&input, &sizes);
             let mut fast = vec![0f32; rows * outputs];
             let mut portable = vec![0f32; rows * outputs];
             let mut fast_rows: Vec<&mut [f32]> = fast.chunks_mut(outputs).collect();
@@ -693,47 +958,53 @@ mod tests {
                 dot_rows_portable(&weight, 0..outputs, group, portable);
             }
             drop((fast_rows, portable_rows));
-            for row in 0..rows {
-                for output in 0..outputs {
-                    let exact: f64 = (0..features)
-                        .map(|f| {
-                            f64::from(input[row * features + f])
-                                * f64::from(values[output * features + f])
-                        })
-                        .sum();
-                    let scale: f64 = (0..features)
-                        .map(|f| {
-                            (f64::from(input[row * features + f])
-                                * f64::from(values[output * features + f]))
-                            .abs()
-                        })
-                        .sum();
-                    // 16-bit inputs: each value within 2^-16 of its block's largest.
-                    let bound = scale * 1e-4 + 1e-6;
-                    for (way, got) in [("fast", &fast), ("portable", &portable)] {
-                        let got = f64::from(got[row * outputs + output]);
-                        assert!(
-                            (got - exact).abs() <= bound,
-                            "{way} rows={rows} [{row}, {output}]: {got} vs {exact}"
-                        );
-                    }
-                }
-            }
+            assert_near_the_product(&input, &values, outputs, &fast, "fast");
+            assert_near_the_product(&input, &values, outputs, &portable, "portable");
         }
     }
 
+    /// The GEMM's kernels (the CPU's, and the portable one) the way `multiply_many` runs them, panel by
+    /// panel, each panel packed both ways alike: 1 to 13 input rows (whole tiles of 6 and every smaller tile), outputs that end inside a
+    /// panel, a width that is no multiple of the block, and blocks of 256, whose sums reach the most.
     #[test]
-    fn dequantizing_gives_the_levels_times_their_block_scale() {
-        let (outputs, features, block) = (5, 150, 32);
-        let (levels, scales, values) = random_weight(outputs, features, block);
-        let weight = Weight {
-            levels: &levels,
-            scales: &scales,
-            sizes: sizes_of(1, outputs, features, block),
-        };
-        let mut out = vec![0f32; 3 * features];
-        weight.dequantize(2, &mut out);
-        assert_eq!(out, values[2 * features..5 * features]);
+    fn the_gemm_agrees_with_the_dequantized_product() {
+        for (outputs, features, block) in [(37, 200, 64), (20, 512, 256)] {
+            let (levels, scales, values) = random_weight(outputs, features, block);
+            for rows in 1..=13 {
+                let sizes = sizes_of(rows, outputs, features, block);
+                let weight = Weight {
+                    levels: &levels,
+                    scales: &scales,
+                    sizes,
+                };
+                let input = input_rows(rows, features);
+                let quantized = quantize_rows(&input, &sizes);
+                let mut panel = Panel::new(&sizes);
+                let mut fast = vec![0f32; rows * outputs];
+                let mut portable = vec![0f32; rows * outputs];
+                let mut fast_rows: Vec<&mut [f32]> = fast.chunks_mut(outputs).collect();
+                let mut portable_rows: Vec<&mut [f32]> = portable.chunks_mut(outputs).collect();
+                let mut portable_panel = Panel::new(&sizes);
+                for start in (0..outputs).step_by(PANEL) {
+                    panel.pack(&weight, start);
+                    portable_panel.pack_portable(&weight, start);
+                    assert_eq!(panel.levels, portable_panel.levels, "panel at {start}");
+                    assert_eq!(panel.scales, portable_panel.scales, "panel at {start}");
+                    let columns = start..(start + PANEL).min(outputs);
+                    for ((group, fast), portable) in quantized
+                        .chunks(TILE_ROWS)
+                        .zip(fast_rows.chunks_mut(TILE_ROWS))
+                        .zip(portable_rows.chunks_mut(TILE_ROWS))
+                    {
+                        multiply_panel(&panel, group, fast, columns.clone());
+                        multiply_panel_portable(&panel, group, portable, columns.clone());
+                    }
+                }
+                drop((fast_rows, portable_rows));
+                assert_near_the_product(&input, &values, outputs, &fast, "fast");
+                assert_near_the_product(&input, &values, outputs, &portable, "portable");
+            }
+        }
     }
 
     #[test]
