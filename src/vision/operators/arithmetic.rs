@@ -73,24 +73,24 @@ pub(super) fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
         + a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum::<f32>()
 }
 
-/// Asks the CPU to start loading `row` into its nearest cache, a line (64 bytes) at a time, ahead of
-/// its use. Only a hint: it reads nothing into the program and never faults. On CPUs other than x86-64
-/// it does nothing (Rust has no stable prefetch there), and the hardware's own prefetching is all.
+/// Asks the CPU to start loading `values` into its nearest cache, a line (64 bytes) at a time, ahead
+/// of their use. Only a hint: it reads nothing into the program and never faults. On CPUs other than
+/// x86-64 it does nothing (Rust has no stable prefetch there), and the hardware's own prefetching is
+/// all.
 #[inline(always)]
 #[allow(unsafe_code)]
-pub(super) fn prefetch(row: &[f32]) {
+pub(super) fn prefetch<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
+    for offset in (0..std::mem::size_of_val(values)).step_by(64) {
+        let line = values.as_ptr().cast::<u8>().wrapping_add(offset);
         // SAFETY: a prefetch has no effect the program can observe and cannot fault, whatever the
-        // address; this one is a live slice's.
+        // address; this one is within a live slice.
         unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast())
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
+    let _ = values;
 }
 
 /// `scores` turned into probabilities in place.

@@ -5,8 +5,8 @@
 //! prefill's rows more slowly than the runtime's float GEMM does, and reads a decoding step's weights
 //! more slowly than the row kernel below (bench/reference/linear-kernels: 19.5-22.7 GB/s against
 //! 24.1-26.0 on the 121 weights of a 256M decoding step). In the decoder, where a step's small
-//! projections (368 KB to 2 MB) cost a thread hand-off each, decoding runs at 0.90-1.03x
-//! `MatMulNBits`' speed; a prefill is faster (bench/results.md).
+//! projections (368 KB to 2 MB) cost a thread hand-off each, decoding runs at 1.00-1.07x
+//! `MatMulNBits`' speed, a one-image prefill at 1.5-1.9x (bench/results.md).
 //!
 //! Both ways multiply integers: the input rows are quantized per block to 16 bits, the weight's bytes
 //! widened to 16 bits, and products summed in pairs in 32 bits (`vpmaddwd` on AVX2, plain integer code
@@ -15,7 +15,7 @@
 //! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second).
 //! - a few rows (a decoding step, a batch of them, a short prompt; fewer than [`MANY_ROWS`]): each
 //!   weight row is read once for up to [`ROWS_TOGETHER`] input rows, two weight rows at a time, loads of
-//!   the next blocks asked for ahead. The weight streams from memory; the kernel keeps up with it;
+//!   the next blocks asked for ahead, so reading the weight from memory sets the pace;
 //! - many rows (a prompt's prefill): a GEMM. [`PANEL`] weight rows at a time are widened into a small
 //!   packed panel, and each group of [`TILE_ROWS`] input rows is multiplied against it in registers, so
 //!   the weight is read from memory once a call and the multiplying, not the reading, sets the pace.
@@ -29,6 +29,8 @@ use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput,
 };
 use ort::value::TensorElementType;
+
+use super::arithmetic::prefetch;
 
 /// The operator's name in graphs.
 pub const NAME: &str = "QuantizedLinear";
@@ -408,20 +410,6 @@ fn multiply_many(
             }
         }
     })
-}
-
-/// Asks for `bytes` to be brought into the cache (a hint: it never faults).
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        // SAFETY: a prefetch reads nothing the program sees, and `line` is a valid address.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            );
-        }
-    }
 }
 
 /// [`PANEL`] weight rows widened to 16 bits, the 128 taken off, laid out for the GEMM: for each pair
