@@ -55,8 +55,8 @@ const PANEL: usize = 16;
 const TILE_ROWS: usize = 6;
 
 /// The input rows the GEMM multiplies against a task's panels before it goes on to the next ones, so
-/// that they stay in the core's cache with the panels (at 256M's widest, 1,536 features: 295 KB of
-/// rows and up to 240 KB of panels). At 13 tiles (884 rows) the
+/// that they stay in the core's cache with the panels (at 256M's sizes, 110-295 KB of rows and
+/// 240-442 KB of panels, within the CPU measured's 1 MB L2). At 13 tiles (884 rows) the
 /// projections took 0.91x and 0.94x the time of one pass over every row (`lookout bench --split`, two
 /// rounds alternating the two builds).
 const ROWS_A_PASS: usize = 16 * TILE_ROWS;
@@ -940,80 +940,80 @@ mod tests {
         }
     }
 
+    /// Runs `multiply(weight, input rows, the CPU's way's output rows, the portable way's)` on a
+    /// random weight and `rows` input rows, then checks both outputs against the product.
+    fn check_both_ways(
+        (outputs, features, block): (usize, usize, usize),
+        rows: usize,
+        multiply: impl FnOnce(&Weight, &[QuantizedRow], &mut [&mut [f32]], &mut [&mut [f32]]),
+    ) {
+        let (levels, scales, values) = random_weight(outputs, features, block);
+        let sizes = sizes_of(rows, outputs, features, block);
+        let weight = Weight {
+            levels: &levels,
+            scales: &scales,
+            sizes,
+        };
+        let input = input_rows(rows, features);
+        let quantized = quantize_rows(&input, &sizes);
+        let mut fast = vec![0f32; rows * outputs];
+        let mut portable = vec![0f32; rows * outputs];
+        {
+            let mut fast_rows: Vec<&mut [f32]> = fast.chunks_mut(outputs).collect();
+            let mut portable_rows: Vec<&mut [f32]> = portable.chunks_mut(outputs).collect();
+            multiply(&weight, &quantized, &mut fast_rows, &mut portable_rows);
+        }
+        assert_near_the_product(&input, &values, outputs, &fast, "fast");
+        assert_near_the_product(&input, &values, outputs, &portable, "portable");
+    }
+
     /// Each way of the row kernel (the CPU's, and the portable one), for 1 to 5 input rows (a group of
     /// 4 and one of 1), an odd number of outputs (the last pair is one row) and a width that is no
     /// multiple of the block.
     #[test]
     fn the_row_kernel_agrees_with_the_dequantized_product() {
-        let (outputs, features, block) = (37, 200, 64);
-        let (levels, scales, values) = random_weight(outputs, features, block);
+        let shape @ (outputs, _, _) = (37, 200, 64);
         for rows in 1..=5 {
-            let sizes = sizes_of(rows, outputs, features, block);
-            let weight = Weight {
-                levels: &levels,
-                scales: &scales,
-                sizes,
-            };
-            let input = input_rows(rows, features);
-            let quantized = quantize_rows(&input, &sizes);
-            let mut fast = vec![0f32; rows * outputs];
-            let mut portable = vec![0f32; rows * outputs];
-            let mut fast_rows: Vec<&mut [f32]> = fast.chunks_mut(outputs).collect();
-            let mut portable_rows: Vec<&mut [f32]> = portable.chunks_mut(outputs).collect();
-            for ((group, fast), portable) in quantized
-                .chunks(ROWS_TOGETHER)
-                .zip(fast_rows.chunks_mut(ROWS_TOGETHER))
-                .zip(portable_rows.chunks_mut(ROWS_TOGETHER))
-            {
-                dot_rows(&weight, 0..outputs, group, fast);
-                dot_rows_portable(&weight, 0..outputs, group, portable);
-            }
-            drop((fast_rows, portable_rows));
-            assert_near_the_product(&input, &values, outputs, &fast, "fast");
-            assert_near_the_product(&input, &values, outputs, &portable, "portable");
+            check_both_ways(shape, rows, |weight, quantized, fast, portable| {
+                for ((group, fast), portable) in quantized
+                    .chunks(ROWS_TOGETHER)
+                    .zip(fast.chunks_mut(ROWS_TOGETHER))
+                    .zip(portable.chunks_mut(ROWS_TOGETHER))
+                {
+                    dot_rows(weight, 0..outputs, group, fast);
+                    dot_rows_portable(weight, 0..outputs, group, portable);
+                }
+            });
         }
     }
 
     /// The GEMM's kernels (the CPU's, and the portable one) the way `multiply_many` runs them, panel by
-    /// panel, each panel packed both ways alike: 1 to 13 input rows (whole tiles of 6 and every smaller tile), outputs that end inside a
-    /// panel, a width that is no multiple of the block, and blocks of 256, whose sums reach the most.
+    /// panel, each panel packed both ways alike: 1 to 13 input rows (whole tiles of 6 and every
+    /// smaller tile), outputs that end inside a panel, a width that is no multiple of the block, and
+    /// blocks of 256, whose sums reach the most.
     #[test]
     fn the_gemm_agrees_with_the_dequantized_product() {
-        for (outputs, features, block) in [(37, 200, 64), (20, 512, 256)] {
-            let (levels, scales, values) = random_weight(outputs, features, block);
+        for shape @ (outputs, _, _) in [(37, 200, 64), (20, 512, 256)] {
             for rows in 1..=13 {
-                let sizes = sizes_of(rows, outputs, features, block);
-                let weight = Weight {
-                    levels: &levels,
-                    scales: &scales,
-                    sizes,
-                };
-                let input = input_rows(rows, features);
-                let quantized = quantize_rows(&input, &sizes);
-                let mut panel = Panel::new(&sizes);
-                let mut fast = vec![0f32; rows * outputs];
-                let mut portable = vec![0f32; rows * outputs];
-                let mut fast_rows: Vec<&mut [f32]> = fast.chunks_mut(outputs).collect();
-                let mut portable_rows: Vec<&mut [f32]> = portable.chunks_mut(outputs).collect();
-                let mut portable_panel = Panel::new(&sizes);
-                for start in (0..outputs).step_by(PANEL) {
-                    panel.pack(&weight, start);
-                    portable_panel.pack_portable(&weight, start);
-                    assert_eq!(panel.levels, portable_panel.levels, "panel at {start}");
-                    assert_eq!(panel.scales, portable_panel.scales, "panel at {start}");
-                    let columns = start..(start + PANEL).min(outputs);
-                    for ((group, fast), portable) in quantized
-                        .chunks(TILE_ROWS)
-                        .zip(fast_rows.chunks_mut(TILE_ROWS))
-                        .zip(portable_rows.chunks_mut(TILE_ROWS))
-                    {
-                        multiply_panel(&panel, group, fast, columns.clone());
-                        multiply_panel_portable(&panel, group, portable, columns.clone());
+                check_both_ways(shape, rows, |weight, quantized, fast, portable| {
+                    let mut panel = Panel::new(&weight.sizes);
+                    let mut portable_panel = Panel::new(&weight.sizes);
+                    for start in (0..outputs).step_by(PANEL) {
+                        panel.pack(weight, start);
+                        portable_panel.pack_portable(weight, start);
+                        assert_eq!(panel.levels, portable_panel.levels, "panel at {start}");
+                        assert_eq!(panel.scales, portable_panel.scales, "panel at {start}");
+                        let columns = start..(start + PANEL).min(outputs);
+                        for ((group, fast), portable) in quantized
+                            .chunks(TILE_ROWS)
+                            .zip(fast.chunks_mut(TILE_ROWS))
+                            .zip(portable.chunks_mut(TILE_ROWS))
+                        {
+                            multiply_panel(&panel, group, fast, columns.clone());
+                            multiply_panel_portable(&panel, group, portable, columns.clone());
+                        }
                     }
-                }
-                drop((fast_rows, portable_rows));
-                assert_near_the_product(&input, &values, outputs, &fast, "fast");
-                assert_near_the_product(&input, &values, outputs, &portable, "portable");
+                });
             }
         }
     }
