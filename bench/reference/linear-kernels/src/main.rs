@@ -1,6 +1,6 @@
 //! Int8 linear-layer kernels at SmolVLM2-256M's sizes, timed in one process against ONNX Runtime's
 //! MatMulNBits (8 bits, blocks of 128, accuracy_level 4): the groundwork of Lookout's `QuantizedLinear`
-//! operator (src/vision/operators/linear.rs). A tool, outside the build and CI.
+//! operator (src/vision/operators/linear/). A tool, outside the build and CI.
 //!
 //! The chain is one decoding step's weights: 30 layers of qkv (960x576), o (576x576), gate/up
 //! (3072x576) and down (576x1536), then the LM head (49280x576), random levels and scales, written by

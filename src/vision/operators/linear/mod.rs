@@ -1,0 +1,440 @@
+//! `QuantizedLinear`: `input` times an int8 weight stored in blocks, the layout ONNX Runtime's
+//! `MatMulNBits` reads (`lookout models build --precision int8`).
+//!
+//! Why not `MatMulNBits` itself: on the AVX2 CPU measured (2 cores), its int8 kernel multiplies a
+//! prefill's rows more slowly than the runtime's float GEMM does, and reads a decoding step's weights
+//! more slowly than the row kernel below (bench/reference/linear-kernels: 19.5-22.7 GB/s against
+//! 24.1-26.0 on the 121 weights of a 256M decoding step). In the decoder, where a step's small
+//! projections (368 KB to 2 MB) cost a thread hand-off each, decoding runs at 1.00-1.07x
+//! `MatMulNBits`' speed, a one-image prefill at 1.5-1.9x (bench/results.md).
+//!
+//! Both ways multiply integers: the input rows are quantized per block to 16 bits, the weight's bytes
+//! widened to 16 bits, and products summed in pairs in 32 bits (`vpmaddwd` on AVX2, plain integer code
+//! elsewhere), each block's sum then scaled into a float. 16-bit activations keep their first 4-5
+//! digits where `MatMulNBits`' integer path keeps 2; `vpmaddwd` does twice the multiply-adds of a
+//! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second).
+//! - a few rows (fewer than [`MANY_ROWS`]: a decoding step, a batch of them, a short prompt), `rows`:
+//!   the row kernel, which streams each weight row once for up to 4 input rows;
+//! - many rows (a prompt's prefill), `gemm`: a GEMM on small packed panels of the weight.
+//!
+//! This module holds what both share: the operator, its sizes, the weight, the input rows quantized,
+//! and the split of the outputs over the runtime's threads.
+//!
+//! Inputs: `input` `[..., K]` (f32); `weights` `[N, blocks, block]` (u8: the level plus 128, rows
+//! padded to whole blocks with 128); `scales` `[N × blocks]` (f32). Output: `[..., N]`.
+
+use std::sync::Mutex;
+
+use ort::operator::{
+    ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput,
+};
+use ort::value::TensorElementType;
+
+mod gemm;
+mod rows;
+
+/// The operator's name in graphs.
+pub const NAME: &str = "QuantizedLinear";
+
+/// From this many input rows on, the GEMM multiplies; below, the row kernel. Measured on one core,
+/// on a 256M gate-and-up weight (3072 x 576) read from memory: the GEMM took 1.39x the row kernel's
+/// time at 4 rows, 0.98x at 8, 0.80x at 12 and 0.69x at 32.
+const MANY_ROWS: usize = 8;
+
+/// Tasks a core, for either kernel: the runtime's threads take them as they come free, so a core
+/// slowed by other work, or woken late, does fewer of them. For the row kernel, four against one
+/// decoded 1.07x, 1.07x as fast as `MatMulNBits` where one did 0.96x, 0.99x (`lookout bench`, 1 image).
+const TASKS_A_CORE: usize = 4;
+
+pub(super) struct QuantizedLinear;
+
+impl Operator for QuantizedLinear {
+    type Kernel<'attr> = Linear;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Uint8),
+            OperatorInput::required(TensorElementType::Float32),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Linear> {
+        Ok(Linear)
+    }
+}
+
+pub struct Linear;
+
+fn fail(problem: impl std::fmt::Display) -> ort::Error {
+    ort::Error::new(format!("{NAME}: {problem}"))
+}
+
+/// The sizes of one call, checked against each other.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Input rows.
+    rows: usize,
+    /// Input features (K).
+    features: usize,
+    /// Output features (N).
+    outputs: usize,
+    blocks: usize,
+    block: usize,
+}
+
+impl Kernel for Linear {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let input = ctx.input(0)?.ok_or_else(|| fail("the input is missing"))?;
+        let weights = ctx
+            .input(1)?
+            .ok_or_else(|| fail("the weights are missing"))?;
+        let scales = ctx
+            .input(2)?
+            .ok_or_else(|| fail("the scales are missing"))?;
+        let (input_shape, values) = input.try_extract_tensor::<f32>()?;
+        let (weight_shape, levels) = weights.try_extract_tensor::<u8>()?;
+        let (_, scales) = scales.try_extract_tensor::<f32>()?;
+        let sizes = sizes(input_shape, weight_shape, scales.len())?;
+        let mut output_shape = input_shape.to_vec();
+        if let Some(last) = output_shape.last_mut() {
+            *last = sizes.outputs as i64;
+        }
+        let mut output = ctx
+            .output(0, output_shape)?
+            .ok_or_else(|| fail("the output is missing"))?;
+        let (_, products) = output.try_extract_tensor_mut::<f32>()?;
+        if sizes.rows == 0 {
+            return Ok(());
+        }
+        let weight = Weight {
+            levels,
+            scales,
+            sizes,
+        };
+        if sizes.rows >= MANY_ROWS {
+            gemm::multiply_many(ctx, &weight, values, products)
+        } else {
+            rows::multiply_rows(ctx, &weight, values, products)
+        }
+    }
+}
+
+fn sizes(input: &[i64], weight: &[i64], scales: usize) -> ort::Result<Sizes> {
+    let dimension = |value: i64| usize::try_from(value).map_err(|_| fail("a negative dimension"));
+    let (Some(&features), [outputs, blocks, block]) = (input.last(), weight) else {
+        return Err(fail(format!(
+            "the input must be [..., K] and the weights [N, blocks, block], not {input:?} and \
+             {weight:?}"
+        )));
+    };
+    let sizes = Sizes {
+        rows: input[..input.len() - 1]
+            .iter()
+            .try_fold(1usize, |rows, &value| {
+                Ok::<_, ort::Error>(rows * dimension(value)?)
+            })?,
+        features: dimension(features)?,
+        outputs: dimension(*outputs)?,
+        blocks: dimension(*blocks)?,
+        block: dimension(*block)?,
+    };
+    // At most 256 values, so that a block's integer sums fit 32 bits (255 x 32,767 a product).
+    if sizes.block == 0 || !sizes.block.is_multiple_of(16) || sizes.block > 256 {
+        return Err(fail(format!(
+            "the block must be a multiple of 16 values up to 256, not {}",
+            sizes.block
+        )));
+    }
+    if sizes.blocks != sizes.features.div_ceil(sizes.block) {
+        return Err(fail(format!(
+            "{} blocks of {} do not hold the input's {} features",
+            sizes.blocks, sizes.block, sizes.features
+        )));
+    }
+    if scales != sizes.outputs * sizes.blocks {
+        return Err(fail(format!(
+            "{scales} scales for {} rows of {} blocks",
+            sizes.outputs, sizes.blocks
+        )));
+    }
+    Ok(sizes)
+}
+
+/// The operator's weight inputs.
+struct Weight<'a> {
+    levels: &'a [u8],
+    scales: &'a [f32],
+    sizes: Sizes,
+}
+
+impl Weight<'_> {
+    /// Weight row `row`'s bytes, whole blocks.
+    fn row(&self, row: usize) -> &[u8] {
+        let width = self.sizes.blocks * self.sizes.block;
+        &self.levels[row * width..(row + 1) * width]
+    }
+
+    /// Weight rows `rows`' bytes (none for an empty range).
+    fn rows(&self, rows: std::ops::Range<usize>) -> &[u8] {
+        let width = self.sizes.blocks * self.sizes.block;
+        &self.levels[rows.start.min(rows.end) * width..rows.end * width]
+    }
+
+    fn row_scales(&self, row: usize) -> &[f32] {
+        &self.scales[row * self.sizes.blocks..(row + 1) * self.sizes.blocks]
+    }
+}
+
+/// An input row quantized per block to 16 bits: `levels` (padded to whole blocks with zeros),
+/// each block's scale, and each block's sum of levels times 128, which takes the weights' offset
+/// back out of the row kernel's integer products (the GEMM's panels have it taken off their levels).
+struct QuantizedRow {
+    levels: Vec<i16>,
+    scales: Vec<f32>,
+    offsets: Vec<i32>,
+}
+
+impl QuantizedRow {
+    fn new(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return quantize_row_avx2(values, sizes);
+        }
+        QuantizedRow::quantize(values, sizes)
+    }
+
+    /// Always inlined, so that `quantize_row_avx2` compiles it with AVX2's rounding and vectors.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    fn quantize(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+        let mut levels = vec![0i16; sizes.blocks * sizes.block];
+        let mut scales = Vec::with_capacity(sizes.blocks);
+        let mut offsets = Vec::with_capacity(sizes.blocks);
+        for (values, levels) in values
+            .chunks(sizes.block)
+            .zip(levels.chunks_mut(sizes.block))
+        {
+            let largest = values
+                .iter()
+                .fold(0f32, |largest, value| largest.max(value.abs()));
+            let scale = if largest > 0.0 {
+                largest / f32::from(i16::MAX)
+            } else {
+                1.0
+            };
+            let inverse = scale.recip();
+            let mut sum = 0i32;
+            for (level, value) in levels.iter_mut().zip(values) {
+                // Within ±i16::MAX by the scale; a NaN becomes 0. (`as i16` would say the same, but
+                // its checks keep the loop out of vectors.)
+                let scaled = (value * inverse).round_ties_even();
+                let scaled = if scaled.is_nan() {
+                    0.0
+                } else {
+                    scaled.clamp(-f32::from(i16::MAX), f32::from(i16::MAX))
+                };
+                // SAFETY: `scaled` is a whole number within i16's range.
+                *level = unsafe { scaled.to_int_unchecked::<i16>() };
+                sum += i32::from(*level);
+            }
+            scales.push(scale);
+            offsets.push(128 * sum);
+        }
+        QuantizedRow {
+            levels,
+            scales,
+            offsets,
+        }
+    }
+}
+
+/// Splits a product over the runtime's threads by output columns: `products` (`[rows, N]`) cut into
+/// runs of `run` columns, each run's part of every row handed to one task as `work(first column of
+/// the run, its parts)`.
+fn by_columns(
+    ctx: &ComputeContext,
+    products: &mut [f32],
+    outputs: usize,
+    run: usize,
+    work: impl Fn(usize, &mut [&mut [f32]]) + Sync + Send,
+) -> ort::Result<()> {
+    let runs = outputs.div_ceil(run);
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..runs)
+        .map(|_| Vec::with_capacity(products.len() / outputs))
+        .collect();
+    for row in products.chunks_exact_mut(outputs) {
+        for (parts, part) in parts.iter_mut().zip(row.chunks_mut(run)) {
+            parts.push(part);
+        }
+    }
+    let parts: Vec<Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(Mutex::new).collect();
+    let task = |index: usize| {
+        let mut parts = parts[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(index * run, &mut parts);
+    };
+    if runs == 1 {
+        task(0);
+        Ok(())
+    } else {
+        ctx.par_for(runs, runs, task)
+    }
+}
+
+fn quantize_rows(values: &[f32], sizes: &Sizes) -> Vec<QuantizedRow> {
+    values
+        .chunks_exact(sizes.features)
+        .map(|row| QuantizedRow::new(row, sizes))
+        .collect()
+}
+
+/// The CPU's cores, as many runs as the row kernel makes: asked once, since the standard library
+/// reads the process's cgroup files to answer (about 40 µs, a third of a projection's time).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// [`QuantizedRow::quantize`] compiled for AVX2. The caller has checked that the CPU has AVX2 and
+/// FMA.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn quantize_row_avx2(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+    #[target_feature(enable = "avx2,fma")]
+    fn compiled(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+        QuantizedRow::quantize(values, sizes)
+    }
+    // SAFETY: the CPU has AVX2 and FMA (the caller checked).
+    unsafe { compiled(values, sizes) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weight of `outputs` rows of `features` with random levels and scales, and its f32 values.
+    pub(super) fn random_weight(
+        outputs: usize,
+        features: usize,
+        block: usize,
+    ) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let blocks = features.div_ceil(block);
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let mut levels = vec![128u8; outputs * blocks * block];
+        let scales: Vec<f32> = (0..outputs * blocks)
+            .map(|_| (next() % 1000) as f32 * 1e-5 - 5e-3)
+            .collect();
+        let mut values = vec![0f32; outputs * features];
+        for row in 0..outputs {
+            for column in 0..features {
+                let level = (next() % 256) as u8;
+                levels[row * blocks * block + column] = level;
+                values[row * features + column] =
+                    f32::from(i16::from(level) - 128) * scales[row * blocks + column / block];
+            }
+        }
+        (levels, scales, values)
+    }
+
+    pub(super) fn sizes_of(rows: usize, outputs: usize, features: usize, block: usize) -> Sizes {
+        Sizes {
+            rows,
+            features,
+            outputs,
+            blocks: features.div_ceil(block),
+            block,
+        }
+    }
+
+    /// `rows` input rows of `features`, values from -5 to 5.
+    pub(super) fn input_rows(rows: usize, features: usize) -> Vec<f32> {
+        (0..rows * features)
+            .map(|i| (i * 7919 % 1000) as f32 / 100.0 - 5.0)
+            .collect()
+    }
+
+    /// Checks `got` (`[rows, outputs]`) against the plain product in f64 of `input` and the
+    /// dequantized weight `values`: 16-bit inputs put each value within 2^-16 of its block's largest.
+    pub(super) fn assert_near_the_product(
+        input: &[f32],
+        values: &[f32],
+        outputs: usize,
+        got: &[f32],
+        way: &str,
+    ) {
+        let features = values.len() / outputs;
+        let rows = input.len() / features;
+        for row in 0..rows {
+            for output in 0..outputs {
+                let products = (0..features).map(|f| {
+                    f64::from(input[row * features + f]) * f64::from(values[output * features + f])
+                });
+                let exact: f64 = products.clone().sum();
+                let bound = products.map(f64::abs).sum::<f64>() * 1e-4 + 1e-6;
+                let got = f64::from(got[row * outputs + output]);
+                assert!(
+                    (got - exact).abs() <= bound,
+                    "{way} rows={rows} [{row}, {output}]: {got} vs {exact}"
+                );
+            }
+        }
+    }
+
+    /// Runs `multiply(weight, input rows, the CPU's way's output rows, the portable way's)` on a
+    /// random weight and `rows` input rows, then checks both outputs against the product.
+    pub(super) fn check_both_ways(
+        (outputs, features, block): (usize, usize, usize),
+        rows: usize,
+        multiply: impl FnOnce(&Weight, &[QuantizedRow], &mut [&mut [f32]], &mut [&mut [f32]]),
+    ) {
+        let (levels, scales, values) = random_weight(outputs, features, block);
+        let sizes = sizes_of(rows, outputs, features, block);
+        let weight = Weight {
+            levels: &levels,
+            scales: &scales,
+            sizes,
+        };
+        let input = input_rows(rows, features);
+        let quantized = quantize_rows(&input, &sizes);
+        let mut fast = vec![0f32; rows * outputs];
+        let mut portable = vec![0f32; rows * outputs];
+        {
+            let mut fast_rows: Vec<&mut [f32]> = fast.chunks_mut(outputs).collect();
+            let mut portable_rows: Vec<&mut [f32]> = portable.chunks_mut(outputs).collect();
+            multiply(&weight, &quantized, &mut fast_rows, &mut portable_rows);
+        }
+        assert_near_the_product(&input, &values, outputs, &fast, "fast");
+        assert_near_the_product(&input, &values, outputs, &portable, "portable");
+    }
+
+    #[test]
+    fn sizes_that_disagree_are_named() {
+        let problem = |input: &[i64], weight: &[i64], scales| {
+            sizes(input, weight, scales).err().unwrap().to_string()
+        };
+        assert!(problem(&[1, 200], &[37, 5, 40], 185).contains("multiple of 16"));
+        assert!(problem(&[1, 600], &[37, 2, 512], 74).contains("up to 256"));
+        assert!(problem(&[1, 200], &[37, 3, 64], 111).contains("do not hold"));
+        assert!(problem(&[1, 200], &[37, 4, 64], 100).contains("100 scales"));
+        assert!(problem(&[1, 200], &[37, 4], 100).contains("[N, blocks, block]"));
+        let sizes = sizes(&[2, 3, 200], &[37, 4, 64], 148).unwrap();
+        assert_eq!((sizes.rows, sizes.outputs, sizes.features), (6, 37, 200));
+    }
+}
