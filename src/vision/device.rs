@@ -332,7 +332,7 @@ const HEAVY_OPERATORS: [&str; 13] = [
     "MultiHeadAttention",
     "GroupQueryAttention",
     "FusedConv",
-    // Lookout's own, which only the CPU runs: the int8 decoder's projections.
+    // Lookout's own, which only the CPU runs: the int8 and int4 decoders' projections.
     crate::vision::operators::linear::NAME,
 ];
 

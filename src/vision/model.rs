@@ -100,10 +100,10 @@ pub fn built_weights_path(graph: &Path) -> PathBuf {
 }
 
 /// Whether the graph at `path` has operators that read their weights in place rather than pack a copy
-/// at load (Lookout's `QuantizedLinear`, in int8 graphs built since it exists). The graph file holds
-/// no weights (they are in its `.data`), and the operator's name appears in it only as a node's
-/// operator type, so looking for the name's bytes answers without parsing it. A file that cannot be
-/// read says no: its load reports why.
+/// at load (Lookout's `QuantizedLinear`, in int8 and int4 graphs built since they use it). The graph
+/// file holds no weights (they are in its `.data`), and the operator's name appears in it only as a
+/// node's operator type, so looking for the name's bytes answers without parsing it. A file that
+/// cannot be read says no: its load reports why.
 pub fn reads_weights_in_place(path: &Path) -> bool {
     let name = crate::vision::operators::linear::NAME.as_bytes();
     std::fs::read(path).is_ok_and(|bytes| bytes.windows(name.len()).any(|window| window == name))

@@ -285,17 +285,17 @@ fn an_unknown_precision_is_a_usage_error() {
     );
 }
 
-/// Only the int8 graph reads its weights in place (`QuantizedLinear`), so only it is loaded with its
-/// weights in memory; the others' operators pack copies, which would hold the weights twice. A file
-/// that is not a graph says no.
+/// Only the quantized graphs read their weights in place (`QuantizedLinear`), so only they are loaded
+/// with their weights in memory; the others' operators pack copies, which would hold the weights twice.
+/// A file that is not a graph says no.
 #[test]
-fn only_the_int8_graph_reads_its_weights_in_place() {
+fn only_the_quantized_graphs_read_their_weights_in_place() {
     let dir = crate::common::config::smolvlm_built_fixture();
     for (precision, in_place) in [
         ("fp32", false),
         ("fp16", false),
         ("int8", true),
-        ("int4", false),
+        ("int4", true),
     ] {
         let graph = dir.join(format!("onnx/lookout_decoder_{precision}.onnx"));
         assert!(graph.is_file(), "{}", graph.display());

@@ -59,9 +59,7 @@ impl Builder<'_> {
         // ONNX Runtime's own operators; SimplifiedLayerNormalization, though one of them, is
         // registered in the default domain.
         let domain = match op_type {
-            "GroupQueryAttention" | "MatMulNBits" | "SkipSimplifiedLayerNormalization" => {
-                "com.microsoft"
-            }
+            "GroupQueryAttention" | "SkipSimplifiedLayerNormalization" => "com.microsoft",
             attention::NAME | linear::NAME | swiglu::NAME => operators::DOMAIN,
             _ => "",
         };
@@ -182,8 +180,8 @@ impl Builder<'_> {
     }
 
     /// `input` times the linear layer `weight` (`[n, k]`, out by in, as checkpoints store it), in the
-    /// build's precision: a MatMul by its transpose (fp32, fp16), Lookout's `QuantizedLinear` (int8)
-    /// or MatMulNBits (int4), the quantized weights in the same layout.
+    /// build's precision: a MatMul by its transpose (fp32, fp16), or Lookout's `QuantizedLinear` (int8,
+    /// int4), the quantized weights in `MatMulNBits`' layout.
     fn linear(
         &mut self,
         name: &str,
@@ -219,22 +217,11 @@ impl Builder<'_> {
             &[n * quantized.blocks],
             &quantized.scales,
         )?;
-        if bits == Bits::Eight {
-            return Ok(self.one(linear::NAME, name, &[input, &b, &scales], vec![]));
-        }
         Ok(self.one(
-            "MatMulNBits",
+            linear::NAME,
             name,
             &[input, &b, &scales],
-            vec![
-                ("K", Attribute::Int(k as i64)),
-                ("N", Attribute::Int(n as i64)),
-                ("bits", Attribute::Int(bits.count() as i64)),
-                ("block_size", Attribute::Int(BLOCK as i64)),
-                // Integer arithmetic on int8 activations (VNNI where the CPU has it): 2-3x faster than
-                // the float path.
-                ("accuracy_level", Attribute::Int(4)),
-            ],
+            vec![("bits", Attribute::Int(bits.count() as i64))],
         ))
     }
 }

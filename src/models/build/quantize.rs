@@ -1,5 +1,5 @@
-//! Block-wise weight quantization for ONNX Runtime's `com.microsoft` `MatMulNBits` (int4) and
-//! Lookout's `QuantizedLinear` (int8), which reads the same layout.
+//! Block-wise weight quantization in ONNX Runtime's `com.microsoft` `MatMulNBits` layout, which
+//! Lookout's `QuantizedLinear` reads (int8 and int4).
 //!
 //! The scheme: a weight `W` of `[n, k]` (out features by in features, the checkpoint's layout) is cut
 //! along `k` into blocks of `BLOCK` values; each block gets one f32 scale, and its values are stored as

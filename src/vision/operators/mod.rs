@@ -3,8 +3,9 @@
 //! - `DecoderAttention` (`attention`): grouped-query attention on the fixed cache buffers, each cached
 //!   row read once for all the query heads that share it;
 //! - `SwiGlu` (`swiglu`): a Llama MLP's gate in one pass, where the runtime runs three kernels;
-//! - `QuantizedLinear` (`linear`): the int8 graph's projections in integers on 16-bit activations, at
-//!   `MatMulNBits`' speed one row at a time and faster for a prefill's many rows (a GEMM of its own).
+//! - `QuantizedLinear` (`linear`): the int8 and int4 graphs' projections in integers on 16-bit
+//!   activations, at `MatMulNBits`' speed or faster one row at a time and faster for a prefill's many
+//!   rows (a GEMM of its own).
 //!
 //! They compute in f32: the fp16 graph, meant for accelerators, uses the runtime's own operators.
 //! Their vectorized exponential also serves the decoding loop (`log_sum_exp`).

@@ -324,7 +324,8 @@ pub enum Weights {
     /// packs into its own copy at load (`MatMul`, `MatMulNBits`).
     Mapped,
     /// Read into the process's memory and used there in place, on the CPU: for graphs whose operators
-    /// read their weights where they are (Lookout's int8 decoder: `QuantizedLinear` packs nothing).
+    /// read their weights where they are (Lookout's int8 and int4 decoders: `QuantizedLinear` packs
+    /// nothing).
     /// Mapped, they would stay in the page cache's 4 KB pages, which `huge_pages` cannot move (in
     /// huge pages a decoding step's projections read 1.2-1.3x faster: src/vision/operators/linear/).
     InMemory,

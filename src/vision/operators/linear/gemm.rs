@@ -90,10 +90,10 @@ pub(super) fn multiply_many(
     })
 }
 
-/// [`PANEL`] weight rows widened to 16 bits, the 128 taken off, laid out for the GEMM: for each pair
-/// of features, the rows' two levels side by side (`[blocks × block / 2][PANEL][2]`), which one
-/// `vpmaddwd` multiplies by an input's pair; and the rows' scales (`[blocks][PANEL]`). Rows past the
-/// weight's last are zeros.
+/// [`PANEL`] weight rows widened to 16 bits, the zero point taken off, laid out for the GEMM: for
+/// each pair of features (in the kernels' order), the rows' two levels side by side
+/// (`[blocks × block / 2][PANEL][2]`), which one `vpmaddwd` multiplies by an input's pair; and the
+/// rows' scales (`[blocks][PANEL]`). Rows past the weight's last are zeros.
 struct Panel {
     levels: Vec<i16>,
     scales: Vec<f32>,
@@ -113,7 +113,11 @@ impl Panel {
     fn pack(&mut self, weight: &Weight, first: usize) {
         #[cfg(target_arch = "x86_64")]
         if first + PANEL <= self.sizes.outputs && std::arch::is_x86_feature_detected!("avx2") {
-            avx2::pack_levels(&mut self.levels, weight, first);
+            match self.sizes.bits {
+                8 => avx2::pack_levels::<8>(&mut self.levels, weight, first),
+                4 => avx2::pack_levels::<4>(&mut self.levels, weight, first),
+                _ => return self.pack_portable(weight, first),
+            }
             self.pack_scales(weight, first);
             return;
         }
@@ -122,12 +126,13 @@ impl Panel {
 
     /// [`Panel::pack`] in plain code, for CPUs without AVX2 and a panel past the weight's last row.
     fn pack_portable(&mut self, weight: &Weight, first: usize) {
+        let zero_point = self.sizes.zero_point();
         for column in 0..PANEL {
             let row = first + column;
             for (index, pair) in self.levels.chunks_exact_mut(2 * PANEL).enumerate() {
                 let levels = if row < self.sizes.outputs {
-                    let levels = &weight.row(row)[2 * index..2 * index + 2];
-                    [i16::from(levels[0]) - 128, i16::from(levels[1]) - 128]
+                    let bytes = weight.row(row);
+                    [2 * index, 2 * index + 1].map(|at| weight.level(bytes, at) - zero_point)
                 } else {
                     [0, 0]
                 };
@@ -220,45 +225,60 @@ mod avx2 {
 
     use std::arch::x86_64::*;
 
-    use super::super::{QuantizedRow, Weight};
+    use super::super::avx2::widen;
+    use super::super::{QuantizedRow, RUN, Weight};
     use super::{PANEL, Panel};
 
-    /// [`Panel::pack`]'s levels, for a panel of rows within the weight: eight rows at a time, 16
-    /// features of each loaded, offset to signed and widened to 16 bits, then the 8 x 8 pairs
-    /// transposed so that each register holds one pair of features of the eight rows.
+    /// [`Panel::pack`]'s levels, for a panel of rows within the weight of `BITS`-bit levels: eight
+    /// rows at a time, a run of 64 features of each widened to 16 bits and offset to signed, then each 8 x 8
+    /// block of pairs transposed so that each register holds one pair of features of the eight rows.
     #[allow(unsafe_code)]
-    pub(super) fn pack_levels(levels: &mut [i16], weight: &Weight, first: usize) {
+    pub(super) fn pack_levels<const BITS: usize>(
+        levels: &mut [i16],
+        weight: &Weight,
+        first: usize,
+    ) {
         assert!(first + PANEL <= weight.sizes.outputs);
         assert_eq!(
             levels.len(),
             weight.sizes.blocks * weight.sizes.block * PANEL
         );
         // SAFETY: the CPU has AVX2 (the caller checked); the rows are within the weight (asserted),
-        // each `blocks × block` bytes, a multiple of 16, and `levels` holds `PANEL` levels a feature.
-        unsafe { pack_levels_avx2(levels, weight, first) }
+        // each `blocks × block` values, a multiple of `RUN`, and `levels` holds `PANEL` levels a feature.
+        unsafe { pack_levels_avx2::<BITS>(levels, weight, first) }
     }
 
     #[target_feature(enable = "avx2")]
     #[allow(unsafe_code)]
-    unsafe fn pack_levels_avx2(levels: &mut [i16], weight: &Weight, first: usize) {
+    unsafe fn pack_levels_avx2<const BITS: usize>(
+        levels: &mut [i16],
+        weight: &Weight,
+        first: usize,
+    ) {
         let width = weight.sizes.blocks * weight.sizes.block;
-        let flip = _mm_set1_epi8(i8::MIN);
+        let zero_point = _mm256_set1_epi16(weight.sizes.zero_point());
         let out = levels.as_mut_ptr();
         for half in 0..2 {
             let rows: [*const u8; 8] =
                 std::array::from_fn(|r| weight.row(first + 8 * half + r).as_ptr());
-            for feature in (0..width).step_by(16) {
-                // Eight registers of eight pairs: `pairs[r]` is row r's features `feature..+16`.
-                let pairs: [__m256i; 8] = std::array::from_fn(|r| {
-                    // SAFETY: `feature + 16 <= width`, the row's length.
-                    let bytes = unsafe { _mm_loadu_si128(rows[r].add(feature).cast()) };
-                    _mm256_cvtepi8_epi16(_mm_xor_si128(bytes, flip))
+            for feature in (0..width).step_by(RUN) {
+                // SAFETY: `feature + RUN <= width`, the row's values.
+                let widened: [[__m256i; 4]; 8] = std::array::from_fn(|r| unsafe {
+                    widen::<BITS>(rows[r].add(feature * BITS / 8))
                 });
-                for (p, pair) in transpose(pairs).into_iter().enumerate() {
-                    // SAFETY: pair `feature / 2 + p` of `width / 2`; `PANEL` levels of `2 × PANEL`.
-                    unsafe {
-                        let at = out.add((feature / 2 + p) * 2 * PANEL + half * PANEL);
-                        _mm256_storeu_si256(at.cast(), pair);
+                // For each of the run's four registers of 16 levels, the eight rows' as signed pairs.
+                let parts: [[__m256i; 8]; 4] = std::array::from_fn(|part| {
+                    std::array::from_fn(|r| _mm256_sub_epi16(widened[r][part], zero_point))
+                });
+                for (part, pairs) in parts.into_iter().enumerate() {
+                    for (p, pair) in transpose(pairs).into_iter().enumerate() {
+                        // SAFETY: pair `feature / 2 + 8 × part + p` of `width / 2`; `PANEL` levels of
+                        // `2 × PANEL`.
+                        unsafe {
+                            let pair_index = feature / 2 + 8 * part + p;
+                            let at = out.add(pair_index * 2 * PANEL + half * PANEL);
+                            _mm256_storeu_si256(at.cast(), pair);
+                        }
                     }
                 }
             }
@@ -384,12 +404,12 @@ mod tests {
     use super::*;
 
     /// The GEMM's kernels (the CPU's, and the portable one) the way `multiply_many` runs them, panel by
-    /// panel, each panel packed both ways alike: 1 to 13 input rows (whole tiles of 6 and every
-    /// smaller tile), outputs that end inside a panel, a width that is no multiple of the block, and
-    /// blocks of 256, whose sums reach the most.
+    /// panel, each panel packed both ways alike: 8- and 4-bit weights, 1 to 13 input rows (whole
+    /// tiles of 6 and every smaller tile), outputs that end inside a panel, a width that is no
+    /// multiple of the block, and blocks of 256, whose sums reach the most.
     #[test]
     fn the_gemm_agrees_with_the_dequantized_product() {
-        for shape @ (outputs, _, _) in [(37, 200, 64), (20, 512, 256)] {
+        for shape @ (outputs, ..) in [(37, 200, 64, 8), (20, 512, 256, 8), (37, 200, 64, 4)] {
             for rows in 1..=13 {
                 check_both_ways(shape, rows, |weight, quantized, fast, portable| {
                     let mut panel = Panel::new(&weight.sizes);

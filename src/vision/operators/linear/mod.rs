@@ -1,14 +1,15 @@
-//! `QuantizedLinear`: `input` times an int8 weight stored in blocks, the layout ONNX Runtime's
-//! `MatMulNBits` reads (`lookout models build --precision int8`).
+//! `QuantizedLinear`: `input` times an int8 or int4 weight stored in blocks, the layout ONNX Runtime's
+//! `MatMulNBits` reads (`lookout models build --precision int8|int4`).
 //!
 //! Why not `MatMulNBits` itself: on the AVX2 CPU measured (2 cores), its int8 kernel multiplies a
 //! prefill's rows more slowly than the runtime's float GEMM does, and reads a decoding step's weights
 //! more slowly than the row kernel below (bench/reference/linear-kernels: 19.5-22.7 GB/s against
 //! 24.1-26.0 on the 121 weights of a 256M decoding step). In the decoder, where a step's small
 //! projections (368 KB to 2 MB) cost a thread hand-off each, decoding runs at 1.00-1.07x
-//! `MatMulNBits`' speed, a one-image prefill at 1.5-1.9x (bench/results.md).
+//! `MatMulNBits`' speed, a one-image prefill at 1.5-1.9x (bench/results.md). Its int4 kernel
+//! (`accuracy_level` 4) read a 256M decoding step's weights at 0.41 of the bandwidth bound.
 //!
-//! Both ways multiply integers: the input rows are quantized per block to 16 bits, the weight's bytes
+//! Both ways multiply integers: the input rows are quantized per block to 16 bits, the weight's levels
 //! widened to 16 bits, and products summed in pairs in 32 bits (`vpmaddwd` on AVX2, plain integer code
 //! elsewhere), each block's sum then scaled into a float. 16-bit activations keep their first 4-5
 //! digits where `MatMulNBits`' integer path keeps 2; `vpmaddwd` does twice the multiply-adds of a
@@ -17,11 +18,21 @@
 //!   the row kernel, which streams each weight row once for up to 4 input rows;
 //! - many rows (a prompt's prefill), `gemm`: a GEMM on small packed panels of the weight.
 //!
+//! The kernels' order: 4-bit levels come two to a byte, the first in the low nibble, so each 16-bit
+//! word of a weight row holds four values, `4w` to `4w + 3`. The kernels read a run of 64 values (32
+//! bytes, 16 words) into four registers by masking and shifting the words, each register holding one
+//! of the four nibbles of every word: values `4w`, then `4w + 1`, `4w + 2`, `4w + 3`. The input rows
+//! are quantized in that same order, so no weight is ever shuffled (a block's sum is the same in any
+//! order), and no byte widened: masks and shifts cost half the instructions of widening bytes to
+//! 16 bits. 8-bit levels stay in their own order.
+//!
 //! This module holds what both share: the operator, its sizes, the weight, the input rows quantized,
 //! and the split of the outputs over the runtime's threads.
 //!
-//! Inputs: `input` `[..., K]` (f32); `weights` `[N, blocks, block]` (u8: the level plus 128, rows
-//! padded to whole blocks with 128); `scales` `[N × blocks]` (f32). Output: `[..., N]`.
+//! Attribute: `bits`, 8 or 4 (8 when absent, as in graphs built before int4 used this operator).
+//! Inputs: `input` `[..., K]` (f32); `weights` `[N, blocks, block × bits / 8]` (u8: the level plus the
+//! zero point 2^(bits - 1), rows padded to whole blocks with the zero point); `scales` `[N × blocks]`
+//! (f32). Output: `[..., N]`.
 
 use std::sync::Mutex;
 
@@ -35,6 +46,10 @@ mod rows;
 
 /// The operator's name in graphs.
 pub const NAME: &str = "QuantizedLinear";
+
+/// The values the kernels widen at a time, and the unit of the kernels' order: 32 bytes of 4-bit
+/// levels, four AVX2 registers of 16-bit lanes.
+const RUN: usize = 64;
 
 /// From this many input rows on, the GEMM multiplies; below, the row kernel. Measured on one core,
 /// on a 256M gate-and-up weight (3072 x 576) read from memory: the GEMM took 1.39x the row kernel's
@@ -67,12 +82,19 @@ impl Operator for QuantizedLinear {
         [OperatorOutput::required(TensorElementType::Float32)]
     }
 
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Linear> {
-        Ok(Linear)
+    fn create_kernel<'attr>(&self, info: &KernelContext<'attr>) -> ort::Result<Linear> {
+        match info.get::<i64>("bits") {
+            None | Some(8) => Ok(Linear { bits: 8 }),
+            Some(4) => Ok(Linear { bits: 4 }),
+            Some(bits) => Err(fail(format!("bits must be 4 or 8, not {bits}"))),
+        }
     }
 }
 
-pub struct Linear;
+/// The kernel: the bits of its node's weight levels.
+pub struct Linear {
+    bits: usize,
+}
 
 fn fail(problem: impl std::fmt::Display) -> ort::Error {
     ort::Error::new(format!("{NAME}: {problem}"))
@@ -88,7 +110,22 @@ struct Sizes {
     /// Output features (N).
     outputs: usize,
     blocks: usize,
+    /// Values a block.
     block: usize,
+    /// Bits a weight level: 4 or 8.
+    bits: usize,
+}
+
+impl Sizes {
+    /// The bytes of one weight row.
+    fn row_bytes(&self) -> usize {
+        self.blocks * self.block * self.bits / 8
+    }
+
+    /// What a stored weight level holds above its value: 2^(bits - 1).
+    fn zero_point(&self) -> i16 {
+        1 << (self.bits - 1)
+    }
 }
 
 impl Kernel for Linear {
@@ -103,7 +140,7 @@ impl Kernel for Linear {
         let (input_shape, values) = input.try_extract_tensor::<f32>()?;
         let (weight_shape, levels) = weights.try_extract_tensor::<u8>()?;
         let (_, scales) = scales.try_extract_tensor::<f32>()?;
-        let sizes = sizes(input_shape, weight_shape, scales.len())?;
+        let sizes = sizes(input_shape, weight_shape, scales.len(), self.bits)?;
         let mut output_shape = input_shape.to_vec();
         if let Some(last) = output_shape.last_mut() {
             *last = sizes.outputs as i64;
@@ -128,11 +165,11 @@ impl Kernel for Linear {
     }
 }
 
-fn sizes(input: &[i64], weight: &[i64], scales: usize) -> ort::Result<Sizes> {
+fn sizes(input: &[i64], weight: &[i64], scales: usize, bits: usize) -> ort::Result<Sizes> {
     let dimension = |value: i64| usize::try_from(value).map_err(|_| fail("a negative dimension"));
-    let (Some(&features), [outputs, blocks, block]) = (input.last(), weight) else {
+    let (Some(&features), [outputs, blocks, block_bytes]) = (input.last(), weight) else {
         return Err(fail(format!(
-            "the input must be [..., K] and the weights [N, blocks, block], not {input:?} and \
+            "the input must be [..., K] and the weights [N, blocks, block bytes], not {input:?} and \
              {weight:?}"
         )));
     };
@@ -145,12 +182,15 @@ fn sizes(input: &[i64], weight: &[i64], scales: usize) -> ort::Result<Sizes> {
         features: dimension(features)?,
         outputs: dimension(*outputs)?,
         blocks: dimension(*blocks)?,
-        block: dimension(*block)?,
+        block: dimension(*block_bytes)? * 8 / bits,
+        bits,
     };
-    // At most 256 values, so that a block's integer sums fit 32 bits (255 x 32,767 a product).
-    if sizes.block == 0 || !sizes.block.is_multiple_of(16) || sizes.block > 256 {
+    // Whole runs, the kernels' step; at most 256 values, so that a block's integer sums fit 32 bits
+    // (255 x 32,767 a product).
+    if sizes.block == 0 || !sizes.block.is_multiple_of(RUN) || sizes.block > 256 {
         return Err(fail(format!(
-            "the block must be a multiple of 16 values up to 256, not {}",
+            "the block must be a multiple of {RUN} values up to 256, not {} ({block_bytes} bytes of \
+             {bits}-bit levels)",
             sizes.block
         )));
     }
@@ -179,24 +219,36 @@ struct Weight<'a> {
 impl Weight<'_> {
     /// Weight row `row`'s bytes, whole blocks.
     fn row(&self, row: usize) -> &[u8] {
-        let width = self.sizes.blocks * self.sizes.block;
+        let width = self.sizes.row_bytes();
         &self.levels[row * width..(row + 1) * width]
     }
 
     /// Weight rows `rows`' bytes (none for an empty range).
     fn rows(&self, rows: std::ops::Range<usize>) -> &[u8] {
-        let width = self.sizes.blocks * self.sizes.block;
+        let width = self.sizes.row_bytes();
         &self.levels[rows.start.min(rows.end) * width..rows.end * width]
     }
 
     fn row_scales(&self, row: usize) -> &[f32] {
         &self.scales[row * self.sizes.blocks..(row + 1) * self.sizes.blocks]
     }
+
+    /// The stored level (its value plus the zero point) at `position` of a weight row's bytes `row`,
+    /// positions in the kernels' order (see the module's note), for the portable code.
+    fn level(&self, row: &[u8], position: usize) -> i16 {
+        if self.sizes.bits == 8 {
+            return i16::from(row[position]);
+        }
+        let (run, phase, word) = (position / RUN, position % RUN / 16, position % 16);
+        let byte = row[run * RUN / 2 + 2 * word + phase / 2];
+        i16::from((byte >> (4 * (phase % 2))) & 0xF)
+    }
 }
 
-/// An input row quantized per block to 16 bits: `levels` (padded to whole blocks with zeros),
-/// each block's scale, and each block's sum of levels times 128, which takes the weights' offset
-/// back out of the row kernel's integer products (the GEMM's panels have it taken off their levels).
+/// An input row quantized per block to 16 bits: `levels` (padded to whole blocks with zeros, in the
+/// kernels' order for the weight's bits), each block's scale, and each block's sum of levels times
+/// the weight's zero point, which takes it back out of the row kernel's integer products (the GEMM's
+/// panels have it taken off their levels).
 struct QuantizedRow {
     levels: Vec<i16>,
     scales: Vec<f32>,
@@ -247,8 +299,18 @@ impl QuantizedRow {
                 *level = unsafe { scaled.to_int_unchecked::<i16>() };
                 sum += i32::from(*level);
             }
+            if sizes.bits == 4 {
+                for run in levels.chunks_exact_mut(RUN) {
+                    let natural: [i16; RUN] = std::array::from_fn(|index| run[index]);
+                    for (word, four) in natural.chunks_exact(4).enumerate() {
+                        for (phase, level) in four.iter().enumerate() {
+                            run[16 * phase + word] = *level;
+                        }
+                    }
+                }
+            }
             scales.push(scale);
-            offsets.push(128 * sum);
+            offsets.push(i32::from(sizes.zero_point()) * sum);
         }
         QuantizedRow {
             levels,
@@ -319,15 +381,53 @@ fn quantize_row_avx2(values: &[f32], sizes: &Sizes) -> QuantizedRow {
     unsafe { compiled(values, sizes) }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! What both AVX2 kernels read a weight with.
+
+    use std::arch::x86_64::*;
+
+    /// The stored levels of a run of values ([`super::RUN`]) of a weight row of `BITS`-bit levels,
+    /// whose bytes start at `bytes`, in the kernels' order (see the module's note), widened to 16-bit
+    /// lanes: four registers of 16.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, and `bytes` starts `RUN × BITS / 8` readable bytes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn widen<const BITS: usize>(bytes: *const u8) -> [__m256i; 4] {
+        if BITS == 8 {
+            // SAFETY: the 64 bytes read are the caller's to read.
+            std::array::from_fn(|part| unsafe {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(bytes.add(16 * part).cast()))
+            })
+        } else {
+            // SAFETY: the 32 bytes read are the caller's to read.
+            let words = unsafe { _mm256_loadu_si256(bytes.cast()) };
+            let nibble = _mm256_set1_epi16(0xF);
+            [
+                _mm256_and_si256(words, nibble),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(words), nibble),
+                _mm256_and_si256(_mm256_srli_epi16::<8>(words), nibble),
+                _mm256_srli_epi16::<12>(words),
+            ]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A weight of `outputs` rows of `features` with random levels and scales, and its f32 values.
+    /// A weight of `outputs` rows of `features` with random `bits`-bit levels and scales, stored as
+    /// `lookout models build` stores it (4-bit levels two to a byte, the first in the low nibble), and
+    /// its f32 values.
     pub(super) fn random_weight(
         outputs: usize,
         features: usize,
         block: usize,
+        bits: usize,
     ) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
         let blocks = features.div_ceil(block);
         let mut state = 0x9e37_79b9_u32;
@@ -337,29 +437,42 @@ mod tests {
             state ^= state << 5;
             state
         };
-        let mut levels = vec![128u8; outputs * blocks * block];
+        let zero_point = 1u8 << (bits - 1);
+        let mut levels = vec![zero_point; outputs * blocks * block];
         let scales: Vec<f32> = (0..outputs * blocks)
             .map(|_| (next() % 1000) as f32 * 1e-5 - 5e-3)
             .collect();
         let mut values = vec![0f32; outputs * features];
         for row in 0..outputs {
             for column in 0..features {
-                let level = (next() % 256) as u8;
+                let level = (next() % (1 << bits)) as u8;
                 levels[row * blocks * block + column] = level;
                 values[row * features + column] =
-                    f32::from(i16::from(level) - 128) * scales[row * blocks + column / block];
+                    f32::from(i16::from(level) - i16::from(zero_point))
+                        * scales[row * blocks + column / block];
             }
+        }
+        if bits == 4 {
+            levels = levels
+                .chunks_exact(2)
+                .map(|pair| pair[0] | (pair[1] << 4))
+                .collect();
         }
         (levels, scales, values)
     }
 
-    pub(super) fn sizes_of(rows: usize, outputs: usize, features: usize, block: usize) -> Sizes {
+    /// The sizes of a weight's `shape` (outputs, features, block, bits) times `rows` input rows.
+    pub(super) fn sizes_of(
+        rows: usize,
+        (outputs, features, block, bits): (usize, usize, usize, usize),
+    ) -> Sizes {
         Sizes {
             rows,
             features,
             outputs,
             blocks: features.div_ceil(block),
             block,
+            bits,
         }
     }
 
@@ -398,14 +511,15 @@ mod tests {
     }
 
     /// Runs `multiply(weight, input rows, the CPU's way's output rows, the portable way's)` on a
-    /// random weight and `rows` input rows, then checks both outputs against the product.
+    /// random weight of `shape` (outputs, features, block, bits) and `rows` input rows, then checks
+    /// both outputs against the product.
     pub(super) fn check_both_ways(
-        (outputs, features, block): (usize, usize, usize),
+        shape @ (outputs, features, block, bits): (usize, usize, usize, usize),
         rows: usize,
         multiply: impl FnOnce(&Weight, &[QuantizedRow], &mut [&mut [f32]], &mut [&mut [f32]]),
     ) {
-        let (levels, scales, values) = random_weight(outputs, features, block);
-        let sizes = sizes_of(rows, outputs, features, block);
+        let (levels, scales, values) = random_weight(outputs, features, block, bits);
+        let sizes = sizes_of(rows, shape);
         let weight = Weight {
             levels: &levels,
             scales: &scales,
@@ -426,15 +540,21 @@ mod tests {
 
     #[test]
     fn sizes_that_disagree_are_named() {
-        let problem = |input: &[i64], weight: &[i64], scales| {
-            sizes(input, weight, scales).err().unwrap().to_string()
+        let problem = |input: &[i64], weight: &[i64], scales, bits| {
+            sizes(input, weight, scales, bits)
+                .err()
+                .unwrap()
+                .to_string()
         };
-        assert!(problem(&[1, 200], &[37, 5, 40], 185).contains("multiple of 16"));
-        assert!(problem(&[1, 600], &[37, 2, 512], 74).contains("up to 256"));
-        assert!(problem(&[1, 200], &[37, 3, 64], 111).contains("do not hold"));
-        assert!(problem(&[1, 200], &[37, 4, 64], 100).contains("100 scales"));
-        assert!(problem(&[1, 200], &[37, 4], 100).contains("[N, blocks, block]"));
-        let sizes = sizes(&[2, 3, 200], &[37, 4, 64], 148).unwrap();
+        assert!(problem(&[1, 200], &[37, 5, 48], 185, 8).contains("multiple of 64"));
+        assert!(problem(&[1, 200], &[37, 5, 24], 185, 4).contains("not 48 (24 bytes"));
+        assert!(problem(&[1, 600], &[37, 2, 512], 74, 8).contains("up to 256"));
+        assert!(problem(&[1, 200], &[37, 3, 64], 111, 8).contains("do not hold"));
+        assert!(problem(&[1, 200], &[37, 4, 64], 100, 8).contains("100 scales"));
+        assert!(problem(&[1, 200], &[37, 4], 100, 8).contains("[N, blocks, block bytes]"));
+        let sizes = sizes(&[2, 3, 200], &[37, 4, 64], 148, 8).unwrap();
         assert_eq!((sizes.rows, sizes.outputs, sizes.features), (6, 37, 200));
+        let four = super::sizes(&[2, 3, 200], &[37, 4, 32], 148, 4).unwrap();
+        assert_eq!((four.block, four.row_bytes()), (64, 128));
     }
 }

@@ -50,15 +50,31 @@ fn dot_rows(
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        match group {
-            [a] => return avx2::dot_rows::<1>(weight, outputs, [a], out),
-            [a, b] => return avx2::dot_rows::<2>(weight, outputs, [a, b], out),
-            [a, b, c] => return avx2::dot_rows::<3>(weight, outputs, [a, b, c], out),
-            [a, b, c, d] => return avx2::dot_rows::<4>(weight, outputs, [a, b, c, d], out),
+        match weight.sizes.bits {
+            8 => return dot_rows_avx2::<8>(weight, outputs, group, out),
+            4 => return dot_rows_avx2::<4>(weight, outputs, group, out),
             _ => {}
         }
     }
     dot_rows_portable(weight, outputs, group, out);
+}
+
+/// [`dot_rows`] on AVX2 for weights of `BITS`-bit levels. The caller has checked that the CPU has
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+fn dot_rows_avx2<const BITS: usize>(
+    weight: &Weight,
+    outputs: std::ops::Range<usize>,
+    group: &[QuantizedRow],
+    out: &mut [&mut [f32]],
+) {
+    match group {
+        [a] => avx2::dot_rows::<1, BITS>(weight, outputs, [a], out),
+        [a, b] => avx2::dot_rows::<2, BITS>(weight, outputs, [a, b], out),
+        [a, b, c] => avx2::dot_rows::<3, BITS>(weight, outputs, [a, b, c], out),
+        [a, b, c, d] => avx2::dot_rows::<4, BITS>(weight, outputs, [a, b, c, d], out),
+        _ => dot_rows_portable(weight, outputs, group, out),
+    }
 }
 
 /// [`dot_rows`] in plain integer code, for CPUs without AVX2: the same sums.
@@ -70,14 +86,12 @@ fn dot_rows_portable(
 ) {
     let block = weight.sizes.block;
     for (index, output) in outputs.enumerate() {
-        let (levels, scales) = (weight.row(output), weight.row_scales(output));
+        let (row, scales) = (weight.row(output), weight.row_scales(output));
         for (input, out) in group.iter().zip(out.iter_mut()) {
             let mut sum = 0f32;
             for (b, scale) in scales.iter().enumerate() {
-                let dot: i32 = levels[b * block..(b + 1) * block]
-                    .iter()
-                    .zip(&input.levels[b * block..(b + 1) * block])
-                    .map(|(weight, input)| i32::from(*weight) * i32::from(*input))
+                let dot: i32 = (b * block..(b + 1) * block)
+                    .map(|at| i32::from(weight.level(row, at)) * i32::from(input.levels[at]))
                     .sum();
                 sum += (dot - input.offsets[b]) as f32 * (scale * input.scales[b]);
             }
@@ -88,34 +102,37 @@ fn dot_rows_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! The row kernel in AVX2: per block, each weight row's bytes widened to 16 bits (`vpmovzxbw`)
-    //! and multiplied in pairs by the input's 16-bit levels (`vpmaddwd`), summed in 32 bits; the
+    //! The row kernel in AVX2: per block, each weight row's levels widened to 16 bits (`vpmovzxbw`,
+    //! and for 4 bits a mask and a shift) and multiplied in pairs by the input's 16-bit levels
+    //! (`vpmaddwd`), a run of 64 values a step, summed in 32 bits; the
     //! block's sum converted to f32 and scaled into a float accumulator. Two weight rows at a time, so
     //! that each input load serves both; one call runs over every pair of a unit, its loop kept inside
     //! the function compiled for AVX2.
 
     use std::arch::x86_64::*;
 
-    use super::super::{QuantizedRow, Weight};
+    use super::super::avx2::widen;
+    use super::super::{QuantizedRow, RUN, Weight};
     use super::PREFETCH_AHEAD;
 
-    /// See [`super::dot_rows`]; `A` input rows. The caller has checked that the CPU has AVX2 and FMA.
+    /// See [`super::dot_rows`]; `A` input rows, weights of `BITS`-bit levels. The caller has checked
+    /// that the CPU has AVX2 and FMA.
     #[allow(unsafe_code)]
-    pub(super) fn dot_rows<const A: usize>(
+    pub(super) fn dot_rows<const A: usize, const BITS: usize>(
         weight: &Weight,
         outputs: std::ops::Range<usize>,
         group: [&QuantizedRow; A],
         out: &mut [&mut [f32]],
     ) {
         // SAFETY: the CPU has AVX2 and FMA (the caller checked); the weight rows are whole blocks of a
-        // multiple of 16 bytes (checked in `sizes`), each input row's levels are as long, and `out`
+        // multiple of `RUN` values (checked in `sizes`), each input row's levels are as many, and `out`
         // holds `A` slices of `outputs.len()` values.
-        unsafe { dot_rows_avx2::<A>(weight, outputs, group, out) }
+        unsafe { dot_rows_avx2::<A, BITS>(weight, outputs, group, out) }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[allow(unsafe_code)]
-    unsafe fn dot_rows_avx2<const A: usize>(
+    unsafe fn dot_rows_avx2<const A: usize, const BITS: usize>(
         weight: &Weight,
         outputs: std::ops::Range<usize>,
         group: [&QuantizedRow; A],
@@ -137,29 +154,40 @@ mod avx2 {
                 let start = b * block;
                 for row in rows {
                     // A hint past the weight's end is harmless: prefetching never faults.
-                    let ahead = row.wrapping_add(start + PREFETCH_AHEAD);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
+                    let ahead = row.wrapping_add(start * BITS / 8 + PREFETCH_AHEAD);
+                    for line in (0..block * BITS / 8).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                    }
                 }
                 let mut products = [[_mm256_setzero_si256(); 2]; A];
                 let mut at = start;
                 while at < start + block {
-                    // SAFETY: `at + 16 <= blocks * block`, the length of each weight row and input row.
-                    let (first, other) = unsafe {
-                        (
-                            _mm256_cvtepu8_epi16(_mm_loadu_si128(rows[0].add(at).cast())),
-                            _mm256_cvtepu8_epi16(_mm_loadu_si128(rows[1].add(at).cast())),
-                        )
+                    // SAFETY: `at + RUN <= blocks * block`, the values of each weight row and input
+                    // row.
+                    let weights = unsafe {
+                        [
+                            widen::<BITS>(rows[0].add(at * BITS / 8)),
+                            widen::<BITS>(rows[1].add(at * BITS / 8)),
+                        ]
                     };
                     for a in 0..A {
                         // SAFETY: as above.
-                        let input = unsafe { _mm256_loadu_si256(levels[a].add(at).cast()) };
-                        products[a][0] =
-                            _mm256_add_epi32(products[a][0], _mm256_madd_epi16(first, input));
-                        products[a][1] =
-                            _mm256_add_epi32(products[a][1], _mm256_madd_epi16(other, input));
+                        let input: [__m256i; 4] = std::array::from_fn(|part| unsafe {
+                            _mm256_loadu_si256(levels[a].add(at + 16 * part).cast())
+                        });
+                        for (product, weights) in products[a].iter_mut().zip(weights) {
+                            let pairs = _mm256_add_epi32(
+                                _mm256_madd_epi16(weights[0], input[0]),
+                                _mm256_madd_epi16(weights[1], input[1]),
+                            );
+                            let more = _mm256_add_epi32(
+                                _mm256_madd_epi16(weights[2], input[2]),
+                                _mm256_madd_epi16(weights[3], input[3]),
+                            );
+                            *product = _mm256_add_epi32(*product, _mm256_add_epi32(pairs, more));
+                        }
                     }
-                    at += 16;
+                    at += RUN;
                 }
                 for a in 0..A {
                     for j in 0..2 {
@@ -199,23 +227,25 @@ mod tests {
     use super::super::tests::check_both_ways;
     use super::*;
 
-    /// Each way of the row kernel (the CPU's, and the portable one), for 1 to 5 input rows (a group of
-    /// 4 and one of 1), an odd number of outputs (the last pair is one row) and a width that is no
-    /// multiple of the block.
+    /// Each way of the row kernel (the CPU's, and the portable one), for 8- and 4-bit weights and 1 to
+    /// 5 input rows (a group of 4 and one of 1), an odd number of outputs (the last pair is one row)
+    /// and a width that is no multiple of the block.
     #[test]
     fn the_row_kernel_agrees_with_the_dequantized_product() {
-        let shape @ (outputs, _, _) = (37, 200, 64);
-        for rows in 1..=5 {
-            check_both_ways(shape, rows, |weight, quantized, fast, portable| {
-                for ((group, fast), portable) in quantized
-                    .chunks(ROWS_TOGETHER)
-                    .zip(fast.chunks_mut(ROWS_TOGETHER))
-                    .zip(portable.chunks_mut(ROWS_TOGETHER))
-                {
-                    dot_rows(weight, 0..outputs, group, fast);
-                    dot_rows_portable(weight, 0..outputs, group, portable);
-                }
-            });
+        for bits in [8, 4] {
+            let shape @ (outputs, ..) = (37, 200, 64, bits);
+            for rows in 1..=5 {
+                check_both_ways(shape, rows, |weight, quantized, fast, portable| {
+                    for ((group, fast), portable) in quantized
+                        .chunks(ROWS_TOGETHER)
+                        .zip(fast.chunks_mut(ROWS_TOGETHER))
+                        .zip(portable.chunks_mut(ROWS_TOGETHER))
+                    {
+                        dot_rows(weight, 0..outputs, group, fast);
+                        dot_rows_portable(weight, 0..outputs, group, portable);
+                    }
+                });
+            }
         }
     }
 }
