@@ -147,21 +147,19 @@ mod avx2 {
             let rows = [weight.row(output).as_ptr(), weight.row(second).as_ptr()];
             let scales = [weight.row_scales(output), weight.row_scales(second)];
             let mut sums = [[_mm256_setzero_ps(); 2]; A];
-            let mut offsets = [[0f32; 2]; A];
             // `b` indexes the weight rows' scales and the inputs' scales and offsets alike.
             #[allow(clippy::needless_range_loop)]
             for b in 0..blocks {
                 let start = b * block;
-                for row in rows {
-                    // A hint past the weight's end is harmless: prefetching never faults.
-                    let ahead = row.wrapping_add(start * BITS / 8 + PREFETCH_AHEAD);
-                    for line in (0..block * BITS / 8).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                    }
-                }
                 let mut products = [[_mm256_setzero_si256(); 2]; A];
                 let mut at = start;
                 while at < start + block {
+                    for row in rows {
+                        // A step reads at most a cache line of each row. A hint past the weight's
+                        // end is harmless: prefetching never faults.
+                        let ahead = row.wrapping_add(at * BITS / 8 + PREFETCH_AHEAD);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    }
                     // SAFETY: `at + RUN <= blocks * block`, the values of each weight row and input
                     // row.
                     let weights = unsafe {
@@ -190,21 +188,22 @@ mod avx2 {
                     at += RUN;
                 }
                 for a in 0..A {
+                    // The zero point's part of the block's sum, taken off in one lane.
+                    let offset = _mm256_setr_epi32(group[a].offsets[b], 0, 0, 0, 0, 0, 0, 0);
                     for j in 0..2 {
                         let scale = scales[j][b] * group[a].scales[b];
                         sums[a][j] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(products[a][j]),
+                            _mm256_cvtepi32_ps(_mm256_sub_epi32(products[a][j], offset)),
                             _mm256_set1_ps(scale),
                             sums[a][j],
                         );
-                        offsets[a][j] += group[a].offsets[b] as f32 * scale;
                     }
                 }
             }
             for (a, out) in out.iter_mut().enumerate().take(A) {
-                out[output - outputs.start] = horizontal_sum(sums[a][0]) - offsets[a][0];
+                out[output - outputs.start] = horizontal_sum(sums[a][0]);
                 if second != output {
-                    out[second - outputs.start] = horizontal_sum(sums[a][1]) - offsets[a][1];
+                    out[second - outputs.start] = horizontal_sum(sums[a][1]);
                 }
             }
             output += 2;
