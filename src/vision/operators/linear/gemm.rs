@@ -411,7 +411,7 @@ mod tests {
     fn the_gemm_agrees_with_the_dequantized_product() {
         for shape @ (outputs, ..) in [(37, 200, 64, 8), (20, 512, 256, 8), (37, 200, 64, 4)] {
             for rows in 1..=13 {
-                check_both_ways(shape, rows, |weight, quantized, fast, portable| {
+                check_both_ways::<i16>(shape, rows, |weight, quantized, fast, portable| {
                     let mut panel = Panel::new(&weight.sizes);
                     let mut portable_panel = Panel::new(&weight.sizes);
                     for start in (0..outputs).step_by(PANEL) {

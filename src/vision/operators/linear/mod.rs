@@ -14,17 +14,21 @@
 //! elsewhere), each block's sum then scaled into a float. 16-bit activations keep their first 4-5
 //! digits where `MatMulNBits`' integer path keeps 2; `vpmaddwd` does twice the multiply-adds of a
 //! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second).
+//!
+//! One exception: the row kernel on 4-bit weights quantizes its input rows to 8 bits, and multiplies
+//! the weight's bytes as they are, unsigned, by them (`vpmaddubsw`, 32 products an instruction, where
+//! 16-bit inputs would need each nibble widened to 16 bits first): a 4-bit weight's own rounding is
+//! so much coarser than an 8-bit input's that the answers do not move (the fixture's first-token KL
+//! from fp32 4.09e-4 either way, `decoder_precision`), and decoding is 1.xx faster.
 //! - a few rows (fewer than [`MANY_ROWS`]: a decoding step, a batch of them, a short prompt), `rows`:
 //!   the row kernel, which streams each weight row once for up to 4 input rows;
 //! - many rows (a prompt's prefill), `gemm`: a GEMM on small packed panels of the weight.
 //!
-//! The kernels' order: 4-bit levels come two to a byte, the first in the low nibble, so each 16-bit
-//! word of a weight row holds four values, `4w` to `4w + 3`. The kernels read a run of 64 values (32
-//! bytes, 16 words) into four registers by masking and shifting the words, each register holding one
-//! of the four nibbles of every word: values `4w`, then `4w + 1`, `4w + 2`, `4w + 3`. The input rows
-//! are quantized in that same order, so no weight is ever shuffled (a block's sum is the same in any
-//! order), and no byte widened: masks and shifts cost half the instructions of widening bytes to
-//! 16 bits. 8-bit levels stay in their own order.
+//! The kernels' order: 4-bit levels come two to a byte, the first in the low nibble, so 32 bytes of a
+//! weight row hold a run of 64 values, the even ones in the low nibbles and the odd ones in the high.
+//! The kernels take a run as its 32 low nibbles, then its 32 high ones (a mask, and a shift and a
+//! mask, of the 32 bytes), and the input rows are quantized in that same order, so no weight is ever
+//! shuffled: a block's sum is the same in any order. 8-bit levels stay in their own order.
 //!
 //! This module holds what both share: the operator, its sizes, the weight, the input rows quantized,
 //! and the split of the outputs over the runtime's threads.
@@ -239,24 +243,59 @@ impl Weight<'_> {
         if self.sizes.bits == 8 {
             return i16::from(row[position]);
         }
-        let (run, phase, word) = (position / RUN, position % RUN / 16, position % 16);
-        let byte = row[run * RUN / 2 + 2 * word + phase / 2];
-        i16::from((byte >> (4 * (phase % 2))) & 0xF)
+        let half = RUN / 2;
+        let byte = row[position / RUN * half + position % half];
+        i16::from(if position % RUN < half {
+            byte & 0xF
+        } else {
+            byte >> 4
+        })
     }
 }
 
-/// An input row quantized per block to 16 bits: `levels` (padded to whole blocks with zeros, in the
-/// kernels' order for the weight's bits), each block's scale, and each block's sum of levels times
+/// An input level: `i16`, or `i8` for the row kernel on 4-bit weights.
+trait Level: Copy + Default + Into<i32> + Send + Sync {
+    /// The largest level, the block's largest magnitude; levels are symmetric, -MAX to MAX.
+    const MAX: f32;
+
+    /// `value`, a whole number within ±MAX.
+    fn from_whole(value: f32) -> Self;
+}
+
+impl Level for i16 {
+    const MAX: f32 = i16::MAX as f32;
+
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    fn from_whole(value: f32) -> i16 {
+        // SAFETY: the caller passes a whole number within i16's range.
+        unsafe { value.to_int_unchecked() }
+    }
+}
+
+impl Level for i8 {
+    const MAX: f32 = i8::MAX as f32;
+
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    fn from_whole(value: f32) -> i8 {
+        // SAFETY: the caller passes a whole number within i8's range.
+        unsafe { value.to_int_unchecked() }
+    }
+}
+
+/// An input row quantized per block to levels `L`: `levels` (padded to whole blocks with zeros, in
+/// the kernels' order for the weight's bits), each block's scale, and each block's sum of levels times
 /// the weight's zero point, which takes it back out of the row kernel's integer products (the GEMM's
 /// panels have it taken off their levels).
-struct QuantizedRow {
-    levels: Vec<i16>,
+struct QuantizedRow<L = i16> {
+    levels: Vec<L>,
     scales: Vec<f32>,
     offsets: Vec<i32>,
 }
 
-impl QuantizedRow {
-    fn new(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+impl<L: Level> QuantizedRow<L> {
+    fn new(values: &[f32], sizes: &Sizes) -> QuantizedRow<L> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -267,9 +306,8 @@ impl QuantizedRow {
 
     /// Always inlined, so that `quantize_row_avx2` compiles it with AVX2's rounding and vectors.
     #[inline(always)]
-    #[allow(unsafe_code)]
-    fn quantize(values: &[f32], sizes: &Sizes) -> QuantizedRow {
-        let mut levels = vec![0i16; sizes.blocks * sizes.block];
+    fn quantize(values: &[f32], sizes: &Sizes) -> QuantizedRow<L> {
+        let mut levels = vec![L::default(); sizes.blocks * sizes.block];
         let mut scales = Vec::with_capacity(sizes.blocks);
         let mut offsets = Vec::with_capacity(sizes.blocks);
         for (values, levels) in values
@@ -279,33 +317,26 @@ impl QuantizedRow {
             let largest = values
                 .iter()
                 .fold(0f32, |largest, value| largest.max(value.abs()));
-            let scale = if largest > 0.0 {
-                largest / f32::from(i16::MAX)
-            } else {
-                1.0
-            };
+            let scale = if largest > 0.0 { largest / L::MAX } else { 1.0 };
             let inverse = scale.recip();
             let mut sum = 0i32;
             for (level, value) in levels.iter_mut().zip(values) {
-                // Within ±i16::MAX by the scale; a NaN becomes 0. (`as i16` would say the same, but
-                // its checks keep the loop out of vectors.)
+                // Within ±MAX by the scale; a NaN becomes 0. (`as` would say the same, but its checks
+                // keep the loop out of vectors.)
                 let scaled = (value * inverse).round_ties_even();
                 let scaled = if scaled.is_nan() {
                     0.0
                 } else {
-                    scaled.clamp(-f32::from(i16::MAX), f32::from(i16::MAX))
+                    scaled.clamp(-L::MAX, L::MAX)
                 };
-                // SAFETY: `scaled` is a whole number within i16's range.
-                *level = unsafe { scaled.to_int_unchecked::<i16>() };
-                sum += i32::from(*level);
+                *level = L::from_whole(scaled);
+                sum += (*level).into();
             }
             if sizes.bits == 4 {
                 for run in levels.chunks_exact_mut(RUN) {
-                    let natural: [i16; RUN] = std::array::from_fn(|index| run[index]);
-                    for (word, four) in natural.chunks_exact(4).enumerate() {
-                        for (phase, level) in four.iter().enumerate() {
-                            run[16 * phase + word] = *level;
-                        }
+                    let natural: [L; RUN] = std::array::from_fn(|index| run[index]);
+                    for (index, pair) in natural.chunks_exact(2).enumerate() {
+                        (run[index], run[RUN / 2 + index]) = (pair[0], pair[1]);
                     }
                 }
             }
@@ -354,7 +385,7 @@ fn by_columns(
     }
 }
 
-fn quantize_rows(values: &[f32], sizes: &Sizes) -> Vec<QuantizedRow> {
+fn quantize_rows<L: Level>(values: &[f32], sizes: &Sizes) -> Vec<QuantizedRow<L>> {
     values
         .chunks_exact(sizes.features)
         .map(|row| QuantizedRow::new(row, sizes))
@@ -372,9 +403,9 @@ fn cores() -> usize {
 /// FMA.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-fn quantize_row_avx2(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+fn quantize_row_avx2<L: Level>(values: &[f32], sizes: &Sizes) -> QuantizedRow<L> {
     #[target_feature(enable = "avx2,fma")]
-    fn compiled(values: &[f32], sizes: &Sizes) -> QuantizedRow {
+    fn compiled<L: Level>(values: &[f32], sizes: &Sizes) -> QuantizedRow<L> {
         QuantizedRow::quantize(values, sizes)
     }
     // SAFETY: the CPU has AVX2 and FMA (the caller checked).
@@ -404,15 +435,32 @@ mod avx2 {
             })
         } else {
             // SAFETY: the 32 bytes read are the caller's to read.
-            let words = unsafe { _mm256_loadu_si256(bytes.cast()) };
-            let nibble = _mm256_set1_epi16(0xF);
+            let [low, high] = unsafe { nibbles(bytes) };
             [
-                _mm256_and_si256(words, nibble),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(words), nibble),
-                _mm256_and_si256(_mm256_srli_epi16::<8>(words), nibble),
-                _mm256_srli_epi16::<12>(words),
+                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(low)),
+                _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(low)),
+                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(high)),
+                _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(high)),
             ]
         }
+    }
+
+    /// The 4-bit levels of a run of values ([`super::RUN`]) of a weight row, whose 32 bytes start at
+    /// `bytes`, in the kernels' order as bytes: the low nibbles, then the high ones.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, and `bytes` starts 32 readable bytes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn nibbles(bytes: *const u8) -> [__m256i; 2] {
+        // SAFETY: the 32 bytes read are the caller's to read.
+        let bytes = unsafe { _mm256_loadu_si256(bytes.cast()) };
+        let nibble = _mm256_set1_epi8(0xF);
+        [
+            _mm256_and_si256(bytes, nibble),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), nibble),
+        ]
     }
 }
 
@@ -484,23 +532,39 @@ mod tests {
     }
 
     /// Checks `got` (`[rows, outputs]`) against the plain product in f64 of `input` and the
-    /// dequantized weight `values`: 16-bit inputs put each value within 2^-16 of its block's largest.
-    pub(super) fn assert_near_the_product(
+    /// dequantized weight `values`: quantizing an input to levels `L` moves it by at most half a
+    /// level, its block's largest magnitude over `2 L::MAX`; the float sums add a little more.
+    pub(super) fn assert_near_the_product<L: Level>(
         input: &[f32],
         values: &[f32],
-        outputs: usize,
+        (outputs, block): (usize, usize),
         got: &[f32],
         way: &str,
     ) {
         let features = values.len() / outputs;
         let rows = input.len() / features;
         for row in 0..rows {
+            let input = &input[row * features..(row + 1) * features];
+            let half_levels: Vec<f64> = input
+                .chunks(block)
+                .flat_map(|values| {
+                    let largest = values.iter().fold(0f32, |largest, x| largest.max(x.abs()));
+                    std::iter::repeat_n(f64::from(largest) / 2.0 / f64::from(L::MAX), values.len())
+                })
+                .collect();
             for output in 0..outputs {
-                let products = (0..features).map(|f| {
-                    f64::from(input[row * features + f]) * f64::from(values[output * features + f])
-                });
+                let weights = &values[output * features..(output + 1) * features];
+                let products = input
+                    .iter()
+                    .zip(weights)
+                    .map(|(x, w)| f64::from(*x) * f64::from(*w));
                 let exact: f64 = products.clone().sum();
-                let bound = products.map(f64::abs).sum::<f64>() * 1e-4 + 1e-6;
+                let rounding: f64 = weights
+                    .iter()
+                    .zip(&half_levels)
+                    .map(|(w, half_level)| f64::from(w.abs()) * half_level)
+                    .sum();
+                let bound = rounding + products.map(f64::abs).sum::<f64>() * 1e-6 + 1e-6;
                 let got = f64::from(got[row * outputs + output]);
                 assert!(
                     (got - exact).abs() <= bound,
@@ -513,10 +577,10 @@ mod tests {
     /// Runs `multiply(weight, input rows, the CPU's way's output rows, the portable way's)` on a
     /// random weight of `shape` (outputs, features, block, bits) and `rows` input rows, then checks
     /// both outputs against the product.
-    pub(super) fn check_both_ways(
+    pub(super) fn check_both_ways<L: Level>(
         shape @ (outputs, features, block, bits): (usize, usize, usize, usize),
         rows: usize,
-        multiply: impl FnOnce(&Weight, &[QuantizedRow], &mut [&mut [f32]], &mut [&mut [f32]]),
+        multiply: impl FnOnce(&Weight, &[QuantizedRow<L>], &mut [&mut [f32]], &mut [&mut [f32]]),
     ) {
         let (levels, scales, values) = random_weight(outputs, features, block, bits);
         let sizes = sizes_of(rows, shape);
@@ -526,7 +590,7 @@ mod tests {
             sizes,
         };
         let input = input_rows(rows, features);
-        let quantized = quantize_rows(&input, &sizes);
+        let quantized = quantize_rows::<L>(&input, &sizes);
         let mut fast = vec![0f32; rows * outputs];
         let mut portable = vec![0f32; rows * outputs];
         {
@@ -534,8 +598,8 @@ mod tests {
             let mut portable_rows: Vec<&mut [f32]> = portable.chunks_mut(outputs).collect();
             multiply(&weight, &quantized, &mut fast_rows, &mut portable_rows);
         }
-        assert_near_the_product(&input, &values, outputs, &fast, "fast");
-        assert_near_the_product(&input, &values, outputs, &portable, "portable");
+        assert_near_the_product::<L>(&input, &values, (outputs, block), &fast, "fast");
+        assert_near_the_product::<L>(&input, &values, (outputs, block), &portable, "portable");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use ort::operator::ComputeContext;
 
-use super::{QuantizedRow, TASKS_A_CORE, Weight, by_columns, cores, quantize_rows};
+use super::{Level, QuantizedRow, TASKS_A_CORE, Weight, by_columns, cores, quantize_rows};
 
 /// The input rows the row kernel multiplies together, reading each weight row once for all of them.
 const ROWS_TOGETHER: usize = 4;
@@ -12,6 +12,20 @@ const ROWS_TOGETHER: usize = 4;
 /// How far ahead of the block it multiplies the row kernel asks for a weight row's bytes: a measured
 /// choice (bench/reference/linear-kernels: 25.1-26.0 GB/s at 1,024 bytes, 24.1 at 2,048).
 const PREFETCH_AHEAD: usize = 1024;
+
+/// The row kernel's input levels for a weight's bits: 16 bits for 8-bit weights, 8 bits for 4-bit
+/// ones (see the module's note).
+trait RowInput: Level {
+    const WEIGHT_BITS: usize;
+}
+
+impl RowInput for i16 {
+    const WEIGHT_BITS: usize = 8;
+}
+
+impl RowInput for i8 {
+    const WEIGHT_BITS: usize = 4;
+}
 
 /// Fewer than `MANY_ROWS` input rows: the weight rows cut into contiguous runs, [`TASKS_A_CORE`] a
 /// core (each a stream through memory that the prefetchers follow), each multiplying its rows by
@@ -22,8 +36,21 @@ pub(super) fn multiply_rows(
     values: &[f32],
     products: &mut [f32],
 ) -> ort::Result<()> {
+    match weight.sizes.bits {
+        4 => multiply_rows_by::<i8>(ctx, weight, values, products),
+        _ => multiply_rows_by::<i16>(ctx, weight, values, products),
+    }
+}
+
+/// [`multiply_rows`] with the input rows quantized to levels `L`.
+fn multiply_rows_by<L: RowInput>(
+    ctx: &ComputeContext,
+    weight: &Weight,
+    values: &[f32],
+    products: &mut [f32],
+) -> ort::Result<()> {
     let sizes = weight.sizes;
-    let rows = quantize_rows(values, &sizes);
+    let rows = quantize_rows::<L>(values, &sizes);
     // Runs of an even number of rows, the kernel's pairs.
     let run = sizes
         .outputs
@@ -42,46 +69,31 @@ pub(super) fn multiply_rows(
 
 /// Weight rows `outputs` times the input rows `group` (up to [`ROWS_TOGETHER`]), into `out` (one
 /// slice of `outputs.len()` values an input row).
-fn dot_rows(
+fn dot_rows<L: RowInput>(
     weight: &Weight,
     outputs: std::ops::Range<usize>,
-    group: &[QuantizedRow],
+    group: &[QuantizedRow<L>],
     out: &mut [&mut [f32]],
 ) {
+    assert_eq!(weight.sizes.bits, L::WEIGHT_BITS);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        match weight.sizes.bits {
-            8 => return dot_rows_avx2::<8>(weight, outputs, group, out),
-            4 => return dot_rows_avx2::<4>(weight, outputs, group, out),
+        match group {
+            [a] => return avx2::dot_rows::<1, L>(weight, outputs, [a], out),
+            [a, b] => return avx2::dot_rows::<2, L>(weight, outputs, [a, b], out),
+            [a, b, c] => return avx2::dot_rows::<3, L>(weight, outputs, [a, b, c], out),
+            [a, b, c, d] => return avx2::dot_rows::<4, L>(weight, outputs, [a, b, c, d], out),
             _ => {}
         }
     }
     dot_rows_portable(weight, outputs, group, out);
 }
 
-/// [`dot_rows`] on AVX2 for weights of `BITS`-bit levels. The caller has checked that the CPU has
-/// AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-fn dot_rows_avx2<const BITS: usize>(
-    weight: &Weight,
-    outputs: std::ops::Range<usize>,
-    group: &[QuantizedRow],
-    out: &mut [&mut [f32]],
-) {
-    match group {
-        [a] => avx2::dot_rows::<1, BITS>(weight, outputs, [a], out),
-        [a, b] => avx2::dot_rows::<2, BITS>(weight, outputs, [a, b], out),
-        [a, b, c] => avx2::dot_rows::<3, BITS>(weight, outputs, [a, b, c], out),
-        [a, b, c, d] => avx2::dot_rows::<4, BITS>(weight, outputs, [a, b, c, d], out),
-        _ => dot_rows_portable(weight, outputs, group, out),
-    }
-}
-
 /// [`dot_rows`] in plain integer code, for CPUs without AVX2: the same sums.
-fn dot_rows_portable(
+fn dot_rows_portable<L: Level>(
     weight: &Weight,
     outputs: std::ops::Range<usize>,
-    group: &[QuantizedRow],
+    group: &[QuantizedRow<L>],
     out: &mut [&mut [f32]],
 ) {
     let block = weight.sizes.block;
@@ -91,7 +103,7 @@ fn dot_rows_portable(
             let mut sum = 0f32;
             for (b, scale) in scales.iter().enumerate() {
                 let dot: i32 = (b * block..(b + 1) * block)
-                    .map(|at| i32::from(weight.level(row, at)) * i32::from(input.levels[at]))
+                    .map(|at| i32::from(weight.level(row, at)) * input.levels[at].into())
                     .sum();
                 sum += (dot - input.offsets[b]) as f32 * (scale * input.scales[b]);
             }
@@ -111,35 +123,35 @@ mod avx2 {
 
     use std::arch::x86_64::*;
 
-    use super::super::avx2::widen;
+    use super::super::avx2::{nibbles, widen};
     use super::super::{QuantizedRow, RUN, Weight};
-    use super::PREFETCH_AHEAD;
+    use super::{PREFETCH_AHEAD, RowInput};
 
-    /// See [`super::dot_rows`]; `A` input rows, weights of `BITS`-bit levels. The caller has checked
-    /// that the CPU has AVX2 and FMA.
+    /// See [`super::dot_rows`]; `A` input rows of levels `L`. The caller has checked that the CPU
+    /// has AVX2 and FMA, and that the weight's bits are `L`'s.
     #[allow(unsafe_code)]
-    pub(super) fn dot_rows<const A: usize, const BITS: usize>(
+    pub(super) fn dot_rows<const A: usize, L: RowInput>(
         weight: &Weight,
         outputs: std::ops::Range<usize>,
-        group: [&QuantizedRow; A],
+        group: [&QuantizedRow<L>; A],
         out: &mut [&mut [f32]],
     ) {
         // SAFETY: the CPU has AVX2 and FMA (the caller checked); the weight rows are whole blocks of a
         // multiple of `RUN` values (checked in `sizes`), each input row's levels are as many, and `out`
         // holds `A` slices of `outputs.len()` values.
-        unsafe { dot_rows_avx2::<A, BITS>(weight, outputs, group, out) }
+        unsafe { dot_rows_avx2::<A, L>(weight, outputs, group, out) }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[allow(unsafe_code)]
-    unsafe fn dot_rows_avx2<const A: usize, const BITS: usize>(
+    unsafe fn dot_rows_avx2<const A: usize, L: RowInput>(
         weight: &Weight,
         outputs: std::ops::Range<usize>,
-        group: [&QuantizedRow; A],
+        group: [&QuantizedRow<L>; A],
         out: &mut [&mut [f32]],
     ) {
         let (blocks, block) = (weight.sizes.blocks, weight.sizes.block);
-        let levels: [*const i16; A] = group.map(|input| input.levels.as_ptr());
+        let inputs: [*const L; A] = group.map(|input| input.levels.as_ptr());
         let mut output = outputs.start;
         while output < outputs.end {
             // An odd last row is paired with itself and its second result dropped.
@@ -154,35 +166,25 @@ mod avx2 {
                 let mut products = [[_mm256_setzero_si256(); 2]; A];
                 let mut at = start;
                 while at < start + block {
+                    let bytes = at * L::WEIGHT_BITS / 8;
                     for row in rows {
                         // A step reads at most a cache line of each row. A hint past the weight's
                         // end is harmless: prefetching never faults.
-                        let ahead = row.wrapping_add(at * BITS / 8 + PREFETCH_AHEAD);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            row.wrapping_add(bytes + PREFETCH_AHEAD).cast(),
+                        );
                     }
                     // SAFETY: `at + RUN <= blocks * block`, the values of each weight row and input
                     // row.
-                    let weights = unsafe {
-                        [
-                            widen::<BITS>(rows[0].add(at * BITS / 8)),
-                            widen::<BITS>(rows[1].add(at * BITS / 8)),
-                        ]
+                    let step = unsafe {
+                        run_products::<A, L>(
+                            rows.map(|row| row.add(bytes)),
+                            inputs.map(|input| input.add(at)),
+                        )
                     };
-                    for a in 0..A {
-                        // SAFETY: as above.
-                        let input: [__m256i; 4] = std::array::from_fn(|part| unsafe {
-                            _mm256_loadu_si256(levels[a].add(at + 16 * part).cast())
-                        });
-                        for (product, weights) in products[a].iter_mut().zip(weights) {
-                            let pairs = _mm256_add_epi32(
-                                _mm256_madd_epi16(weights[0], input[0]),
-                                _mm256_madd_epi16(weights[1], input[1]),
-                            );
-                            let more = _mm256_add_epi32(
-                                _mm256_madd_epi16(weights[2], input[2]),
-                                _mm256_madd_epi16(weights[3], input[3]),
-                            );
-                            *product = _mm256_add_epi32(*product, _mm256_add_epi32(pairs, more));
+                    for (products, step) in products.iter_mut().zip(step) {
+                        for (product, step) in products.iter_mut().zip(step) {
+                            *product = _mm256_add_epi32(*product, step);
                         }
                     }
                     at += RUN;
@@ -210,6 +212,62 @@ mod avx2 {
         }
     }
 
+    /// The products of a run of values ([`RUN`]) of the two weight rows starting at `rows` with the
+    /// `A` input rows' levels starting at `inputs`, as eight 32-bit sums for each input and weight row.
+    /// 8-bit weights: widened to 16 bits, multiplied with the 16-bit inputs in pairs (`vpmaddwd`).
+    /// 4-bit weights: their nibbles as unsigned bytes multiplied with the 8-bit inputs in pairs
+    /// (`vpmaddubsw`; at most 2 x 15 x 127, no saturation), the two halves' 16-bit sums added and
+    /// summed in pairs into 32 bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; each weight row holds a run's bytes from `rows`, each input row a run's levels
+    /// from `inputs`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(unsafe_code)]
+    unsafe fn run_products<const A: usize, L: RowInput>(
+        rows: [*const u8; 2],
+        inputs: [*const L; A],
+    ) -> [[__m256i; 2]; A] {
+        // SAFETY: (each load) within the run, as the caller says.
+        unsafe {
+            if L::WEIGHT_BITS == 8 {
+                let weights = rows.map(|row| widen::<8>(row));
+                inputs.map(|input| {
+                    let input: [__m256i; 4] =
+                        std::array::from_fn(|part| _mm256_loadu_si256(input.add(16 * part).cast()));
+                    weights.map(|weights| {
+                        let pairs = _mm256_add_epi32(
+                            _mm256_madd_epi16(weights[0], input[0]),
+                            _mm256_madd_epi16(weights[1], input[1]),
+                        );
+                        let more = _mm256_add_epi32(
+                            _mm256_madd_epi16(weights[2], input[2]),
+                            _mm256_madd_epi16(weights[3], input[3]),
+                        );
+                        _mm256_add_epi32(pairs, more)
+                    })
+                })
+            } else {
+                let weights = rows.map(|row| nibbles(row));
+                let ones = _mm256_set1_epi16(1);
+                inputs.map(|input| {
+                    let input = [
+                        _mm256_loadu_si256(input.cast()),
+                        _mm256_loadu_si256(input.add(32).cast()),
+                    ];
+                    weights.map(|[low, high]| {
+                        let sums = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(low, input[0]),
+                            _mm256_maddubs_epi16(high, input[1]),
+                        );
+                        _mm256_madd_epi16(sums, ones)
+                    })
+                })
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2")]
     fn horizontal_sum(values: __m256) -> f32 {
         let halves = _mm_add_ps(
@@ -226,25 +284,28 @@ mod tests {
     use super::super::tests::check_both_ways;
     use super::*;
 
-    /// Each way of the row kernel (the CPU's, and the portable one), for 8- and 4-bit weights and 1 to
-    /// 5 input rows (a group of 4 and one of 1), an odd number of outputs (the last pair is one row)
-    /// and a width that is no multiple of the block.
+    /// Each way of the row kernel (the CPU's, and the portable one), for 8-bit weights (16-bit inputs)
+    /// and 4-bit weights (8-bit inputs), 1 to 5 input rows (a group of 4 and one of 1), an odd number
+    /// of outputs (the last pair is one row) and a width that is no multiple of the block.
     #[test]
     fn the_row_kernel_agrees_with_the_dequantized_product() {
-        for bits in [8, 4] {
-            let shape @ (outputs, ..) = (37, 200, 64, bits);
-            for rows in 1..=5 {
-                check_both_ways(shape, rows, |weight, quantized, fast, portable| {
-                    for ((group, fast), portable) in quantized
-                        .chunks(ROWS_TOGETHER)
-                        .zip(fast.chunks_mut(ROWS_TOGETHER))
-                        .zip(portable.chunks_mut(ROWS_TOGETHER))
-                    {
-                        dot_rows(weight, 0..outputs, group, fast);
-                        dot_rows_portable(weight, 0..outputs, group, portable);
-                    }
-                });
-            }
+        check_rows::<i16>();
+        check_rows::<i8>();
+    }
+
+    fn check_rows<L: RowInput>() {
+        let shape @ (outputs, ..) = (37, 200, 64, L::WEIGHT_BITS);
+        for rows in 1..=5 {
+            check_both_ways::<L>(shape, rows, |weight, quantized, fast, portable| {
+                for ((group, fast), portable) in quantized
+                    .chunks(ROWS_TOGETHER)
+                    .zip(fast.chunks_mut(ROWS_TOGETHER))
+                    .zip(portable.chunks_mut(ROWS_TOGETHER))
+                {
+                    dot_rows(weight, 0..outputs, group, fast);
+                    dot_rows_portable(weight, 0..outputs, group, portable);
+                }
+            });
         }
     }
 }
