@@ -13,16 +13,18 @@
 //! widened to 16 bits, and products summed in pairs in 32 bits (`vpmaddwd` on AVX2, plain integer code
 //! elsewhere), each block's sum then scaled into a float. 16-bit activations keep their first 4-5
 //! digits where `MatMulNBits`' integer path keeps 2; `vpmaddwd` does twice the multiply-adds of a
-//! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second).
+//! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second). Two ways:
+//! - a few rows (fewer than [`MANY_ROWS`]: a decoding step, a batch of them, a short prompt), `rows`:
+//!   the row kernel, which streams each weight row once for up to 4 input rows;
+//! - many rows (a prompt's prefill), `gemm`: a GEMM on small packed panels of the weight.
 //!
 //! One exception: the row kernel on 4-bit weights quantizes its input rows to 8 bits, and multiplies
 //! the weight's bytes as they are, unsigned, by them (`vpmaddubsw`, 32 products an instruction, where
 //! 16-bit inputs would need each nibble widened to 16 bits first): a 4-bit weight's own rounding is
-//! so much coarser than an 8-bit input's that the answers do not move (the fixture's first-token KL
-//! from fp32 4.09e-4 either way, `decoder_precision`), and decoding is 1.xx faster.
-//! - a few rows (fewer than [`MANY_ROWS`]: a decoding step, a batch of them, a short prompt), `rows`:
-//!   the row kernel, which streams each weight row once for up to 4 input rows;
-//! - many rows (a prompt's prefill), `gemm`: a GEMM on small packed panels of the weight.
+//! so much coarser than an 8-bit input's that the answers barely move (on the fixture, the worst
+//! decoding step's KL from fp32 is 4.80e-4 against 4.76e-4 with 16-bit inputs: `decoder_precision`),
+//! and the kernel multiplies 36 G values a second on one core against 26-28 (int4 decoding 1.17x
+//! `MatMulNBits`', bench/results.md).
 //!
 //! The kernels' order: 4-bit levels come two to a byte, the first in the low nibble, so 32 bytes of a
 //! weight row hold a run of 64 values, the even ones in the low nibbles and the odd ones in the high.

@@ -114,12 +114,11 @@ fn dot_rows_portable<L: Level>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! The row kernel in AVX2: per block, each weight row's levels widened to 16 bits (`vpmovzxbw`,
-    //! and for 4 bits a mask and a shift) and multiplied in pairs by the input's 16-bit levels
-    //! (`vpmaddwd`), a run of 64 values a step, summed in 32 bits; the
-    //! block's sum converted to f32 and scaled into a float accumulator. Two weight rows at a time, so
-    //! that each input load serves both; one call runs over every pair of a unit, its loop kept inside
-    //! the function compiled for AVX2.
+    //! The row kernel in AVX2: per block, a run of 64 values a step, each weight row's levels
+    //! multiplied in pairs by the input's (see `run_products`) and summed in 32 bits; the block's sum
+    //! converted to f32 and scaled into a float accumulator. Two weight rows at a time, so that each
+    //! input load serves both; one call runs over every pair of a unit, its loop kept inside the
+    //! function compiled for AVX2.
 
     use std::arch::x86_64::*;
 
