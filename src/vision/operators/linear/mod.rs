@@ -5,15 +5,16 @@
 //! prefill's rows more slowly than the runtime's float GEMM does, and reads a decoding step's weights
 //! more slowly than the row kernel below (bench/reference/linear-kernels: 19.5-22.7 GB/s against
 //! 24.1-26.0 on the 121 weights of a 256M decoding step). In the decoder, where a step's small
-//! projections (368 KB to 2 MB) cost a thread hand-off each, decoding runs at 1.00-1.07x
+//! projections (368 KB to 2 MB) cost a thread hand-off each, int8 decoding runs at 1.00-1.07x
 //! `MatMulNBits`' speed, a one-image prefill at 1.5-1.9x (bench/results.md). Its int4 kernel
 //! (`accuracy_level` 4) read a 256M decoding step's weights at 0.41 of the bandwidth bound.
 //!
-//! Both ways multiply integers: the input rows are quantized per block to 16 bits, the weight's levels
+//! It multiplies in integers: the input rows are quantized per block to 16 bits, the weight's levels
 //! widened to 16 bits, and products summed in pairs in 32 bits (`vpmaddwd` on AVX2, plain integer code
 //! elsewhere), each block's sum then scaled into a float. 16-bit activations keep their first 4-5
 //! digits where `MatMulNBits`' integer path keeps 2; `vpmaddwd` does twice the multiply-adds of a
-//! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second). Two ways:
+//! float FMA an instruction (1.78x measured on one core: 76 against 42.7 G a second). Two ways, by
+//! the number of input rows:
 //! - a few rows (fewer than [`MANY_ROWS`]: a decoding step, a batch of them, a short prompt), `rows`:
 //!   the row kernel, which streams each weight row once for up to 4 input rows;
 //! - many rows (a prompt's prefill), `gemm`: a GEMM on small packed panels of the weight.
